@@ -1,0 +1,272 @@
+"""`extract`: corpus -> tokens -> model activations -> activation store, resumable.
+
+The window stream is a pure function of the settings, and each shard is a
+fixed run of windows batched from its own start, so a run killed at any point
+and started again with the same settings rewrites nothing that was complete
+and ends byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ExtractConfig
+from ..errors import CorpusError, StoreError
+from ..fileio import sha256_file, write_bytes_atomic, write_json_atomic, write_npy_atomic
+from ..models import HookPoint, ModelHandle, capture, load_model, parse_hooks
+from .corpus import Document, corpus_identity, load_documents
+from .store import (
+    FORMAT,
+    FORMAT_VERSION,
+    INDEX_DTYPE,
+    MANIFEST,
+    ActivationStore,
+    activations_path,
+    documents_path,
+    index_path,
+    read_manifest,
+    to_storage,
+)
+from .tokens import EXCLUDED_BY_DEFAULT, Window, pack_windows
+
+log = logging.getLogger("saeatlas")
+
+
+@dataclass
+class ExtractResult:
+    """What one `extract` call did."""
+
+    path: Path
+    n_tokens: int
+    """Tokens in the finished store."""
+    n_tokens_written: int
+    """Tokens computed by this call (0 when the store was already complete)."""
+    seconds: float
+    """Wall time of the model + write loop of this call."""
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens_written / self.seconds if self.seconds > 0 else float("nan")
+
+
+ProgressFn = Callable[[int], None]
+"""Called after each batch with the number of tokens it computed."""
+
+
+def extract(
+    cfg: ExtractConfig, out: str | Path, handle: ModelHandle | None = None, progress: ProgressFn | None = None
+) -> ExtractResult:
+    """Write (or resume, or confirm) the activation store for `cfg` at `out`."""
+    cfg.validate()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"output '{out}' is a file: choose a folder path for --out")
+    handle = handle or load_model(cfg.model, dtype=cfg.model_dtype)
+    points = parse_hooks(cfg.hooks, handle.n_layers)
+    documents = load_documents(cfg.corpus, split=cfg.split, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+    manifest = _resume_or_start(out, _new_manifest(cfg, handle, points, documents))
+    if manifest["complete"]:
+        return ExtractResult(out, manifest["n_tokens"], 0, 0.0)
+    windows = _budgeted(
+        pack_windows(
+            ((i, d.text) for i, d in enumerate(documents)),
+            handle.tokenizer,
+            cfg.context,
+            *handle.special_tokens,
+            pack_documents=cfg.pack_documents,
+        ),
+        cfg.tokens,
+    )
+    done_windows = sum(s["n_windows"] for s in manifest["shards"])
+    shards = _chunks(itertools.islice(windows, done_windows, None), cfg.shard_windows)
+    written, start = 0, time.perf_counter()
+    for shard_windows in shards:
+        entry = _write_shard(out, len(manifest["shards"]), shard_windows, handle, points, cfg, documents, manifest, progress)
+        manifest["shards"].append(entry)
+        write_json_atomic(out / MANIFEST, manifest)
+        written += entry["n_tokens"]
+    seconds = time.perf_counter() - start
+    _finish(out, manifest, cfg)
+    return ExtractResult(out, manifest["n_tokens"], written, seconds)
+
+
+# ---------------------------------------------------------------- manifest
+def _new_manifest(cfg: ExtractConfig, handle: ModelHandle, points: list[HookPoint], documents: list[Document]) -> dict:
+    prefix, suffix = handle.special_tokens
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "complete": False,
+        "settings": cfg.to_dict(),
+        "model": {
+            "spec": cfg.model,
+            "name": handle.name,
+            "identity": handle.identity,
+            "kind": handle.kind,
+            "model_type": handle.model.config.model_type,
+            "n_layers": handle.n_layers,
+            "d_model": handle.d_model,
+        },
+        "tokenizer": {
+            "identity": handle.tokenizer_identity,
+            "class": type(handle.tokenizer).__name__,
+            "prefix_ids": list(prefix),
+            "suffix_ids": list(suffix),
+            "vocab_size": len(handle.tokenizer),
+        },
+        "corpus": {"spec": cfg.corpus, "identity": corpus_identity(cfg.corpus), "n_documents": len(documents)},
+        "hooks": [p.name for p in points],
+        "dtype": cfg.dtype,
+        "flags": {"special": 1, "first_position": 2, "excluded_by_default": EXCLUDED_BY_DEFAULT},
+        "shards": [],
+    }
+    identity = {k: manifest[k] for k in ("version", "settings", "model", "tokenizer", "corpus", "hooks", "dtype")}
+    manifest["settings_sha256"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return manifest
+
+
+def _resume_or_start(out: Path, fresh: dict) -> dict:
+    """The manifest to continue from: the existing one (verified) or `fresh`."""
+    if not out.exists() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / MANIFEST, fresh)
+        return fresh
+    old = read_manifest(out)
+    if old.get("settings_sha256") != fresh["settings_sha256"]:
+        raise StoreError(
+            f"output folder '{out}' holds a different run (model {old['model']['spec']}, hooks "
+            f"{','.join(old['hooks'])}, corpus {old['corpus']['spec']}): choose another --out or delete it"
+        )
+    for stale in out.rglob(".*.tmp-*"):  # half-written files of a killed run
+        stale.unlink()
+    store = ActivationStore(out, allow_incomplete=True)
+    for shard in range(store.n_shards):
+        try:
+            store.verify_shard(shard)
+        except StoreError:
+            log.warning("shard %d of %s is damaged; extracting from it again", shard, out)
+            old["shards"] = old["shards"][:shard]
+            old["complete"] = False
+            write_json_atomic(out / MANIFEST, old)
+            break
+    return old
+
+
+def _finish(out: Path, manifest: dict, cfg: ExtractConfig) -> None:
+    shards = manifest["shards"]
+    n_tokens = sum(s["n_tokens"] for s in shards)
+    if n_tokens == 0:
+        shutil.rmtree(out)
+        raise CorpusError(f"corpus '{cfg.corpus}' ({cfg.split} split) produced no tokens: use a corpus with text")
+    manifest.update(
+        complete=True,
+        n_tokens=n_tokens,
+        n_tokens_usable=sum(s["n_tokens_usable"] for s in shards),
+        n_windows=sum(s["n_windows"] for s in shards),
+        n_documents_read=shards[-1]["last_doc_id"] + 1,
+        corpus_exhausted=n_tokens < cfg.tokens,
+    )
+    write_json_atomic(out / MANIFEST, manifest)
+    if n_tokens < cfg.tokens:
+        log.warning("corpus '%s' ran out at %d tokens (asked for %d)", cfg.corpus, n_tokens, cfg.tokens)
+
+
+# ---------------------------------------------------------------- windows
+def _budgeted(windows: Iterable[Window], budget: int) -> Iterator[Window]:
+    """Windows until `budget` tokens; the last one is cut to meet it exactly."""
+    left = budget
+    for window in windows:
+        if left <= 0:
+            return
+        if len(window) > left:
+            window = window.slice(0, left)
+        left -= len(window)
+        yield window
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+# ---------------------------------------------------------------- one shard
+def _forward_batch(handle: ModelHandle, points: list[HookPoint], batch: list[Window]) -> dict[str, torch.Tensor]:
+    """Activations of the real tokens of `batch`, `{hook: [n_tokens, d_model]}` in window order."""
+    length = max(len(w) for w in batch)
+    pad = handle.tokenizer.pad_token_id or 0
+    ids = torch.full((len(batch), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), length), dtype=torch.long)
+    for row, window in enumerate(batch):
+        ids[row, : len(window)] = torch.from_numpy(window.token_ids)
+        mask[row, : len(window)] = 1
+    acts = capture(handle, points, ids.to(handle.device), mask.to(handle.device))
+    keep = mask.bool().to(handle.device)
+    return {name: tensor[keep].cpu() for name, tensor in acts.items()}
+
+
+def _index_records(windows: list[Window]) -> np.ndarray:
+    records = np.zeros(sum(len(w) for w in windows), dtype=INDEX_DTYPE)
+    records["token_id"] = np.concatenate([w.token_ids for w in windows])
+    records["doc_id"] = np.concatenate([w.doc_ids for w in windows])
+    records["position"] = np.concatenate([np.arange(len(w), dtype=np.int32) for w in windows])
+    spans = np.concatenate([w.char_spans for w in windows])
+    records["char_start"], records["char_end"] = spans[:, 0], spans[:, 1]
+    records["flags"] = np.concatenate([w.flags for w in windows])
+    return records
+
+
+def _write_shard(
+    out: Path,
+    shard: int,
+    windows: list[Window],
+    handle: ModelHandle,
+    points: list[HookPoint],
+    cfg: ExtractConfig,
+    documents: list[Document],
+    manifest: dict,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Compute and write one shard; returns its manifest entry."""
+    per_hook: dict[str, list[np.ndarray]] = {p.name: [] for p in points}
+    for start in range(0, len(windows), cfg.batch_size):
+        batch = windows[start : start + cfg.batch_size]
+        for name, acts in _forward_batch(handle, points, batch).items():
+            per_hook[name].append(to_storage(acts, cfg.dtype))
+        if progress:
+            progress(sum(len(w) for w in batch))
+    files = {}
+    for name, parts in per_hook.items():
+        (out / name).mkdir(exist_ok=True)
+        files[activations_path(name, shard)] = write_npy_atomic(out / activations_path(name, shard), np.concatenate(parts))
+    records = _index_records(windows)
+    (out / "index").mkdir(exist_ok=True)
+    files[index_path(shard)] = write_npy_atomic(out / index_path(shard), records)
+    previous_last = manifest["shards"][-1]["last_doc_id"] if manifest["shards"] else -1
+    last_doc = int(records["doc_id"].max())
+    lines = [
+        json.dumps({"doc_id": i, "key": documents[i].key, "text": documents[i].text}, ensure_ascii=False)
+        for i in range(previous_last + 1, last_doc + 1)
+    ]
+    (out / "documents").mkdir(exist_ok=True)
+    write_bytes_atomic(out / documents_path(shard), "".join(line + "\n" for line in lines).encode())
+    files[documents_path(shard)] = sha256_file(out / documents_path(shard))
+    return {
+        "index": shard,
+        "n_windows": len(windows),
+        "n_tokens": len(records),
+        "n_tokens_usable": int(((records["flags"] & EXCLUDED_BY_DEFAULT) == 0).sum()),
+        "last_doc_id": max(last_doc, previous_last),
+        "files": files,
+    }

@@ -1,0 +1,52 @@
+"""Atomic writes and hashing: a file is either complete under its name or absent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """fsync the temporary file, then rename it over the final name."""
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file and a rename."""
+    tmp = _tmp_name(path)
+    tmp.write_bytes(data)
+    _commit(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write `obj` as indented JSON (keys sorted: same object, same bytes)."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> str:
+    """Save `array` as .npy atomically; returns the sha256 of the written file."""
+    tmp = _tmp_name(path)
+    with open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+    _commit(tmp, path)
+    return sha256_file(path)

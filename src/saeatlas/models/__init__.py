@@ -1,0 +1,19 @@
+"""Language models: packaged registry, loading, hook points."""
+
+from .handle import ModelHandle
+from .hooks import STAGES, HookPoint, capture, parse_hook, parse_hooks
+from .loading import cache_dir, load_model
+from .registry import PACKAGED_MODELS, known_models
+
+__all__ = [
+    "ModelHandle",
+    "HookPoint",
+    "STAGES",
+    "capture",
+    "parse_hook",
+    "parse_hooks",
+    "load_model",
+    "cache_dir",
+    "known_models",
+    "PACKAGED_MODELS",
+]

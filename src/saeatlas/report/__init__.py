@@ -1,0 +1,1 @@
+"""Results for people: terminal summaries now, the HTML atlas later."""
