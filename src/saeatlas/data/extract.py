@@ -38,7 +38,7 @@ from .store import (
     read_manifest,
     to_storage,
 )
-from .tokens import EXCLUDED_BY_DEFAULT, Window, pack_windows
+from .tokens import EXCLUDED_BY_DEFAULT, Window, pack_windows, pad_windows
 
 log = logging.getLogger("saeatlas")
 
@@ -204,13 +204,7 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 # ---------------------------------------------------------------- one shard
 def _forward_batch(handle: ModelHandle, points: list[HookPoint], batch: list[Window]) -> dict[str, torch.Tensor]:
     """Activations of the real tokens of `batch`, `{hook: [n_tokens, d_model]}` in window order."""
-    length = max(len(w) for w in batch)
-    pad = handle.tokenizer.pad_token_id or 0
-    ids = torch.full((len(batch), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), length), dtype=torch.long)
-    for row, window in enumerate(batch):
-        ids[row, : len(window)] = torch.from_numpy(window.token_ids)
-        mask[row, : len(window)] = 1
+    ids, mask = pad_windows(batch, handle.tokenizer.pad_token_id or 0)
     acts = capture(handle, points, ids.to(handle.device), mask.to(handle.device))
     keep = mask.bool().to(handle.device)
     return {name: tensor[keep].cpu() for name, tensor in acts.items()}

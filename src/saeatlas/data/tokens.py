@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 FLAG_SPECIAL = 1
 """Token added by the tokenizer, not text: <bos>, [CLS], [SEP]."""
@@ -116,3 +117,14 @@ def _take(pending: list[Window], n: int, prefix: tuple[int, ...], suffix: tuple[
             need = 0
     first_doc, last_doc = int(parts[0].doc_ids[0]), int(parts[-1].doc_ids[-1])
     return _concat([_special(prefix, first_doc), *parts, _special(suffix, last_doc)])
+
+
+def pad_windows(windows: list[Window], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad windows into one batch: input_ids and attention_mask, both [batch, max_len] int64."""
+    length = max(len(w) for w in windows)
+    ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(windows), length), dtype=torch.long)
+    for row, window in enumerate(windows):
+        ids[row, : len(window)] = torch.from_numpy(window.token_ids)
+        mask[row, : len(window)] = 1
+    return ids, mask
