@@ -97,3 +97,16 @@ def test_extract_and_info_on_real_models(which, hooks, request, tmp_path, capsys
         layer = int(hook.split(".")[1])
         stored = store.activations(hook, 0)[: starts[8]]
         assert torch.equal(stored, hidden[layer + 1][mask.bool()])
+
+
+def test_minilm_encoder_windows_flag_cls_and_sep(tmp_path):
+    handle = load_model("minilm-l6")
+    assert handle.kind == "encoder" and (handle.n_layers, handle.d_model) == (6, 384)
+    cls, sep = handle.tokenizer.cls_token_id, handle.tokenizer.sep_token_id
+    assert handle.special_tokens == ((cls,), (sep,))
+    assert main(["extract", "--model", "minilm-l6", "--hooks", "resid_post.5", "--corpus", "news", "--tokens", "500",
+                 "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    index = ActivationStore(tmp_path / "m").index(0)
+    full = index[: np.flatnonzero(index["position"] == 0)[1]]  # first complete window
+    assert full["token_id"][0] == cls and full["token_id"][-1] == sep
+    assert list(full["flags"][[0, -1]]) == [3, 1] and (full["flags"][1:-1] == 0).all()
