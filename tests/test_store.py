@@ -16,7 +16,7 @@ import torch
 
 from saeatlas.cli import main
 from saeatlas.config import ExtractConfig
-from saeatlas.data import ActivationStore, load_documents, pack_windows
+from saeatlas.data import ActivationStore
 from saeatlas.data.extract import extract
 from saeatlas.data.tokens import EXCLUDED_BY_DEFAULT
 from saeatlas.errors import CorpusError, SaeAtlasError, StoreError

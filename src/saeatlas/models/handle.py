@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
@@ -30,7 +30,6 @@ class ModelHandle:
     identity: str
     """Content identity of the weights (sha256 of the source file or a fingerprint)."""
     architecture: Architecture
-    _special: tuple[tuple[int, ...], tuple[int, ...]] | None = field(default=None, repr=False)
 
     @property
     def base(self) -> nn.Module:
