@@ -40,6 +40,30 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("store", type=Path)
     info.add_argument("--no-verify", action="store_true", help="skip checking shard hashes")
 
+    tr = verbs.add_parser("train", help="train an SAE on activations; writes a SAELens-layout folder")
+    tr.add_argument("--activations", help="a .npy or .safetensors file holding [n_tokens, d_in]")
+    tr.add_argument("--store", help="an activation store folder (with --hook)")
+    tr.add_argument("--hook", help="hook of the store to train on, e.g. resid_post.9")
+    tr.add_argument("--arch", default="topk", help="relu, topk, batchtopk, jumprelu, gba or mp (default topk)")
+    tr.add_argument("--width", type=int, default=4096, help="number of latents (default 4096)")
+    tr.add_argument("--k", type=int, default=32, help="active latents (topk, batchtopk; jumprelu target L0; mp steps)")
+    tr.add_argument("--l1-coefficient", type=float, default=5.0, help="relu: L1 penalty weight")
+    tr.add_argument("--steps", type=int, default=2000)
+    tr.add_argument("--batch-size", type=int, default=4096)
+    tr.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-4 / sqrt(width / 2^14))")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--dtype", default="float32", help="compute dtype: float32 or bfloat16")
+    tr.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (resume unit)")
+    tr.add_argument("--out", required=True, type=Path, help="SAE folder to write (must not exist)")
+    tr.add_argument("--quiet", action="store_true")
+
+    ev = verbs.add_parser("eval", help="reconstruction and sparsity metrics of an SAE folder")
+    ev.add_argument("sae", type=Path, help="a SAELens, sparsify or dictionary_learning folder")
+    ev.add_argument("--activations", help="a .npy or .safetensors file holding [n_tokens, d_in]")
+    ev.add_argument("--store", help="an activation store folder (with --hook)")
+    ev.add_argument("--hook", help="hook of the store")
+    ev.add_argument("--tokens", type=int, default=65536, help="tokens to evaluate on (default 65536)")
+
     verbs.add_parser("models", help="list the packaged models and whether they are installed")
     return parser
 
@@ -48,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="saeatlas: %(message)s", stream=sys.stderr)
     try:
-        return {"extract": _extract, "info": _info, "models": _models}[args.verb](args)
+        verb = {"extract": _extract, "info": _info, "models": _models, "train": _train, "eval": _eval}[args.verb]
+        return verb(args)
     except SaeAtlasError as exc:
         print(f"saeatlas: error: {exc}", file=sys.stderr)
         return 2
@@ -97,6 +122,46 @@ def _info(args: argparse.Namespace) -> int:
     if not args.no_verify:
         store.verify()
     print_store_info(store, verified=not args.no_verify)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .progress import step_progress
+    from .sae.config import SAEConfig, TrainConfig
+    from .sae.run import open_source, train_to_folder
+
+    source = open_source(args.activations, args.store, args.hook)
+    cfg = SAEConfig(arch=args.arch, d_in=source.d_in, d_sae=args.width, k=args.k,
+                    l1_coefficient=args.l1_coefficient).validate()
+    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, dtype=args.dtype,
+                        checkpoint_every=args.checkpoint_every).validate()
+    with step_progress(f"train {cfg.arch} x{cfg.d_sae}", total=train.steps, enabled=not args.quiet) as on_step:
+        metrics = train_to_folder(cfg, train, source, args.out, on_step=on_step)
+    print(f"{args.out}: {cfg.arch} SAE, {cfg.d_sae} latents on d_in {cfg.d_in}; " + _metric_line(metrics))
+    return 0
+
+
+def _metric_line(m: dict) -> str:
+    return (f"L0 {m['l0']:.1f}, FVU {m['fvu']:.3f}, cosine {m['cosine']:.3f}, dead {m['dead_fraction']:.1%}, "
+            f"dense {m['dense_fraction']:.1%} (on {m['n_tokens']} tokens)")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .errors import SaeAtlasError
+    from .sae.formats import load_sae
+    from .sae.metrics import evaluate
+    from .sae.run import eval_batches, open_source
+
+    sae = load_sae(args.sae)
+    source = open_source(args.activations, args.store, args.hook)
+    if source.d_in != sae.cfg.d_in:
+        raise SaeAtlasError(f"SAE '{args.sae}' expects d_in {sae.cfg.d_in}, the activations have {source.d_in}")
+    metrics = evaluate(sae, eval_batches(source, args.tokens))
+    print(f"{args.sae}: {sae.cfg.arch} SAE, {sae.cfg.d_sae} latents; " + _metric_line(metrics))
+    hist = metrics["density_histogram"]
+    print("firing frequency (log10) histogram: " + ", ".join(
+        f"[{lo:g},{hi:g}): {c}" for lo, hi, c in zip(hist["log10_edges"], hist["log10_edges"][1:], hist["counts"]) if c)
+        + f"; dead: {hist['dead']}")
     return 0
 
 

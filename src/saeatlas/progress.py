@@ -34,3 +34,21 @@ def token_progress(label: str, total: int, enabled: bool = True) -> Iterator[Cal
             bar.update(task, rate=f"{speed:,.0f} tok/s" if speed else "")
 
         yield advance
+
+
+@contextlib.contextmanager
+def step_progress(label: str, total: int, enabled: bool = True) -> Iterator[Callable[[dict], None]]:
+    """Yield `on_step(metrics)`; shows steps, ETA and live L0, FVU and dead fraction."""
+    if not enabled:
+        yield lambda metrics: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+               TextColumn("{task.fields[live]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=total, live="")
+
+        def on_step(m: dict) -> None:
+            bar.update(task, completed=m["step"] + 1,
+                       live=f"L0 {m['l0']:.1f} FVU {m['fvu']:.3f} dead {m['dead']:.1%}")
+
+        yield on_step

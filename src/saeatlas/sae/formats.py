@@ -1,0 +1,217 @@
+"""Read and write the folders people share SAEs in.
+
+- SAELens: `cfg.json` + `sae_weights.safetensors` with W_enc [d_in, d_sae],
+  W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in], threshold [d_sae] (JumpReLU).
+  saeatlas writes this layout, with its own settings under the `saeatlas` key.
+- sparsify (EleutherAI): `cfg.json` + `sae.safetensors` with encoder.weight
+  [d_sae, d_in], encoder.bias, W_dec [d_sae, d_in], b_dec; TopK with `k`.
+- dictionary_learning: `ae.pt` (a state dict, loaded with weights_only=True) +
+  `config.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import SaeAtlasError
+from ..fileio import write_json_atomic
+from .config import SAEConfig
+from .model import SparseAutoencoder
+
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+SAELENS_CFG = "cfg.json"
+_SAELENS_ARCH = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
+
+
+def saelens_hook_name(hook: str | None) -> str | None:
+    """`resid_post.9` -> `blocks.9.hook_resid_post` (TransformerLens naming used by SAELens)."""
+    if not hook or "." not in hook:
+        return hook
+    stage, layer = hook.rsplit(".", 1)
+    return f"blocks.{layer}.hook_{stage}"
+
+
+def save_saelens(sae: SparseAutoencoder, folder: str | Path, metadata: dict | None = None, extra: dict | None = None) -> Path:
+    """Write `sae` as a SAELens folder, atomically (a temporary folder renamed at the end)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    arch = sae.saved_architecture()
+    tensors = {
+        "W_enc": sae.W_enc.detach().float().contiguous(),
+        "W_dec": sae.W_dec.detach().float().contiguous(),
+        "b_enc": sae.b_enc.detach().float().contiguous(),
+        "b_dec": sae.b_dec.detach().float().contiguous(),
+    }
+    if arch == "jumprelu":
+        threshold = sae.threshold if sae.cfg.arch == "jumprelu" else torch.full((sae.cfg.d_sae,), float(sae.inference_threshold or 0.0))
+        tensors["threshold"] = threshold.detach().float().contiguous()
+    save_file(tensors, tmp / SAELENS_WEIGHTS)
+    meta = dict(metadata or {})
+    if "hook_name" in meta:
+        meta["hook_name"] = saelens_hook_name(meta["hook_name"])
+    cfg = {
+        "architecture": arch,
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": meta,
+        "saeatlas": {"sae": sae.cfg.to_dict(), **(extra or {})},
+    }
+    if arch == "topk":
+        cfg["k"] = sae.cfg.k
+    write_json_atomic(tmp / SAELENS_CFG, cfg)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def load_sae(folder: str | Path) -> SparseAutoencoder:
+    """Load an SAE from a SAELens, sparsify or dictionary_learning folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SaeAtlasError(f"SAE folder '{folder}' does not exist: check the path")
+    if (folder / SAELENS_WEIGHTS).is_file():
+        return _load_saelens(folder)
+    if (folder / "sae.safetensors").is_file():
+        return _load_sparsify(folder)
+    if (folder / "ae.pt").is_file():
+        return _load_dictionary_learning(folder)
+    raise SaeAtlasError(
+        f"'{folder}' is not an SAE folder: expected {SAELENS_WEIGHTS} (SAELens), sae.safetensors (sparsify) or ae.pt "
+        "(dictionary_learning)"
+    )
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise SaeAtlasError(f"{path} is missing: an SAE folder needs its config next to the weights")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SaeAtlasError(f"{path} is not valid JSON ({exc})") from None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SaeAtlasError(f"{path} is not a valid safetensors file ({str(exc).splitlines()[0]}); pickles are refused") from None
+
+
+def _expect(tensors: dict, name: str, shape: tuple[int, ...], where: Path) -> torch.Tensor:
+    if name not in tensors:
+        raise SaeAtlasError(f"{where} has no tensor '{name}' (it holds {', '.join(sorted(tensors))})")
+    t = tensors[name]
+    if tuple(t.shape) != shape:
+        raise SaeAtlasError(f"{where}: tensor '{name}' has shape {list(t.shape)}, but its config says {list(shape)}")
+    if not torch.isfinite(t).all():
+        raise SaeAtlasError(f"{where}: tensor '{name}' holds NaN or Inf")
+    return t.float()
+
+
+def _build(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, threshold=None) -> SparseAutoencoder:
+    sae = SparseAutoencoder(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(W_enc)
+        sae.b_enc.copy_(b_enc)
+        sae.W_dec.copy_(W_dec)
+        sae.b_dec.copy_(b_dec)
+        if threshold is not None:
+            if cfg.arch == "jumprelu":
+                sae.threshold.copy_(threshold)
+            else:
+                sae.inference_threshold = float(threshold.mean())
+    return sae.eval()
+
+
+def _load_saelens(folder: Path) -> SparseAutoencoder:
+    raw = _read_json(folder / SAELENS_CFG)
+    try:
+        d_in, d_sae, arch_name = int(raw["d_in"]), int(raw["d_sae"]), raw.get("architecture", "standard")
+    except (KeyError, TypeError, ValueError):
+        raise SaeAtlasError(f"{folder / SAELENS_CFG} lacks d_in / d_sae") from None
+    ours = raw.get("saeatlas", {}).get("sae")
+    if ours:
+        cfg = SAEConfig.from_dict(ours)
+    elif arch_name in _SAELENS_ARCH:
+        cfg = SAEConfig(arch=_SAELENS_ARCH[arch_name], d_in=d_in, d_sae=d_sae, k=int(raw.get("k") or min(32, d_sae)))
+    else:
+        raise SaeAtlasError(f"{folder}: SAELens architecture '{arch_name}' is not supported (use standard, topk, jumprelu)")
+    if (cfg.d_in, cfg.d_sae) != (d_in, d_sae):
+        raise SaeAtlasError(f"{folder / SAELENS_CFG}: saeatlas section disagrees with d_in/d_sae")
+    if raw.get("normalize_activations", "none") not in ("none", None):
+        raise SaeAtlasError(f"{folder}: normalize_activations={raw['normalize_activations']!r} is not supported; fold it first")
+    path = folder / SAELENS_WEIGHTS
+    t = _read_safetensors(path)
+    threshold = _expect(t, "threshold", (d_sae,), path) if arch_name == "jumprelu" else None
+    return _build(
+        cfg,
+        _expect(t, "W_enc", (d_in, d_sae), path),
+        _expect(t, "b_enc", (d_sae,), path),
+        _expect(t, "W_dec", (d_sae, d_in), path),
+        _expect(t, "b_dec", (d_in,), path),
+        threshold,
+    )
+
+
+def _load_sparsify(folder: Path) -> SparseAutoencoder:
+    raw = _read_json(folder / "cfg.json")
+    path = folder / "sae.safetensors"
+    t = _read_safetensors(path)
+    if "encoder.weight" not in t:
+        raise SaeAtlasError(f"{path} has no 'encoder.weight': not a sparsify SAE")
+    d_sae, d_in = t["encoder.weight"].shape
+    cfg = SAEConfig(arch="topk", d_in=int(d_in), d_sae=int(d_sae), k=int(raw.get("k", 32)))
+    return _build(
+        cfg,
+        _expect(t, "encoder.weight", (d_sae, d_in), path).T,
+        _expect(t, "encoder.bias", (d_sae,), path),
+        _expect(t, "W_dec", (d_sae, d_in), path),
+        _expect(t, "b_dec", (d_in,), path),
+    )
+
+
+def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
+    path = folder / "ae.pt"
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # UnpicklingError for unsafe pickles, RuntimeError for corrupt zips
+        raise SaeAtlasError(f"{path} cannot be loaded safely ({type(exc).__name__}): only plain state dicts are accepted") from None
+    if not isinstance(state, dict):
+        raise SaeAtlasError(f"{path} does not hold a state dict")
+    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    trainer = config.get("trainer", {})
+    if "W_enc" in state:  # JumpReLU dictionary
+        d_in, d_sae = state["W_enc"].shape
+        cfg = SAEConfig(arch="jumprelu", d_in=int(d_in), d_sae=int(d_sae), k=min(32, int(d_sae)))
+        return _build(cfg, _expect(state, "W_enc", (d_in, d_sae), path), _expect(state, "b_enc", (d_sae,), path),
+                      _expect(state, "W_dec", (d_sae, d_in), path), _expect(state, "b_dec", (d_in,), path),
+                      _expect(state, "threshold", (d_sae,), path))
+    if "encoder.weight" not in state:
+        raise SaeAtlasError(f"{path} holds keys {', '.join(sorted(state))}: not a dictionary_learning autoencoder")
+    d_sae, d_in = state["encoder.weight"].shape
+    bias_key = "b_dec" if "b_dec" in state else "bias"
+    if "k" in state or "k" in trainer:
+        k = int(state["k"]) if "k" in state else int(trainer["k"])
+        cfg = SAEConfig(arch="topk", d_in=int(d_in), d_sae=int(d_sae), k=k)
+    else:
+        cfg = SAEConfig(arch="relu", d_in=int(d_in), d_sae=int(d_sae), k=min(32, int(d_sae)))
+    return _build(cfg, _expect(state, "encoder.weight", (d_sae, d_in), path).T, _expect(state, "encoder.bias", (d_sae,), path),
+                  _expect(state, "decoder.weight", (d_in, d_sae), path).T, _expect(state, bias_key, (d_in,), path))

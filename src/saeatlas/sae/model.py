@@ -1,0 +1,126 @@
+"""`SparseAutoencoder`: one module, the architecture chosen by its config.
+
+Conventions (SAELens layout): W_enc [d_in, d_sae], b_enc [d_sae],
+W_dec [d_sae, d_in], b_dec [d_in], threshold [d_sae] (JumpReLU).
+The input has b_dec subtracted before encoding.  During training decoder rows
+are kept at unit norm; `fold_scale` folds an activation normalisation factor
+into the weights so the saved SAE works on raw activations.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .activations import batch_topk, jumprelu, matching_pursuit, topk
+from .config import SAEConfig
+
+
+class SAEOutput(NamedTuple):
+    """Result of a forward pass."""
+
+    recon: torch.Tensor
+    """Reconstruction [n, d_in]."""
+    codes: torch.Tensor
+    """Latent activations [n, d_sae]."""
+    pre: torch.Tensor | None
+    """Pre-activations [n, d_sae] (None for matching pursuit)."""
+
+
+class SparseAutoencoder(nn.Module):
+    """A sparse autoencoder; `cfg.arch` picks the encoder."""
+
+    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        self.cfg = cfg.validate()
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        w_dec = torch.randn(d_sae, d_in, generator=generator)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)
+        self.W_enc = nn.Parameter(w_dec.T.clone())  # tied init (Anthropic April update, Gao et al.)
+        self.b_enc = nn.Parameter(torch.zeros(d_sae), requires_grad=cfg.arch != "gba")
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        # JumpReLU threshold; BatchTopK learns one global value for inference.
+        # Trained directly, not as a log: Adam moves a log-threshold by ~lr per step, far too slowly from 1e-3.
+        init = 1e-3 if cfg.arch == "jumprelu" else 0.0
+        self.threshold = nn.Parameter(torch.full((d_sae,), init), requires_grad=cfg.arch == "jumprelu")
+        self.inference_threshold: float | None = None
+        """batchtopk: global threshold used outside training (EMA of the smallest kept activation)."""
+
+    # ------------------------------------------------------------ encoder
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, d_in] -> [n, d_sae]: (x - b_dec) W_enc + b_enc."""
+        return (x - self.b_dec.to(x.dtype)) @ self.W_enc.to(x.dtype) + self.b_enc.to(x.dtype)
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """Pre-activations -> codes, by architecture (training-mode semantics for batchtopk)."""
+        arch = self.cfg.arch
+        if arch in ("relu", "gba"):
+            return pre.relu()
+        if arch == "topk":
+            return topk(pre, self.cfg.k)
+        if arch == "batchtopk":
+            if self.training or self.inference_threshold is None:
+                return batch_topk(pre, self.cfg.k)
+            return pre * (pre > self.inference_threshold)
+        if arch == "jumprelu":
+            return jumprelu(pre, self.threshold.to(pre.dtype), self.cfg.jump_bandwidth)
+        raise ValueError(f"activate() does not apply to arch {arch}")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent codes [n, d_sae] of activations [n, d_in]."""
+        if self.cfg.arch == "mp":
+            atoms = self.W_dec / self.W_dec.norm(dim=1, keepdim=True)
+            scale = self.W_dec.norm(dim=1)
+            codes = matching_pursuit(x - self.b_dec.to(x.dtype), atoms.to(x.dtype), self.cfg.k, self.cfg.mp_tolerance)
+            return codes / scale.to(x.dtype)
+        return self.activate(self.pre_activations(x))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """[n, d_sae] -> [n, d_in]."""
+        return codes @ self.W_dec.to(codes.dtype) + self.b_dec.to(codes.dtype)
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        if self.cfg.arch == "mp":
+            with torch.no_grad():
+                codes = self.encode(x)
+            return SAEOutput(self.decode(codes), codes, None)
+        pre = self.pre_activations(x)
+        codes = self.activate(pre)
+        return SAEOutput(self.decode(codes), codes, pre)
+
+    # ------------------------------------------------------------ conventions
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Scale decoder rows to unit norm (encoder columns absorb the inverse for relu-like SAEs)."""
+        norms = self.W_dec.norm(dim=1).clamp_min(1e-8)
+        self.W_dec /= norms[:, None]
+        self.threshold.clamp_(min=0.0)
+
+    @torch.no_grad()
+    def remove_parallel_gradient(self) -> None:
+        """Project out the gradient component along each decoder row (keeps rows unit norm under Adam)."""
+        if self.W_dec.grad is None:
+            return
+        unit = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.W_dec.grad -= (self.W_dec.grad * unit).sum(dim=1, keepdim=True) * unit
+
+    @torch.no_grad()
+    def fold_scale(self, scale: float) -> None:
+        """Fold an input scaling x -> x * scale into the weights.
+
+        Before: trained on x * scale.  After: encode(x) gives the same codes and
+        decode gives reconstructions in the raw space: W_enc *= scale,
+        W_dec /= scale, b_dec /= scale (matching pursuit normalises its atoms,
+        so the same change keeps its codes too).
+        """
+        self.W_enc *= scale
+        self.W_dec /= scale
+        self.b_dec /= scale
+
+    def saved_architecture(self) -> str:
+        """SAELens architecture name this SAE is saved as."""
+        return {"relu": "standard", "gba": "standard", "topk": "topk", "batchtopk": "jumprelu",
+                "jumprelu": "jumprelu", "mp": "mp"}[self.cfg.arch]

@@ -1,0 +1,245 @@
+"""Train a `SparseAutoencoder`: init, one step, GBA bias updates, checkpoints, the loop.
+
+Inputs are scaled so their mean norm is sqrt(d_in) (folded into the weights at
+the end); b_dec starts at the geometric median; Adam with warm-up and a linear
+decay at the end; gradient clipping; decoder rows kept at unit norm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..fileio import write_bytes_atomic
+from .activations import step as step_fn
+from .activations import topk
+from .config import SAEConfig, TrainConfig
+from .model import SparseAutoencoder
+
+
+def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm on [n, d] float rows -> [d]."""
+    median = x.mean(0)
+    for _ in range(iters):
+        weights = 1.0 / (x - median).norm(dim=1).clamp_min(1e-8)
+        new = (weights[:, None] * x).sum(0) / weights.sum()
+        if (new - median).norm() < tol * (median.norm() + 1e-8):
+            return new
+        median = new
+    return median
+
+
+def input_scale(sample: torch.Tensor) -> float:
+    """Factor that makes the mean row norm sqrt(d_in)."""
+    return math.sqrt(sample.shape[1]) / float(sample.norm(dim=1).mean().clamp_min(1e-8))
+
+
+def lr_at(step: int, train: TrainConfig, base_lr: float) -> float:
+    """Linear warm-up, constant, then linear decay over the last `decay_fraction` of steps."""
+    if step < train.warmup_steps:
+        return base_lr * (step + 1) / train.warmup_steps
+    decay_start = int(train.steps * (1 - train.decay_fraction))
+    if step >= decay_start and train.decay_fraction > 0:
+        return base_lr * max(0.0, (train.steps - step) / max(1, train.steps - decay_start))
+    return base_lr
+
+
+def default_lr(cfg: SAEConfig) -> float:
+    return 2e-4 / math.sqrt(cfg.d_sae / 2**14)
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training besides the SAE and optimizer."""
+
+    step: int = 0
+    scale: float = 1.0
+    tokens_since_fired: torch.Tensor | None = None
+    gba_fired: torch.Tensor | None = None
+    gba_peak: torch.Tensor | None = None
+    batchtopk_threshold: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- losses
+def aux_k_loss(sae: SparseAutoencoder, x: torch.Tensor, recon: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """AuxK (Gao et al. 2024, A.2): dead latents reconstruct the residual error."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return pre.new_zeros(())
+    k_aux = min(sae.cfg.d_in // 2, n_dead)
+    error = (x - recon).detach()
+    aux_codes = topk(pre.masked_fill(~dead, -torch.inf), k_aux)
+    aux_recon = aux_codes @ sae.W_dec
+    return ((aux_recon - error) ** 2).sum(-1).mean() / (error - error.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+
+
+def sparsity_loss(sae: SparseAutoencoder, train: TrainConfig, state: TrainState, pre, codes) -> torch.Tensor:
+    cfg = sae.cfg
+    if cfg.arch == "relu":
+        warm = train.l1_warmup_steps if train.l1_warmup_steps is not None else max(1, train.steps // 20)
+        ramp = min(1.0, (state.step + 1) / warm)
+        return ramp * cfg.l1_coefficient * (codes * sae.W_dec.norm(dim=1)).sum(-1).mean()
+    if cfg.arch == "jumprelu":
+        l0 = step_fn(pre, sae.threshold, cfg.jump_bandwidth).sum(-1).mean()
+        target = cfg.target_l0 if cfg.target_l0 is not None else cfg.k
+        return cfg.l0_coefficient * (l0 / target - 1) ** 2
+    return pre.new_zeros(()) if pre is not None else codes.new_zeros(())
+
+
+# ---------------------------------------------------------------- one step
+def train_step(sae, optimizer, x, train: TrainConfig, state: TrainState, base_lr: float) -> dict:
+    """One optimizer step on a [batch, d_in] batch (already scaled); returns its metrics."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(state.step, train, base_lr)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train.dtype == "bfloat16"):
+        out = sae(x)
+    recon, codes, pre = out.recon.float(), out.codes.float(), None if out.pre is None else out.pre.float()
+    mse = ((recon - x) ** 2).sum(-1).mean()
+    loss = mse + sparsity_loss(sae, train, state, pre, codes)
+    dead = state.tokens_since_fired >= train.dead_after_tokens
+    if sae.cfg.arch in ("topk", "batchtopk") and train.aux_k_coefficient > 0:
+        loss = loss + train.aux_k_coefficient * aux_k_loss(sae, x, recon, pre, dead)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    sae.remove_parallel_gradient()
+    torch.nn.utils.clip_grad_norm_(sae.parameters(), train.grad_clip)
+    optimizer.step()
+    sae.normalize_decoder()
+    _after_step(sae, train, state, x, codes.detach(), None if pre is None else pre.detach())
+    total_var = (x - x.mean(0)).pow(2).sum(-1).mean()
+    return {
+        "step": state.step,
+        "loss": float(loss.detach()),
+        "mse": float(mse.detach()),
+        "fvu": float(mse.detach() / total_var.clamp_min(1e-12)),
+        "l0": float((codes > 0).sum(-1).float().mean()),
+        "dead": float(dead.float().mean()),
+    }
+
+
+@torch.no_grad()
+def _after_step(sae, train, state: TrainState, x, codes, pre) -> None:
+    fired = (codes > 0).any(0)
+    state.tokens_since_fired += x.shape[0]
+    state.tokens_since_fired[fired] = 0
+    if sae.cfg.arch == "batchtopk":
+        kept = codes[codes > 0]
+        if kept.numel():
+            smallest = float(kept.min())
+            prev = state.batchtopk_threshold
+            state.batchtopk_threshold = smallest if prev is None else 0.99 * prev + 0.01 * smallest
+            sae.inference_threshold = state.batchtopk_threshold
+    if sae.cfg.arch == "gba":
+        state.gba_fired += (pre > 0).sum(0)
+        state.gba_peak = torch.maximum(state.gba_peak, pre.max(0).values)
+        if (state.step + 1) % sae.cfg.gba_every == 0:
+            gba_update(sae, state, n_tokens=sae.cfg.gba_every * x.shape[0])
+
+
+def gba_targets(cfg: SAEConfig) -> torch.Tensor:
+    """[d_sae] target firing frequency of each latent: groups spaced geometrically."""
+    groups = torch.arange(cfg.d_sae) * cfg.gba_groups // cfg.d_sae
+    if cfg.gba_groups == 1:
+        return torch.full((cfg.d_sae,), cfg.gba_freq_high)
+    ratio = (cfg.gba_freq_low / cfg.gba_freq_high) ** (1 / (cfg.gba_groups - 1))
+    return cfg.gba_freq_high * ratio ** groups.double()
+
+
+@torch.no_grad()
+def gba_update(sae: SparseAutoencoder, state: TrainState, n_tokens: int) -> None:
+    """Group bias adaptation (seed 003): move each b_enc toward its group's target frequency.
+
+    Too frequent: b -= gamma * peak pre-activation (floor -1 for unit-norm
+    inputs; our inputs have mean norm sqrt(d_in), so the floor scales with it).
+    Never fired: b += gamma * mean positive peak of its group (cap 0).
+    """
+    cfg = sae.cfg
+    freq = state.gba_fired.double() / n_tokens
+    targets = gba_targets(cfg)
+    peak = state.gba_peak.clamp_min(0).double()
+    groups = torch.arange(cfg.d_sae) * cfg.gba_groups // cfg.d_sae
+    positive = (peak > 0).double()
+    group_mean = torch.zeros(cfg.gba_groups, dtype=torch.float64).index_add_(0, groups, peak)
+    group_mean /= torch.zeros(cfg.gba_groups, dtype=torch.float64).index_add_(0, groups, positive).clamp_min(1)
+    b = sae.b_enc.double()
+    b = torch.where(freq > targets, (b - cfg.gba_gamma * peak).clamp_min(-math.sqrt(cfg.d_in)), b)
+    b = torch.where(freq == 0, (b + cfg.gba_gamma * group_mean[groups]).clamp_max(0.0), b)
+    sae.b_enc.copy_(b.float())
+    state.gba_fired.zero_()
+    state.gba_peak.fill_(-torch.inf)
+
+
+# ---------------------------------------------------------------- set-up and loop
+def init_sae(cfg: SAEConfig, source, train: TrainConfig) -> tuple[SparseAutoencoder, TrainState]:
+    """A fresh SAE (seeded), the input scale and b_dec at the geometric median of a sample."""
+    generator = torch.Generator().manual_seed(train.seed)
+    sae = SparseAutoencoder(cfg, generator)
+    sample = source.sample(min(source.n_tokens, 8192), seed=train.seed)
+    scale = input_scale(sample)
+    with torch.no_grad():
+        sae.b_dec.copy_(geometric_median(sample * scale))
+    state = TrainState(scale=scale, tokens_since_fired=torch.zeros(cfg.d_sae, dtype=torch.long))
+    if cfg.arch == "gba":
+        state.gba_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
+        state.gba_peak = torch.full((cfg.d_sae,), -torch.inf)
+    return sae, state
+
+
+def make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Adam:
+    return torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999))
+
+
+def save_checkpoint(path: Path, sae, optimizer, state: TrainState) -> None:
+    """Atomically write everything needed to resume bit-exactly."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"sae": sae.state_dict(), "optimizer": optimizer.state_dict(), "state": vars(state).copy(),
+                "inference_threshold": sae.inference_threshold}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, sae, optimizer) -> TrainState:
+    data = torch.load(path, weights_only=True)
+    sae.load_state_dict(data["sae"])
+    optimizer.load_state_dict(data["optimizer"])
+    sae.inference_threshold = data["inference_threshold"]
+    return TrainState(**data["state"])
+
+
+def train_sae(
+    cfg: SAEConfig,
+    source,
+    train: TrainConfig,
+    checkpoint: Path | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> tuple[SparseAutoencoder, TrainState]:
+    """Train an SAE on `source`; resumes from `checkpoint` if it exists. Returns the SAE with the scale folded in."""
+    train.validate()
+    if cfg.d_in != source.d_in:
+        from ..errors import SaeAtlasError
+
+        raise SaeAtlasError(f"d_in {cfg.d_in} does not match the activations' width {source.d_in}")
+    torch.manual_seed(train.seed)
+    sae, state = init_sae(cfg, source, train)
+    base_lr = train.lr if train.lr is not None else default_lr(cfg)
+    optimizer = make_optimizer(sae, base_lr)
+    if checkpoint is not None and checkpoint.is_file():
+        state = load_checkpoint(checkpoint, sae, optimizer)
+    sae.train()
+    batches = source.batches(train.batch_size, seed=train.seed, start_step=state.step)
+    while state.step < train.steps:
+        metrics = train_step(sae, optimizer, next(batches) * state.scale, train, state, base_lr)
+        state.step += 1
+        if on_step:
+            on_step(metrics)
+        if checkpoint is not None and train.checkpoint_every and state.step % train.checkpoint_every == 0:
+            save_checkpoint(checkpoint, sae, optimizer, state)
+    sae.eval()
+    sae.fold_scale(state.scale)
+    return sae, state

@@ -1,0 +1,195 @@
+"""SAEs: encoders, folding, formats, resume, bad input (fast, small shapes)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from saeatlas.cli import main
+from saeatlas.errors import SaeAtlasError
+from saeatlas.sae import ARCHITECTURES, SAEConfig, SparseAutoencoder, TrainConfig, load_sae, save_saelens, train_sae
+from saeatlas.sae.activations import batch_topk, matching_pursuit, topk
+from saeatlas.sae.data_source import TensorSource
+from saeatlas.sae.synthetic import planted_features
+from saeatlas.sae.trainer import geometric_median
+
+
+def _random_sae(arch: str, d_in=16, d_sae=48, k=4, seed=0) -> SparseAutoencoder:
+    g = torch.Generator().manual_seed(seed)
+    sae = SparseAutoencoder(SAEConfig(arch=arch, d_in=d_in, d_sae=d_sae, k=k), g)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1, generator=g)
+        sae.b_dec.normal_(0, 0.1, generator=g)
+        sae.W_enc.add_(0.1 * torch.randn(sae.W_enc.shape, generator=g))
+        sae.threshold.fill_(0.05)
+    sae.inference_threshold = 0.05
+    return sae.eval()
+
+
+def test_topk_keeps_k_largest_and_relu():
+    pre = torch.tensor([[3.0, -1.0, 2.0, 0.5], [-3.0, -2.0, -1.0, -0.5]])
+    assert torch.equal(topk(pre, 2), torch.tensor([[3.0, 0, 2.0, 0], [0, 0, 0, 0]]))
+    out = batch_topk(torch.tensor([[3.0, 1.0], [2.0, 0.5]]), 1)  # 2 largest of the batch
+    assert torch.equal(out, torch.tensor([[3.0, 0.0], [2.0, 0.0]]))
+
+
+def test_matching_pursuit_recovers_a_sparse_code_on_orthonormal_atoms():
+    atoms = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(1)))[0].T
+    code = torch.zeros(8)
+    code[[1, 5]] = torch.tensor([2.0, 0.7])
+    codes = matching_pursuit((code @ atoms)[None], atoms, max_steps=4, tolerance=1e-6)
+    assert torch.allclose(codes[0], code, atol=1e-5)
+
+
+def test_geometric_median_resists_outliers():
+    x = torch.cat([torch.randn(200, 3) * 0.1, torch.full((20, 3), 100.0)])
+    assert geometric_median(x).norm() < 0.5 < x.mean(0).norm()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_fold_scale_keeps_codes_and_rescales_reconstruction(arch):
+    sae = _random_sae(arch)
+    x = torch.randn(64, 16) * 30
+    scale = 0.1
+    codes_before = sae.encode(x * scale)
+    recon_before = sae.decode(codes_before)
+    sae.fold_scale(scale)
+    torch.testing.assert_close(sae.encode(x), codes_before, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sae.decode(sae.encode(x)), recon_before / scale, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_saelens_round_trip_encodes_identically(arch, tmp_path):
+    sae = _random_sae(arch)
+    x = torch.randn(32, 16)
+    save_saelens(sae, tmp_path / "sae", metadata={"model_name": "tiny", "hook_name": "resid_post.3"})
+    cfg = json.loads((tmp_path / "sae/cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "sae/sae_weights.safetensors", "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    expected = {"W_enc": (16, 48), "W_dec": (48, 16), "b_enc": (48,), "b_dec": (16,)}
+    if arch in ("jumprelu", "batchtopk"):
+        expected["threshold"] = (48,)
+        assert cfg["architecture"] == "jumprelu"
+    assert shapes == expected
+    loaded = load_sae(tmp_path / "sae")
+    assert loaded.cfg.arch == arch
+    assert torch.equal(loaded.encode(x), sae.encode(x))
+
+
+def test_loads_sparsify_and_dictionary_learning_layouts(tmp_path):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    enc, b_enc, dec, b_dec = torch.randn(48, 16, generator=g), torch.randn(48, generator=g), torch.randn(48, 16, generator=g), torch.randn(16, generator=g)
+    x = torch.randn(10, 16, generator=g)
+    (tmp_path / "sp").mkdir()
+    save_file({"encoder.weight": enc, "encoder.bias": b_enc, "W_dec": dec, "b_dec": b_dec}, tmp_path / "sp/sae.safetensors")
+    (tmp_path / "sp/cfg.json").write_text(json.dumps({"k": 3, "num_latents": 48}))
+    sp = load_sae(tmp_path / "sp")
+    expected = topk((x - b_dec) @ enc.T + b_enc, 3)
+    assert torch.allclose(sp.encode(x), expected, atol=1e-5)
+
+    (tmp_path / "dl").mkdir()
+    torch.save({"encoder.weight": enc, "encoder.bias": b_enc, "decoder.weight": dec.T, "bias": b_dec}, tmp_path / "dl/ae.pt")
+    dl = load_sae(tmp_path / "dl")
+    assert dl.cfg.arch == "relu"
+    assert torch.allclose(dl.encode(x), ((x - b_dec) @ enc.T + b_enc).relu(), atol=1e-5)
+    assert torch.allclose(dl.decode(dl.encode(x)), dl.encode(x) @ dec + b_dec, atol=1e-5)
+
+
+def test_bad_sae_files_are_clear_errors(tmp_path):
+    sae = _random_sae("topk")
+    save_saelens(sae, tmp_path / "sae")
+    cfg = json.loads((tmp_path / "sae/cfg.json").read_text())
+    cfg["d_sae"] = 64
+    cfg["saeatlas"]["sae"]["d_sae"] = 64
+    (tmp_path / "sae/cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SaeAtlasError, match=r"'W_enc' has shape \[16, 48\], but its config says \[16, 64\]"):
+        load_sae(tmp_path / "sae")
+    (tmp_path / "sae/sae_weights.safetensors").write_bytes(b"\x80\x04\x95pickle-not-safetensors")
+    with pytest.raises(SaeAtlasError, match="not a valid safetensors file"):
+        load_sae(tmp_path / "sae")
+    (tmp_path / "dl").mkdir()
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "dl/ae.pt").write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(SaeAtlasError, match="cannot be loaded safely"):
+        load_sae(tmp_path / "dl")
+    with pytest.raises(SaeAtlasError, match="not an SAE folder"):
+        load_sae(tmp_path)
+
+
+def test_training_resumes_to_identical_weights(tmp_path):
+    x, _ = planted_features(8192, n_features=64, d=16, active=3, seed=1)
+    cfg = SAEConfig(arch="topk", d_in=16, d_sae=64, k=3)
+    train = TrainConfig(steps=40, batch_size=256, lr=1e-3, warmup_steps=5, checkpoint_every=10, seed=3)
+    reference, _ = train_sae(cfg, TensorSource(x), train)
+
+    class Killed(Exception):
+        pass
+
+    def die_at_25(m):
+        if m["step"] == 25:
+            raise Killed
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(Killed):
+        train_sae(cfg, TensorSource(x), train, checkpoint=ckpt, on_step=die_at_25)
+    resumed, state = train_sae(cfg, TensorSource(x), train, checkpoint=ckpt)
+    assert state.step == 40
+    for name, p in reference.state_dict().items():
+        assert torch.equal(p, resumed.state_dict()[name]), name
+
+
+def test_cli_train_writes_saelens_folder_and_eval_reads_it(tmp_path, capsys):
+    x, _ = planted_features(4096, n_features=64, d=16, active=3)
+    np.save(tmp_path / "x.npy", x.numpy())
+    out = tmp_path / "sae"
+    assert main(["train", "--activations", str(tmp_path / "x.npy"), "--arch", "topk", "--k", "3", "--width", "64",
+                 "--steps", "30", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    assert "L0 3.0" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    assert not (tmp_path / "sae.partial").exists()
+    assert main(["eval", str(out), "--activations", str(tmp_path / "x.npy")]) == 0
+    assert "firing frequency" in capsys.readouterr().out
+    # A second run into the same folder is refused, not overwritten.
+    assert main(["train", "--activations", str(tmp_path / "x.npy"), "--width", "64", "--k", "3", "--out", str(out), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "make, args, message",
+    [
+        (lambda x: x, ["--k", "80", "--width", "64"], "bad --k 80"),
+        (lambda x: np.where(np.arange(len(x))[:, None] == 7, np.inf, x), [], "NaN or Inf"),
+        (lambda x: x[:10], ["--batch-size", "256"], "fewer than one batch"),
+        (lambda x: x[:, 0], [], r"\[n_tokens, d_in\]"),
+    ],
+)
+def test_cli_train_bad_input(tmp_path, capsys, make, args, message):
+    x, _ = planted_features(1024, n_features=32, d=16, active=2)
+    np.save(tmp_path / "x.npy", make(x.numpy()).astype(np.float32))
+    rc = main(["train", "--activations", str(tmp_path / "x.npy"), "--width", "64", "--k", "3", "--steps", "5",
+               "--batch-size", "256", *args, "--out", str(tmp_path / "sae"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    import re
+
+    assert re.search(message, err[0])
+    assert not (tmp_path / "sae").exists()
+
+
+def test_cli_refuses_pickled_npy(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert main(["train", "--activations", str(tmp_path / "x.npy"), "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    assert "pickles are refused" in capsys.readouterr().err
