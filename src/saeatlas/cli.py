@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--store", help="an activation store folder (with --hook)")
     ev.add_argument("--hook", help="hook of the store")
     ev.add_argument("--tokens", type=int, default=65536, help="tokens to evaluate on (default 65536)")
+    ev.add_argument("--model", help="also splice the SAE into this model: CE-loss recovered, delta loss, KL")
+    ev.add_argument("--corpus", help="held-out text for --model (default: the SAE's dataset, eval split; else wiki)")
+    ev.add_argument("--ce-tokens", type=int, default=8192, help="tokens of held-out text for --model (default 8192)")
 
     verbs.add_parser("models", help="list the packaged models and whether they are installed")
     return parser
@@ -148,21 +151,47 @@ def _metric_line(m: dict) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     from .errors import SaeAtlasError
-    from .sae.formats import load_sae
+    from .sae.formats import load_sae, read_metadata
     from .sae.metrics import evaluate
     from .sae.run import eval_batches, open_source
 
     sae = load_sae(args.sae)
-    source = open_source(args.activations, args.store, args.hook)
-    if source.d_in != sae.cfg.d_in:
-        raise SaeAtlasError(f"SAE '{args.sae}' expects d_in {sae.cfg.d_in}, the activations have {source.d_in}")
-    metrics = evaluate(sae, eval_batches(source, args.tokens))
-    print(f"{args.sae}: {sae.cfg.arch} SAE, {sae.cfg.d_sae} latents; " + _metric_line(metrics))
-    hist = metrics["density_histogram"]
-    print("firing frequency (log10) histogram: " + ", ".join(
-        f"[{lo:g},{hi:g}): {c}" for lo, hi, c in zip(hist["log10_edges"], hist["log10_edges"][1:], hist["counts"]) if c)
-        + f"; dead: {hist['dead']}")
+    if not (args.activations or args.store or args.model):
+        raise SaeAtlasError("give activations to evaluate on (--activations FILE or --store DIR --hook HOOK) and/or --model")
+    if args.activations or args.store:
+        meta_hook = read_metadata(args.sae).get("hook_name")
+        source = open_source(args.activations, args.store, args.hook or meta_hook)
+        if source.d_in != sae.cfg.d_in:
+            raise SaeAtlasError(f"SAE '{args.sae}' expects d_in {sae.cfg.d_in}, the activations have {source.d_in}")
+        metrics = evaluate(sae, eval_batches(source, args.tokens))
+        print(f"{args.sae}: {sae.cfg.arch} SAE, {sae.cfg.d_sae} latents; " + _metric_line(metrics))
+        hist = metrics["density_histogram"]
+        print("firing frequency (log10) histogram: " + ", ".join(
+            f"[{lo:g},{hi:g}): {c}" for lo, hi, c in zip(hist["log10_edges"], hist["log10_edges"][1:], hist["counts"]) if c)
+            + f"; dead: {hist['dead']}")
+    if args.model:
+        print(_splice_line(args.sae, sae, args.model, args.hook, args.corpus, args.ce_tokens))
     return 0
+
+
+def _splice_line(folder, sae, model: str, hook: str | None, corpus: str | None, n_tokens: int) -> str:
+    from .errors import SaeAtlasError
+    from .models import load_model
+    from .sae.formats import read_metadata
+    from .sae.splice import spliced_metrics
+
+    meta = read_metadata(folder)
+    hook = hook or meta.get("hook_name")
+    if not hook:
+        raise SaeAtlasError(f"SAE '{folder}' does not name its hook: pass --hook (e.g. resid_post.9)")
+    handle = load_model(model)
+    if handle.d_model != sae.cfg.d_in:
+        raise SaeAtlasError(f"SAE '{folder}' has d_in {sae.cfg.d_in} but {model} has d_model {handle.d_model}")
+    corpus = corpus or meta.get("dataset_path") or "wiki"
+    m = spliced_metrics(handle, sae, hook, corpus=corpus, n_tokens=n_tokens)
+    return (f"spliced into {model} at {hook} on {m['corpus']}, {m['n_predictions']} predictions: CE clean {m['ce_clean']:.3f}, "
+            f"with SAE {m['ce_sae']:.3f}, zero-ablated {m['ce_zero_ablation']:.3f}; CE-loss recovered "
+            f"{m['ce_loss_recovered']:.3f}, delta LM loss {m['delta_lm_loss']:.3f}, KL {m['kl_div']:.3f}")
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Language models: packaged registry, loading, hook points."""
 
 from .handle import ModelHandle
-from .hooks import STAGES, HookPoint, capture, parse_hook, parse_hooks
+from .hooks import STAGES, HookPoint, capture, parse_hook, parse_hooks, patched
 from .loading import cache_dir, load_model
 from .registry import PACKAGED_MODELS, known_models
 
@@ -10,6 +10,7 @@ __all__ = [
     "HookPoint",
     "STAGES",
     "capture",
+    "patched",
     "parse_hook",
     "parse_hooks",
     "load_model",

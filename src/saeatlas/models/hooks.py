@@ -14,6 +14,7 @@ norm and the LM head are never computed.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -112,3 +113,30 @@ def capture(
         for h in handles:
             h.remove()
     return captured
+
+
+def _replace(output, new):
+    return (new, *output[1:]) if isinstance(output, tuple) else new
+
+
+@contextlib.contextmanager
+def patched(handle: ModelHandle, point: HookPoint, fn):
+    """Within the block, replace the activation at `point` by `fn(activation)` on every forward.
+
+    fn: [batch, seq, d_model] -> same shape and dtype.
+    """
+    block = handle.layers[point.layer]
+    if point.stage == "resid_pre":
+        def pre_hook(mod, args, kwargs):
+            if args:
+                return (fn(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
+        hook = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        path = {"attn_out": handle.architecture.attn_out, "mlp_out": handle.architecture.mlp_out}.get(point.stage, "")
+        hook = submodule(block, path).register_forward_hook(lambda mod, args, output: _replace(output, fn(_hidden(output))))
+    try:
+        yield
+    finally:
+        hook.remove()

@@ -160,15 +160,19 @@ def _load_saelens(folder: Path) -> SparseAutoencoder:
         raise SaeAtlasError(f"{folder}: normalize_activations={raw['normalize_activations']!r} is not supported; fold it first")
     path = folder / SAELENS_WEIGHTS
     t = _read_safetensors(path)
-    threshold = _expect(t, "threshold", (d_sae,), path) if arch_name == "jumprelu" else None
-    return _build(
-        cfg,
-        _expect(t, "W_enc", (d_in, d_sae), path),
-        _expect(t, "b_enc", (d_sae,), path),
-        _expect(t, "W_dec", (d_sae, d_in), path),
-        _expect(t, "b_dec", (d_in,), path),
-        threshold,
-    )
+    W_enc, b_enc = _expect(t, "W_enc", (d_in, d_sae), path), _expect(t, "b_enc", (d_sae,), path)
+    W_dec, b_dec = _expect(t, "W_dec", (d_sae, d_in), path), _expect(t, "b_dec", (d_in,), path)
+    if not raw.get("apply_b_dec_to_input", True):
+        b_enc = b_enc + b_dec @ W_enc  # x W_enc + b_enc == (x - b_dec) W_enc + (b_enc + b_dec W_enc)
+    if raw.get("rescale_acts_by_decoder_norm", False):
+        # SAELens scales pre-activations by each decoder row norm and decodes with unit rows.
+        norms = W_dec.norm(dim=1)
+        W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
+    threshold = None
+    if arch_name == "jumprelu":
+        # SAELens computes relu(pre) * (pre > threshold): a negative threshold acts as 0.
+        threshold = _expect(t, "threshold", (d_sae,), path).clamp(min=0)
+    return _build(cfg, W_enc, b_enc, W_dec, b_dec, threshold)
 
 
 def _load_sparsify(folder: Path) -> SparseAutoencoder:
@@ -215,3 +219,22 @@ def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
         cfg = SAEConfig(arch="relu", d_in=int(d_in), d_sae=int(d_sae), k=min(32, int(d_sae)))
     return _build(cfg, _expect(state, "encoder.weight", (d_sae, d_in), path).T, _expect(state, "encoder.bias", (d_sae,), path),
                   _expect(state, "decoder.weight", (d_in, d_sae), path).T, _expect(state, bias_key, (d_in,), path))
+
+
+def saeatlas_hook_name(name: str | None) -> str | None:
+    """`blocks.9.hook_resid_post` -> `resid_post.9` (inverse of `saelens_hook_name`)."""
+    parts = (name or "").split(".")
+    if len(parts) == 3 and parts[0] == "blocks" and parts[2].startswith("hook_"):
+        return f"{parts[2][len('hook_'):]}.{parts[1]}"
+    return name
+
+
+def read_metadata(folder: str | Path) -> dict:
+    """The `metadata` of a SAELens folder (hook in saeatlas naming); {} for other layouts."""
+    path = Path(folder) / SAELENS_CFG
+    if not (Path(folder) / SAELENS_WEIGHTS).is_file():
+        return {}
+    meta = dict(_read_json(path).get("metadata") or {})
+    if meta.get("hook_name"):
+        meta["hook_name"] = saeatlas_hook_name(meta["hook_name"])
+    return meta
