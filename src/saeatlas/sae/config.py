@@ -5,15 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
-from ..errors import SaeAtlasError
+from ..config import _check
 
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gba", "mp"]
 ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "batchtopk", "jumprelu", "gba", "mp")
-
-
-def _check(ok: bool, key: str, value, allowed: str) -> None:
-    if not ok:
-        raise SaeAtlasError(f"bad {key} {value!r}: {allowed}")
 
 
 @dataclass
