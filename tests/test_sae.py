@@ -226,3 +226,39 @@ def test_saelens_options_as_sae_lens_computes_them(tmp_path):
     _write_saelens(tmp_path / "c", {"architecture": "jumprelu", "d_in": 16, "d_sae": 48}, {**base, "threshold": thr})
     pre = (x - b_dec) @ W_enc + b_enc
     assert torch.allclose(load_sae(tmp_path / "c").encode(x), pre.relu() * (pre > thr), atol=1e-5)
+
+
+def test_killed_cli_train_resumes_to_identical_sae(tmp_path):
+    """kill -9 during `saeatlas train`, rerun the same command: the SAE folder is byte-identical."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    x, _ = planted_features(8192, n_features=64, d=16, active=3, seed=2)
+    np.save(tmp_path / "x.npy", x.numpy())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+
+    def command(out):
+        return [sys.executable, "-m", "saeatlas.cli", "train", "--activations", str(tmp_path / "x.npy"), "--arch", "topk",
+                "--k", "3", "--width", "64", "--steps", "800", "--batch-size", "256", "--seed", "5",
+                "--checkpoint-every", "25", "--out", str(out), "--quiet"]
+
+    subprocess.run(command(tmp_path / "reference"), check=True, env=env)
+    killed = tmp_path / "killed"
+    checkpoint = tmp_path / "killed.partial" / "checkpoint.pt"
+    proc = subprocess.Popen(command(killed), env=env)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not killed.exists(), "the run was not killed mid-training"
+    step = torch.load(checkpoint, weights_only=True)["state"]["step"]
+    assert 0 < step < 800
+    subprocess.run(command(killed), check=True, env=env)
+    assert not (tmp_path / "killed.partial").exists()
+    for name in ("sae_weights.safetensors", "cfg.json"):
+        assert (killed / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name

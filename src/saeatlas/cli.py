@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=4096)
     tr.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-4 / sqrt(width / 2^14))")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--dtype", default="float32", help="compute dtype: float32 or bfloat16")
+    tr.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 for topk/batchtopk where the CPU has it natively), float32 or bfloat16")
     tr.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (resume unit)")
     tr.add_argument("--out", required=True, type=Path, help="SAE folder to write (must not exist)")
     tr.add_argument("--quiet", action="store_true")

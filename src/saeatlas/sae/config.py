@@ -89,15 +89,16 @@ class TrainConfig:
     """A latent that has not fired for this many tokens counts as dead (AuxK, metrics)."""
     seed: int = 0
     """Seed of initialisation and data order."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Compute dtype of the matmuls (master weights stay float32)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Compute dtype of the matmuls (master weights stay float32).  `auto`: bfloat16 for the
+    TopK family where the CPU has native bfloat16 matmuls, float32 otherwise."""
     checkpoint_every: int = 500
     """Steps between checkpoints (0 = none)."""
 
     def validate(self) -> "TrainConfig":
         _check(self.steps >= 1, "--steps", self.steps, "must be positive")
         _check(self.batch_size >= 1, "--batch-size", self.batch_size, "must be positive")
-        _check(self.dtype in ("float32", "bfloat16"), "--dtype", self.dtype, "use float32 or bfloat16")
+        _check(self.dtype in ("auto", "float32", "bfloat16"), "--dtype", self.dtype, "use auto, float32 or bfloat16")
         return self
 
     def to_dict(self) -> dict:

@@ -39,7 +39,9 @@ class SparseAutoencoder(nn.Module):
         w_dec = torch.randn(d_sae, d_in, generator=generator)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(w_dec.T.clone())  # tied init (Anthropic April update, Gao et al.)
+        # Tied init (Anthropic April update, Gao et al.).  Stored column-major ([d_sae, d_in] in memory)
+        # so the sparse encoder gradient, computed per latent, lands in place without a transposing copy.
+        self.W_enc = nn.Parameter(w_dec.clone().t())
         self.b_enc = nn.Parameter(torch.zeros(d_sae), requires_grad=cfg.arch != "gba")
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         # JumpReLU threshold; BatchTopK learns one global value for inference.
@@ -95,8 +97,7 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Scale decoder rows to unit norm (encoder columns absorb the inverse for relu-like SAEs)."""
-        norms = self.W_dec.norm(dim=1).clamp_min(1e-8)
-        self.W_dec /= norms[:, None]
+        self.W_dec.div_(torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True).clamp_min(1e-8))
         self.threshold.clamp_(min=0.0)
 
     @torch.no_grad()
@@ -104,8 +105,9 @@ class SparseAutoencoder(nn.Module):
         """Project out the gradient component along each decoder row (keeps rows unit norm under Adam)."""
         if self.W_dec.grad is None:
             return
-        unit = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        self.W_dec.grad -= (self.W_dec.grad * unit).sum(dim=1, keepdim=True) * unit
+        squared = torch.linalg.vecdot(self.W_dec, self.W_dec).clamp_min(1e-16)
+        along = torch.linalg.vecdot(self.W_dec.grad, self.W_dec) / squared
+        self.W_dec.grad.addcmul_(self.W_dec, along[:, None], value=-1.0)
 
     @torch.no_grad()
     def fold_scale(self, scale: float) -> None:

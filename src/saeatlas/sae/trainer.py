@@ -11,14 +11,18 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from ..fileio import write_bytes_atomic
 from .activations import step as step_fn
-from .activations import topk
 from .config import SAEConfig, TrainConfig
 from .model import SparseAutoencoder
+from .sparse import choose, decode_sparse, encoder_pre, select
+
+SPARSE_ARCHS = ("topk", "batchtopk")
+"""Architectures trained on sparse codes (see `sparse.py`)."""
 
 
 def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -66,15 +70,9 @@ class TrainState:
 
 
 # ---------------------------------------------------------------- losses
-def aux_k_loss(sae: SparseAutoencoder, x: torch.Tensor, recon: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
-    """AuxK (Gao et al. 2024, A.2): dead latents reconstruct the residual error."""
-    n_dead = int(dead.sum())
-    if n_dead == 0:
-        return pre.new_zeros(())
-    k_aux = min(sae.cfg.d_in // 2, n_dead)
+def aux_k_loss(x: torch.Tensor, recon: torch.Tensor, aux_recon: torch.Tensor) -> torch.Tensor:
+    """AuxK (Gao et al. 2024, A.2): dead latents' reconstruction `aux_recon` [n, d_in] of the residual error."""
     error = (x - recon).detach()
-    aux_codes = topk(pre.masked_fill(~dead, -torch.inf), k_aux)
-    aux_recon = aux_codes @ sae.W_dec
     return ((aux_recon - error) ** 2).sum(-1).mean() / (error - error.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
 
 
@@ -92,53 +90,108 @@ def sparsity_loss(sae: SparseAutoencoder, train: TrainConfig, state: TrainState,
 
 
 # ---------------------------------------------------------------- one step
-def train_step(sae, optimizer, x, train: TrainConfig, state: TrainState, base_lr: float) -> dict:
-    """One optimizer step on a [batch, d_in] batch (already scaled); returns its metrics."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr_at(state.step, train, base_lr)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train.dtype == "bfloat16"):
+class StepResult(NamedTuple):
+    """What one forward pass hands to the optimizer step and the bookkeeping."""
+
+    loss: torch.Tensor
+    mse: torch.Tensor
+    fired: torch.Tensor
+    """[d_sae] bool: latents active on some token of the batch."""
+    l0: float
+    smallest_kept: float | None
+    """Smallest positive code (batchtopk's inference threshold is an EMA of it)."""
+    pre: torch.Tensor | None
+    """[n, d_sae] pre-activations (gba's bias updates need them)."""
+
+
+def compute_dtype(train: TrainConfig, arch: str) -> torch.dtype:
+    """The matmul dtype: `auto` is bfloat16 for the sparse path where the CPU computes it natively."""
+    if train.dtype == "auto":
+        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.bfloat16 if native and arch in SPARSE_ARCHS else torch.float32
+    return getattr(torch, train.dtype)
+
+
+def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
+    """TopK / BatchTopK forward on sparse codes: one dense matmul, the rest on the k kept latents."""
+    centred = x - sae.b_dec.detach()
+    pre = encoder_pre(sae, centred, compute_dtype(train, sae.cfg.arch))
+    codes = select(sae, centred, *choose(sae.cfg.arch, pre, sae.cfg.k))
+    recon = decode_sparse(codes, sae.W_dec, sae.b_dec)
+    mse = ((recon - x) ** 2).sum(-1).mean()
+    loss = mse
+    n_dead = int(dead.sum())
+    if train.aux_k_coefficient > 0 and n_dead:
+        dead_ids = dead.nonzero().squeeze(1)
+        values, pick = pre[:, dead_ids].topk(min(sae.cfg.d_in // 2, n_dead), dim=-1, sorted=False)
+        offsets = torch.arange(0, values.numel(), values.shape[1])
+        aux = select(sae, centred, dead_ids[pick].reshape(-1), values.reshape(-1), offsets)
+        loss = loss + train.aux_k_coefficient * aux_k_loss(x, recon, decode_sparse(aux, sae.W_dec))
+    with torch.no_grad():
+        positive = codes.values > 0
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+        fired[codes.indices[positive]] = True
+        kept = codes.values[positive]
+    return StepResult(loss, mse, fired, float(positive.sum()) / x.shape[0],
+                      float(kept.min()) if kept.numel() else None, None)
+
+
+def dense_losses(sae, x, train: TrainConfig, state: TrainState, dead: torch.Tensor) -> StepResult:
+    """Forward with dense codes (relu, jumprelu, gba, mp), autocast to bfloat16 when asked."""
+    dtype = compute_dtype(train, sae.cfg.arch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = sae(x)
     recon, codes, pre = out.recon.float(), out.codes.float(), None if out.pre is None else out.pre.float()
     mse = ((recon - x) ** 2).sum(-1).mean()
     loss = mse + sparsity_loss(sae, train, state, pre, codes)
+    with torch.no_grad():
+        active = codes > 0
+        kept = codes[active]
+        return StepResult(loss, mse, active.any(0), float(active.sum()) / x.shape[0],
+                          float(kept.min()) if kept.numel() else None, None if pre is None else pre.detach())
+
+
+def train_step(sae, optimizer, x, train: TrainConfig, state: TrainState, base_lr: float) -> dict:
+    """One optimizer step on a [batch, d_in] batch (already scaled); returns its metrics."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(state.step, train, base_lr)
     dead = state.tokens_since_fired >= train.dead_after_tokens
-    if sae.cfg.arch in ("topk", "batchtopk") and train.aux_k_coefficient > 0:
-        loss = loss + train.aux_k_coefficient * aux_k_loss(sae, x, recon, pre, dead)
+    if sae.cfg.arch in SPARSE_ARCHS:
+        result = sparse_losses(sae, x, train, dead)
+    else:
+        result = dense_losses(sae, x, train, state, dead)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    result.loss.backward()
     sae.remove_parallel_gradient()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), train.grad_clip)
     optimizer.step()
     sae.normalize_decoder()
-    _after_step(sae, train, state, x, codes.detach(), None if pre is None else pre.detach())
+    _after_step(sae, state, x.shape[0], result)
     total_var = (x - x.mean(0)).pow(2).sum(-1).mean()
     return {
         "step": state.step,
-        "loss": float(loss.detach()),
-        "mse": float(mse.detach()),
-        "fvu": float(mse.detach() / total_var.clamp_min(1e-12)),
-        "l0": float((codes > 0).sum(-1).float().mean()),
+        "loss": float(result.loss.detach()),
+        "mse": float(result.mse.detach()),
+        "fvu": float(result.mse.detach() / total_var.clamp_min(1e-12)),
+        "l0": result.l0,
         "dead": float(dead.float().mean()),
     }
 
 
 @torch.no_grad()
-def _after_step(sae, train, state: TrainState, x, codes, pre) -> None:
-    fired = (codes > 0).any(0)
-    state.tokens_since_fired += x.shape[0]
-    state.tokens_since_fired[fired] = 0
-    if sae.cfg.arch == "batchtopk":
-        kept = codes[codes > 0]
-        if kept.numel():
-            smallest = float(kept.min())
-            prev = state.batchtopk_threshold
-            state.batchtopk_threshold = smallest if prev is None else 0.99 * prev + 0.01 * smallest
-            sae.inference_threshold = state.batchtopk_threshold
+def _after_step(sae, state: TrainState, n_tokens: int, result: StepResult) -> None:
+    state.tokens_since_fired += n_tokens
+    state.tokens_since_fired[result.fired] = 0
+    if sae.cfg.arch == "batchtopk" and result.smallest_kept is not None:
+        prev = state.batchtopk_threshold
+        smallest = result.smallest_kept
+        state.batchtopk_threshold = smallest if prev is None else 0.99 * prev + 0.01 * smallest
+        sae.inference_threshold = state.batchtopk_threshold
     if sae.cfg.arch == "gba":
-        state.gba_fired += (pre > 0).sum(0)
-        state.gba_peak = torch.maximum(state.gba_peak, pre.max(0).values)
+        state.gba_fired += (result.pre > 0).sum(0)
+        state.gba_peak = torch.maximum(state.gba_peak, result.pre.max(0).values)
         if (state.step + 1) % sae.cfg.gba_every == 0:
-            gba_update(sae, state, n_tokens=sae.cfg.gba_every * x.shape[0])
+            gba_update(sae, state, n_tokens=sae.cfg.gba_every * n_tokens)
 
 
 def gba_targets(cfg: SAEConfig) -> torch.Tensor:
@@ -191,7 +244,7 @@ def init_sae(cfg: SAEConfig, source, train: TrainConfig) -> tuple[SparseAutoenco
 
 
 def make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Adam:
-    return torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999))
+    return torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999), fused=True)
 
 
 def save_checkpoint(path: Path, sae, optimizer, state: TrainState) -> None:
