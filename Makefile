@@ -67,6 +67,7 @@ $(BENCH_STAMP): $(SL_STAMP)
 bench: $(STAMP) $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/extract.py
 	HF_HUB_OFFLINE=1 $(PY) bench/train.py
+	HF_HUB_OFFLINE=1 $(PY) bench/recovery.py
 
 clean:
 	rm -rf $(VENV) $(SL_VENV) runs

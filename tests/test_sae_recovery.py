@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from saeatlas.sae import SAEConfig, TrainConfig, train_sae
-from saeatlas.sae.data_source import TensorSource
-from saeatlas.sae.synthetic import feature_recovery, planted_features
+from saeatlas.sae.synthetic import planted_features, recovery_run
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +20,6 @@ def planted():
 
 @pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "gba", "mp"])
 def test_recovers_at_least_90_percent_of_planted_features(arch, planted):
-    x, features = planted
-    cfg = SAEConfig(arch=arch, d_in=64, d_sae=1024, k=5)
-    train = TrainConfig(steps=1500, batch_size=512, lr=2e-3, warmup_steps=50, checkpoint_every=0, seed=0)
-    sae, _ = train_sae(cfg, TensorSource(x), train)
-    recovery = feature_recovery(sae.W_dec.detach(), features, threshold=0.9)
-    print(f"{arch}: recovered {recovery:.3f} of 512 planted features at cosine >= 0.9")
-    assert recovery >= 0.9
+    result = recovery_run(arch, *planted, seed=0)
+    print(f"{arch}: recovered {result['recovery']:.3f} of 512 planted features at cosine >= 0.9")
+    assert result["recovery"] >= 0.9
