@@ -7,7 +7,7 @@ import torch
 
 from saeatlas.sae import SAEConfig, SparseAutoencoder, TrainConfig
 from saeatlas.sae.activations import batch_topk, topk
-from saeatlas.sae.sparse import decode_sparse, fast_topk
+from saeatlas.sae.sparse import SparseCodes, decode_sparse, fast_topk
 from saeatlas.sae.trainer import aux_k_loss, sparse_losses
 
 
@@ -77,8 +77,6 @@ def test_sparse_decode_equals_dense_product():
     sae = _sae("topk")
     x = torch.randn(32, 24)
     result_codes = sae.encode(x)
-    from saeatlas.sae.sparse import SparseCodes
-
     rows, cols = result_codes.nonzero(as_tuple=True)
     codes = SparseCodes(cols, result_codes[rows, cols], torch.searchsorted(rows, torch.arange(32)), 256)
     torch.testing.assert_close(codes.to_dense(), result_codes)

@@ -24,6 +24,11 @@ GROUP_SIZE = 16
 """Columns per group in `fast_topk` (about sqrt(d_sae / k) balances its two stages)."""
 
 
+def row_pointers(offsets: torch.Tensor, n_codes: int) -> torch.Tensor:
+    """[n + 1] CSR row pointers from [n] row starts and the number of codes."""
+    return torch.cat([offsets, offsets.new_tensor([n_codes])])
+
+
 class SparseCodes(NamedTuple):
     """Latent codes of n tokens in CSR order."""
 
@@ -41,7 +46,7 @@ class SparseCodes(NamedTuple):
 
     def crow(self) -> torch.Tensor:
         """[n + 1] CSR row pointers."""
-        return torch.cat([self.offsets, self.offsets.new_tensor([self.indices.shape[0]])])
+        return row_pointers(self.offsets, self.indices.shape[0])
 
     def rows(self) -> torch.Tensor:
         """[m] row of each kept code."""
@@ -140,7 +145,7 @@ def choose(arch: str, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
 
 def select(sae, centred: torch.Tensor, indices, values, offsets) -> SparseCodes:
     """Codes from chosen pre-activations, ReLU'd, with the sparse encoder gradient attached."""
-    crow = torch.cat([offsets, offsets.new_tensor([indices.shape[0]])])
+    crow = row_pointers(offsets, indices.shape[0])
     selected = _SelectedPre.apply(values.float(), centred.detach(), sae.W_enc, sae.b_enc, sae.b_dec, indices, crow)
     return SparseCodes(indices, selected.relu(), offsets, sae.cfg.d_sae)
 

@@ -22,10 +22,11 @@ def planted_features(n_samples: int, n_features: int = 512, d: int = 64, active:
     return x, features
 
 
-def feature_recovery(decoder: torch.Tensor, features: torch.Tensor, threshold: float = 0.9) -> float:
-    """Fraction of true features with some decoder row at cosine >= threshold. decoder [d_sae, d]."""
+def best_cosines(decoder: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """[n_features] best cosine of each true (unit) feature with a decoder row. decoder [d_sae, d]."""
     rows = decoder / decoder.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return float(((features @ rows.T).max(dim=1).values >= threshold).float().mean())
+    return (features @ rows.T).max(dim=1).values
+
 
 
 def recovery_run(arch: str, x: torch.Tensor, features: torch.Tensor, seed: int = 0, steps: int = 1500) -> dict:
@@ -42,9 +43,7 @@ def recovery_run(arch: str, x: torch.Tensor, features: torch.Tensor, seed: int =
     cfg = SAEConfig(arch=arch, d_in=x.shape[1], d_sae=1024, k=5)
     train = TrainConfig(steps=steps, batch_size=512, lr=2e-3, warmup_steps=50, checkpoint_every=0, seed=seed)
     sae, _ = train_sae(cfg, TensorSource(x), train)
-    decoder = sae.W_dec.detach()
-    rows = decoder / decoder.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cosines = best_cosines(sae.W_dec.detach(), features)
     metrics = evaluate(sae, [x[i : i + 4096] for i in range(0, min(len(x), 16384), 4096)])
-    return {"arch": arch, "seed": seed, "recovery": feature_recovery(decoder, features, 0.9),
-            "mean_best_cosine": float((features @ rows.T).max(dim=1).values.mean()),
-            "l0": metrics["l0"], "fvu": metrics["fvu"]}
+    return {"arch": arch, "seed": seed, "recovery": float((cosines >= 0.9).float().mean()),
+            "mean_best_cosine": float(cosines.mean()), "l0": metrics["l0"], "fvu": metrics["fvu"]}

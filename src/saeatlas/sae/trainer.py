@@ -136,7 +136,7 @@ def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
                       float(kept.min()) if kept.numel() else None, None)
 
 
-def dense_losses(sae, x, train: TrainConfig, state: TrainState, dead: torch.Tensor) -> StepResult:
+def dense_losses(sae, x, train: TrainConfig, state: TrainState) -> StepResult:
     """Forward with dense codes (relu, jumprelu, gba, mp), autocast to bfloat16 when asked."""
     dtype = compute_dtype(train, sae.cfg.arch)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
@@ -159,7 +159,7 @@ def train_step(sae, optimizer, x, train: TrainConfig, state: TrainState, base_lr
     if sae.cfg.arch in SPARSE_ARCHS:
         result = sparse_losses(sae, x, train, dead)
     else:
-        result = dense_losses(sae, x, train, state, dead)
+        result = dense_losses(sae, x, train, state)
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
     sae.remove_parallel_gradient()
