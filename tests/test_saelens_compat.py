@@ -28,7 +28,7 @@ SIDE_SCRIPT = Path(__file__).with_name("saelens_side.py")
 D_IN, D_SAE, K, N_ROWS = 16, 48, 4, 64  # as in saelens_side.py
 
 # saeatlas arch -> the SAELens architecture it is saved as
-SAVED_AS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu", "gba": "standard"}
+SAVED_AS = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu", "gba": "jumprelu"}
 # SAELens arch -> the saeatlas arch it loads as
 LOADS_AS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 

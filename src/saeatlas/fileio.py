@@ -11,6 +11,11 @@ from typing import Any
 import numpy as np
 
 
+def cache_dir() -> Path:
+    """Root of saeatlas' on-disk cache (`SAEATLAS_CACHE` or ~/.cache/saeatlas): converted models, compiled kernels."""
+    return Path(os.environ.get("SAEATLAS_CACHE", Path.home() / ".cache" / "saeatlas")).expanduser()
+
+
 def sha256_file(path: Path, block: int = 1 << 22) -> str:
     """Hex sha256 of a file's bytes, read in blocks."""
     h = hashlib.sha256()

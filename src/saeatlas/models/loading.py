@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HubUnavailableError, SaeAtlasError, UnknownModelError
-from ..fileio import sha256_file, write_json_atomic
+from ..fileio import cache_dir, sha256_file, write_json_atomic
 from .architectures import architecture_for
 from .handle import ModelHandle
 from .registry import PACKAGED_MODELS, PackagedModel, packaged_model
@@ -29,11 +29,6 @@ log = logging.getLogger("saeatlas")
 CACHE_MARKER = "saeatlas-cache.json"
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def cache_dir() -> Path:
-    """Root of saeatlas' on-disk cache (`SAEATLAS_CACHE` or ~/.cache/saeatlas)."""
-    return Path(os.environ.get("SAEATLAS_CACHE", Path.home() / ".cache" / "saeatlas")).expanduser()
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -52,7 +52,7 @@ def save_saelens(sae: SparseAutoencoder, folder: str | Path, metadata: dict | No
         "b_dec": sae.b_dec.detach().float().contiguous(),
     }
     if arch == "jumprelu":
-        threshold = sae.threshold if sae.cfg.arch == "jumprelu" else torch.full((sae.cfg.d_sae,), float(sae.inference_threshold or 0.0))
+        threshold = sae.threshold if sae.cfg.arch in ("jumprelu", "gba") else torch.full((sae.cfg.d_sae,), float(sae.inference_threshold or 0.0))
         tensors["threshold"] = threshold.detach().float().contiguous()
     save_file(tensors, tmp / SAELENS_WEIGHTS)
     meta = dict(metadata or {})
@@ -134,7 +134,7 @@ def _build(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, threshold=None) -> Sparse
         sae.W_dec.copy_(W_dec)
         sae.b_dec.copy_(b_dec)
         if threshold is not None:
-            if cfg.arch == "jumprelu":
+            if cfg.arch in ("jumprelu", "gba"):
                 sae.threshold.copy_(threshold)
             else:
                 sae.inference_threshold = float(threshold.mean())

@@ -39,17 +39,24 @@ class SparseAutoencoder(nn.Module):
         w_dec = torch.randn(d_sae, d_in, generator=generator)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)
-        # Tied init (Anthropic April update, Gao et al.).  Stored column-major ([d_sae, d_in] in memory)
-        # so the sparse encoder gradient, computed per latent, lands in place without a transposing copy.
-        self.W_enc = nn.Parameter(w_dec.clone().t())
+        # Tied init (Anthropic April update, Gao et al.).  Stored transposed, [d_sae, d_in] contiguous:
+        # the sparse encoder gradient is computed latent by latent, in this layout, and fused Adam
+        # copies any non-contiguous parameter in and out at every step.
+        self.W_enc_T = nn.Parameter(w_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(d_sae), requires_grad=cfg.arch != "gba")
         self.b_dec = nn.Parameter(torch.zeros(d_in))
-        # JumpReLU threshold; BatchTopK learns one global value for inference.
-        # Trained directly, not as a log: Adam moves a log-threshold by ~lr per step, far too slowly from 1e-3.
+        # JumpReLU threshold, trained directly (not as a log: Adam moves a log-threshold by ~lr per step,
+        # far too slowly from 1e-3).  GBA gates with the same threshold, set by bias adaptation instead of
+        # gradients (it is minus the paper's bias).  BatchTopK learns one global value for inference.
         init = 1e-3 if cfg.arch == "jumprelu" else 0.0
         self.threshold = nn.Parameter(torch.full((d_sae,), init), requires_grad=cfg.arch == "jumprelu")
         self.inference_threshold: float | None = None
         """batchtopk: global threshold used outside training (EMA of the smallest kept activation)."""
+
+    @property
+    def W_enc(self) -> torch.Tensor:
+        """[d_in, d_sae] encoder weight: a transposed view of the parameter `W_enc_T`."""
+        return self.W_enc_T.t()
 
     # ------------------------------------------------------------ encoder
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,8 +66,12 @@ class SparseAutoencoder(nn.Module):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """Pre-activations -> codes, by architecture (training-mode semantics for batchtopk)."""
         arch = self.cfg.arch
-        if arch in ("relu", "gba"):
+        if arch == "relu":
             return pre.relu()
+        if arch == "gba":
+            # The adapted bias gates but does not shrink: with z = ReLU(pre + b) the encoder grows to
+            # undo the shrinkage, which drives the bias down to its floor and the firing rate up.
+            return pre * (pre > self.threshold.to(pre.dtype))
         if arch == "topk":
             return topk(pre, self.cfg.k)
         if arch == "batchtopk":
@@ -105,7 +116,7 @@ class SparseAutoencoder(nn.Module):
         """Project out the gradient component along each decoder row (keeps rows unit norm under Adam)."""
         if self.W_dec.grad is None:
             return
-        squared = torch.linalg.vecdot(self.W_dec, self.W_dec).clamp_min(1e-16)
+        squared = torch.linalg.vector_norm(self.W_dec, dim=1).square().clamp_min(1e-16)  # faster than vecdot
         along = torch.linalg.vecdot(self.W_dec.grad, self.W_dec) / squared
         self.W_dec.grad.addcmul_(self.W_dec, along[:, None], value=-1.0)
 
@@ -118,11 +129,11 @@ class SparseAutoencoder(nn.Module):
         W_dec /= scale, b_dec /= scale (matching pursuit normalises its atoms,
         so the same change keeps its codes too).
         """
-        self.W_enc *= scale
+        self.W_enc_T.mul_(scale)
         self.W_dec /= scale
         self.b_dec /= scale
 
     def saved_architecture(self) -> str:
         """SAELens architecture name this SAE is saved as."""
-        return {"relu": "standard", "gba": "standard", "topk": "topk", "batchtopk": "jumprelu",
+        return {"relu": "standard", "gba": "jumprelu", "topk": "topk", "batchtopk": "jumprelu",
                 "jumprelu": "jumprelu", "mp": "mp"}[self.cfg.arch]

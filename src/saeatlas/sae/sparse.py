@@ -4,7 +4,9 @@ A TopK SAE keeps k of d_sae latents per token, so everything after the encoder
 matmul is sparse: the decoder is an `embedding_bag` over the k decoder rows,
 and the encoder's backward only needs the k selected pre-activations per token
 (a sparse-dense product instead of a second dense matmul).  The one dense
-operation left is the encoder matmul, done in bfloat16 when asked.
+operation left is the encoder matmul, done in bfloat16 when asked.  The top-k
+and the sparse products of the backward run in compiled kernels (`native.py`)
+where a C compiler is at hand, and in torch operators otherwise.
 
 Codes are kept as `SparseCodes`: for each token (row) its latent indices and
 values, rows stored one after another (CSR order).
@@ -18,6 +20,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 GROUP_SIZE = 16
@@ -27,6 +31,11 @@ GROUP_SIZE = 16
 def row_pointers(offsets: torch.Tensor, n_codes: int) -> torch.Tensor:
     """[n + 1] CSR row pointers from [n] row starts and the number of codes."""
     return torch.cat([offsets, offsets.new_tensor([n_codes])])
+
+
+def rows_of(crow: torch.Tensor) -> torch.Tensor:
+    """[m] row of each code, from [n + 1] CSR row pointers."""
+    return torch.repeat_interleave(torch.arange(crow.shape[0] - 1), crow.diff(), output_size=int(crow[-1]))
 
 
 class SparseCodes(NamedTuple):
@@ -50,8 +59,7 @@ class SparseCodes(NamedTuple):
 
     def rows(self) -> torch.Tensor:
         """[m] row of each kept code."""
-        counts = self.crow().diff()
-        return torch.repeat_interleave(torch.arange(self.n_rows), counts)
+        return rows_of(self.crow())
 
     def to_dense(self) -> torch.Tensor:
         """[n, d_sae] dense codes (for metrics and tests; avoid in hot paths)."""
@@ -60,16 +68,22 @@ class SparseCodes(NamedTuple):
         return dense
 
 
-def fast_topk(pre: torch.Tensor, k: int, group: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact per-row top-k of [n, d_sae] in two cheap stages -> (values [n, k], indices [n, k]), unsorted.
+def fast_topk(pre: torch.Tensor, k: int, bias: torch.Tensor | None = None,
+              group: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact per-row top-k of pre + bias ([n, d_sae], bias [d_sae] added in float32)
+    -> (values [n, k], indices [n, k]), unsorted.
 
-    Columns are split into `group` strided slices; the k groups with the
+    The native kernel where available; otherwise torch in two cheap stages:
+    columns are split into `group` strided slices; the k groups with the
     largest maxima hold every top-k value (any top-k element outside them
     would be <= the k-th group maximum, so it ties with one inside), so the
-    top-k of those k * group candidates is the answer.  Several times faster
-    than `torch.topk` over the full width on CPU.
+    top-k of those k * group candidates is the answer.
     """
     n, width = pre.shape
+    if native.library() is not None and pre.is_contiguous() and pre.dtype in (torch.float32, torch.bfloat16):
+        return native.topk_rows(pre, k, bias)
+    if bias is not None:
+        pre = pre + bias.detach().float()
     if width % group or width // group <= k:
         return pre.topk(k, dim=-1, sorted=False)
     m = width // group
@@ -81,17 +95,18 @@ def fast_topk(pre: torch.Tensor, k: int, group: int = GROUP_SIZE) -> tuple[torch
     return values, indices
 
 
-def topk_codes(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TopK: (indices [n*k], values [n*k], offsets [n]) of [n, d_sae] pre-activations (`select` applies the ReLU)."""
-    values, indices = fast_topk(pre, k)
+def topk_codes(pre: torch.Tensor, k: int, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TopK: (indices [n*k], values [n*k], offsets [n]) of pre-activations pre + bias ([n, d_sae], [d_sae]);
+    `select` applies the ReLU."""
+    values, indices = fast_topk(pre, k, bias)
     offsets = torch.arange(0, pre.shape[0] * k, k)
     return indices.reshape(-1), values.reshape(-1), offsets
 
 
-def batch_topk_codes(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """BatchTopK: the k * n largest pre-activations of the batch, in CSR order (`select` applies the ReLU)."""
+def batch_topk_codes(pre: torch.Tensor, k: int, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BatchTopK: the k * n largest pre-activations pre + bias of the batch, in CSR order (`select` applies the ReLU)."""
     n, width = pre.shape
-    values, flat = pre.reshape(-1).topk(k * n, sorted=False)
+    values, flat = (pre.float() + bias.detach().float()).reshape(-1).topk(k * n, sorted=False)
     flat, order = flat.sort()
     values = values[order]
     rows = flat // width
@@ -116,30 +131,59 @@ class _SelectedPre(torch.autograd.Function):
     def backward(ctx, grad):
         centred, W_enc, indices, crow = ctx.saved_tensors
         d_sae = W_enc.shape[1]
-        grad = grad.float()
-        colsum = torch.zeros(d_sae).index_add_(0, indices, grad)
-        sparse = torch.sparse_csr_tensor(crow, indices, grad, (centred.shape[0], d_sae), check_invariants=False)
-        grad_w_enc = torch.sparse.mm(sparse.t(), centred).t()  # [d_in, d_sae]
+        grad = grad.float().contiguous()
+        if native.library() is not None:
+            rows = rows_of(crow)
+            grad_w_enc_t, colsum = native.scatter_by_latent(native.latent_order(indices, d_sae), rows, grad,
+                                                            centred.contiguous(), d_sae)
+            grad_w_enc = grad_w_enc_t.t()  # [d_in, d_sae] view of [d_sae, d_in]: W_enc_T's layout
+        else:
+            colsum = torch.zeros(d_sae).index_add_(0, indices, grad)
+            sparse = torch.sparse_csr_tensor(crow, indices, grad, (centred.shape[0], d_sae), check_invariants=False)
+            grad_w_enc = torch.sparse.mm(sparse.t(), centred).t()  # [d_in, d_sae]
         return None, None, grad_w_enc, colsum, -(W_enc @ colsum), None, None
 
 
-def encoder_pre(sae, centred: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[n, d_sae] pre-activations of centred inputs (x - b_dec), without autograd, computed in `dtype`.
+class _SparseDecode(torch.autograd.Function):
+    """recon[r] = sum of values[i] W_dec[indices[i]] over row r's codes; backward by native kernels.
 
-    bfloat16 halves the matmul's time on CPUs with AVX-512 BF16 / AMX; the
-    master weights and all gradients stay float32.
+    grad_values[i] = <grad[row i], W_dec[indices[i]]>, grad_W_dec = S^T grad (S the codes)."""
+
+    @staticmethod
+    def forward(ctx, values, W_dec, indices, offsets, crow):
+        ctx.save_for_backward(values, W_dec, indices, crow)
+        return F.embedding_bag(indices, W_dec, offsets, mode="sum", per_sample_weights=values)
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, W_dec, indices, crow = ctx.saved_tensors
+        grad = grad.float().contiguous()
+        rows, grouping = rows_of(crow), native.latent_order(indices, W_dec.shape[0])
+        grad_values = native.code_dots(grouping, rows, grad, W_dec.contiguous())
+        grad_w_dec, _ = native.scatter_by_latent(grouping, rows, values.float().contiguous(), grad, W_dec.shape[0])
+        return grad_values, grad_w_dec, None, None, None
+
+
+def encoder_product(sae, centred: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[n, d_sae] (x - b_dec) W_enc of centred inputs, without b_enc and without autograd, computed in `dtype`.
+
+    The top-k adds b_enc in float32 as it reads each value: a bias in the
+    bfloat16 matmul itself costs about a tenth of its time.  bfloat16 halves
+    the matmul's time on CPUs with AVX-512 BF16 / AMX; the master weights and
+    all gradients stay float32.
     """
     with torch.no_grad():
-        return torch.addmm(sae.b_enc.to(dtype), centred.to(dtype), sae.W_enc.to(dtype))
+        return torch.mm(centred.to(dtype), sae.W_enc.to(dtype))
 
 
-def choose(arch: str, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices, values and offsets of the codes a TopK (per token) or BatchTopK (per batch) SAE keeps."""
+def choose(arch: str, product: torch.Tensor, b_enc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indices, values and offsets of the codes a TopK (per token) or BatchTopK (per batch) SAE keeps,
+    from the encoder product [n, d_sae] and b_enc [d_sae]."""
     with torch.no_grad():
         if arch == "topk":
-            return topk_codes(pre, k)
+            return topk_codes(product, k, b_enc)
         if arch == "batchtopk":
-            return batch_topk_codes(pre, k)
+            return batch_topk_codes(product, k, b_enc)
     raise ValueError(f"sparse codes need arch topk or batchtopk, not {arch}")
 
 
@@ -152,5 +196,8 @@ def select(sae, centred: torch.Tensor, indices, values, offsets) -> SparseCodes:
 
 def decode_sparse(codes: SparseCodes, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None) -> torch.Tensor:
     """[n, d_in] reconstruction sum_j codes_j W_dec[j] (+ b_dec), by embedding_bag."""
-    out = F.embedding_bag(codes.indices, W_dec, codes.offsets, mode="sum", per_sample_weights=codes.values)
+    if native.library() is not None and W_dec.dtype == torch.float32:
+        out = _SparseDecode.apply(codes.values, W_dec, codes.indices, codes.offsets, codes.crow())
+    else:
+        out = F.embedding_bag(codes.indices, W_dec, codes.offsets, mode="sum", per_sample_weights=codes.values)
     return out if b_dec is None else out + b_dec

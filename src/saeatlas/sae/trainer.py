@@ -16,10 +16,11 @@ from typing import NamedTuple
 import torch
 
 from ..fileio import write_bytes_atomic
+from ..memory import reuse_freed_memory
 from .activations import step as step_fn
 from .config import SAEConfig, TrainConfig
 from .model import SparseAutoencoder
-from .sparse import choose, decode_sparse, encoder_pre, select
+from .sparse import choose, decode_sparse, encoder_product, select
 
 SPARSE_ARCHS = ("topk", "batchtopk")
 """Architectures trained on sparse codes (see `sparse.py`)."""
@@ -76,16 +77,22 @@ def aux_k_loss(x: torch.Tensor, recon: torch.Tensor, aux_recon: torch.Tensor) ->
     return ((aux_recon - error) ** 2).sum(-1).mean() / (error - error.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
 
 
+def dead_topk(dead_pre: torch.Tensor, d_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """AuxK's picks: the k_aux = d_in / 2 largest pre-activations [n, k_aux] of the dead latents
+    (dead_pre [n, n_dead]), and their columns in dead_pre."""
+    return dead_pre.topk(min(d_in // 2, dead_pre.shape[1]), dim=-1, sorted=False)
+
+
 def sparsity_loss(sae: SparseAutoencoder, train: TrainConfig, state: TrainState, pre, codes) -> torch.Tensor:
     cfg = sae.cfg
+    warm = train.sparsity_warmup_steps if train.sparsity_warmup_steps is not None else max(1, train.steps // 20)
+    ramp = min(1.0, (state.step + 1) / warm)
     if cfg.arch == "relu":
-        warm = train.l1_warmup_steps if train.l1_warmup_steps is not None else max(1, train.steps // 20)
-        ramp = min(1.0, (state.step + 1) / warm)
         return ramp * cfg.l1_coefficient * (codes * sae.W_dec.norm(dim=1)).sum(-1).mean()
     if cfg.arch == "jumprelu":
         l0 = step_fn(pre, sae.threshold, cfg.jump_bandwidth).sum(-1).mean()
         target = cfg.target_l0 if cfg.target_l0 is not None else cfg.k
-        return cfg.l0_coefficient * (l0 / target - 1) ** 2
+        return ramp * cfg.l0_coefficient * (l0 / target - 1) ** 2
     return pre.new_zeros(()) if pre is not None else codes.new_zeros(())
 
 
@@ -115,15 +122,15 @@ def compute_dtype(train: TrainConfig, arch: str) -> torch.dtype:
 def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
     """TopK / BatchTopK forward on sparse codes: one dense matmul, the rest on the k kept latents."""
     centred = x - sae.b_dec.detach()
-    pre = encoder_pre(sae, centred, compute_dtype(train, sae.cfg.arch))
-    codes = select(sae, centred, *choose(sae.cfg.arch, pre, sae.cfg.k))
+    product = encoder_product(sae, centred, compute_dtype(train, sae.cfg.arch))  # [n, d_sae], no b_enc
+    codes = select(sae, centred, *choose(sae.cfg.arch, product, sae.b_enc, sae.cfg.k))
     recon = decode_sparse(codes, sae.W_dec, sae.b_dec)
     mse = ((recon - x) ** 2).sum(-1).mean()
     loss = mse
     n_dead = int(dead.sum())
     if train.aux_k_coefficient > 0 and n_dead:
         dead_ids = dead.nonzero().squeeze(1)
-        values, pick = pre[:, dead_ids].topk(min(sae.cfg.d_in // 2, n_dead), dim=-1, sorted=False)
+        values, pick = dead_topk(product[:, dead_ids].float() + sae.b_enc.detach()[dead_ids], sae.cfg.d_in)
         offsets = torch.arange(0, values.numel(), values.shape[1])
         aux = select(sae, centred, dead_ids[pick].reshape(-1), values.reshape(-1), offsets)
         loss = loss + train.aux_k_coefficient * aux_k_loss(x, recon, decode_sparse(aux, sae.W_dec))
@@ -136,7 +143,7 @@ def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
                       float(kept.min()) if kept.numel() else None, None)
 
 
-def dense_losses(sae, x, train: TrainConfig, state: TrainState) -> StepResult:
+def dense_losses(sae, x, train: TrainConfig, state: TrainState, dead: torch.Tensor) -> StepResult:
     """Forward with dense codes (relu, jumprelu, gba, mp), autocast to bfloat16 when asked."""
     dtype = compute_dtype(train, sae.cfg.arch)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
@@ -144,6 +151,11 @@ def dense_losses(sae, x, train: TrainConfig, state: TrainState) -> StepResult:
     recon, codes, pre = out.recon.float(), out.codes.float(), None if out.pre is None else out.pre.float()
     mse = ((recon - x) ** 2).sum(-1).mean()
     loss = mse + sparsity_loss(sae, train, state, pre, codes)
+    n_dead = int(dead.sum())
+    if sae.cfg.arch == "jumprelu" and train.aux_k_coefficient > 0 and n_dead:
+        values, pick = dead_topk(pre[:, dead], sae.cfg.d_in)
+        aux = torch.zeros(len(x), n_dead).scatter_(-1, pick, values.relu()) @ sae.W_dec[dead]
+        loss = loss + train.aux_k_coefficient * aux_k_loss(x, recon, aux)
     with torch.no_grad():
         active = codes > 0
         kept = codes[active]
@@ -159,7 +171,7 @@ def train_step(sae, optimizer, x, train: TrainConfig, state: TrainState, base_lr
     if sae.cfg.arch in SPARSE_ARCHS:
         result = sparse_losses(sae, x, train, dead)
     else:
-        result = dense_losses(sae, x, train, state)
+        result = dense_losses(sae, x, train, state, dead)
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
     sae.remove_parallel_gradient()
@@ -188,7 +200,7 @@ def _after_step(sae, state: TrainState, n_tokens: int, result: StepResult) -> No
         state.batchtopk_threshold = smallest if prev is None else 0.99 * prev + 0.01 * smallest
         sae.inference_threshold = state.batchtopk_threshold
     if sae.cfg.arch == "gba":
-        state.gba_fired += (result.pre > 0).sum(0)
+        state.gba_fired += (result.pre > sae.threshold).sum(0)
         state.gba_peak = torch.maximum(state.gba_peak, result.pre.max(0).values)
         if (state.step + 1) % sae.cfg.gba_every == 0:
             gba_update(sae, state, n_tokens=sae.cfg.gba_every * n_tokens)
@@ -205,11 +217,12 @@ def gba_targets(cfg: SAEConfig) -> torch.Tensor:
 
 @torch.no_grad()
 def gba_update(sae: SparseAutoencoder, state: TrainState, n_tokens: int) -> None:
-    """Group bias adaptation (seed 003): move each b_enc toward its group's target frequency.
+    """Group bias adaptation (seed 003): move each latent's gate toward its group's target frequency.
 
-    Too frequent: b -= gamma * peak pre-activation (floor -1 for unit-norm
-    inputs; our inputs have mean norm sqrt(d_in), so the floor scales with it).
-    Never fired: b += gamma * mean positive peak of its group (cap 0).
+    The paper's bias b (floor -1 for unit-norm inputs, cap 0) is kept as the
+    JumpReLU threshold theta = -b: our inputs have mean norm sqrt(d_in), so
+    theta lies in [0, sqrt(d_in)].  Too frequent: theta += gamma * peak
+    pre-activation.  Never fired: theta -= gamma * mean positive peak of its group.
     """
     cfg = sae.cfg
     freq = state.gba_fired.double() / n_tokens
@@ -219,10 +232,10 @@ def gba_update(sae: SparseAutoencoder, state: TrainState, n_tokens: int) -> None
     positive = (peak > 0).double()
     group_mean = torch.zeros(cfg.gba_groups, dtype=torch.float64).index_add_(0, groups, peak)
     group_mean /= torch.zeros(cfg.gba_groups, dtype=torch.float64).index_add_(0, groups, positive).clamp_min(1)
-    b = sae.b_enc.double()
-    b = torch.where(freq > targets, (b - cfg.gba_gamma * peak).clamp_min(-math.sqrt(cfg.d_in)), b)
-    b = torch.where(freq == 0, (b + cfg.gba_gamma * group_mean[groups]).clamp_max(0.0), b)
-    sae.b_enc.copy_(b.float())
+    theta = sae.threshold.double()
+    theta = torch.where(freq > targets, (theta + cfg.gba_gamma * peak).clamp_max(math.sqrt(cfg.d_in)), theta)
+    theta = torch.where(freq == 0, (theta - cfg.gba_gamma * group_mean[groups]).clamp_min(0.0), theta)
+    sae.threshold.copy_(theta.float())
     state.gba_fired.zero_()
     state.gba_peak.fill_(-torch.inf)
 
@@ -274,6 +287,7 @@ def train_sae(
 ) -> tuple[SparseAutoencoder, TrainState]:
     """Train an SAE on `source`; resumes from `checkpoint` if it exists. Returns the SAE with the scale folded in."""
     train.validate()
+    reuse_freed_memory()
     if cfg.d_in != source.d_in:
         from ..errors import SaeAtlasError
 
