@@ -2,7 +2,7 @@
 
 512 unit-norm features in 64 dimensions, 5 active per sample with magnitudes
 in [0.5, 2], noise 0.01, 50,000 samples; 1024 latents, k 5, 1500 steps of 512
-(JumpReLU 3000), GBA without any sparsity setting, ReLU with L1 2 (see
+(JumpReLU and BatchTopK 3000), GBA without any sparsity setting, ReLU with L1 2 (see
 `saeatlas.sae.synthetic.RECOVERY_SPARSITY`).  A
 feature counts as recovered when some decoder row has cosine >= 0.9 with it.
 The same setting is a test (tests/test_sae_recovery.py, three seed pairs); here
