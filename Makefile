@@ -11,7 +11,7 @@ DEMO_TOKENS ?= 100000
 SL_VENV := .venv-saelens
 SL_STAMP := $(SL_VENV)/.installed
 
-.PHONY: all install test demo demo-sae bench clean
+.PHONY: all install test demo demo-sae demo-train bench clean
 
 all: test
 
@@ -35,27 +35,41 @@ $(SL_STAMP): Makefile
 test: $(STAMP) $(SL_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# Demo SAEs: TopK on a middle resid_post of each packaged causal model.
-DEMO_SAE_ARGS ?= --arch topk --k 32 --width 4096 --steps 600 --seed 0
+# Demo SAEs: TopK on two resid_post layers of each packaged causal model, plus a second seed of
+# gemma's for the skyline control.  Windows start every ~400 characters at the same text position
+# for both tokenizers (--window-chars), so the two stores align position by position.
+DEMO_SAE_ARGS ?= --arch topk --k 32 --width 4096 --steps 600
 SAEATLAS := HF_HUB_OFFLINE=1 $(VENV)/bin/saeatlas
+DEMO_EXTRACT := --corpus wiki --tokens $(DEMO_TOKENS) --window-chars 400
+DEMO_COMPARE := --a runs/demo/gemma --b runs/demo/smol --sae-a 'runs/demo/sae-gemma-{hook}' \
+	--sae-b 'runs/demo/sae-smol-{hook}' --layers-a 3,8 --layers-b 5,14
 
 demo: $(STAMP)
-	$(SAEATLAS) extract --model gemma-3-270m --hooks resid_post.3,resid_post.8 \
-		--corpus wiki --tokens $(DEMO_TOKENS) --out runs/demo/gemma
+	$(SAEATLAS) extract --model gemma-3-270m --hooks resid_post.3,resid_post.8 $(DEMO_EXTRACT) --out runs/demo/gemma
 	$(SAEATLAS) info runs/demo/gemma
-	$(SAEATLAS) extract --model smollm2-135m --hooks resid_post.5,resid_post.14 \
-		--corpus wiki --tokens $(DEMO_TOKENS) --out runs/demo/smol
+	$(SAEATLAS) extract --model smollm2-135m --hooks resid_post.5,resid_post.14 $(DEMO_EXTRACT) --out runs/demo/smol
 	$(SAEATLAS) info runs/demo/smol
 	$(MAKE) --no-print-directory demo-sae MODEL=gemma-3-270m NAME=gemma HOOK=resid_post.8
 	$(MAKE) --no-print-directory demo-sae MODEL=smollm2-135m NAME=smol HOOK=resid_post.14
+	$(MAKE) --no-print-directory demo-train NAME=gemma HOOK=resid_post.3 SEED=0 SAE=sae-gemma-resid_post.3
+	$(MAKE) --no-print-directory demo-train NAME=smol HOOK=resid_post.5 SEED=0 SAE=sae-smol-resid_post.5
+	$(MAKE) --no-print-directory demo-train NAME=gemma HOOK=resid_post.3 SEED=1 SAE=sae-gemma-seed1-resid_post.3
+	$(MAKE) --no-print-directory demo-train NAME=gemma HOOK=resid_post.8 SEED=1 SAE=sae-gemma-seed1-resid_post.8
+	$(SAEATLAS) compare $(DEMO_COMPARE) --controls random_init,neurons,shifted,skyline \
+		--skyline-sae-a 'runs/demo/sae-gemma-seed1-{hook}' --out runs/demo/compare
+	$(SAEATLAS) concepts $(DEMO_COMPARE) --out runs/demo/concepts
+
+# One SAE (skipped if done): train on the store.
+demo-train: $(STAMP)
+	test -d runs/demo/$(SAE) || $(SAEATLAS) train --store runs/demo/$(NAME) --hook $(HOOK) \
+		$(DEMO_SAE_ARGS) --seed $(SEED) --out runs/demo/$(SAE)
 
 # One demo SAE: held-out activations (eval split), train (skipped if done), then
 # L0 / FVU / dead on held-out tokens and CE-loss recovered with the SAE spliced in.
 demo-sae: $(STAMP)
 	$(SAEATLAS) extract --model $(MODEL) --hooks $(HOOK) --corpus wiki --split eval --tokens 16384 \
 		--out runs/demo/$(NAME)-heldout --quiet
-	test -d runs/demo/sae-$(NAME)-$(HOOK) || $(SAEATLAS) train --store runs/demo/$(NAME) --hook $(HOOK) \
-		$(DEMO_SAE_ARGS) --out runs/demo/sae-$(NAME)-$(HOOK)
+	$(MAKE) --no-print-directory demo-train NAME=$(NAME) HOOK=$(HOOK) SEED=0 SAE=sae-$(NAME)-$(HOOK)
 	$(SAEATLAS) eval runs/demo/sae-$(NAME)-$(HOOK) --store runs/demo/$(NAME)-heldout --model $(MODEL)
 
 # bench/train.py compares against sae-lens and eai-sparsify, both in the side venv.
@@ -68,6 +82,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/extract.py
 	HF_HUB_OFFLINE=1 $(PY) bench/train.py
 	HF_HUB_OFFLINE=1 $(PY) bench/recovery.py
+	HF_HUB_OFFLINE=1 $(PY) bench/correlate.py
 
 clean:
 	rm -rf $(VENV) $(SL_VENV) runs

@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     ext.add_argument("--seed", type=int, default=0, help="seed of the document order")
     ext.add_argument("--context", type=int, default=128, help="tokens per window (default 128)")
     ext.add_argument("--pack-documents", action="store_true", help="let windows span document boundaries")
+    ext.add_argument("--window-chars", type=int, default=None, metavar="N",
+                     help="start windows about every N characters at a space before a word, the same characters "
+                          "for every tokenizer (for comparing models with different tokenizers; e.g. 400)")
     ext.add_argument("--batch-size", type=int, default=8)
     ext.add_argument("--shard-windows", type=int, default=512, help="windows per shard (unit of resume)")
     ext.add_argument("--dtype", default="bfloat16", help="storage dtype: bfloat16 (default) or float32")
@@ -67,6 +70,32 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--corpus", help="held-out text for --model (default: the SAE's dataset, eval split; else wiki)")
     ev.add_argument("--ce-tokens", type=int, default=8192, help="tokens of held-out text for --model (default 8192)")
 
+    for name, help_text in (("compare", "match SAE latents across two models over a layer grid and score them"),
+                            ("concepts", "score concept subspaces (keyword categories) across two models")):
+        cmp = verbs.add_parser(name, help=help_text)
+        cmp.add_argument("--a", required=True, help="activation store of model A")
+        cmp.add_argument("--b", required=True, help="activation store of model B (same corpus, split and seed)")
+        cmp.add_argument("--sae-a", required=True, help="SAEs of A: a folder template with {hook} or {layer}, or a "
+                                                        "folder holding one SAE folder per hook")
+        cmp.add_argument("--sae-b", required=True, help="SAEs of B, likewise")
+        cmp.add_argument("--layers-a", required=True, help="comma-separated layers or hooks of A (3 = resid_post.3)")
+        cmp.add_argument("--layers-b", required=True, help="comma-separated layers or hooks of B")
+        cmp.add_argument("--out", required=True, type=Path, help="results folder (JSON, CSV, SVG heatmaps)")
+        cmp.add_argument("--method", default="many_to_one", help="many_to_one (the paper's), legacy_first, mutual or assignment")
+        cmp.add_argument("--threshold", type=float, default=0.1, help="minimum correlation of a pair (default 0.1)")
+        cmp.add_argument("--no-junk-filter", action="store_true", help="keep latents whose top tokens are junk tokens")
+        cmp.add_argument("--measures", help="comma-separated similarity measures (default: all)")
+        cmp.add_argument("--svcca-k", type=int, help="SVCCA/PWCCA directions per side (default: 99%% of the variance)")
+        cmp.add_argument("--permutations", type=int, default=1000, help="random pairings in each null (default 1000)")
+        cmp.add_argument("--bootstrap", type=int, default=100, help="document resamples for confidence intervals (0: none)")
+        cmp.add_argument("--controls", default="random_init,neurons,shifted",
+                         help="comma-separated: random_init, neurons, shifted, skyline (or 'none')")
+        cmp.add_argument("--skyline-sae-a", help="SAEs of A trained with another seed (template), for the skyline control")
+        cmp.add_argument("--max-positions", type=int, help="use at most this many aligned positions")
+        cmp.add_argument("--seed", type=int, default=0)
+        if name == "concepts":
+            cmp.add_argument("--concepts", help="a TOML or JSON file {name: [words]} (default: the paper's 8 categories)")
+
     verbs.add_parser("models", help="list the packaged models and whether they are installed")
     return parser
 
@@ -75,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="saeatlas: %(message)s", stream=sys.stderr)
     try:
-        verb = {"extract": _extract, "info": _info, "models": _models, "train": _train, "eval": _eval}[args.verb]
+        verb = {"extract": _extract, "info": _info, "models": _models, "train": _train, "eval": _eval,
+                "compare": _compare, "concepts": _compare}[args.verb]
         return verb(args)
     except SaeAtlasError as exc:
         print(f"saeatlas: error: {exc}", file=sys.stderr)
@@ -100,6 +130,7 @@ def _extract(args: argparse.Namespace) -> int:
         seed=args.seed,
         context=args.context,
         pack_documents=args.pack_documents,
+        window_chars=args.window_chars,
         batch_size=args.batch_size,
         shard_windows=args.shard_windows,
         dtype=args.dtype,
@@ -192,6 +223,37 @@ def _splice_line(folder, sae, model: str, hook: str | None, corpus: str | None, 
     return (f"spliced into {model} at {hook} on {m['corpus']}, {m['n_predictions']} predictions: CE clean {m['ce_clean']:.3f}, "
             f"with SAE {m['ce_sae']:.3f}, zero-ablated {m['ce_zero_ablation']:.3f}; CE-loss recovered "
             f"{m['ce_loss_recovered']:.3f}, delta LM loss {m['delta_lm_loss']:.3f}, KL {m['kl_div']:.3f}")
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare.config import DEFAULT_MEASURES, CompareConfig
+    from .compare.run import compare_grid, concept_grid, write_results
+    from .report.text import print_comparison
+
+    controls = [] if args.controls.strip() == "none" else _split(args.controls)
+    cfg = CompareConfig(
+        store_a=args.a, store_b=args.b, sae_a=args.sae_a, sae_b=args.sae_b,
+        layers_a=_split(args.layers_a), layers_b=_split(args.layers_b), method=args.method,
+        threshold=args.threshold, junk_filter=not args.no_junk_filter,
+        measures=_split(args.measures) or list(DEFAULT_MEASURES), svcca_k=args.svcca_k,
+        n_permutations=args.permutations, n_bootstrap=args.bootstrap, controls=controls,
+        skyline_sae_a=args.skyline_sae_a, max_positions=args.max_positions, seed=args.seed,
+    ).validate()
+    if args.verb == "concepts":
+        from .compare.concepts import load_concepts
+
+        results = concept_grid(cfg, load_concepts(args.concepts))
+        written = write_results(results, args.out, prefix="concepts")
+    else:
+        results = compare_grid(cfg)
+        written = write_results(results, args.out)
+    print_comparison(results)
+    print(f"wrote {len(written)} files to {args.out} ({written[0].name}, {written[1].name}, heatmaps)")
+    return 0
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -43,6 +43,9 @@ class ExtractConfig:
     """Tokens per context window, specials included."""
     pack_documents: bool = False
     """Fill windows across document boundaries (default: one document per window)."""
+    window_chars: int | None = None
+    """Start a new window about every this many characters, at a space before a word, so windows of
+    two tokenizers start at the same characters (cross-tokenizer alignment); None: every `context` tokens."""
     batch_size: int = 8
     """Windows per forward pass."""
     shard_windows: int = 512
@@ -64,7 +67,16 @@ class ExtractConfig:
         _check(self.model_dtype in STORE_DTYPES, "--model-dtype", self.model_dtype, f"use one of {', '.join(STORE_DTYPES)}")
         _check(self.split in SPLITS, "--split", self.split, f"use one of {', '.join(SPLITS)}")
         _check(0 <= self.eval_fraction < 1, "--eval-fraction", self.eval_fraction, "use a value in [0, 1)")
+        _check(self.window_chars is None or self.window_chars >= 1, "--window-chars", self.window_chars,
+               "use a positive number of characters (about 4 per token in English text)")
+        _check(self.window_chars is None or not self.pack_documents, "--window-chars", self.window_chars,
+               "windows cut at characters hold one document each: drop --pack-documents")
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as stored in a manifest; `window_chars` only when set, so stores written before
+        it existed keep their identity (and resume)."""
+        settings = asdict(self)
+        if settings["window_chars"] is None:
+            del settings["window_chars"]
+        return settings

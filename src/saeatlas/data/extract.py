@@ -85,6 +85,7 @@ def extract(
             cfg.context,
             *handle.special_tokens,
             pack_documents=cfg.pack_documents,
+            window_chars=cfg.window_chars,
         ),
         cfg.tokens,
     )

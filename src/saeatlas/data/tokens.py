@@ -7,6 +7,7 @@ where both end a token at the same character) and show contexts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -19,6 +20,14 @@ FLAG_FIRST = 2
 """Position 0 of a window: the attention sink, ~100x the norm of the rest."""
 EXCLUDED_BY_DEFAULT = FLAG_SPECIAL | FLAG_FIRST
 """Tokens with any of these flags are left out of training and correlations by default."""
+
+_CUT_CANDIDATE = re.compile(r"(?<=\S) (?=\w)")
+"""Where a window may start: a plain space after a non-space and before a word character.
+
+Tokenizers in use (byte-level BPE, SentencePiece/Metaspace, Llama-3 regex) all
+begin a token at such a space (" word", "▁word", or a lone " " before digits),
+so a window cut there starts at the same character for every tokenizer.
+"""
 
 
 @dataclass
@@ -50,6 +59,40 @@ def tokenize_text(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
     return ids, spans
 
 
+def text_cuts(text: str, window_chars: int) -> list[int]:
+    """Character positions where the windows of `text` start; depends on the text alone.
+
+    The first cut is 0; each next cut is the first cut candidate (a space between a
+    non-space and a word character) at or after the previous cut + `window_chars`.
+    """
+    cuts = [0]
+    for match in _CUT_CANDIDATE.finditer(text):
+        if match.start() >= cuts[-1] + window_chars:
+            cuts.append(match.start())
+    return cuts
+
+
+def token_pieces(spans: np.ndarray, text: str, body: int, window_chars: int | None = None) -> list[tuple[int, int]]:
+    """Token ranges [start, stop) of one document's windows, each at most `body` tokens.
+
+    spans [n, 2]: character spans of the document's tokens.  Without
+    `window_chars`: consecutive runs of `body` tokens.  With it: the document is
+    cut before the first token starting at or after each of `text_cuts` (the
+    token that starts exactly at the cut, for the usual tokenizers), and a
+    piece longer than `body` tokens is split further every `body` tokens.
+    """
+    n = len(spans)
+    if window_chars is None:
+        return [(start, min(start + body, n)) for start in range(0, n, body)]
+    starts = np.unique(np.searchsorted(spans[:, 0], text_cuts(text, window_chars), side="left"))
+    bounds = [int(b) for b in starts if b < n] + [n]
+    return [
+        (start, min(start + body, stop))
+        for piece_start, stop in zip(bounds, bounds[1:])
+        for start in range(piece_start, stop, body)
+    ]
+
+
 def _special(ids: tuple[int, ...], doc_id: int) -> Window:
     n = len(ids)
     return Window(
@@ -73,6 +116,7 @@ def pack_windows(
     prefix: tuple[int, ...] = (),
     suffix: tuple[int, ...] = (),
     pack_documents: bool = False,
+    window_chars: int | None = None,
 ) -> Iterator[Window]:
     """Cut tokenized documents into windows of at most `context` tokens.
 
@@ -80,19 +124,23 @@ def pack_windows(
     the tokenizer adds around every sequence (e.g. (<bos>,)), repeated in each
     window.  By default a window holds one document only (the last window of a
     document may be short); with `pack_documents` windows are filled across
-    document boundaries.
+    document boundaries.  With `window_chars` (one document per window) windows
+    start at the characters `text_cuts` picks, the same for every tokenizer (see
+    `token_pieces`).
     """
     body = context - len(prefix) - len(suffix)
     if body < 1:
         raise ValueError(f"context {context} leaves no room for text after special tokens")
+    if window_chars is not None and pack_documents:
+        raise ValueError("window_chars cuts each document on its own; it cannot be combined with pack_documents")
     pending: list[Window] = []
     pending_len = 0
     for doc_id, text in documents:
         ids, spans = tokenize_text(tokenizer, text)
         chunk = Window(ids, np.full(len(ids), doc_id, np.int32), spans, np.zeros(len(ids), np.uint8))
         if not pack_documents:
-            for start in range(0, len(ids), body):
-                yield _concat([_special(prefix, doc_id), chunk.slice(start, start + body), _special(suffix, doc_id)])
+            for start, stop in token_pieces(spans, text, body, window_chars):
+                yield _concat([_special(prefix, doc_id), chunk.slice(start, stop), _special(suffix, doc_id)])
             continue
         pending.append(chunk)
         pending_len += len(ids)

@@ -2,7 +2,7 @@
 
 from .handle import ModelHandle
 from .hooks import STAGES, HookPoint, capture, parse_hook, parse_hooks, patched
-from .loading import cache_dir, load_model
+from .loading import cache_dir, load_model, load_tokenizer
 from .registry import PACKAGED_MODELS, known_models
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "parse_hook",
     "parse_hooks",
     "load_model",
+    "load_tokenizer",
     "cache_dir",
     "known_models",
     "PACKAGED_MODELS",

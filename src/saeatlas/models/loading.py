@@ -47,23 +47,40 @@ def load_model(spec: str, dtype: str = "bfloat16", device: str = "cpu") -> Model
     dtype: compute dtype of the weights (`bfloat16` is 3-4x faster on CPU).
     """
     _quiet_transformers()
+    folder, name, identity, kind = _resolve(spec)
+    return _load_folder(folder, name=name, spec=spec, identity=identity, kind=kind, dtype=dtype, device=device)
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer of model `spec` (same specs as `load_model`), without loading the weights.
+
+    A packaged or .gguf model is still converted into the cache once if it is not there yet.
+    """
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    folder = _resolve(spec)[0]
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise SaeAtlasError(f"cannot load the tokenizer of '{spec}' from {folder}: {str(exc).splitlines()[0]}") from exc
+
+
+def _resolve(spec: str) -> tuple[Path, str, str, str | None]:
+    """(HF folder, display name, weights identity, kind or None) of a model spec."""
     if spec in PACKAGED_MODELS:
         folder, identity, kind = _packaged_folder(packaged_model(spec))
-        name = spec
-    else:
-        path = Path(spec).expanduser()
-        if path.exists():
-            folder, identity, kind = _local_folder(path)
-            name = path.name
-        elif _looks_like_path(spec):
-            raise UnknownModelError(f"model path '{spec}' does not exist: check the path")
-        elif _HUB_ID.match(spec):
-            folder, identity, kind = _hub_folder(spec), f"hub:{spec}", None
-            name = spec
-        else:
-            packaged_model(spec)  # raises the error that lists the known names
-            raise AssertionError("unreachable")
-    return _load_folder(folder, name=name, spec=spec, identity=identity, kind=kind, dtype=dtype, device=device)
+        return folder, spec, identity, kind
+    path = Path(spec).expanduser()
+    if path.exists():
+        folder, identity, kind = _local_folder(path)
+        return folder, path.name, identity, kind
+    if _looks_like_path(spec):
+        raise UnknownModelError(f"model path '{spec}' does not exist: check the path")
+    if _HUB_ID.match(spec):
+        return _hub_folder(spec), spec, f"hub:{spec}", None
+    packaged_model(spec)  # raises the error that lists the known names
+    raise AssertionError("unreachable")
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -51,3 +51,42 @@ def print_store_info(store: ActivationStore, verified: bool, console: Console | 
             f"{stats['position0_mean_norm']:.1f}",
         )
     console.print(table)
+
+
+def _cell(stats: dict) -> str:
+    """'0.612 (z 41, q<.001)' from a measure's summary."""
+    import math
+
+    obs, z, q = stats.get("observed"), stats.get("z"), stats.get("q", stats.get("p"))
+    if obs is None or not math.isfinite(obs):
+        return "-"
+    qs = "q<.001" if q is not None and q < 0.001 else f"q {q:.3f}" if q is not None else ""
+    return f"{obs:.3f} (z {z:.0f}, {qs})"
+
+
+def print_comparison(results: dict, console: Console | None = None, measures=("svcca", "rsa", "linear_cka")) -> None:
+    """The headline table of a compare (layer pairs x comparisons) or concepts (concepts x layer pairs) result."""
+    console = console or Console(highlight=False, markup=False, soft_wrap=True)
+    shown = [m for m in measures if m in results["config"]["measures"]]
+    a, b = results["store_a"], results["store_b"]
+    console.print(f"{a['model']} ({a['path']}) vs {b['model']} ({b['path']}): {results['alignment']['n_positions']:,} "
+                  f"aligned positions; matching {results['config']['method']}, threshold {results['config']['threshold']}, "
+                  f"{results['config']['n_permutations']} permutations")
+    table = Table(show_edge=False)
+    if results["kind"] == "concepts":
+        for column in ("concept", "layers", "latents A/B", "pairs", *shown):
+            table.add_column(column)
+        for e in results["entries"]:
+            table.add_row(e["concept"], f"{e['layer_a']} x {e['layer_b']}", f"{e['n_latents_a']}/{e['n_latents_b']}",
+                          str(e["n_pairs"]), *(_cell(e["decoder"][m]) for m in shown))
+    else:
+        for column in ("layers", "comparison", "scored on", "pairs", "mean max r", *shown):
+            table.add_column(column)
+        for e in results["pairs"] + results.get("skyline", []):
+            for kind, body in e.items():
+                if kind in ("layer_a", "layer_b"):
+                    continue
+                space = "decoder" if body["decoder"] else "activations"  # neurons have no decoder rows
+                table.add_row(f"{e['layer_a']} x {e['layer_b']}", kind, space, str(body["n_pairs"]),
+                              f"{body['mean_max_corr']:.3f}", *(_cell(body[space].get(m, {})) for m in shown))
+    console.print(table)

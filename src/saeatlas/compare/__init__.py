@@ -1,0 +1,31 @@
+"""Cross-model comparison of SAE feature spaces: align, correlate, match, score, test.
+
+Modules: `align` (positions both models read with the same prefix), `codes`
+(sparse SAE codes), `correlate` (streaming latent-latent Pearson), `match`
+(pairing rules and filters), `similarity` (SVCCA, PWCCA, RSA, CKA, Procrustes,
+mutual kNN), `stats` (permutation nulls, p, z, q, bootstrap), `concepts`
+(keyword subspaces), `run` (the layer-grid job), `synthetic` (two planted
+models: the ground truth).
+
+The similarity measures take numpy arrays or torch tensors [n, d_a], [n, d_b].
+"""
+
+from .similarity import MEASURES, linear_cka, mutual_knn, procrustes, pwcca, rsa, svcca, svcca_legacy
+from .stats import benjamini_hochberg, bootstrap_ci, p_value, permutation_null, summarize, z_score
+
+__all__ = [
+    "MEASURES",
+    "svcca",
+    "svcca_legacy",
+    "pwcca",
+    "rsa",
+    "linear_cka",
+    "procrustes",
+    "mutual_knn",
+    "permutation_null",
+    "p_value",
+    "z_score",
+    "summarize",
+    "benjamini_hochberg",
+    "bootstrap_ci",
+]

@@ -1,0 +1,87 @@
+"""Sparse SAE codes at aligned positions, and each latent's top activating rows.
+
+Codes are `scipy.sparse.csr_array`, float32, [n_positions, d_sae]: an SAE
+fires on a few dozen of its thousands of latents per position, so a dense copy
+(6.5 GB for 100k positions x 16384 latents) is never made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..errors import SaeAtlasError
+
+
+def encode_sparse(sae, batches: Iterable[torch.Tensor]) -> sp.csr_array:
+    """Codes [n_positions, d_sae] float32 CSR of `sae` on `batches` (float32 [chunk, d_in] tensors, in order).
+
+    Each chunk is encoded densely under torch.no_grad and only its nonzeros are kept, so memory is one
+    [chunk, d_sae] block plus the nonzeros.  The SAE is used in whatever mode it is in (call `.eval()`
+    first for a BatchTopK SAE, whose training mode depends on the batch).
+    """
+    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
+    device = sae.W_dec.device
+    pointers, indices, values = [np.zeros(1, dtype=np.int64)], [], []
+    n_rows = nnz = 0
+    with torch.no_grad():
+        for x in batches:
+            if x.ndim != 2 or x.shape[1] != d_in:
+                raise SaeAtlasError(
+                    f"activation chunk of shape {tuple(x.shape)} does not fit an SAE with d_in {d_in}: "
+                    "give [chunk, d_in] activations of the hook the SAE was trained on"
+                )
+            x = x.to(device=device, dtype=torch.float32)
+            if sae.cfg.arch == "topk" and device.type == "cpu":
+                row_ptr, cols, vals = _topk_chunk(sae, x)
+            else:
+                csr = sae.encode(x).float().cpu().to_sparse_csr()  # [chunk, d_sae]
+                row_ptr, cols, vals = csr.crow_indices()[1:].numpy(), csr.col_indices().numpy(), csr.values().numpy()
+            pointers.append(row_ptr.astype(np.int64) + nnz)
+            indices.append(cols.astype(np.int32))
+            values.append(vals.astype(np.float32))
+            n_rows += x.shape[0]
+            nnz += len(indices[-1])
+    indptr = np.concatenate(pointers)
+    data = np.concatenate(values) if values else np.zeros(0, np.float32)
+    cols = np.concatenate(indices) if indices else np.zeros(0, np.int32)
+    if nnz < np.iinfo(np.int32).max:
+        indptr = indptr.astype(np.int32)
+    return sp.csr_array((data, cols, indptr), shape=(n_rows, d_sae))
+
+
+def _topk_chunk(sae, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A TopK SAE's codes of x [chunk, d_in] straight in CSR parts (row ends, columns, values), float32:
+    the k largest pre-activations per row (the trainer's top-k), ReLU'd, zeros dropped; no dense codes."""
+    from ..sae.sparse import encoder_product, fast_topk
+
+    values, columns = fast_topk(encoder_product(sae, x - sae.b_dec), sae.cfg.k, sae.b_enc)  # [chunk, k] each
+    values = values.float().relu()
+    keep = values > 0
+    order = torch.argsort(columns, dim=1)  # columns ascending within each row, as CSR readers expect
+    columns, values, keep = (t.gather(1, order) for t in (columns, values, keep))
+    return keep.sum(1).cumsum(0).numpy(), columns[keep].numpy(), values[keep].numpy()
+
+
+def top_positions(codes: sp.sparray, k: int = 5) -> np.ndarray:
+    """[d_sae, k] int64: for each latent (column of `codes` [n, d_sae]) the rows of its k largest
+    activations, largest first (ties: lower row first), -1 where it fires on fewer than k rows."""
+    if k < 1:
+        raise SaeAtlasError(f"top_positions needs k >= 1, got {k}")
+    csc = sp.csc_array(codes)
+    csc.eliminate_zeros()
+    csc.sort_indices()
+    d_sae = csc.shape[1]
+    counts = np.diff(csc.indptr)  # [d_sae]
+    column = np.repeat(np.arange(d_sae), counts)  # [nnz]
+    # Entries come column by column with rows ascending, so a stable sort by (column, -value) keeps the
+    # lower row first among equal values.
+    order = np.lexsort((-csc.data.astype(np.float64), column))
+    rank = np.arange(csc.nnz) - np.repeat(csc.indptr[:-1], counts)  # rank of each sorted entry in its column
+    keep = rank < k
+    out = np.full((d_sae, k), -1, dtype=np.int64)
+    out[column[keep], rank[keep]] = csc.indices[order[keep]]
+    return out

@@ -1,0 +1,104 @@
+"""`saeatlas compare` and `saeatlas concepts` end to end on two tiny models with different tokenizers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from saeatlas.cli import main
+from saeatlas.config import ExtractConfig
+from saeatlas.data.extract import extract
+
+from test_compare_align import HOOK, long_corpus, tiny_other  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama, tiny_other, long_corpus, tmp_path_factory):  # noqa: F811
+    """Two stores (different tokenizers, windows by characters) and a TopK SAE per store."""
+    root = tmp_path_factory.mktemp("compare-cli")
+    for name, model in (("a", tiny_llama), ("b", tiny_other)):
+        cfg = ExtractConfig(model=str(model), hooks=[HOOK], corpus=str(long_corpus), tokens=100_000, split="all",
+                            context=32, window_chars=60, batch_size=8, dtype="float32", model_dtype="float32")
+        extract(cfg, root / name)
+        for tag, seed in (("", 0), ("seed1-", 1)):
+            assert main(["train", "--store", str(root / name), "--hook", HOOK, "--arch", "topk", "--k", "4",
+                         "--width", "48", "--steps", "60", "--batch-size", "64", "--seed", str(seed), "--quiet",
+                         "--out", str(root / f"sae-{name}-{tag}{HOOK}")]) == 0
+    return root
+
+
+def _args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--a", str(root / "a"), "--b", str(root / "b"), "--sae-a", str(root / "sae-a-{hook}"),
+            "--sae-b", str(root / "sae-b-{hook}"), "--layers-a", "1", "--layers-b", "1", "--out", str(out),
+            "--permutations", "50", "--bootstrap", "5", "--threshold", "0.0", *extra]
+
+
+def test_compare_writes_scores_nulls_controls_and_heatmaps(setup, tmp_path, capsys):
+    out = tmp_path / "compare"
+    assert main(["compare", *_args(setup, out, "--controls", "random_init,neurons,shifted,skyline",
+                                   "--skyline-sae-a", str(setup / "sae-a-seed1-{hook}"))]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["version"] == 1 and results["kind"] == "compare"
+    assert results["alignment"]["method"] == "char_offset" and results["alignment"]["n_positions"] > 100
+    (entry,) = results["pairs"]
+    assert set(entry) == {"layer_a", "layer_b", "sae", "random_init", "neurons", "shifted"}
+    main_cmp = entry["sae"]
+    assert main_cmp["n_pairs"] >= 5
+    svcca = main_cmp["decoder"]["svcca"]
+    assert 0 <= svcca["observed"] <= 1 and svcca["n_permutations"] == 50
+    assert 1 / 51 <= svcca["p"] <= 1 and svcca["q"] is not None
+    assert svcca["ci_lo"] <= svcca["ci_hi"]
+    assert set(main_cmp["decoder"]) == {"svcca", "pwcca", "rsa", "linear_cka", "mutual_knn", "svcca_legacy"}
+    assert set(main_cmp["activations"]) == {"svcca", "linear_cka"}
+    assert len(main_cmp["pairs"]["idx_a"]) == main_cmp["n_pairs"]
+    assert results["skyline"][0]["skyline"]["n_pairs"] >= 5
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("layer_a,layer_b,comparison,space,measure")
+    assert any(",skyline,decoder,svcca," in line for line in csv_lines)
+    svg = (out / "heatmap-svcca.svg").read_text()
+    assert svg.startswith("<svg") and "resid_post.1" in svg
+    assert "aligned positions" in capsys.readouterr().out
+
+
+def test_concepts_scores_each_concept(setup, tmp_path):
+    concepts = tmp_path / "concepts.toml"
+    concepts.write_text('animals = ["fox", "dog"]\nweather = ["winds", "fire"]\n')
+    out = tmp_path / "concepts"
+    assert main(["concepts", *_args(setup, out, "--concepts", str(concepts))]) == 0
+    results = json.loads((out / "concepts.json").read_text())
+    assert results["kind"] == "concepts" and [e["concept"] for e in results["entries"]] == ["animals", "weather"]
+    for e in results["entries"]:
+        assert e["n_latents_a"] >= 0 and e["n_pairs"] <= min(e["n_latents_a"], e["n_latents_b"]) or e["n_pairs"] == 0
+    assert (out / "concepts.csv").is_file() and (out / "concepts-svcca.svg").is_file()
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--sae-b", "/nonexistent/sae-{hook}"), "no SAE for resid_post.1"),
+    (("--layers-a", "7"), "has no hook resid_post.7"),
+    (("--measures", "svcca,bogus"), "bad measure 'bogus'"),
+    (("--method", "greedy"), "bad --method 'greedy'"),
+])
+def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, change, message):
+    args = _args(setup, tmp_path / "out", "--controls", "none")
+    flag = args.index(change[0]) if change[0] in args else None
+    if flag is not None:
+        args[flag + 1] = change[1]
+    else:
+        args += list(change)
+    assert main(["compare", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_stores_of_different_texts_are_refused(setup, tiny_llama, tmp_path, capsys, text_corpus):
+    other = tmp_path / "other-text"
+    extract(ExtractConfig(model=str(tiny_llama), hooks=[HOOK], corpus=str(text_corpus), tokens=2000, split="all",
+                          context=32, window_chars=60, dtype="float32", model_dtype="float32"), other)
+    args = _args(setup, tmp_path / "out", "--controls", "none")
+    args[args.index("--b") + 1] = str(other)
+    assert main(["compare", *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no document (by key)" in err

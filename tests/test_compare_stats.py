@@ -1,0 +1,192 @@
+"""Permutation nulls (fast path against a naive loop), p, z, Benjamini-Hochberg q, bootstrap intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from saeatlas.compare.similarity import MEASURES
+from saeatlas.compare.stats import (_naive_null, _null_linear_cka, benjamini_hochberg, bootstrap_ci, p_value,
+                                    permutation_null, permutations, summarize, z_score)
+from saeatlas.errors import SaeAtlasError
+
+
+def _related(n=40, d_a=7, d_b=5, seed=1):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d_a)) * np.linspace(2, 0.5, d_a)
+    Y = X[:, :min(d_a, d_b)] @ rng.normal(size=(min(d_a, d_b), d_b)) * 0.3 + rng.normal(size=(n, d_b))
+    return X, Y
+
+
+CASES = [
+    ("svcca", {}), ("svcca", {"k": 3}), ("svcca", {"variance": 0.8}),
+    ("pwcca", {}), ("pwcca", {"k": 4}),
+    ("svcca_legacy", {}),
+    ("rsa", {}), ("rsa", {"inner": "cosine", "outer": "pearson"}), ("rsa", {"max_points": 25}),
+    ("linear_cka", {}), ("procrustes", {}),
+    ("mutual_knn", {}), ("mutual_knn", {"k": 3}),
+]
+
+
+@pytest.mark.parametrize("measure, kwargs", CASES, ids=[f"{m}-{kw}" for m, kw in CASES])
+@pytest.mark.parametrize("shape", [(40, 7, 5), (12, 20, 15)], ids=["n>d", "n<d"])
+def test_fast_null_equals_naive_loop(measure, kwargs, shape):
+    X, Y = _related(*shape)
+    fast = permutation_null(measure, X, Y, n_permutations=20, seed=3, **kwargs)
+    naive = _naive_null(measure, X, Y, n_permutations=20, seed=3, **kwargs)
+    assert fast.shape == (20,)
+    np.testing.assert_allclose(fast, naive, rtol=0, atol=1e-9)
+    assert np.ptp(fast) > 0  # the permutations really differ
+
+
+@pytest.mark.parametrize("path", ["gram", "products"])
+def test_both_cka_null_paths_equal_naive(path):
+    X, Y = _related(30, 6, 9)
+    fast = _null_linear_cka(X, Y, 20, 5, _path=path)
+    np.testing.assert_allclose(fast, _naive_null("linear_cka", X, Y, 20, seed=5), rtol=0, atol=1e-12)
+
+
+def test_null_with_repeated_rows_equals_naive():
+    """Many-to-1 matching repeats A latents: X has identical rows (tied inner similarities, tied PCs)."""
+    X, Y = _related(30, 6, 5)
+    X[10:16] = X[2]
+    for measure in ("rsa", "svcca", "pwcca", "linear_cka", "procrustes"):
+        np.testing.assert_allclose(permutation_null(measure, X, Y, 15, seed=0),
+                                   _naive_null(measure, X, Y, 15, seed=0), rtol=0, atol=1e-9)
+
+
+def test_permutations_are_seeded_and_independent_of_batching():
+    a = np.concatenate(list(permutations(50, 23, seed=7, chunk=5)))
+    b = np.concatenate(list(permutations(50, 23, seed=7, chunk=64)))
+    assert a.shape == (23, 50)
+    np.testing.assert_array_equal(a, b)
+    assert (np.sort(a, axis=1) == np.arange(50)).all()
+    assert not np.array_equal(a, np.concatenate(list(permutations(50, 23, seed=8, chunk=5))))
+
+
+def test_same_seed_same_null_other_seed_other_null():
+    X, Y = _related()
+    n1 = permutation_null("svcca", X, Y, 30, seed=0)
+    np.testing.assert_array_equal(n1, permutation_null("svcca", X, Y, 30, seed=0))
+    assert not np.array_equal(n1, permutation_null("svcca", X, Y, 30, seed=1))
+
+
+@pytest.mark.parametrize("measure", sorted(MEASURES))
+def test_independent_sides_score_like_their_null(measure):
+    rng = np.random.default_rng(20)
+    X, Y = rng.normal(size=(150, 10)), rng.normal(size=(150, 8))
+    s = summarize(MEASURES[measure](X, Y), permutation_null(measure, X, Y, 200, seed=0))
+    assert abs(s["z"]) < 3
+    assert s["p"] > 0.01
+
+
+@pytest.mark.parametrize("measure", sorted(MEASURES))
+def test_related_sides_are_far_above_their_null(measure):
+    rng = np.random.default_rng(21)
+    X = rng.normal(size=(150, 10))
+    Y = X[:, :8] @ np.linalg.qr(rng.normal(size=(8, 8)))[0] + 0.3 * rng.normal(size=(150, 8))
+    s = summarize(MEASURES[measure](X, Y), permutation_null(measure, X, Y, 200, seed=0))
+    assert s["p"] == 1 / 201
+    assert s["z"] > 5
+
+
+# ---------------------------------------------------------------- p, z, summary
+def test_p_value_and_z_score_on_a_hand_example():
+    null = np.array([0.1, 0.5, 0.7, 0.2])
+    assert p_value(0.5, null) == (2 + 1) / (4 + 1)  # 0.5 and 0.7 reach it
+    assert p_value(0.8, null) == 1 / 5
+    assert p_value(0.0, null) == 1.0
+    null = np.array([1.0, 2.0, 3.0, 4.0])
+    assert z_score(5.0, null) == pytest.approx(2.5 / math.sqrt(5 / 3), abs=1e-15)  # std (ddof 1) = sqrt(5/3)
+    s = summarize(5.0, null)
+    assert s == {"observed": 5.0, "null_mean": 2.5, "null_std": pytest.approx(math.sqrt(5 / 3)),
+                 "z": pytest.approx(2.5 / math.sqrt(5 / 3)), "p": 0.2, "n_permutations": 4}
+
+
+def test_p_value_counts_round_off_ties_and_z_handles_degenerate_nulls():
+    assert p_value(0.3, np.array([0.3 - 1e-15, 0.1])) == 2 / 3
+    assert math.isnan(z_score(1.0, np.ones(5)))
+    assert z_score(2.0, np.ones(5)) == math.inf
+    assert math.isnan(z_score(1.0, np.array([0.5])))
+    assert math.isnan(p_value(math.nan, np.array([0.5])))
+    with pytest.raises(SaeAtlasError, match="empty"):
+        p_value(0.5, np.array([]))
+
+
+# ---------------------------------------------------------------- Benjamini-Hochberg
+@pytest.mark.parametrize("shape", [(50,), (3, 4, 5), (1,)])
+def test_benjamini_hochberg_matches_scipy(shape):
+    rng = np.random.default_rng(30)
+    p = rng.uniform(size=shape) ** 3  # some small p-values
+    q = benjamini_hochberg(p)
+    assert q.shape == p.shape
+    np.testing.assert_allclose(q, scipy.stats.false_discovery_control(p.ravel(), method="bh").reshape(shape),
+                               rtol=0, atol=1e-15)
+
+
+def test_benjamini_hochberg_ties_and_bounds():
+    p = np.array([0.01, 0.01, 0.04, 0.04, 1.0, 0.0])
+    np.testing.assert_allclose(benjamini_hochberg(p), scipy.stats.false_discovery_control(p), atol=1e-15)
+    assert benjamini_hochberg(p)[4] == 1.0
+    with pytest.raises(SaeAtlasError, match="in \\[0, 1\\]"):
+        benjamini_hochberg([0.1, np.nan])
+    with pytest.raises(SaeAtlasError, match="in \\[0, 1\\]"):
+        benjamini_hochberg([0.1, 1.5])
+
+
+# ---------------------------------------------------------------- bootstrap
+def _weighted_mean(values):
+    return lambda counts: float(counts @ values / counts.sum())
+
+
+def test_bootstrap_ci_of_a_mean_contains_the_true_value_and_has_the_right_width():
+    values = np.random.default_rng(40).normal(loc=2.0, scale=1.0, size=400)
+    ci = bootstrap_ci(_weighted_mean(values), n_groups=400, n_boot=500, seed=0)
+    assert ci["lo"] < 2.0 < ci["hi"]
+    assert ci["lo"] < values.mean() < ci["hi"]
+    assert ci["hi"] - ci["lo"] == pytest.approx(2 * 1.96 * values.std() / 20, rel=0.15)  # normal theory
+    assert ci["replicates"].shape == (500,)
+
+
+def test_bootstrap_ci_is_seeded_and_draws_multinomial_counts():
+    values = np.arange(10.0)
+    seen = []
+    ci = bootstrap_ci(lambda c: seen.append(c.copy()) or float(c @ values), 10, n_boot=50, seed=3)
+    assert all(c.shape == (10,) and c.sum() == 10 and (c >= 0).all() for c in seen)
+    again = bootstrap_ci(_weighted_mean(values), 10, n_boot=50, seed=3)
+    same = bootstrap_ci(_weighted_mean(values), 10, n_boot=50, seed=3)
+    np.testing.assert_array_equal(again["replicates"], same["replicates"])
+    assert (again["lo"], again["hi"]) == (same["lo"], same["hi"])
+    other = bootstrap_ci(_weighted_mean(values), 10, n_boot=50, seed=4)
+    assert not np.array_equal(again["replicates"], other["replicates"])
+    assert ci["lo"] <= ci["hi"]
+
+
+def test_bootstrap_ci_ignores_nan_replicates():
+    calls = iter(range(100))
+    ci = bootstrap_ci(lambda c: math.nan if next(calls) % 2 else 1.0, 5, n_boot=20)
+    assert ci["lo"] == ci["hi"] == 1.0
+    assert np.isnan(ci["replicates"]).sum() == 10
+    nothing = bootstrap_ci(lambda c: math.nan, 5, n_boot=4)
+    assert math.isnan(nothing["lo"]) and math.isnan(nothing["hi"])
+
+
+# ---------------------------------------------------------------- errors
+@pytest.mark.parametrize("call, match", [
+    (lambda X, Y: permutation_null("cka", X, Y), "unknown similarity measure 'cka'"),
+    (lambda X, Y: permutation_null("rsa", X, Y, inner="spearman"), "inner='spearman'"),
+    (lambda X, Y: permutation_null("svcca", X, Y, inner="cosine"), "no option inner"),
+    (lambda X, Y: permutation_null("svcca", X, Y, n_permutations=0), "n_permutations"),
+    (lambda X, Y: permutation_null("svcca", X, Y[:-1]), "pair row by row"),
+    (lambda X, Y: permutation_null("linear_cka", X[:2], Y[:2]), "at least 3"),
+    (lambda X, Y: permutation_null("procrustes", np.where(X > 1, np.nan, X), Y), "NaN"),
+    (lambda X, Y: bootstrap_ci(lambda c: 0.0, 0), "n_groups"),
+    (lambda X, Y: bootstrap_ci(lambda c: 0.0, 5, level=95), "level"),
+])
+def test_bad_arguments_raise(call, match):
+    X, Y = _related()
+    with pytest.raises(SaeAtlasError, match=match):
+        call(X, Y)
