@@ -16,8 +16,6 @@ offset, BOS / first positions masked.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,6 +26,7 @@ import torch
 from ..data.store import ActivationStore, from_storage
 from ..data.tokens import EXCLUDED_BY_DEFAULT, FLAG_SPECIAL
 from ..errors import SaeAtlasError, StoreError
+from ..models.handle import tokenizer_identity
 
 _HINT = "extract both with the same --corpus, --split and --seed, and the same --window-chars (e.g. 400)"
 
@@ -266,16 +265,9 @@ def _cached_tokenizer(spec: str, identity: str, store_path: str):
         tokenizer = load_tokenizer(spec)
     except SaeAtlasError as exc:
         raise SaeAtlasError(f"cannot load the tokenizer of store '{store_path}' (model '{spec}'): {exc}") from exc
-    if _tokenizer_identity(tokenizer) != identity:
+    if tokenizer_identity(tokenizer) != identity:
         raise SaeAtlasError(
             f"model '{spec}' recorded by store '{store_path}' now has a different tokenizer than the one that "
             "wrote the store: point the manifest's model at the original model or extract again"
         )
     return tokenizer
-
-
-def _tokenizer_identity(tokenizer) -> str:
-    """sha256 of the tokenizer's definition; the same formula as `ModelHandle.tokenizer_identity`."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

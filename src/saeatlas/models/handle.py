@@ -75,9 +75,14 @@ class ModelHandle:
     @cached_property
     def tokenizer_identity(self) -> str:
         """sha256 of the tokenizer's full definition (vocab, merges, normalizer)."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        text = backend.to_str() if backend is not None else json.dumps(self.tokenizer.get_vocab(), sort_keys=True)
-        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        return tokenizer_identity(self.tokenizer)
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """sha256 of a tokenizer's full definition (vocab, merges, normalizer): what a store's manifest records."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def _find_sublist(full: list[int], part: list[int]) -> int:
