@@ -38,7 +38,8 @@ test: $(STAMP) $(SL_STAMP)
 # Demo SAEs: TopK on two resid_post layers of each packaged causal model, plus a second seed of
 # gemma's for the skyline control.  Windows start every ~400 characters at the same text position
 # for both tokenizers (--window-chars), so the two stores align position by position.
-DEMO_SAE_ARGS ?= --arch topk --k 32 --width 4096 --steps 600
+K ?= 32
+DEMO_SAE_ARGS ?= --arch topk --k $(K) --width 4096 --steps 600
 SAEATLAS := HF_HUB_OFFLINE=1 $(VENV)/bin/saeatlas
 DEMO_EXTRACT := --corpus wiki --tokens $(DEMO_TOKENS) --window-chars 400
 DEMO_COMPARE := --a runs/demo/gemma --b runs/demo/smol --sae-a 'runs/demo/sae-gemma-{hook}' \
@@ -58,6 +59,10 @@ demo: $(STAMP)
 	$(SAEATLAS) compare $(DEMO_COMPARE) --controls random_init,neurons,shifted,skyline \
 		--skyline-sae-a 'runs/demo/sae-gemma-seed1-{hook}' --out runs/demo/compare
 	$(SAEATLAS) concepts $(DEMO_COMPARE) --out runs/demo/concepts
+	$(MAKE) --no-print-directory demo-train NAME=gemma HOOK=resid_post.3 SEED=0 K=16 SAE=sae-gemma-k16-resid_post.3
+	$(MAKE) --no-print-directory demo-train NAME=gemma HOOK=resid_post.3 SEED=0 K=64 SAE=sae-gemma-k64-resid_post.3
+	$(SAEATLAS) absorption --model gemma-3-270m --hook resid_post.3 --sae runs/demo/sae-gemma-k16-resid_post.3 \
+		--sae runs/demo/sae-gemma-resid_post.3 --sae runs/demo/sae-gemma-k64-resid_post.3 --out runs/demo/absorption
 
 # One SAE (skipped if done): train on the store.
 demo-train: $(STAMP)

@@ -96,6 +96,24 @@ def _parser() -> argparse.ArgumentParser:
         if name == "concepts":
             cmp.add_argument("--concepts", help="a TOML or JSON file {name: [words]} (default: the paper's 8 categories)")
 
+    ab = verbs.add_parser("absorption", help="first-letter probes, feature splitting and absorption of SAEs")
+    ab.add_argument("--model", required=True, help="the causal LM the SAEs belong to (packaged name, folder, .gguf)")
+    ab.add_argument("--hook", required=True, help="hook point the SAEs read, e.g. resid_post.3")
+    ab.add_argument("--sae", required=True, action="append", help="an SAE folder (repeat for several SAEs of the hook)")
+    ab.add_argument("--variant", default="projection", help="projection (fast), ablation (the paper's, integrated "
+                                                            "gradients) or both")
+    ab.add_argument("--words", type=int, default=4000, help="vocabulary tokens, stratified by letter (default 4000; "
+                                                             "0: all)")
+    ab.add_argument("--seed", type=int, default=0, help="seed of the word sample and the in-context examples")
+    ab.add_argument("--min-probe-f1", type=float, default=0.6, help="letters count in the means above this probe F1")
+    ab.add_argument("--min-letters", type=int, default=20, help="error below this many qualifying letters")
+    ab.add_argument("--ig-gap", type=float, default=1.0, help="ablation: top latent's lead over the second, in logits "
+                                                               "(default 1.0, the paper's)")
+    ab.add_argument("--max-candidates", type=int, default=200, help="ablation: candidates per letter (default 200)")
+    ab.add_argument("--model-dtype", default="bfloat16", help="projection: model compute dtype (ablation: float32)")
+    ab.add_argument("--out", required=True, type=Path, help="results folder (JSON, CSV, SVG bar charts)")
+    ab.add_argument("--quiet", action="store_true", help="no progress bar")
+
     verbs.add_parser("models", help="list the packaged models and whether they are installed")
     return parser
 
@@ -105,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="saeatlas: %(message)s", stream=sys.stderr)
     try:
         verb = {"extract": _extract, "info": _info, "models": _models, "train": _train, "eval": _eval,
-                "compare": _compare, "concepts": _compare}[args.verb]
+                "compare": _compare, "concepts": _compare, "absorption": _absorption}[args.verb]
         return verb(args)
     except SaeAtlasError as exc:
         print(f"saeatlas: error: {exc}", file=sys.stderr)
@@ -253,6 +271,21 @@ def _compare(args: argparse.Namespace) -> int:
         written = write_results(results, args.out)
     print_comparison(results)
     print(f"wrote {len(written)} files to {args.out} ({written[0].name}, {written[1].name}, heatmaps)")
+    return 0
+
+
+def _absorption(args: argparse.Namespace) -> int:
+    from .absorption import AbsorptionConfig, run_absorption, write_absorption
+    from .report.text import print_absorption
+
+    cfg = AbsorptionConfig(model=args.model, hook=args.hook, saes=args.sae, variant=args.variant,
+                           words=args.words or None, seed=args.seed, min_probe_f1=args.min_probe_f1,
+                           min_letters=args.min_letters, max_candidates=args.max_candidates, ig_gap=args.ig_gap,
+                           model_dtype=args.model_dtype).validate()
+    results = run_absorption(cfg, progress=not args.quiet)
+    written = write_absorption(results, args.out)
+    print_absorption(results)
+    print(f"wrote {len(written)} files to {args.out} (absorption.json, probes.csv, a CSV and an SVG per SAE)")
     return 0
 
 

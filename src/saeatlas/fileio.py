@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -55,3 +56,20 @@ def write_npy_atomic(path: Path, array: np.ndarray) -> str:
         np.save(fh, array, allow_pickle=False)
     _commit(tmp, path)
     return sha256_file(path)
+
+
+def jsonable(x: Any) -> Any:
+    """NaN/inf -> None and numpy scalars/arrays -> Python, so the JSON written is strict."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    return x

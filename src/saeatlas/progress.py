@@ -12,6 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 @contextlib.contextmanager
 def token_progress(label: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """Yield `advance(n_tokens)`; shows a bar with tokens done, tokens/s and ETA."""
+    with count_progress(label, total, "tokens", enabled) as advance:
+        yield advance
+
+
+@contextlib.contextmanager
+def count_progress(label: str, total: int, unit: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Yield `advance(n)`; shows a bar with `unit`s done, their rate and the ETA."""
     if not enabled:
         yield lambda n: None
         return
@@ -19,7 +26,7 @@ def token_progress(label: str, total: int, enabled: bool = True) -> Iterator[Cal
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("tokens"),
+        TextColumn(unit),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -31,7 +38,7 @@ def token_progress(label: str, total: int, enabled: bool = True) -> Iterator[Cal
         def advance(n: int) -> None:
             bar.advance(task, n)
             speed = bar.tasks[task].speed
-            bar.update(task, rate=f"{speed:,.0f} tok/s" if speed else "")
+            bar.update(task, rate=(f"{speed:,.0f} {unit}/s" if speed >= 100 else f"{speed:.1f} {unit}/s") if speed else "")
 
         yield advance
 

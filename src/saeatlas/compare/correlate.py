@@ -23,7 +23,6 @@ over documents recomputes the candidates' correlations without re-reading codes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +30,7 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import SaeAtlasError
+from ..memory import one_torch_thread
 
 BLOCK_BYTES = 1 << 24
 """Default size of one float64 block of S (A latents x d_b): 16 MiB.  Larger blocks are no faster: glibc
@@ -109,7 +109,7 @@ def pearson_sparse(codes_a: sp.sparray, codes_b: sp.sparray, top_m: int = 10, de
     n = a.shape[0]
     mom_a, mom_b = _moments(n, *_column_sums(a)), _moments(n, *_column_sums(b))
     rows = block or max(1, BLOCK_BYTES // (8 * max(b.shape[1], 1)))
-    with _one_torch_thread():
+    with one_torch_thread():
         return _collect(_sparse_cross_blocks(a, b, rows), n, mom_a, mom_b, top_m, dense)
 
 
@@ -136,23 +136,8 @@ def pearson_dense(x_a, x_b, top_m: int = 10, chunk: int = 8192) -> CorrelationRe
         cross += ca.T @ cb
     rows = max(1, BLOCK_BYTES // (8 * max(d_b, 1)))
     blocks = ((r, min(r + rows, d_a), cross[r : r + rows]) for r in range(0, d_a, rows))
-    with _one_torch_thread():
+    with one_torch_thread():
         return _collect(blocks, n, _moments(n, sa, saa), _moments(n, sb, sbb), top_m, dense=True)
-
-
-@contextmanager
-def _one_torch_thread():
-    """Run torch ops on one thread, then restore the thread count.
-
-    The block operations are memory-bound, and with torch's two intra-op threads pearson_sparse ran 2-3x
-    SLOWER than with one on a 2-core machine that other processes shared (the threads wait on each other).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- inputs

@@ -24,7 +24,7 @@ import torch
 
 from ..data.store import ActivationStore
 from ..errors import SaeAtlasError
-from ..fileio import write_bytes_atomic, write_json_atomic
+from ..fileio import jsonable, write_bytes_atomic, write_json_atomic
 from ..memory import reuse_freed_memory
 from ..sae.formats import load_sae
 from ..sae.model import SparseAutoencoder
@@ -534,7 +534,7 @@ def write_results(results: dict, out: str | Path, prefix: str = "results") -> li
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / f"{prefix}.json"]
-    write_json_atomic(written[0], _jsonable(results))
+    write_json_atomic(written[0], jsonable(results))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
@@ -548,18 +548,3 @@ def write_results(results: dict, out: str | Path, prefix: str = "results") -> li
             written.append(out / name)
             write_bytes_atomic(written[-1], svg.encode())
     return written
-
-
-def _jsonable(x):
-    """NaN/inf -> None and numpy scalars -> Python, so results.json is strict JSON."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    return x

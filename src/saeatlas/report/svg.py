@@ -88,3 +88,49 @@ def significance_stars(q: float) -> str:
     if q is None or not math.isfinite(q):
         return ""
     return "***" if q < 0.001 else "**" if q < 0.01 else "*" if q < 0.05 else ""
+
+
+SERIES_COLOURS = ["#2171b5", "#cb181d", "#6a51a3", "#238b45"]
+
+
+def bar_chart_svg(categories: list[str], series: dict[str, list[float]], title: str, y_label: str = "",
+                  y_max: float | None = None, bar: int = 9) -> str:
+    """Grouped bars: one group per category, one bar per series (NaN: no bar, a grey dot), y from 0."""
+    names = list(series)
+    values = np.array([series[n] for n in names], dtype=float)  # [n_series, n_categories]
+    finite = values[np.isfinite(values)]
+    top_value = y_max if y_max is not None else max(float(finite.max()) if finite.size else 1.0, 1e-9)
+    left, top, plot_h = 56, 44, 200
+    group = bar * len(names) + 6
+    width, height = left + group * len(categories) + 20, top + plot_h + 40
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img">',
+           f'<title>{escape(title)}</title>',
+           f'<text x="{left}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
+    for s, name in enumerate(names):
+        x = left + 140 * s
+        out.append(f'<rect x="{x}" y="26" width="10" height="10" fill="{SERIES_COLOURS[s % 4]}"/>'
+                   f'<text x="{x + 14}" y="35">{escape(name)}</text>')
+    for t in range(5):
+        v = top_value * t / 4
+        y = top + plot_h - plot_h * t / 4
+        out.append(f'<line x1="{left}" x2="{width - 20}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e0e0e0"/>'
+                   f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{v:.2g}</text>')
+    if y_label:
+        out.append(f'<text x="12" y="{top + plot_h / 2}" text-anchor="middle" '
+                   f'transform="rotate(-90 12 {top + plot_h / 2})">{escape(y_label)}</text>')
+    for c, category in enumerate(categories):
+        x0 = left + c * group + 3
+        for s, name in enumerate(names):
+            v = values[s, c]
+            x = x0 + s * bar
+            if not np.isfinite(v):
+                out.append(f'<circle cx="{x + bar / 2}" cy="{top + plot_h - 3}" r="2" fill="#bbbbbb"/>')
+                continue
+            h = plot_h * min(max(v, 0.0), top_value) / top_value
+            out.append(f'<rect x="{x}" y="{top + plot_h - h:.1f}" width="{bar - 1}" height="{h:.1f}" '
+                       f'fill="{SERIES_COLOURS[s % 4]}"><title>{escape(category)} {escape(name)}: {v:.3f}</title></rect>')
+        out.append(f'<text x="{x0 + bar * len(names) / 2}" y="{top + plot_h + 14}" text-anchor="middle">'
+                   f'{escape(category)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)

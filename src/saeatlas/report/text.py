@@ -90,3 +90,45 @@ def print_comparison(results: dict, console: Console | None = None, measures=("s
                 table.add_row(f"{e['layer_a']} x {e['layer_b']}", kind, space, str(body["n_pairs"]),
                               f"{body['mean_max_corr']:.3f}", *(_cell(body[space].get(m, {})) for m in shown))
     console.print(table)
+
+
+def _num(x, fmt: str = ".3f") -> str:
+    import math
+
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
+def print_absorption(results: dict, console: Console | None = None) -> None:
+    """Probe F1 and, per SAE, splitting and absorption per letter, with the means over qualifying letters."""
+    console = console or Console(highlight=False, markup=False, soft_wrap=True)
+    console.print(f"{results['model']} {results['hook']}: {results['n_prompts']} first-letter prompts "
+                  f"({results['n_train']} train / {results['n_test']} test), word token at "
+                  f"{results['word_position_from_end']} from the end; mean probe F1 {results['mean_probe_f1']:.3f}")
+    for sae in results["saes"]:
+        rows = sae["letters"]
+        keys = [k for k in ("absorption_fraction", "full_absorption_rate", "ablation_absorption_rate") if k in rows[0]]
+        table = Table(show_edge=False, title=f"{sae['name']} ({sae['arch']}, width {sae['d_sae']}"
+                                             f"{', k ' + str(sae['k']) if sae['k'] else ''}; L0 on the task "
+                                             f"{sae['l0_on_task']:.1f})")
+        for column in ("letter", "probe F1", "TPs", "main latents", "split", "k-sparse F1", *(k.replace("_", " ") for k in keys)):
+            table.add_column(column)
+        for r in rows:
+            mark = "" if r["qualifies"] else " (F1 too low)"
+            table.add_row(r["letter"] + mark, _num(r["probe_f1"]), str(r["n_true_positives"]),
+                          " ".join(map(str, r["main_latents"])), str(r["n_split"]), _num(r["k_sparse_f1"]),
+                          *(_num(r[k]) for k in keys))
+        console.print(table)
+        s = sae["summary"]
+        means = ", ".join(f"{k[len('mean_'):].replace('_', ' ')} {_num(v)}" for k, v in s.items() if k.startswith("mean_"))
+        console.print(f"{sae['name']}: over {s['n_qualifying_letters']} letters with probe F1 > "
+                      f"{results['config']['min_probe_f1']}: {means}  ({sae['seconds']:.1f} s)")
+    if len(results["saes"]) > 1:
+        table = Table(show_edge=False, title="SAEs side by side (means over qualifying letters)")
+        keys = [k for k in ("mean_n_split", "mean_k_sparse_f1", "mean_absorption_fraction", "mean_full_absorption_rate",
+                            "mean_ablation_absorption_rate") if k in results["saes"][0]["summary"]]
+        for column in ("SAE", "arch", "width", "k", "L0 on task", *(k[len("mean_"):].replace("_", " ") for k in keys)):
+            table.add_column(column)
+        for sae in results["saes"]:
+            table.add_row(sae["name"], sae["arch"], str(sae["d_sae"]), str(sae["k"] or "-"), f"{sae['l0_on_task']:.1f}",
+                          *(_num(sae["summary"][k]) for k in keys))
+        console.print(table)

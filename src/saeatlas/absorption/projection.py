@@ -1,0 +1,96 @@
+"""Absorption, projection variant: how much of the probe direction is carried by latents outside the main set.
+
+For one input with activation a [d_in], unit probe direction p [d_in] and SAE codes z [d_sae]:
+`act_proj = a . p`; latent i contributes `z_i * (W_dec_i . p)` to the reconstruction's projection on p
+(= z_i * cos(W_dec_i, p) when decoder rows have unit norm; with a normalisation folded into the decoder
+the row norm is part of the contribution).  Thresholds on "cos" use the true cosine.
+
+- absorption fraction: the absorbers are the latents outside the main set with cos >= 0.1 and a positive
+  contribution, the top 3 of them.  0 if the main latents already carry act_proj or the absorbers carry less
+  than 0.4 of it; 1 if the main latents carry nothing (<= 0); else min(absorbers, act_proj - main) / (that +
+  main), clipped to [0, 1].
+- full absorption: every main latent is off (< 1e-8), act_proj > 0 (the spec's >= 0, less the undefined
+  ratio at 0), and the latent with the largest
+  contribution has cos >= 0.025 and carries >= 0.4 of act_proj.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class ProjectionThresholds:
+    """The evaluation suite's thresholds (spec: absorption.md, projection variant)."""
+
+    absorber_cos: float = 0.1
+    """Latents outside the main set count as absorbers from this cosine with the probe."""
+    n_absorbers: int = 3
+    """At most this many absorbers (the largest contributions)."""
+    absorber_fraction: float = 0.4
+    """Absorbers must carry at least this fraction of act_proj (partial absorption), and the top latent this
+    fraction for full absorption."""
+    full_cos: float = 0.025
+    """Full absorption: the top latent's cosine with the probe."""
+
+
+def decoder_probe_geometry(W_dec: np.ndarray, probe_dir: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(W_dec_i . p, cos(W_dec_i, p)) for every latent: two [d_sae] arrays.  `probe_dir` [d_in] is normalised here."""
+    p = np.asarray(probe_dir, dtype=np.float64)
+    p = p / np.linalg.norm(p)
+    W = np.asarray(W_dec, dtype=np.float64)
+    along = W @ p
+    cos = along / np.maximum(np.linalg.norm(W, axis=1), EPS)
+    return along, cos
+
+
+def projection_absorption(acts: np.ndarray, codes: np.ndarray, W_dec: np.ndarray, probe_dir: np.ndarray,
+                          main: list[int] | np.ndarray, thresholds: ProjectionThresholds = ProjectionThresholds()
+                          ) -> dict[str, np.ndarray]:
+    """Absorption fraction and full absorption of one feature (probe) on each input.
+
+    acts [n, d_in] (the SAE's input), codes [n, d_sae], W_dec [d_sae, d_in], probe_dir [d_in], main: the
+    feature's main latent ids.  Returns [n] arrays: `fraction` (float in [0, 1]), `full` (bool), `act_proj`,
+    `main_proj`, `absorber_proj`, and `top_latent` (the largest contributor outside the main set).
+    """
+    main = np.asarray(main, dtype=np.int64)
+    along, cos = decoder_probe_geometry(W_dec, probe_dir)
+    p = np.asarray(probe_dir, dtype=np.float64)
+    act_proj = np.asarray(acts, dtype=np.float64) @ (p / np.linalg.norm(p))  # [n]
+    codes = np.asarray(codes, dtype=np.float64)
+    contrib = codes * along[None, :]  # [n, d_sae]
+    main_proj = contrib[:, main].sum(axis=1)
+
+    outside = np.ones(len(along), dtype=bool)
+    outside[main] = False
+    candidate = np.where((outside & (cos >= thresholds.absorber_cos))[None, :] & (contrib > 0), contrib, 0.0)
+    k = min(thresholds.n_absorbers, candidate.shape[1])
+    top = np.partition(candidate, candidate.shape[1] - k, axis=1)[:, -k:] if k else np.zeros((len(codes), 0))
+    absorber_proj = top.sum(axis=1)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        absorbed = np.minimum(absorber_proj, act_proj - main_proj)
+        partial = np.clip(absorbed / (absorbed + main_proj), 0.0, 1.0)
+        weak = absorber_proj / act_proj < thresholds.absorber_fraction
+    fraction = np.where(main_proj >= act_proj, 0.0, np.where(weak, 0.0, np.where(main_proj <= 0, 1.0, partial)))
+    fraction = np.nan_to_num(fraction, nan=0.0)
+
+    top_any = contrib.argmax(axis=1)
+    top_value = contrib[np.arange(len(codes)), top_any]
+    main_off = (codes[:, main] < EPS).all(axis=1) if len(main) else np.ones(len(codes), dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        full = (main_off & (act_proj > 0) & (cos[top_any] >= thresholds.full_cos)
+                & (top_value / act_proj >= thresholds.absorber_fraction))
+    masked = np.where(outside[None, :], contrib, -np.inf)
+    return {
+        "fraction": fraction,
+        "full": np.nan_to_num(full, nan=False).astype(bool),
+        "act_proj": act_proj,
+        "main_proj": main_proj,
+        "absorber_proj": absorber_proj,
+        "top_latent": masked.argmax(axis=1),
+    }
