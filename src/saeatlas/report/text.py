@@ -98,8 +98,9 @@ def _num(x, fmt: str = ".3f") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
 
-def print_absorption(results: dict, console: Console | None = None) -> None:
-    """Probe F1 and, per SAE, splitting and absorption per letter, with the means over qualifying letters."""
+def print_absorption(results: dict, console: Console | None = None, per_letter: bool = True) -> None:
+    """Probe F1 and, per SAE, splitting and absorption (per letter unless `per_letter` is False), with the means
+    over qualifying letters."""
     console = console or Console(highlight=False, markup=False, soft_wrap=True)
     console.print(f"{results['model']} {results['hook']}: {results['n_prompts']} first-letter prompts "
                   f"({results['n_train']} train / {results['n_test']} test), word token at "
@@ -117,7 +118,8 @@ def print_absorption(results: dict, console: Console | None = None) -> None:
             table.add_row(r["letter"] + mark, _num(r["probe_f1"]), str(r["n_true_positives"]),
                           " ".join(map(str, r["main_latents"])), str(r["n_split"]), _num(r["k_sparse_f1"]),
                           *(_num(r[k]) for k in keys))
-        console.print(table)
+        if per_letter:
+            console.print(table)
         s = sae["summary"]
         means = ", ".join(f"{k[len('mean_'):].replace('_', ' ')} {_num(v)}" for k, v in s.items() if k.startswith("mean_"))
         console.print(f"{sae['name']}: over {s['n_qualifying_letters']} letters with probe F1 > "

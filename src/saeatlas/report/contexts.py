@@ -1,0 +1,102 @@
+"""Each latent's top activating contexts in its own model's store: the text around the token it fires on.
+
+A context is `{"tokens": [str], "focus": int, "activation": float}`: the tokens of one window of the store
+around the firing position (`width` tokens before it, `after` tokens after it, never crossing a window or
+document boundary), `focus` the index of the firing token in `tokens`.
+
+Token strings come from the stored document text and the tokens' character spans, not from decoding token
+ids one at a time: one-token decoding loses the leading space of SentencePiece tokens and turns the pieces
+of a multi-byte character into U+FFFD.  Each token gets the text from the end of the token before it to its
+own end, so the tokens of a context join up to exactly the document's text.  Tokens without a span (`<bos>`,
+`[CLS]`) are decoded with the model's tokenizer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..compare.align import gather_rows, tokenizer_for_store
+from ..compare.codes import encode_sparse, top_positions
+from ..data.store import ActivationStore
+from ..data.tokens import EXCLUDED_BY_DEFAULT, FLAG_SPECIAL
+from ..errors import SaeAtlasError
+
+
+def top_contexts(store: ActivationStore, sae, hook: str, latents, n: int = 3, width: int = 12,
+                 after: int = 4) -> dict[int, list[dict]]:
+    """latent id -> its `n` top activating contexts in `store` (largest activation first; fewer, or [],
+    for a latent that fires on fewer usable tokens).
+
+    sae: a SparseAutoencoder trained on `hook` of this store's model (used in eval mode).
+    latents: latent ids to look up.  Positions are the store's usable tokens (BOS/special tokens and
+    position 0 are never a focus, as everywhere downstream).  Memory: the codes' nonzeros over the store.
+    """
+    latents = [int(i) for i in latents]
+    _check(store, sae, hook, latents, n, width, after)
+    index = np.concatenate([store.index(s) for s in range(store.n_shards)])  # [n_tokens] records
+    usable = np.flatnonzero((index["flags"] & EXCLUDED_BY_DEFAULT) == 0)  # [n_usable] global rows
+    if not latents or len(usable) == 0:
+        return {i: [] for i in latents}
+    sae.eval()
+    codes = encode_sparse(sae, gather_rows(store, hook, usable))  # [n_usable, d_sae]
+    chosen = codes[:, np.asarray(latents)]  # [n_usable, n_latents] (CSR column subset)
+    top = top_positions(chosen, n)  # [n_latents, n] positions into `usable`, -1 padded
+    texts = _Texts(store, index)
+    out = {}
+    for j, latent in enumerate(latents):
+        picks = [int(p) for p in top[j] if p >= 0]
+        out[latent] = [texts.context(int(usable[p]), float(chosen[p, j]), width, after) for p in picks]
+    return out
+
+
+def _check(store: ActivationStore, sae, hook: str, latents: list[int], n: int, width: int, after: int) -> None:
+    if hook not in store.hooks:
+        raise SaeAtlasError(f"store '{store.path}' has no hook '{hook}': it holds {', '.join(store.hooks)}")
+    if sae.cfg.d_in != store.d_model:
+        raise SaeAtlasError(f"the SAE has d_in {sae.cfg.d_in} but store '{store.path}' has d_model {store.d_model}: "
+                            "give the SAE trained on this model's hook")
+    bad = [i for i in latents if not 0 <= i < sae.cfg.d_sae]
+    if bad:
+        raise SaeAtlasError(f"latent {bad[0]} is out of range: the SAE has {sae.cfg.d_sae} latents "
+                            f"(0..{sae.cfg.d_sae - 1})")
+    if n < 1 or width < 0 or after < 0:
+        raise SaeAtlasError(f"top_contexts needs n >= 1, width >= 0 and after >= 0, got n={n}, width={width}, "
+                            f"after={after}")
+
+
+class _Texts:
+    """Token strings of a store's rows, from its documents' text and the tokens' character spans."""
+
+    def __init__(self, store: ActivationStore, index: np.ndarray):
+        self.store, self.index = store, index
+        self.docs = {d: r["text"] for d, r in store.documents().items()}
+        position = index["position"].astype(np.int64)
+        # A window starts at position 0 (or where the document changes, if windows were packed across them).
+        starts = (position == 0) | np.r_[True, index["doc_id"][1:] != index["doc_id"][:-1]]
+        self.segment = np.cumsum(starts) - 1  # [n_tokens] window/document segment of each row
+        self._tokenizer = None
+
+    def context(self, row: int, activation: float, width: int, after: int) -> dict:
+        lo, hi = max(0, row - width), min(len(self.index), row + after + 1)
+        rows = [r for r in range(lo, hi) if self.segment[r] == self.segment[row]]
+        return {"tokens": self._strings(rows), "focus": rows.index(row), "activation": activation}
+
+    def _strings(self, rows: list[int]) -> list[str]:
+        out, prev_end = [], None
+        for r in rows:
+            rec = self.index[r]
+            text = self.docs.get(int(rec["doc_id"]))
+            start, end = int(rec["char_start"]), int(rec["char_end"])
+            if text is None or rec["flags"] & FLAG_SPECIAL or end <= start:
+                out.append(self._decode(int(rec["token_id"])))
+                continue
+            begin = start if prev_end is None or prev_end > start else prev_end  # take the gap before it
+            piece = text[begin:end] or text[start:end]  # overlapping spans (byte pieces of one character)
+            out.append(piece)
+            prev_end = end
+        return out
+
+    def _decode(self, token_id: int) -> str:
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_for_store(self.store)
+        return self._tokenizer.decode([token_id])

@@ -1,0 +1,1 @@
+"""Studies: one TOML file describing the whole job, run as cached stages (`saeatlas run`)."""

@@ -1,0 +1,42 @@
+"""Matched latent pairs as cards: each latent's top activating contexts in its own model, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def strongest_pairs(comparison: dict, n: int) -> list[tuple[int, int, float]]:
+    """The n matched pairs (idx_a, idx_b, corr) with the highest correlation of one comparison."""
+    pairs = comparison.get("pairs") or {}
+    corr = np.asarray(pairs.get("corr", []), dtype=float)
+    order = np.argsort(-corr, kind="stable")[:n]
+    return [(int(pairs["idx_a"][i]), int(pairs["idx_b"][i]), float(corr[i])) for i in order]
+
+
+def pair_cards(results_path: Path, per_layer_pair: int, n_contexts: int = 3) -> list[dict]:
+    """Cards for the strongest pairs of every layer pair of a compare results file."""
+    from ..compare.run import sae_folder
+    from ..data.store import ActivationStore
+    from ..report.contexts import top_contexts
+    from ..sae.formats import load_sae
+
+    results = json.loads(Path(results_path).read_text())
+    cfg = results["config"]
+    stores = {"a": ActivationStore(cfg["store_a"]), "b": ActivationStore(cfg["store_b"])}
+    cards = []
+    for entry in results["pairs"]:
+        chosen = strongest_pairs(entry["sae"], per_layer_pair)
+        if not chosen:
+            continue
+        contexts = {}
+        for side, hook, column in (("a", entry["layer_a"], 0), ("b", entry["layer_b"], 1)):
+            sae = load_sae(sae_folder(cfg[f"sae_{side}"], hook))
+            latents = sorted({pair[column] for pair in chosen})
+            contexts[side] = top_contexts(stores[side], sae, hook, latents, n=n_contexts)
+        for idx_a, idx_b, corr in chosen:
+            cards.append({"layer_a": entry["layer_a"], "layer_b": entry["layer_b"], "idx_a": idx_a, "idx_b": idx_b,
+                          "corr": corr, "a": contexts["a"].get(idx_a, []), "b": contexts["b"].get(idx_b, [])})
+    return cards

@@ -1,0 +1,111 @@
+"""Stages with products on disk, keyed by a hash of their own settings and of their inputs' keys.
+
+A stage writes its product at `folder` (a store, an SAE folder, a results folder).  Beside it,
+`<folder>.started.json` records the key when work begins and `<folder>.stage.json` the key, a summary and
+the time when it ends.  A rerun skips a stage whose `.stage.json` holds the current key; a stage started
+under the current key but not finished resumes (the store and the trainer resume on their own); a product
+made under another key is stale: it is deleted and made again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from ..fileio import jsonable, write_json_atomic
+
+log = logging.getLogger("saeatlas.study")
+State = Literal["done", "stale", "partial", "missing"]
+
+
+@dataclass(eq=False)
+class Stage:
+    """One unit of work of a study."""
+
+    name: str
+    """What it is, e.g. `train gemma resid_post.3`."""
+    folder: Path
+    """Where its product goes."""
+    settings: dict
+    """Everything of its own that changes its product (JSON-able)."""
+    action: Callable[["Stage"], dict]
+    """Makes the product at `folder` (resuming where it can); returns a JSON-able summary."""
+    inputs: list["Stage"] = field(default_factory=list)
+
+    @cached_property
+    def key(self) -> str:
+        """sha256 of the name, settings and the inputs' keys (16 hex digits)."""
+        facts = {"name": self.name, "settings": jsonable(self.settings), "inputs": [s.key for s in self.inputs]}
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def done_file(self) -> Path:
+        return self.folder.with_name(self.folder.name + ".stage.json")
+
+    @property
+    def started_file(self) -> Path:
+        return self.folder.with_name(self.folder.name + ".started.json")
+
+    def record(self) -> dict | None:
+        """The finished record if it holds the current key."""
+        record = _read(self.done_file)
+        return record if record and record.get("key") == self.key else None
+
+    def state(self) -> State:
+        if self.record() is not None:
+            return "done"
+        done, started = _read(self.done_file), _read(self.started_file)
+        if done or (started and started.get("key") != self.key):
+            return "stale"
+        return "partial" if started else "missing"
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _clear(stage: Stage) -> None:
+    """Delete a stale product and its markers (and a trainer's `.partial` checkpoint folder)."""
+    for path in (stage.folder, stage.folder.with_name(stage.folder.name + ".partial")):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    stage.done_file.unlink(missing_ok=True)
+    stage.started_file.unlink(missing_ok=True)
+
+
+def run_stage(stage: Stage) -> tuple[dict, str, float]:
+    """Make the stage's product unless it is done: (summary, 'done' | 'ran', seconds spent now)."""
+    record = stage.record()
+    if record is not None:
+        log.info("%s: done (key %s, %.1f s when it ran)", stage.name, stage.key, record.get("seconds", 0.0))
+        return record["summary"], "done", 0.0
+    state = stage.state()
+    if state == "stale":
+        log.info("%s: settings or inputs changed; making it again", stage.name)
+        _clear(stage)
+    elif state == "partial":
+        log.info("%s: resuming", stage.name)
+    stage.folder.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stage.started_file, {"key": stage.key, "name": stage.name})
+    started = time.perf_counter()
+    summary = jsonable(stage.action(stage))
+    seconds = time.perf_counter() - started
+    write_json_atomic(stage.done_file, {"key": stage.key, "name": stage.name, "settings": jsonable(stage.settings),
+                                        "inputs": [s.key for s in stage.inputs], "summary": summary,
+                                        "seconds": seconds})
+    stage.started_file.unlink(missing_ok=True)
+    log.info("%s: finished in %.1f s", stage.name, seconds)
+    return summary, "ran", seconds
