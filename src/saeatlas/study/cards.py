@@ -26,17 +26,16 @@ def pair_cards(results_path: Path, per_layer_pair: int, n_contexts: int = 3) -> 
     results = json.loads(Path(results_path).read_text())
     cfg = results["config"]
     stores = {"a": ActivationStore(cfg["store_a"]), "b": ActivationStore(cfg["store_b"])}
-    cards = []
-    for entry in results["pairs"]:
-        chosen = strongest_pairs(entry["sae"], per_layer_pair)
-        if not chosen:
-            continue
-        contexts = {}
-        for side, hook, column in (("a", entry["layer_a"], 0), ("b", entry["layer_b"], 1)):
-            sae = load_sae(sae_folder(cfg[f"sae_{side}"], hook))
-            latents = sorted({pair[column] for pair in chosen})
-            contexts[side] = top_contexts(stores[side], sae, hook, latents, n=n_contexts)
-        for idx_a, idx_b, corr in chosen:
-            cards.append({"layer_a": entry["layer_a"], "layer_b": entry["layer_b"], "idx_a": idx_a, "idx_b": idx_b,
-                          "corr": corr, "a": contexts["a"].get(idx_a, []), "b": contexts["b"].get(idx_b, [])})
-    return cards
+    chosen = [(entry, strongest_pairs(entry["sae"], per_layer_pair)) for entry in results["pairs"]]
+    # every latent a (side, hook) needs, so each store hook is encoded once however many layer pairs use it
+    wanted: dict[tuple[str, str], set[int]] = {}
+    for entry, pairs in chosen:
+        for idx_a, idx_b, _ in pairs:
+            wanted.setdefault(("a", entry["layer_a"]), set()).add(idx_a)
+            wanted.setdefault(("b", entry["layer_b"]), set()).add(idx_b)
+    contexts = {(side, hook): top_contexts(stores[side], load_sae(sae_folder(cfg[f"sae_{side}"], hook)), hook,
+                                           sorted(latents), n=n_contexts)
+                for (side, hook), latents in wanted.items()}
+    return [{"layer_a": entry["layer_a"], "layer_b": entry["layer_b"], "idx_a": idx_a, "idx_b": idx_b, "corr": corr,
+             "a": contexts["a", entry["layer_a"]].get(idx_a, []), "b": contexts["b", entry["layer_b"]].get(idx_b, [])}
+            for entry, pairs in chosen for idx_a, idx_b, corr in pairs]

@@ -160,14 +160,15 @@ def _study_toml(study: Study) -> str:
         lines.append(f"\n[{name}]")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
 
-    table("data", study.to_dict()["data"])
-    for m in study.to_dict()["models"]:
+    settings = study.to_dict()
+    table("data", settings["data"])
+    for m in settings["models"]:
         lines.append("\n[[models]]")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in m.items() if v is not None)
-    table("sae", study.to_dict()["sae"])
+    table("sae", settings["sae"])
     for section in ("compare", "absorption"):
-        if study.to_dict()[section] is not None:
-            table(section, study.to_dict()[section])
+        if settings[section] is not None:
+            table(section, settings[section])
     return "\n".join(lines) + "\n"
 
 
