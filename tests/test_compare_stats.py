@@ -49,6 +49,27 @@ def test_both_cka_null_paths_equal_naive(path):
     np.testing.assert_allclose(fast, _naive_null("linear_cka", X, Y, 20, seed=5), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("measure, path", [("rsa", None), ("linear_cka", "gram")])
+def test_large_gram_nulls_equal_naive_with_and_without_the_native_kernel(measure, path, native, monkeypatch):
+    """From NATIVE_MIN_POINTS points on the RSA / CKA nulls run in the compiled kernel (float32 matrices)."""
+    from saeatlas.compare import stats
+    from saeatlas.sae import native as native_module
+
+    monkeypatch.setenv("SAEATLAS_NATIVE", native)
+    native_module.library.cache_clear()
+    try:
+        if native == "1" and native_module.library() is None:
+            pytest.skip("no C compiler: the native kernel cannot be built here")
+        X, Y = _related(stats.NATIVE_MIN_POINTS + 44, 12, 9)
+        fast = (_null_linear_cka(X, Y, 12, 2, _path=path) if path else permutation_null(measure, X, Y, 12, seed=2))
+        naive = _naive_null(measure, X, Y, 12, seed=2)
+        np.testing.assert_allclose(fast, naive, rtol=1e-6 if native == "1" else 1e-12, atol=1e-9)
+        assert np.ptp(fast) > 100 * np.abs(fast - naive).max()  # the permutations differ far beyond round-off
+    finally:
+        native_module.library.cache_clear()
+
+
 def test_null_with_repeated_rows_equals_naive():
     """Many-to-1 matching repeats A latents: X has identical rows (tied inner similarities, tied PCs)."""
     X, Y = _related(30, 6, 5)

@@ -208,3 +208,14 @@ def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_chang
     third = run_study(load_study(changed), out)
     ran = sorted(name for name, state in _states(third).items() if state == "ran")
     assert ran == ["compare", "concepts", "pair cards", "report"]
+
+
+def test_pair_cards_show_each_latent_once():
+    """Many-to-one matching pairs one A latent with several B latents: the cards take its strongest pair."""
+    from saeatlas.study.cards import strongest_pairs
+
+    comparison = {"pairs": {"idx_a": [7, 7, 3, 7, 5, 3], "idx_b": [0, 1, 2, 3, 4, 5],
+                            "corr": [0.9, 0.8, 0.7, 0.95, 0.2, 0.6]}}
+    assert strongest_pairs(comparison, 3) == [(7, 3, 0.95), (3, 2, 0.7), (5, 4, 0.2)]
+    assert strongest_pairs(comparison, 1) == [(7, 3, 0.95)]
+    assert strongest_pairs({"pairs": {}}, 4) == []

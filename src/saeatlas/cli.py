@@ -85,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
         cmp.add_argument("--threshold", type=float, default=0.1, help="minimum correlation of a pair (default 0.1)")
         cmp.add_argument("--no-junk-filter", action="store_true", help="keep latents whose top tokens are junk tokens")
         cmp.add_argument("--measures", help="comma-separated similarity measures (default: all)")
-        cmp.add_argument("--svcca-k", type=int, help="SVCCA/PWCCA directions per side (default: 99%% of the variance)")
+        cmp.add_argument("--svcca-k", type=int, default=50,
+                         help="SVCCA/PWCCA directions per side, at most a tenth of the pairs (default 50; "
+                              "0: as many as 99%% of the variance needs)")
         cmp.add_argument("--permutations", type=int, default=1000, help="random pairings in each null (default 1000)")
         cmp.add_argument("--bootstrap", type=int, default=100, help="document resamples for confidence intervals (0: none)")
         cmp.add_argument("--controls", default="random_init,neurons,shifted",
@@ -269,7 +271,7 @@ def _compare(args: argparse.Namespace) -> int:
         store_a=args.a, store_b=args.b, sae_a=args.sae_a, sae_b=args.sae_b,
         layers_a=_split(args.layers_a), layers_b=_split(args.layers_b), method=args.method,
         threshold=args.threshold, junk_filter=not args.no_junk_filter,
-        measures=_split(args.measures) or list(DEFAULT_MEASURES), svcca_k=args.svcca_k,
+        measures=_split(args.measures) or list(DEFAULT_MEASURES), svcca_k=args.svcca_k or None,
         n_permutations=args.permutations, n_bootstrap=args.bootstrap, controls=controls,
         skyline_sae_a=args.skyline_sae_a, max_positions=args.max_positions, seed=args.seed,
     ).validate()

@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +29,14 @@ from ..fileio import jsonable, write_bytes_atomic, write_json_atomic
 from ..memory import reuse_freed_memory
 from ..sae.formats import load_sae
 from ..sae.model import SparseAutoencoder
+from ..threads import parallel_map
 from .align import Alignment, align_stores, gather_rows
 from .codes import encode_sparse, top_positions
 from .config import CompareConfig
 from .correlate import CorrelationResult, group_sums, pearson_dense, pearson_sparse, weighted_correlations
 from .match import Matches, junk_latents, junk_token_ids, match
 from .similarity import MEASURES
-from .stats import benjamini_hochberg, bootstrap_ci, permutation_null, summarize
+from .stats import benjamini_hochberg, bootstrap_counts, percentile_interval, permutation_null, summarize
 
 log = logging.getLogger("saeatlas")
 
@@ -190,21 +192,17 @@ def bootstrap_scores(a: Side, b: Side, result: CorrelationResult, groups: np.nda
     sums = group_sums(a.codes, b.codes, groups, np.where(valid, pairs_a, 0), np.where(valid, pairs_b, 0), n_groups=n_groups)
     n_first = d_b * m
     measures = [mm for mm in cfg.bootstrap_measures if mm in cfg.measures]
-    cache: dict[bytes, dict] = {}
 
-    def replicate_all(counts: np.ndarray) -> dict:
-        key = counts.tobytes()
-        if key not in cache:
-            corr = np.where(valid, weighted_correlations(sums, counts), np.nan)
-            rematched = _rematch(result, corr[:n_first].reshape(d_b, m), corr[n_first:].reshape(d_a, -1))
-            pairs = match(rematched, cfg.method, cfg.threshold, a.junk, b.junk)
-            X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
-            cache.clear()
-            cache[key] = {mm: (measure_value(cfg, mm, X, Y) if len(X) >= MIN_PAIRS else math.nan) for mm in measures}
-        return cache[key]
+    def replicate(counts: np.ndarray) -> list[float]:
+        corr = np.where(valid, weighted_correlations(sums, counts), np.nan)
+        rematched = _rematch(result, corr[:n_first].reshape(d_b, m), corr[n_first:].reshape(d_a, -1))
+        pairs = match(rematched, cfg.method, cfg.threshold, a.junk, b.junk)
+        X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
+        return [measure_value(cfg, mm, X, Y) if len(X) >= MIN_PAIRS else math.nan for mm in measures]
 
-    return {mm: bootstrap_ci(lambda counts, mm=mm: replicate_all(counts)[mm], n_groups, n_boot=cfg.n_bootstrap,
-                             seed=cfg.seed) for mm in measures}
+    # Replicates are independent and mostly small LAPACK calls: side by side on the cores.
+    values = np.array(parallel_map(replicate, bootstrap_counts(n_groups, cfg.n_bootstrap, cfg.seed)))
+    return {mm: percentile_interval(values[:, i]) for i, mm in enumerate(measures)}
 
 
 def score_pair(a: Side, b: Side, cfg: CompareConfig, groups: np.ndarray, n_groups: int, control: bool = False) -> dict:
@@ -311,9 +309,17 @@ def _control_pair(kind: str, sides: _Sides, hook_a: str, hook_b: str) -> tuple[S
     raise ValueError(kind)
 
 
-def compare_grid(cfg: CompareConfig) -> dict:
-    """Score every (layer of A, layer of B) pair and its controls; the results document (see RESULTS_VERSION)."""
+def n_comparisons(cfg: CompareConfig) -> int:
+    """How many sides pairs `compare_grid` scores: each layer pair and its controls, and A's skyline layers."""
+    controls = [c for c in cfg.controls if c != "skyline"]
+    return len(cfg.layers_a) * len(cfg.layers_b) * (1 + len(controls)) + ("skyline" in cfg.controls) * len(cfg.layers_a)
+
+
+def compare_grid(cfg: CompareConfig, progress: Callable[[int], None] | None = None) -> dict:
+    """Score every (layer of A, layer of B) pair and its controls; the results document (see RESULTS_VERSION).
+    `progress(1)` is called after each of the `n_comparisons(cfg)` comparisons."""
     cfg.validate()
+    progress = progress or (lambda n: None)
     reuse_freed_memory()
     t0 = time.perf_counter()
     store_a, store_b = ActivationStore(cfg.store_a), ActivationStore(cfg.store_b)
@@ -331,12 +337,14 @@ def compare_grid(cfg: CompareConfig) -> dict:
             entry = {"layer_a": hook_a, "layer_b": hook_b}
             entry["sae"] = score_pair(sides.get("sae", "a", hook_a), sides.get("sae", "b", hook_b), cfg,
                                       align.doc, align.n_groups)
+            progress(1)
             for kind in cfg.controls:
                 if kind == "skyline":
                     continue
                 a, b = _control_pair(kind, sides, hook_a, hook_b)
                 groups = sides.shifted().doc if kind == "shifted" else align.doc
                 entry[kind] = score_pair(a, b, cfg, groups, align.n_groups, control=True)
+                progress(1)
             log.info("%s x %s: %d pairs, SVCCA %s", hook_a, hook_b, entry["sae"]["n_pairs"],
                      _fmt(entry["sae"]["decoder"].get("svcca", {}).get("observed")))
             pairs.append(entry)
@@ -346,6 +354,7 @@ def compare_grid(cfg: CompareConfig) -> dict:
             a, b = sides.get("sae", "a", hook_a), sides.get("skyline", "a", hook_a)
             skyline.append({"layer_a": hook_a, "layer_b": hook_a,
                             "skyline": score_pair(a, b, cfg, align.doc, align.n_groups, control=True)})
+            progress(1)
     _add_q_values(pairs)
     _add_q_values(skyline)
     return {
@@ -369,9 +378,11 @@ def _store_tokens(store: ActivationStore) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([i["token_id"] for i in index]), np.concatenate([i["position"] for i in index])
 
 
-def concept_grid(cfg: CompareConfig, concepts: dict[str, list[str]]) -> dict:
+def concept_grid(cfg: CompareConfig, concepts: dict[str, list[str]], progress: Callable[[int], None] | None = None) -> dict:
     """Per layer pair and concept: the latents whose top activating tokens are the concept's keywords, matched
-    within the concept on both sides, scored against the random-pairing null."""
+    within the concept on both sides, scored against the random-pairing null.  `progress(1)` is called after
+    each (layer pair, concept) cell."""
+    progress = progress or (lambda n: None)
     from .align import tokenizer_for_store
     from .concepts import concept_membership
 
@@ -413,6 +424,7 @@ def concept_grid(cfg: CompareConfig, concepts: dict[str, list[str]]) -> dict:
                 else:
                     entry["decoder"] = score_spaces(np.zeros((0, 1)), np.zeros((0, 1)), cfg.measures, cfg)
                 entries.append(entry)
+                progress(1)
             log.info("concepts %s x %s: %s", hook_a, hook_b,
                      ", ".join(f"{e['concept']} {e['n_pairs']}" for e in entries[-len(concepts):]))
     for measure in cfg.measures:

@@ -23,6 +23,8 @@ from .similarity import (INNER, MEASURES, OUTER, _choice, _positive_int, check_p
 
 _CHUNK_BYTES = 128 * 2**20
 """Bound on the memory of one batch of permuted products (the gathered rows of Y)."""
+NATIVE_MIN_POINTS = 256
+"""RSA and CKA nulls on at least this many points run in the native kernel (see `_gram_null`)."""
 _GRAM_COST = 40
 """Cost of one element of `_permuted_gram_dot` relative to one multiply-add of a float64 matrix product
 (measured on 2 CPU cores: 17 ms per n = 5000 permutation vs 31 ms for a 5000 x 626 x 564 product); decides
@@ -81,6 +83,23 @@ def _permuted_gram_dot(A: _UpperBlocks, B: np.ndarray, p: np.ndarray) -> float:
     return total
 
 
+def _gram_null(A: np.ndarray, B: np.ndarray, M: int, seed: int) -> np.ndarray:
+    """[M] sum_ij A[i, j] B[p_i, p_j] for the seeded permutations p of range(n); A, B [n, n] symmetric.
+
+    From NATIVE_MIN_POINTS points on, and where the native kernels load, the compiled loop runs it on
+    float32 copies (2 x 16 MB at n = 2000, which stay in the CPU's cache; about 1e-7 relative off float64).
+    Below that the float64 path runs: it is cheap there, and it keeps the exact ties that permutations
+    among repeated rows produce in small sets (e.g. a concept's few pairs)."""
+    from ..sae import native
+
+    n = len(A)
+    if n >= NATIVE_MIN_POINTS and native.library() is not None:
+        A32, B32 = A.astype(np.float32), B.astype(np.float32)
+        return np.concatenate([native.permuted_gram_dots(A32, B32, P) for P in permutations(n, M, seed, 64)])
+    blocks = _UpperBlocks(A)
+    return np.array([_permuted_gram_dot(blocks, B, p) for P in permutations(n, M, seed, 64) for p in P])
+
+
 # ---------------------------------------------------------------- nulls per measure
 def _null_svcca(X, Y, M, seed, k=None, variance=0.99):
     Ua, _, Ub, _ = reduced_bases(X, Y, k, variance)
@@ -117,8 +136,7 @@ def _null_linear_cka(X, Y, M, seed, _path=None):
     # ||Fa^T P Fb||_F^2 = sum_ij Ka_ij Kb_{p_i p_j} with Ka = Fa Fa^T: n^2 work per permutation instead of
     # n r_a r_b, the better deal when the sides are wide (activations of thousands of latents).
     if _path == "gram" or (_path is None and _GRAM_COST * n < Fa.shape[1] * Fb.shape[1]):
-        Ka, Kb = _UpperBlocks(Fa @ Fa.T), Fb @ Fb.T
-        return np.array([_permuted_gram_dot(Ka, Kb, p) for P in permutations(n, M, seed, 64) for p in P]) / denom
+        return _gram_null(Fa @ Fa.T, Fb @ Fb.T, M, seed) / denom
     out = [(_permuted_products(Fa, Fb, P) ** 2).sum(axis=(1, 2))
            for P in permutations(n, M, seed, _chunk(n, Fb.shape[1]))]
     return np.concatenate(out) / denom
@@ -154,8 +172,7 @@ def _null_rsa(X, Y, M, seed, inner="pearson", outer="spearman", max_points=None)
         X, Y = X[idx], Y[idx]
     # Permuting Y's rows permutes its inner matrix symmetrically; the multiset of its upper-triangle values
     # (hence their ranks, mean and norm) is unchanged, so ranks are computed once and only gathered.
-    Ax, Ay = _UpperBlocks(_rsa_matrix(X, inner, outer, "X")), _rsa_matrix(Y, inner, outer, "Y")
-    return np.array([_permuted_gram_dot(Ax, Ay, p) / 2 for P in permutations(len(X), M, seed, 64) for p in P])
+    return _gram_null(_rsa_matrix(X, inner, outer, "X"), _rsa_matrix(Y, inner, outer, "Y"), M, seed) / 2
 
 
 def _null_mutual_knn(X, Y, M, seed, k=10):
@@ -274,25 +291,35 @@ def benjamini_hochberg(p_values) -> np.ndarray:
     return q.reshape(p.shape)
 
 
-def bootstrap_ci(replicate: Callable[[np.ndarray], float], n_groups: int, n_boot: int = 200, seed: int = 0,
-                 level: float = 0.95) -> dict:
-    """Percentile bootstrap interval over groups (documents).
-
-    Each replicate draws n_groups groups with replacement, as multinomial
-    counts [n_groups] (how often each group was drawn), and calls
-    `replicate(counts) -> float`; the caller recomputes its statistic with
-    the groups weighted by the counts.  Returns {"lo", "hi": the (1 - level) / 2
-    and (1 + level) / 2 percentiles of the finite replicates (NaN if none),
-    "replicates": [n_boot]}.
-    """
+def bootstrap_counts(n_groups: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n_groups] multinomial counts: how often each group (document) is drawn in each resample."""
     n_groups = _positive_int(n_groups, "n_groups")
     n_boot = _positive_int(n_boot, "n_boot")
+    return np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
+
+
+def percentile_interval(replicates, level: float = 0.95) -> dict:
+    """{"lo", "hi": the (1 - level) / 2 and (1 + level) / 2 percentiles of the finite replicates [n_boot]
+    (NaN if none), "replicates"}."""
     if not 0 < level < 1:
         raise SaeAtlasError(f"level={level!r} must be in (0, 1), e.g. 0.95")
-    counts = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
-    reps = np.array([float(replicate(c)) for c in counts])
+    reps = np.asarray(replicates, dtype=np.float64)
     finite = reps[np.isfinite(reps)]
     if finite.size == 0:
         return {"lo": math.nan, "hi": math.nan, "replicates": reps}
     lo, hi = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
     return {"lo": float(lo), "hi": float(hi), "replicates": reps}
+
+
+def bootstrap_ci(replicate: Callable[[np.ndarray], float], n_groups: int, n_boot: int = 200, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Percentile bootstrap interval over groups (documents).
+
+    Each replicate draws n_groups groups with replacement, as multinomial
+    counts [n_groups] (`bootstrap_counts`), and calls `replicate(counts) -> float`;
+    the caller recomputes its statistic with the groups weighted by the counts.
+    Returns `percentile_interval` of the replicates: {"lo", "hi", "replicates": [n_boot]}.
+    """
+    if not 0 < level < 1:
+        raise SaeAtlasError(f"level={level!r} must be in (0, 1), e.g. 0.95")
+    return percentile_interval([float(replicate(c)) for c in bootstrap_counts(n_groups, n_boot, seed)], level)

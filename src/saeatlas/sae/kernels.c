@@ -1,4 +1,4 @@
-/* Native loops of sparse SAE training (loaded by native.py through ctypes).
+/* Native loops of sparse SAE training and of permutation nulls (loaded by native.py through ctypes).
  *
  * Plain C11 + OpenMP, compiled on the user's machine with -O3 -march=native.
  * Every output element is written by one thread and every sum runs in a fixed
@@ -162,5 +162,36 @@ void code_dots(const int64_t *order, const int64_t *starts, const int64_t *row, 
             for (; t < d; t++) s += ar[t] * br[t];
             out[i] = s;
         }
+    }
+}
+
+/* Permutation nulls of RSA and CKA: out[q] = sum_ij A[i, j] B[p_i, p_j] for each permutation p = perms[q]
+ * (A, B [n, n] symmetric float32, perms [m, n] int32).  By symmetry only the diagonal and the part right
+ * of it are visited; a row's terms are summed in LANES fixed float lanes, the rows in double.  One
+ * permutation per thread: A and B (2 x 16 MB at n = 2000) stay in the shared cache, and each B row is
+ * prefetched whole while the row before it runs (its columns are read in random order). */
+void permuted_gram_dots(const float *A, const float *B, int64_t n, const int32_t *perms, int64_t m, double *out,
+                        int threads) {
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
+    for (int64_t q = 0; q < m; q++) {
+        const int32_t *p = perms + q * n;
+        double total = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            const float *ar = A + i * n;
+            const float *br = B + (int64_t)p[i] * n;
+            if (i + 1 < n) { /* the next row is read at random columns: fetch it whole while this one runs */
+                const char *next = (const char *)(B + (int64_t)p[i + 1] * n);
+                for (int64_t b = 0; b < n * (int64_t)sizeof(float); b += 64) __builtin_prefetch(next + b);
+            }
+            float acc[LANES] = { 0 };
+            int64_t j = i + 1;
+            for (; j + LANES <= n; j += LANES)
+                for (int l = 0; l < LANES; l++) acc[l] += ar[j + l] * br[p[j + l]];
+            float s = 0.0f;
+            for (int l = 0; l < LANES; l++) s += acc[l];
+            for (; j < n; j++) s += ar[j] * br[p[j]];
+            total += (double)ar[i] * br[p[i]] + 2.0 * (double)s;
+        }
+        out[q] = total;
     }
 }

@@ -1,4 +1,4 @@
-"""Native kernels of sparse SAE training: `kernels.c`, compiled once per machine, called with ctypes.
+"""Native kernels of sparse SAE training and of the RSA / CKA permutation nulls: `kernels.c`, compiled once per machine, called with ctypes.
 
 The per-row top-k of the encoder's pre-activations and the sparse products
 of the backward pass are simple loops that torch's CPU operators run several
@@ -24,6 +24,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..fileio import cache_dir
@@ -40,6 +41,7 @@ _SIGNATURES = {
     "latent_order": [_ptr, _i64, _i64, _ptr, _ptr],
     "scatter_by_latent": [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _int],
     "code_dots": [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _int],
+    "permuted_gram_dots": [_ptr, _ptr, _i64, _ptr, _i64, _ptr, _int],
 }
 
 
@@ -138,4 +140,15 @@ def code_dots(grouping: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor, a
     out = torch.empty(rows.shape[0], dtype=torch.float32)
     library().code_dots(_p(order), _p(starts), _p(rows), _p(a), _p(b), b.shape[0], a.shape[1], _p(out),
                         torch.get_num_threads())
+    return out
+
+
+def permuted_gram_dots(A: np.ndarray, B: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """[m] sum_ij A[i, j] B[p_i, p_j] for each row p of P [m, n]; A, B [n, n] symmetric, used in float32
+    (sums in float64: about 1e-7 relative off a float64 computation)."""
+    A32, B32 = np.ascontiguousarray(A, dtype=np.float32), np.ascontiguousarray(B, dtype=np.float32)
+    P32 = np.ascontiguousarray(P, dtype=np.int32)
+    out = np.empty(len(P32), dtype=np.float64)
+    library().permuted_gram_dots(A32.ctypes.data, B32.ctypes.data, A32.shape[0], P32.ctypes.data, len(P32),
+                                 out.ctypes.data, torch.get_num_threads())
     return out

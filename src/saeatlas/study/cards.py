@@ -9,11 +9,21 @@ import numpy as np
 
 
 def strongest_pairs(comparison: dict, n: int) -> list[tuple[int, int, float]]:
-    """The n matched pairs (idx_a, idx_b, corr) with the highest correlation of one comparison."""
+    """The n matched pairs (idx_a, idx_b, corr) with the highest correlation of one comparison, no latent
+    shown twice (many-to-one matching pairs one A latent with many B latents: only its strongest pair)."""
     pairs = comparison.get("pairs") or {}
     corr = np.asarray(pairs.get("corr", []), dtype=float)
-    order = np.argsort(-corr, kind="stable")[:n]
-    return [(int(pairs["idx_a"][i]), int(pairs["idx_b"][i]), float(corr[i])) for i in order]
+    chosen, seen_a, seen_b = [], set(), set()
+    for i in np.argsort(-corr, kind="stable"):
+        a, b = int(pairs["idx_a"][i]), int(pairs["idx_b"][i])
+        if a in seen_a or b in seen_b:
+            continue
+        chosen.append((a, b, float(corr[i])))
+        seen_a.add(a)
+        seen_b.add(b)
+        if len(chosen) == n:
+            break
+    return chosen
 
 
 def pair_cards(results_path: Path, per_layer_pair: int, n_contexts: int = 3) -> list[dict]:

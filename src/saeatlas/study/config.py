@@ -56,7 +56,7 @@ class SAESettings:
     batch_size: int = 4096
     seed: int = 0
     l1_coefficient: float = 5.0
-    ce_tokens: int = 8192
+    ce_tokens: int = 4096
     """Held-out tokens for CE-loss recovered with the SAE spliced in (0: skip)."""
 
 
@@ -68,6 +68,8 @@ class CompareSettings:
     threshold: float = 0.1
     measures: list[str] = field(default_factory=lambda: ["svcca", "pwcca", "rsa", "linear_cka", "mutual_knn",
                                                          "svcca_legacy"])
+    svcca_k: int = 50
+    """SVCCA / PWCCA directions per side (at most a tenth of the pairs); 0: enough for 99% of the variance."""
     permutations: int = 1000
     bootstrap: int = 100
     controls: list[str] = field(default_factory=lambda: ["random_init", "neurons", "shifted"])
@@ -196,6 +198,7 @@ def validate(study: Study) -> Study:
             _check(m in MEASURES, "compare.measures", m, f"use some of {', '.join(MEASURES)}")
         for ctl in c.controls:
             _check(ctl in CONTROLS, "compare.controls", ctl, f"use some of {', '.join(CONTROLS)}")
+        _check(c.svcca_k >= 0, "compare.svcca_k", c.svcca_k, "use a number of directions, or 0 for 99% of the variance")
         _check(c.permutations >= 1, "compare.permutations", c.permutations, "use at least 1 (1000 for p-values)")
         _check(c.bootstrap >= 0, "compare.bootstrap", c.bootstrap, "use 0 (none) or more")
         _check(c.pair_cards >= 0, "compare.pair_cards", c.pair_cards, "use 0 or more")

@@ -66,6 +66,7 @@ def _pretrained(stage: Stage) -> dict:
 def _evaluate(stage: Stage) -> dict:
     """Held-out metrics of each SAE of a model, and CE-loss recovered with the model loaded once."""
     from ..models import load_model
+    from ..progress import count_progress
     from ..sae.formats import load_sae
     from ..sae.metrics import evaluate
     from ..sae.run import eval_batches
@@ -76,12 +77,14 @@ def _evaluate(stage: Stage) -> dict:
     heldout = stage.inputs[0].folder
     handle = load_model(s["spec"]) if s["ce_tokens"] else None
     out = {}
-    for hook, sae_stage in zip(s["hooks"], stage.inputs[1:]):
-        sae = load_sae(sae_stage.folder)
-        metrics = evaluate(sae, eval_batches(StoreSource(heldout, hook), s["heldout_tokens"]))
-        metrics.pop("density_histogram", None)
-        downstream = spliced_metrics(handle, sae, hook, corpus=s["corpus"], n_tokens=s["ce_tokens"]) if handle else None
-        out[hook] = {"metrics": metrics, "downstream": downstream}
+    with count_progress(stage.name, total=len(s["hooks"]), unit="SAEs") as advance:
+        for hook, sae_stage in zip(s["hooks"], stage.inputs[1:]):
+            sae = load_sae(sae_stage.folder)
+            metrics = evaluate(sae, eval_batches(StoreSource(heldout, hook), s["heldout_tokens"]))
+            metrics.pop("density_histogram", None)
+            downstream = spliced_metrics(handle, sae, hook, corpus=s["corpus"], n_tokens=s["ce_tokens"]) if handle else None
+            out[hook] = {"metrics": metrics, "downstream": downstream}
+            advance(1)
     stage.folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stage.folder / "metrics.json", out)
     return out
@@ -100,9 +103,12 @@ def _compare_config(stage: Stage):
 
 
 def _compare(stage: Stage) -> dict:
-    from ..compare.run import compare_grid, write_results
+    from ..compare.run import compare_grid, n_comparisons, write_results
+    from ..progress import count_progress
 
-    results = compare_grid(_compare_config(stage))
+    cfg = _compare_config(stage)
+    with count_progress(stage.name, total=n_comparisons(cfg), unit="comparisons") as advance:
+        results = compare_grid(cfg, progress=advance)
     write_results(results, stage.folder)
     return {"seconds": results["seconds"]}
 
@@ -110,9 +116,12 @@ def _compare(stage: Stage) -> dict:
 def _concepts(stage: Stage) -> dict:
     from ..compare.concepts import load_concepts
     from ..compare.run import concept_grid, write_results
+    from ..progress import count_progress
 
     source = stage.settings["concepts"]
-    results = concept_grid(_compare_config(stage), load_concepts(None if source == "builtin" else source))
+    cfg, concepts = _compare_config(stage), load_concepts(None if source == "builtin" else source)
+    with count_progress(stage.name, total=len(cfg.layers_a) * len(cfg.layers_b) * len(concepts), unit="cells") as advance:
+        results = concept_grid(cfg, concepts, progress=advance)
     write_results(results, stage.folder, prefix="concepts")
     return {"seconds": results["seconds"] if "seconds" in results else None}
 
@@ -203,7 +212,7 @@ def plan(study: Study, out: Path) -> list[Stage]:
                     "sae_a": template[c.a], "sae_b": template[c.b],
                     "skyline_sae_a": str(out / "saes" / f"{c.a}-seed{c.skyline_seed}" / "{hook}") if skyline else None,
                     "method": c.method, "threshold": c.threshold, "measures": c.measures,
-                    "n_permutations": c.permutations, "n_bootstrap": c.bootstrap, "controls": c.controls,
+                    "svcca_k": c.svcca_k or None, "n_permutations": c.permutations, "n_bootstrap": c.bootstrap, "controls": c.controls,
                     "seed": d.seed}
         inputs = [stores[c.a], stores[c.b], *main_saes[c.a].values(), *main_saes[c.b].values()]
         compare = add(Stage("compare", out / "compare", settings, _compare, inputs + skyline))
