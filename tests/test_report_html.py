@@ -81,6 +81,26 @@ def test_heatmaps_show_every_measure_with_significance_and_z(study, page):
     assert any(f"{c['observed']:.3f}*" in s for c in starred if c["q"] < 0.05)
 
 
+def test_at_a_glance_shows_the_best_layer_pair_beside_its_controls_and_skyline(study, page):
+    s = sections(page)["glance"]
+    compare = study["compare"]
+    skyline = {e["layer_a"]: e["skyline"] for e in compare["skyline"]}
+    rows = re.findall(r"<tr>(.*?)</tr>", s.split('class="headline-table"')[1].split("</table>")[0], flags=re.S)[1:]
+    assert [re.search(r"<td[^>]*>(\w+)</td>", r).group(1) for r in rows] == ["svcca", "rsa", "linear_cka"]
+    for measure, row in zip(["svcca", "rsa", "linear_cka"], rows):
+        best = max(compare["pairs"], key=lambda e: e["sae"]["decoder"][measure]["observed"])
+        observed = best["sae"]["decoder"][measure]["observed"]
+        ceiling = skyline[best["layer_a"]]["decoder"][measure]["observed"]
+        for value in (observed, best["random_init"]["decoder"][measure]["observed"],
+                      best["shifted"]["decoder"][measure]["observed"], ceiling):
+            assert f"{value:.3f}" in row
+        assert f"{observed / ceiling:.0%}" in row
+    ce = [sae["downstream"]["ce_loss_recovered"] for sae in study["saes"] if sae.get("downstream")]
+    assert f"CE-loss recovered {min(ce):.3f}" in s
+    absorption = study["absorption"]["saes"][0]["summary"]["mean_absorption_fraction"]
+    assert f"absorption fraction {absorption:.3f}" in s
+
+
 def test_correlations_and_controls_sit_beside_the_real_pair(study, page):
     found = sections(page)
     compare = study["compare"]

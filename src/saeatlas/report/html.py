@@ -25,7 +25,7 @@ from ..fileio import write_bytes_atomic
 from .figures import PALETTE, histogram_svg, interval_plot_svg
 from .svg import bar_chart_svg, heatmap_svg, significance_stars
 
-SECTIONS = [("study", "The study"), ("saes", "SAE quality"), ("heatmaps", "Similarity across layers"),
+SECTIONS = [("glance", "At a glance"), ("study", "The study"), ("saes", "SAE quality"), ("heatmaps", "Similarity across layers"),
             ("correlations", "Matched correlations"), ("controls", "Controls"), ("concepts", "Concept subspaces"),
             ("pairs", "Matched latent pairs"), ("absorption", "Absorption and splitting")]
 
@@ -245,7 +245,7 @@ def render_report(results: dict) -> str:
         '<link rel="icon" href="data:,">',
         f"<title>saeatlas report: {_e(name)}</title><style>{CSS}</style></head><body>",
         _top(results, name), _legacy_banner(results), _nav(), "<main>",
-        _study_section(results), _sae_section(results), _heatmap_section(results),
+        _glance_section(results), _study_section(results), _sae_section(results), _heatmap_section(results),
         _correlation_section(results), _controls_section(results), _concepts_section(results),
         _pairs_section(results), _absorption_section(results),
         f'</main><footer class="note" style="text-align:center;padding-bottom:24px">written by saeatlas '
@@ -289,6 +289,77 @@ def _legacy_banner(results: dict) -> str:
 
 def _nav() -> str:
     return "<nav>" + "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in SECTIONS) + "</nav>"
+
+
+# ---------------------------------------------------------------- at a glance
+HEADLINE_MEASURES = ("svcca", "rsa", "linear_cka")
+"""Measures of the headline table (those the controls are scored with), when the comparison has them."""
+
+
+def _headline_rows(compare: dict) -> list[list]:
+    """Per measure: the real pair's best layer pair beside that pair's controls and its A layer's skyline."""
+    skyline = {e["layer_a"]: e["skyline"] for e in compare.get("skyline") or []}
+    grid = [(e["layer_a"], e["layer_b"]) for e in compare["pairs"]]
+    short = dict(zip(grid, _grid_labels(grid)))
+    rows = []
+    for measure in HEADLINE_MEASURES:
+        cells = [(e, (e["sae"].get("decoder") or {}).get(measure)) for e in compare["pairs"]]
+        cells = [(e, sc) for e, sc in cells if sc and math.isfinite(_num(sc.get("observed")))]
+        if not cells:
+            continue
+        values = [_num(sc["observed"]) for _, sc in cells]
+        entry, best = max(cells, key=lambda c: _num(c[1]["observed"]))
+        n_sig = sum(_num(sc.get("q")) < 0.05 for _, sc in cells)
+
+        def control(body: dict | None) -> Html:
+            return _score((body or {}).get("decoder", {}).get(measure)) if body else Html('<span class="none">–</span>')
+
+        sky = skyline.get(entry["layer_a"])
+        sky_value = _num(((sky or {}).get("decoder") or {}).get(measure, {}).get("observed"))
+        ratio = _num(best["observed"]) / sky_value if math.isfinite(sky_value) and sky_value > 0 else math.nan
+        rows.append([measure, short[entry["layer_a"], entry["layer_b"]], _score(best),
+                     f"{_fmt(min(values))} to {_fmt(max(values))}", f"{n_sig} of {len(cells)}",
+                     control(entry.get("random_init")), control(entry.get("shifted")), control(sky),
+                     f"{ratio:.0%}" if math.isfinite(ratio) else "–"])
+    return rows
+
+
+def _glance_section(results: dict) -> str:
+    parts = []
+    compare = results.get("compare")
+    if compare and compare.get("pairs"):
+        a, b = _labels(results)
+        rows = _headline_rows(compare)
+        if rows:
+            parts.append(_table(["measure", "best layers", f"{a} x {b}", "all layer pairs", "q < .05",
+                                 "random-init B", "B shifted", f"skyline ({a} seeds)", "of skyline"], rows,
+                                "headline-table"))
+    saes = [s for s in results.get("saes") or [] if s.get("metrics")]
+    if saes:
+        def span(values, fmt=_fmt) -> str:
+            values = [v for v in values if math.isfinite(v)]
+            return "–" if not values else fmt(min(values)) if min(values) == max(values) else \
+                f"{fmt(min(values))} to {fmt(max(values))}"
+
+        metric = lambda key: [_num((s.get("metrics") or {}).get(key)) for s in saes]  # noqa: E731
+        ce = [_num((s.get("downstream") or {}).get("ce_loss_recovered")) for s in saes]
+        parts.append(f'<p class="glance-line"><b>SAEs</b> ({len(saes)} evaluated): L0 {span(metric("l0"), lambda v: _fmt(v, ".1f"))}, '
+                     f'FVU {span(metric("fvu"))}, dead {span(metric("dead_fraction"), _pct)}, '
+                     f'CE-loss recovered {span(ce)}.</p>')
+    absorption = results.get("absorption")
+    if absorption and absorption.get("saes"):
+        items = [f'{_e(s.get("name"))} (k {_int(s.get("k"))}): split {_fmt((s.get("summary") or {}).get("mean_n_split"), ".2f")}, '
+                 f'absorption fraction {_fmt((s.get("summary") or {}).get("mean_absorption_fraction"))}, '
+                 f'full absorption {_fmt((s.get("summary") or {}).get("mean_full_absorption_rate"))}'
+                 for s in absorption["saes"]]
+        parts.append(f'<p class="glance-line"><b>Absorption</b> (means over letters): {"; ".join(items)}.</p>')
+    if not parts:
+        return _not_run("glance", "neither a comparison, SAEs nor absorption are in the results")
+    intro = ("The headline figures. Similarity of the matched SAE decoder rows: the best layer pair's score "
+             "(z against the random-pairing null, BH stars), the range over the grid and how many layer pairs "
+             "reach q < .05; beside it that layer pair's controls and the same-model skyline of its A layer "
+             "(hover a score for its null, p, q and interval). Details in the sections below.")
+    return _section("glance", "".join(parts), intro)
 
 
 # ---------------------------------------------------------------- the study

@@ -88,6 +88,7 @@ def assemble_results(study: Study, out: Path, stages: list[Stage], timings: list
         "absorption": _read_json(out / "absorption" / "absorption.json"),
         "pair_cards": _read_json(out / "cards" / "cards.json") or [],
         "stages": timings,
+        "seconds": sum(float(t.get("seconds_when_made") or 0.0) for t in timings),
     }
 
 
