@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 
 from saeatlas.compare.similarity import MEASURES
-from saeatlas.compare.stats import (_naive_null, _null_linear_cka, benjamini_hochberg, bootstrap_ci, p_value,
+from saeatlas.compare.stats import (_naive_null, _null_linear_cka, basic_interval, benjamini_hochberg, bootstrap_ci, p_value,
                                     permutation_null, permutations, summarize, z_score)
 from saeatlas.errors import SaeAtlasError
 
@@ -193,6 +193,22 @@ def test_bootstrap_ci_ignores_nan_replicates():
     assert np.isnan(ci["replicates"]).sum() == 10
     nothing = bootstrap_ci(lambda c: math.nan, 5, n_boot=4)
     assert math.isnan(nothing["lo"]) and math.isnan(nothing["hi"])
+
+
+def test_basic_interval_reflects_the_percentiles_around_the_observed_score():
+    """Replicates biased below the observed score (as re-matched pairs are): the basic interval 2 obs - [q_hi, q_lo]
+    moves up by the bias the percentile one shows; replicates centred on the observed score give the same
+    interval either way."""
+    reps = np.array([0.80, 0.82, 0.84, 0.86, 0.88, np.nan])
+    ci = basic_interval(reps, observed=0.9, level=0.5)
+    lo, hi = np.quantile(reps[:-1], [0.25, 0.75])
+    assert ci["lo"] == pytest.approx(1.8 - hi) and ci["hi"] == pytest.approx(1.8 - lo)
+    assert ci["lo"] > 0.9 > hi  # biased low by 0.06: the interval sits above the observed score, not below
+    assert ci["bias"] == pytest.approx(0.84 - 0.9)
+    centred = basic_interval(reps, observed=0.84, level=0.5)
+    assert (centred["lo"], centred["hi"]) == pytest.approx((lo, hi)) and centred["bias"] == pytest.approx(0.0)
+    nothing = basic_interval([np.nan, np.nan], 0.5)
+    assert math.isnan(nothing["lo"]) and math.isnan(nothing["hi"]) and math.isnan(nothing["bias"])
 
 
 # ---------------------------------------------------------------- errors

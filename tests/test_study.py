@@ -219,3 +219,10 @@ def test_pair_cards_show_each_latent_once():
     assert strongest_pairs(comparison, 3) == [(7, 3, 0.95), (3, 2, 0.7), (5, 4, 0.2)]
     assert strongest_pairs(comparison, 1) == [(7, 3, 0.95)]
     assert strongest_pairs({"pairs": {}}, 4) == []
+
+
+def test_a_new_code_version_of_a_stage_changes_its_key(tmp_path):
+    def stage(**kw):
+        return Stage("compare", tmp_path / "compare", {"threshold": 0.1}, lambda s: {}, **kw)
+
+    assert stage().key == stage(version=1).key != stage(version=2).key

@@ -36,7 +36,7 @@ from .config import CompareConfig
 from .correlate import CorrelationResult, group_sums, pearson_dense, pearson_sparse, weighted_correlations
 from .match import Matches, junk_latents, junk_token_ids, match
 from .similarity import MEASURES
-from .stats import benjamini_hochberg, bootstrap_counts, percentile_interval, permutation_null, summarize
+from .stats import basic_interval, benjamini_hochberg, bootstrap_counts, permutation_null, summarize
 
 log = logging.getLogger("saeatlas")
 
@@ -181,9 +181,10 @@ def _rematch(result: CorrelationResult, corr_a_for_b: np.ndarray, corr_b_for_a: 
 
 
 def bootstrap_scores(a: Side, b: Side, result: CorrelationResult, groups: np.ndarray, n_groups: int,
-                     cfg: CompareConfig) -> dict:
+                     cfg: CompareConfig, observed: dict[str, float]) -> dict:
     """Confidence intervals over documents: resample documents, recompute the candidates' correlations from
-    per-document sums, re-match, re-score the matched decoder rows."""
+    per-document sums, re-match, re-score the matched decoder rows; measure -> `basic_interval` around its
+    `observed` score."""
     d_a, d_b = a.decoder.shape[0], b.decoder.shape[0]
     m = result.cand_a_for_b.shape[1]
     pairs_a = np.concatenate([result.cand_a_for_b.reshape(-1), np.repeat(np.arange(d_a), result.cand_b_for_a.shape[1])])
@@ -202,7 +203,7 @@ def bootstrap_scores(a: Side, b: Side, result: CorrelationResult, groups: np.nda
 
     # Replicates are independent and mostly small LAPACK calls: side by side on the cores.
     values = np.array(parallel_map(replicate, bootstrap_counts(n_groups, cfg.n_bootstrap, cfg.seed)))
-    return {mm: percentile_interval(values[:, i]) for i, mm in enumerate(measures)}
+    return {mm: basic_interval(values[:, i], observed[mm]) for i, mm in enumerate(measures)}
 
 
 def score_pair(a: Side, b: Side, cfg: CompareConfig, groups: np.ndarray, n_groups: int, control: bool = False) -> dict:
@@ -237,8 +238,9 @@ def score_pair(a: Side, b: Side, cfg: CompareConfig, groups: np.ndarray, n_group
                                       measures, cfg)
     row["activations_n_positions"] = int(len(sample))
     if not control and cfg.n_bootstrap and len(X) >= MIN_PAIRS and not neurons:
-        for measure, ci in bootstrap_scores(a, b, result, groups, n_groups, cfg).items():
-            row["decoder"][measure]["ci_lo"], row["decoder"][measure]["ci_hi"] = ci["lo"], ci["hi"]
+        observed = {m: s["observed"] for m, s in row["decoder"].items()}
+        for measure, ci in bootstrap_scores(a, b, result, groups, n_groups, cfg, observed).items():
+            row["decoder"][measure].update(ci_lo=ci["lo"], ci_hi=ci["hi"], bootstrap_bias=ci["bias"])
     row["pairs"] = {"idx_a": pairs.idx_a.tolist(), "idx_b": pairs.idx_b.tolist(), "corr": pairs.corr.tolist()}
     row["seconds"] = time.perf_counter() - t0
     return row

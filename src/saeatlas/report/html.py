@@ -498,7 +498,8 @@ def _heatmap_section(results: dict) -> str:
     intro = (f"Each cell is one layer of {labels[0]} (rows) against one layer of {labels[1]} (columns). Per measure: "
              "the score with Benjamini-Hochberg stars across the grid (* q<.05, ** q<.01, *** q<.001), its z-score "
              f"against {_int(cfg.get('n_permutations'))} random pairings of the same latents, and the numbers "
-             "(95% CI: bootstrap over documents).")
+             "(95% CI: basic bootstrap interval over documents, i.e. how stable the matching is; it corrects "
+             "for the resamples' bias, so it can sit beside the score rather than around it).")
     if results.get("legacy"):
         intro += " LEGACY MODE: matched with legacy_first (see the banner)."
     return _section("heatmaps", "".join(html), intro)

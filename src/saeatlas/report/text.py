@@ -64,6 +64,13 @@ def _cell(stats: dict) -> str:
     return f"{obs:.3f} (z {z:.0f}, {qs})"
 
 
+def _layers(layer_a: str, layer_b: str) -> str:
+    """'3 x 5' for resid_post.3 x resid_post.5 (hooks of one kind: just their layers), else the full names."""
+    kind_a, _, n_a = layer_a.rpartition(".")
+    kind_b, _, n_b = layer_b.rpartition(".")
+    return f"{n_a} x {n_b}" if kind_a and kind_a == kind_b else f"{layer_a} x {layer_b}"
+
+
 def print_comparison(results: dict, console: Console | None = None, measures=("svcca", "rsa", "linear_cka")) -> None:
     """The headline table of a compare (layer pairs x comparisons) or concepts (concepts x layer pairs) result."""
     console = console or Console(highlight=False, markup=False, soft_wrap=True)
@@ -77,7 +84,7 @@ def print_comparison(results: dict, console: Console | None = None, measures=("s
         for column in ("concept", "layers", "latents A/B", "pairs", *shown):
             table.add_column(column)
         for e in results["entries"]:
-            table.add_row(e["concept"], f"{e['layer_a']} x {e['layer_b']}", f"{e['n_latents_a']}/{e['n_latents_b']}",
+            table.add_row(e["concept"], _layers(e["layer_a"], e["layer_b"]), f"{e['n_latents_a']}/{e['n_latents_b']}",
                           str(e["n_pairs"]), *(_cell(e["decoder"][m]) for m in shown))
     else:
         for column in ("layers", "comparison", "scored on", "pairs", "mean max r", *shown):
@@ -87,7 +94,7 @@ def print_comparison(results: dict, console: Console | None = None, measures=("s
                 if kind in ("layer_a", "layer_b"):
                     continue
                 space = "decoder" if body["decoder"] else "activations"  # neurons have no decoder rows
-                table.add_row(f"{e['layer_a']} x {e['layer_b']}", kind, space, str(body["n_pairs"]),
+                table.add_row(_layers(e["layer_a"], e["layer_b"]), kind, space, str(body["n_pairs"]),
                               f"{body['mean_max_corr']:.3f}", *(_cell(body[space].get(m, {})) for m in shown))
     console.print(table)
 

@@ -215,7 +215,8 @@ def plan(study: Study, out: Path) -> list[Stage]:
                     "svcca_k": c.svcca_k or None, "n_permutations": c.permutations, "n_bootstrap": c.bootstrap, "controls": c.controls,
                     "seed": d.seed}
         inputs = [stores[c.a], stores[c.b], *main_saes[c.a].values(), *main_saes[c.b].values()]
-        compare = add(Stage("compare", out / "compare", settings, _compare, inputs + skyline))
+        # version 2: bootstrap intervals are basic (reverse-percentile) intervals
+        compare = add(Stage("compare", out / "compare", settings, _compare, inputs + skyline, version=2))
         if c.concepts != "none":
             concept_settings = {**settings, "controls": [], "n_bootstrap": 0, "skyline_sae_a": None,
                                 "concepts": c.concepts}

@@ -39,11 +39,16 @@ class Stage:
     action: Callable[["Stage"], dict]
     """Makes the product at `folder` (resuming where it can); returns a JSON-able summary."""
     inputs: list["Stage"] = field(default_factory=list)
+    version: int = 1
+    """Of the code that makes the product: bumped when a saeatlas release changes what the same settings give,
+    so products made by the older code are made again."""
 
     @cached_property
     def key(self) -> str:
-        """sha256 of the name, settings and the inputs' keys (16 hex digits)."""
+        """sha256 of the name, settings, code version and the inputs' keys (16 hex digits)."""
         facts = {"name": self.name, "settings": jsonable(self.settings), "inputs": [s.key for s in self.inputs]}
+        if self.version != 1:  # version 1 leaves the keys of products made before versions existed unchanged
+            facts["version"] = self.version
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
