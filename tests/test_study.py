@@ -188,6 +188,8 @@ def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_chang
     assert ("a", "resid_post.1", "skyline", 4) in roles and ("a", "resid_post.1", "sparsity sweep", 2) in roles
     evaluated = [s for s in results["saes"] if s["role"] == "main"]
     assert len(evaluated) == 3 and all(s["metrics"]["l0"] > 0 and s["downstream"] is not None for s in evaluated)
+    others = [s for s in results["saes"] if s["role"] != "main"]  # held-out metrics, not spliced into the model
+    assert others and all(s["metrics"]["l0"] > 0 and s["downstream"] is None for s in others)
     assert [(p["layer_a"], p["layer_b"]) for p in results["compare"]["pairs"]] == [("resid_post.1", "resid_post.1"),
                                                                                  ("resid_post.2", "resid_post.1")]
     assert len(results["pair_cards"]) == 4 and results["pair_cards"][0]["a"]

@@ -4,7 +4,7 @@ Products, under the study's output folder:
 
     stores/<label>, stores/<label>-heldout      activation stores (train / eval split)
     saes/<label>/<hook>                          SAEs (SAELens layout); saes/<label>-seed<s>/, saes/<label>-k<k>/
-    evals/<label>/metrics.json                   held-out metrics and CE-loss recovered of each SAE
+    evals/<label>/metrics.json                   held-out metrics of every SAE, CE-loss recovered of the main ones
     compare/, concepts/, absorption/             results (JSON, CSV, SVG)
     cards/cards.json                             matched pairs with their top activating contexts
 """
@@ -64,7 +64,8 @@ def _pretrained(stage: Stage) -> dict:
 
 
 def _evaluate(stage: Stage) -> dict:
-    """Held-out metrics of each SAE of a model, and CE-loss recovered with the model loaded once."""
+    """Held-out metrics of every SAE of a model, and CE-loss recovered of its main SAEs with the model loaded
+    once; metrics.json maps each SAE folder to {hook, metrics, downstream (null: not spliced)}."""
     from ..models import load_model
     from ..progress import count_progress
     from ..sae.formats import load_sae
@@ -77,13 +78,14 @@ def _evaluate(stage: Stage) -> dict:
     heldout = stage.inputs[0].folder
     handle = load_model(s["spec"]) if s["ce_tokens"] else None
     out = {}
-    with count_progress(stage.name, total=len(s["hooks"]), unit="SAEs") as advance:
-        for hook, sae_stage in zip(s["hooks"], stage.inputs[1:]):
-            sae = load_sae(sae_stage.folder)
+    with count_progress(stage.name, total=len(s["saes"]), unit="SAEs") as advance:
+        for entry, sae_stage in zip(s["saes"], stage.inputs[1:]):
+            hook, sae = entry["hook"], load_sae(sae_stage.folder)
             metrics = evaluate(sae, eval_batches(StoreSource(heldout, hook), s["heldout_tokens"]))
             metrics.pop("density_histogram", None)
-            downstream = spliced_metrics(handle, sae, hook, corpus=s["corpus"], n_tokens=s["ce_tokens"]) if handle else None
-            out[hook] = {"metrics": metrics, "downstream": downstream}
+            downstream = spliced_metrics(handle, sae, hook, corpus=s["corpus"], n_tokens=s["ce_tokens"]) \
+                if handle and entry["splice"] else None
+            out[str(sae_stage.folder)] = {"hook": hook, "metrics": metrics, "downstream": downstream}
             advance(1)
     stage.folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stage.folder / "metrics.json", out)
@@ -195,12 +197,6 @@ def plan(study: Study, out: Path) -> list[Stage]:
                                                      _pretrained))
             else:
                 main_saes[m.label][hook] = sae_stage(m.label, hook, s.seed, s.k, out / "saes" / m.label / hook)
-    if d.heldout_tokens:
-        for m in study.models:
-            hooks = list(main_saes[m.label])
-            add(Stage(f"evaluate {m.label} SAEs", out / "evals" / m.label,
-                      {"spec": m.spec, "hooks": hooks, "heldout_tokens": d.heldout_tokens, "ce_tokens": s.ce_tokens,
-                       "corpus": d.corpus}, _evaluate, [heldout[m.label], *main_saes[m.label].values()]))
     if (c := study.compare) is not None:
         skyline = []
         if "skyline" in c.controls:
@@ -236,6 +232,15 @@ def plan(study: Study, out: Path) -> list[Stage]:
                                                      "words": a.words, "k_values": a.k_values,
                                                      "min_probe_f1": a.min_probe_f1, "min_letters": a.min_letters},
                   _absorption, inputs))
+    if d.heldout_tokens:  # every SAE of a model on its held-out store; CE-loss recovered for the main ones
+        for m in study.models:
+            main = list(main_saes[m.label].values())
+            others = [st for (label, *_), st in saes.items() if label == m.label and st not in main]
+            entries = [{"hook": st.settings.get("hook") or hook, "splice": st in main}
+                       for st, hook in [*zip(main, main_saes[m.label]), *((o, None) for o in others)]]
+            add(Stage(f"evaluate {m.label} SAEs", out / "evals" / m.label,
+                      {"spec": m.spec, "saes": entries, "heldout_tokens": d.heldout_tokens, "ce_tokens": s.ce_tokens,
+                       "corpus": d.corpus}, _evaluate, [heldout[m.label], *main, *others]))
     return _ordered(stages)
 
 

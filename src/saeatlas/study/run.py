@@ -43,12 +43,10 @@ def _sae_facts(stages: list[Stage]) -> list[dict]:
     """Every trained or pretrained SAE with its training metrics and, where evaluated, held-out figures."""
     from ..sae.formats import load_sae, read_metadata
 
-    evals = {}
+    evals = {}  # SAE folder -> {hook, metrics, downstream}
     for stage in stages:
         if stage.name.startswith("evaluate "):
-            label = stage.name.split()[1]
-            for hook, figures in (_read_json(stage.folder / "metrics.json") or {}).items():
-                evals[(label, hook)] = figures
+            evals.update(_read_json(stage.folder / "metrics.json") or {})
     facts = []
     for stage in stages:
         if not stage.name.startswith(("train ", "pretrained ")):
@@ -59,7 +57,7 @@ def _sae_facts(stages: list[Stage]) -> list[dict]:
         seed = stage.settings.get("seed")
         record = stage.record() or {}
         role = _role(stage, label)
-        figures = evals.get((label, hook)) if role in ("main", "pretrained") else None
+        figures = evals.get(str(stage.folder))
         facts.append({"label": label, "hook": hook, "seed": seed, "arch": sae.cfg.arch, "k": sae.cfg.k,
                       "width": sae.cfg.d_sae, "folder": str(stage.folder), "role": role,
                       "trained_at": read_metadata(stage.folder).get("hook_name"),
