@@ -66,6 +66,7 @@ def _pretrained(stage: Stage) -> dict:
 def _evaluate(stage: Stage) -> dict:
     """Held-out metrics of every SAE of a model, and CE-loss recovered of its main SAEs with the model loaded
     once; metrics.json maps each SAE folder to {hook, metrics, downstream (null: not spliced)}."""
+    from ..memory import reuse_freed_memory
     from ..models import load_model
     from ..progress import count_progress
     from ..sae.formats import load_sae
@@ -76,6 +77,7 @@ def _evaluate(stage: Stage) -> dict:
 
     s = stage.settings
     heldout = stage.inputs[0].folder
+    reuse_freed_memory()  # the spliced forward passes allocate the same large logits every batch
     handle = load_model(s["spec"]) if s["ce_tokens"] else None
     out = {}
     with count_progress(stage.name, total=len(s["saes"]), unit="SAEs") as advance:

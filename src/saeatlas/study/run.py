@@ -200,13 +200,13 @@ def _print_headlines(results: dict, console: Console) -> None:
     from ..report.text import print_absorption, print_comparison
 
     saes = Table(title="SAE quality (held-out)", show_edge=False)
-    for column in ("model", "hook", "L0", "FVU", "dead", "CE-loss recovered"):
+    for column in ("model", "hook", "role", "k", "seed", "L0", "FVU", "dead", "CE-loss recovered"):
         saes.add_column(column)
     for s in results["saes"]:
         if s["metrics"]:
             m, dn = s["metrics"], s["downstream"] or {}
-            saes.add_row(s["label"], s["hook"], f"{m['l0']:.1f}", f"{m['fvu']:.3f}", f"{m['dead_fraction']:.1%}",
-                         f"{dn['ce_loss_recovered']:.3f}" if dn else "-")
+            saes.add_row(s["label"], s["hook"], s["role"], str(s["k"]), str(s["seed"]), f"{m['l0']:.1f}",
+                         f"{m['fvu']:.3f}", f"{m['dead_fraction']:.1%}", f"{dn['ce_loss_recovered']:.3f}" if dn else "-")
     console.print(saes)
     if results["compare"]:
         print_comparison(results["compare"], console)
