@@ -205,7 +205,8 @@ def _print_headlines(results: dict, console: Console) -> None:
     for s in results["saes"]:
         if s["metrics"]:
             m, dn = s["metrics"], s["downstream"] or {}
-            saes.add_row(s["label"], s["hook"], s["role"], str(s["k"]), str(s["seed"]), f"{m['l0']:.1f}",
+            saes.add_row(s["label"], s["hook"], s["role"], *("-" if s[c] is None else str(s[c]) for c in ("k", "seed")),
+                         f"{m['l0']:.1f}",
                          f"{m['fvu']:.3f}", f"{m['dead_fraction']:.1%}", f"{dn['ce_loss_recovered']:.3f}" if dn else "-")
     console.print(saes)
     if results["compare"]:
