@@ -186,7 +186,7 @@ def _labels(results: dict) -> tuple[str, str]:
     return cmp.get("a") or "A", cmp.get("b") or "B"
 
 
-def _short(hooks: list[str]) -> tuple[list[str], str]:
+def short_hooks(hooks: list[str]) -> tuple[list[str], str]:
     """Hook names shortened to their layer numbers when they share one kind ('resid_post'), and that kind."""
     kinds = {h.rsplit(".", 1)[0] for h in hooks if "." in h}
     if len(kinds) == 1 and all("." in h for h in hooks):
@@ -195,9 +195,9 @@ def _short(hooks: list[str]) -> tuple[list[str], str]:
 
 
 def _grid_labels(grid: list[tuple[str, str]]) -> list[str]:
-    """'3 × 5' for each (layer_a, layer_b), hooks shortened as by `_short`."""
-    short_a, _ = _short([a for a, _ in grid])
-    short_b, _ = _short([b for _, b in grid])
+    """'3 × 5' for each (layer_a, layer_b), hooks shortened as by `short_hooks`."""
+    short_a, _ = short_hooks([a for a, _ in grid])
+    short_b, _ = short_hooks([b for _, b in grid])
     return [f"{x} × {y}" for x, y in zip(short_a, short_b)]
 
 
@@ -341,8 +341,10 @@ def _glance_section(results: dict) -> str:
             return "–" if not values else fmt(min(values)) if min(values) == max(values) else \
                 f"{fmt(min(values))} to {fmt(max(values))}"
 
-        metric = lambda key: [_num((s.get("metrics") or {}).get(key)) for s in saes]  # noqa: E731
-        ce = [_num((s.get("downstream") or {}).get("ce_loss_recovered")) for s in saes]
+        def metric(key: str, part: str = "metrics") -> list[float]:
+            return [_num((s.get(part) or {}).get(key)) for s in saes]
+
+        ce = metric("ce_loss_recovered", "downstream")
         parts.append(f'<p class="glance-line"><b>SAEs</b> ({len(saes)} evaluated): L0 {span(metric("l0"), lambda v: _fmt(v, ".1f"))}, '
                      f'FVU {span(metric("fvu"))}, dead {span(metric("dead_fraction"), _pct)}, '
                      f'CE-loss recovered {span(ce)}.</p>')
@@ -438,8 +440,8 @@ def _grid(compare: dict, get) -> np.ndarray:
 
 def _heatmap(compare: dict, labels: tuple[str, str], values: np.ndarray, title: str, text=None,
              diverging: bool = False) -> str:
-    rows, kind_a = _short(compare["layers_a"])
-    cols, kind_b = _short(compare["layers_b"])
+    rows, kind_a = short_hooks(compare["layers_a"])
+    cols, kind_b = short_hooks(compare["layers_b"])
     cell = max(48, min(72, 400 // max(len(cols), len(rows), 1)))
     return heatmap_svg(values, rows, cols, title, text, row_title=f"{labels[0]} {kind_a}".strip(),
                        col_title=f"{labels[1]} {kind_b}".strip(), diverging=diverging, cell=cell)

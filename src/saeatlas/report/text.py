@@ -66,9 +66,9 @@ def _cell(stats: dict) -> str:
 
 def _layers(layer_a: str, layer_b: str) -> str:
     """'3 x 5' for resid_post.3 x resid_post.5 (hooks of one kind: just their layers), else the full names."""
-    kind_a, _, n_a = layer_a.rpartition(".")
-    kind_b, _, n_b = layer_b.rpartition(".")
-    return f"{n_a} x {n_b}" if kind_a and kind_a == kind_b else f"{layer_a} x {layer_b}"
+    from .html import short_hooks
+
+    return " x ".join(short_hooks([layer_a, layer_b])[0])
 
 
 def print_comparison(results: dict, console: Console | None = None, measures=("svcca", "rsa", "linear_cka")) -> None:

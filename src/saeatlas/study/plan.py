@@ -236,13 +236,13 @@ def plan(study: Study, out: Path) -> list[Stage]:
                   _absorption, inputs))
     if d.heldout_tokens:  # every SAE of a model on its held-out store; CE-loss recovered for the main ones
         for m in study.models:
-            main = list(main_saes[m.label].values())
-            others = [st for (label, *_), st in saes.items() if label == m.label and st not in main]
-            entries = [{"hook": st.settings.get("hook") or hook, "splice": st in main}
-                       for st, hook in [*zip(main, main_saes[m.label]), *((o, None) for o in others)]]
+            main = main_saes[m.label]  # hook -> stage
+            others = [st for (label, *_), st in saes.items() if label == m.label and st not in main.values()]
+            entries = [{"hook": hook, "splice": True} for hook in main] + \
+                      [{"hook": st.settings["hook"], "splice": False} for st in others]
             add(Stage(f"evaluate {m.label} SAEs", out / "evals" / m.label,
                       {"spec": m.spec, "saes": entries, "heldout_tokens": d.heldout_tokens, "ce_tokens": s.ce_tokens,
-                       "corpus": d.corpus}, _evaluate, [heldout[m.label], *main, *others]))
+                       "corpus": d.corpus}, _evaluate, [heldout[m.label], *main.values(), *others]))
     return _ordered(stages)
 
 

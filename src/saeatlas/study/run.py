@@ -121,16 +121,17 @@ def run_study(study: Study, out: str | Path, console: Console | None = None) -> 
     try:
         stages = plan(study, out)
         timings = []
-        for i, stage in enumerate(stages, 1):
-            console.rule(f"[{i}/{len(stages) + 1}] {stage.name}")
+        n = len(stages) + 1  # and the report, which needs the others' timings
+
+        def run(i: int, stage: Stage) -> None:
+            console.rule(f"[{i}/{n}] {stage.name}")
             _, state, seconds = run_stage(stage)
             timings.append({"name": stage.name, "key": stage.key, "state": state, "seconds": seconds,
                             "seconds_when_made": (stage.record() or {}).get("seconds", seconds)})
-        report = _report_stage(study, out, stages, timings)
-        console.rule(f"[{len(stages) + 1}/{len(stages) + 1}] report")
-        _, state, seconds = run_stage(report)
-        timings.append({"name": "report", "key": report.key, "state": state, "seconds": seconds,
-                        "seconds_when_made": (report.record() or {}).get("seconds", seconds)})
+
+        for i, stage in enumerate(stages, 1):
+            run(i, stage)
+        run(n, _report_stage(study, out, stages, timings))
     finally:
         logging.getLogger("saeatlas").removeHandler(handler)
         handler.close()
