@@ -76,13 +76,14 @@ def distinct_sorted(rng: np.random.Generator, n: int, low: int, high: int, k: in
     return draws + np.arange(k) + low
 
 
-def planted_codes(n: int, width: int, k: int, seed: int = 0, replace: float = 0.3
-                  ) -> tuple[sp.csr_array, sp.csr_array]:
+def planted_codes(n: int, width: int, k: int, seed: int = 0, replace: float = 0.3) -> tuple[sp.csr_array, sp.csr_array]:
     """TopK-style codes [n, width] float32 of two SAEs whose latents follow a shared hidden process."""
     rng = np.random.default_rng(seed)
     frequent, k_frequent = width // 8, k // 4
-    concepts = np.concatenate([distinct_sorted(rng, n, 0, frequent, k_frequent),
-                               distinct_sorted(rng, n, frequent, width, k - k_frequent)], axis=1)  # [n, k]
+    concepts = np.concatenate(
+        [distinct_sorted(rng, n, 0, frequent, k_frequent), distinct_sorted(rng, n, frequent, width, k - k_frequent)],
+        axis=1,
+    )  # [n, k]
     magnitude = rng.lognormal(0.0, 0.5, size=(n, k))
     own = np.where(rng.random((n, k)) < replace, rng.integers(0, width, size=(n, k)), concepts)
     rows = np.repeat(np.arange(n), k)
@@ -133,9 +134,14 @@ def run_saeatlas(a: sp.csr_array, b: sp.csr_array, out: Path) -> dict:
     np.save(out / "alive_b.npy", ~result.dead_b)
     np.save(out / "best_a_for_b.npy", result.best_a_for_b)
     alive = ~result.dead_b
-    return {"seconds": seconds, "peak": peak, "dead_a": int(result.dead_a.sum()), "dead_b": int(result.dead_b.sum()),
-            "mean_best_corr_for_b": float(np.nanmean(result.best_corr_for_b[alive])),
-            "share_b_best_above_0.1": float(np.mean(result.best_corr_for_b[alive] > 0.1))}
+    return {
+        "seconds": seconds,
+        "peak": peak,
+        "dead_a": int(result.dead_a.sum()),
+        "dead_b": int(result.dead_b.sum()),
+        "mean_best_corr_for_b": float(np.nanmean(result.best_corr_for_b[alive])),
+        "share_b_best_above_0.1": float(np.mean(result.best_corr_for_b[alive] > 0.1)),
+    }
 
 
 def run_paper(a: sp.csr_array, b: sp.csr_array, out: Path) -> dict:
@@ -169,8 +175,13 @@ def worker(tool: str, folder: str) -> None:
     loaded = _status("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     reset = reset_peak()
     result = (run_saeatlas if tool == "saeatlas" else run_paper)(a, b, folder_path)
-    result.update(tool=tool, rss_loaded=loaded, peak_increase=result["peak"] - loaded, peak_was_reset=reset,
-                  threads=torch.get_num_threads())
+    result.update(
+        tool=tool,
+        rss_loaded=loaded,
+        peak_increase=result["peak"] - loaded,
+        peak_was_reset=reset,
+        threads=torch.get_num_threads(),
+    )
     print(json.dumps(result))
 
 
@@ -221,12 +232,13 @@ def exact_check(folder: Path, n_pairs: int = 2000, seed: int = 0) -> dict:
 
 
 # ---------------------------------------------------------------- report
-def report(runs: dict[str, dict], difference: float, exact: dict, args: argparse.Namespace,
-           generate_s: float) -> None:
+def report(runs: dict[str, dict], difference: float, exact: dict, args: argparse.Namespace, generate_s: float) -> None:
     mib = 1024 * 1024
     matrix_bytes = 4 * args.width * args.width
-    print(f"\nPearson correlation of two SAEs' codes: width {args.width}, k {args.k}, {args.positions} positions "
-          f"(synthetic, planted structure; generated in {generate_s:.1f} s), {os.cpu_count()} CPUs")
+    print(
+        f"\nPearson correlation of two SAEs' codes: width {args.width}, k {args.k}, {args.positions} positions "
+        f"(synthetic, planted structure; generated in {generate_s:.1f} s), {os.cpu_count()} CPUs"
+    )
     print(f"{'tool':10s} {'time s':>9s} {'peak +MiB':>10s} {'x matrix':>9s}")
     for tool, r in runs.items():
         peak = r["peak_increase"]
@@ -234,34 +246,61 @@ def report(runs: dict[str, dict], difference: float, exact: dict, args: argparse
     ours, paper = runs["saeatlas"], runs["paper"]
     speedup = paper["seconds"] / ours["seconds"]
     memory_ratio = paper["peak_increase"] / max(ours["peak_increase"], 1)
-    print(f"\nspeed: saeatlas {speedup:.1f}x faster; memory: paper peak {memory_ratio:.1f}x saeatlas's; "
-          f"max |difference| over alive latents {difference:.2e}")
-    print(f"vs exact float64 on {EXACT_PAIRS} sampled pairs: "
-          + ", ".join(f"{tool} {err:.2e}" for tool, err in exact.items()))
-    print(f"planted structure: mean best |r| of B latents {ours['mean_best_corr_for_b']:.3f}, "
-          f"{ours['share_b_best_above_0.1']:.1%} above 0.1; dead latents A {ours['dead_a']}, B {ours['dead_b']}")
+    print(
+        f"\nspeed: saeatlas {speedup:.1f}x faster; memory: paper peak {memory_ratio:.1f}x saeatlas's; "
+        f"max |difference| over alive latents {difference:.2e}"
+    )
+    print(
+        f"vs exact float64 on {EXACT_PAIRS} sampled pairs: "
+        + ", ".join(f"{tool} {err:.2e}" for tool, err in exact.items())
+    )
+    print(
+        f"planted structure: mean best |r| of B latents {ours['mean_best_corr_for_b']:.3f}, "
+        f"{ours['share_b_best_above_0.1']:.1%} above 0.1; dead latents A {ours['dead_a']}, B {ours['dead_b']}"
+    )
     verdicts = {
         "speed": speedup >= TARGET_SPEEDUP,
         "memory": ours["peak_increase"] <= TARGET_MEMORY_MATRICES * matrix_bytes,
         "difference": difference <= TARGET_DIFFERENCE,
     }
     print(f"{'PASS' if verdicts['speed'] else 'MISS'} speed: {speedup:.1f}x (target >= {TARGET_SPEEDUP:.0f}x)")
-    print(f"{'PASS' if verdicts['memory'] else 'MISS'} memory: saeatlas peak +{ours['peak_increase'] / mib:.0f} MiB = "
-          f"{ours['peak_increase'] / matrix_bytes:.2f} x one [{args.width}, {args.width}] float32 matrix "
-          f"(target <= {TARGET_MEMORY_MATRICES:.0f}x)")
-    print(f"{'PASS' if verdicts['difference'] else 'MISS'} difference: {difference:.2e} "
-          f"(target <= {TARGET_DIFFERENCE:.0e})")
+    print(
+        f"{'PASS' if verdicts['memory'] else 'MISS'} memory: saeatlas peak +{ours['peak_increase'] / mib:.0f} MiB = "
+        f"{ours['peak_increase'] / matrix_bytes:.2f} x one [{args.width}, {args.width}] float32 matrix "
+        f"(target <= {TARGET_MEMORY_MATRICES:.0f}x)"
+    )
+    print(
+        f"{'PASS' if verdicts['difference'] else 'MISS'} difference: {difference:.2e} "
+        f"(target <= {TARGET_DIFFERENCE:.0e})"
+    )
     if (args.positions, args.width, args.k) != (100_000, 16384, 64):
-        print("note: the targets are set for the full size (100000 positions, width 16384, k 64); smaller sizes "
-              "give the dense product relatively less work (it grows as width^2, the sparse one as k^2) and "
-              "leave fixed overheads dominating the memory ratio")
-    summary = {"setting": {"positions": args.positions, "width": args.width, "k": args.k, "top_m": TOP_M,
-                           "seed": args.seed, "cpus": os.cpu_count(), "machine": platform.machine()},
-               "runs": runs, "speedup": speedup, "memory_ratio": memory_ratio, "max_abs_difference": difference,
-               "max_abs_error_vs_exact_sampled": exact,
-               "targets": {"speedup": TARGET_SPEEDUP, "memory_matrices": TARGET_MEMORY_MATRICES,
-                           "difference": TARGET_DIFFERENCE},
-               "verdicts": verdicts}
+        print(
+            "note: the targets are set for the full size (100000 positions, width 16384, k 64); smaller sizes "
+            "give the dense product relatively less work (it grows as width^2, the sparse one as k^2) and "
+            "leave fixed overheads dominating the memory ratio"
+        )
+    summary = {
+        "setting": {
+            "positions": args.positions,
+            "width": args.width,
+            "k": args.k,
+            "top_m": TOP_M,
+            "seed": args.seed,
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+        },
+        "runs": runs,
+        "speedup": speedup,
+        "memory_ratio": memory_ratio,
+        "max_abs_difference": difference,
+        "max_abs_error_vs_exact_sampled": exact,
+        "targets": {
+            "speedup": TARGET_SPEEDUP,
+            "memory_matrices": TARGET_MEMORY_MATRICES,
+            "difference": TARGET_DIFFERENCE,
+        },
+        "verdicts": verdicts,
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=1))
     print(f"saved {RESULTS.relative_to(ROOT)}")
@@ -292,8 +331,10 @@ def main() -> None:
         for tool in TOOLS:
             print(f"running {tool} ...", flush=True)
             runs[tool] = run_tool(tool, folder)
-            print(f"  {tool}: {runs[tool]['seconds']:.2f} s, peak +{runs[tool]['peak_increase'] / 2**20:.0f} MiB",
-                  flush=True)
+            print(
+                f"  {tool}: {runs[tool]['seconds']:.2f} s, peak +{runs[tool]['peak_increase'] / 2**20:.0f} MiB",
+                flush=True,
+            )
         difference = max_difference(folder)
         exact = exact_check(folder, EXACT_PAIRS, args.seed)
     report(runs, difference, exact, args, generate_s)

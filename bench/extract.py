@@ -181,8 +181,13 @@ def bench_model(spec: str, args) -> dict:
     load_s = time.perf_counter() - t0
     n = handle.n_layers
     base_cfg = dict(
-        model=spec, corpus=CORPUS, tokens=args.tokens, context=CONTEXT, batch_size=args.batch_size,
-        dtype="bfloat16", model_dtype="bfloat16",
+        model=spec,
+        corpus=CORPUS,
+        tokens=args.tokens,
+        context=CONTEXT,
+        batch_size=args.batch_size,
+        dtype="bfloat16",
+        model_dtype="bfloat16",
     )
     configs = {
         "full": [f"resid_post.{n - 1}"],
@@ -339,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=16384, help="token budget per run (default 16384)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported (default 3)")
     parser.add_argument(
-        "--retries", type=int, default=6,
+        "--retries",
+        type=int,
+        default=6,
         help=f"repeats disturbed by other processes (> {FOREIGN_WARN} cores busy) to discard and redo (default 6)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")

@@ -47,10 +47,12 @@ def main() -> None:
     for arch in ARCHITECTURES:
         mine = [r for r in rows if r["arch"] == arch]
         rec = [r["recovery"] for r in mine]
-        print(f"{arch:10s} {min(rec):10.3f} / {statistics.mean(rec):.3f} "
-              f"{statistics.mean(r['mean_best_cosine'] for r in mine):14.3f} "
-              f"{statistics.mean(r['l0'] for r in mine):6.2f} {statistics.mean(r['fvu'] for r in mine):7.4f} "
-              f"{statistics.mean(r['seconds'] for r in mine):6.1f}")
+        print(
+            f"{arch:10s} {min(rec):10.3f} / {statistics.mean(rec):.3f} "
+            f"{statistics.mean(r['mean_best_cosine'] for r in mine):14.3f} "
+            f"{statistics.mean(r['l0'] for r in mine):6.2f} {statistics.mean(r['fvu'] for r in mine):7.4f} "
+            f"{statistics.mean(r['seconds'] for r in mine):6.1f}"
+        )
     verdict = "PASS" if all(r["recovery"] >= 0.9 for r in rows) else "MISS"
     print(f"{verdict}: every architecture and seed recovers >= 90% of the planted features")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

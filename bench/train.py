@@ -84,21 +84,25 @@ def activations(store: str | None, n_tokens: int, workdir: Path) -> tuple[np.nda
 
     if store is None:
         store = str(workdir / "gemma")
-        print(f"extracting {n_tokens + 8192} tokens of gemma-3-270m {HOOK} (wiki) into a temporary store ...", flush=True)
+        print(
+            f"extracting {n_tokens + 8192} tokens of gemma-3-270m {HOOK} (wiki) into a temporary store ...", flush=True
+        )
         extract(ExtractConfig(model="gemma-3-270m", hooks=[HOOK], corpus="wiki", tokens=n_tokens + 8192), store)
     source = StoreSource(store, HOOK)
     if source.n_tokens < n_tokens or source.d_in != D_IN:
-        sys.exit(f"bench: {store}:{HOOK} holds {source.n_tokens} tokens of width {source.d_in}; "
-                 f"need {n_tokens} of width {D_IN} (gemma-3-270m)")
+        sys.exit(
+            f"bench: {store}:{HOOK} holds {source.n_tokens} tokens of width {source.d_in}; "
+            f"need {n_tokens} of width {D_IN} (gemma-3-270m)"
+        )
     x = source.sample(n_tokens, seed=0)
     return x.numpy(), f"{store}:{HOOK}"
 
 
 def saeatlas_steps(x: torch.Tensor, batch: int, steps: int, dtype: str) -> tuple[list[float], float]:
     """saeatlas's own train_step on the same batches (its init: geometric median, input scale)."""
+    from saeatlas.memory import reuse_freed_memory
     from saeatlas.sae.config import SAEConfig, TrainConfig
     from saeatlas.sae.data_source import TensorSource
-    from saeatlas.memory import reuse_freed_memory
     from saeatlas.sae.trainer import default_lr, init_sae, make_optimizer, train_step
 
     reuse_freed_memory()  # as train_sae does
@@ -126,7 +130,16 @@ def run_tool(tool: str, data: Path, steps: int) -> dict:
     else:
         if not SIDE_PYTHON.exists():
             sys.exit(f"bench: {SIDE_PYTHON} is missing: run `make bench` (it builds the side venv)")
-        cmd = [str(SIDE_PYTHON), str(ROOT / "bench" / "train_side.py"), tool, str(data), str(BATCH), str(steps), str(WIDTH), str(K)]
+        cmd = [
+            str(SIDE_PYTHON),
+            str(ROOT / "bench" / "train_side.py"),
+            tool,
+            str(data),
+            str(BATCH),
+            str(steps),
+            str(WIDTH),
+            str(K),
+        ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"bench: {tool} failed:\n{done.stderr[-3000:]}")
@@ -142,7 +155,10 @@ def worker(tool: str, data: str, steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--store", help="activation store of gemma-3-270m with resid_post.8 (default: runs/study/stores/gemma if present, else extract)")
+    parser.add_argument(
+        "--store",
+        help="activation store of gemma-3-270m with resid_post.8 (default: runs/study/stores/gemma if present, else extract)",
+    )
     parser.add_argument("--steps", type=int, default=6, help="timed steps per run (plus one warm-up)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tools", default="saeatlas,saeatlas-fp32,sparsify,saelens")
@@ -151,12 +167,17 @@ def main() -> None:
     if args.worker:
         worker(args.worker[0], args.worker[1], int(args.worker[2]))
         return
-    store = args.store or (str(ROOT / "runs/study/stores/gemma") if (ROOT / "runs/study/stores/gemma/manifest.json").is_file() else None)
+    store = args.store or (
+        str(ROOT / "runs/study/stores/gemma") if (ROOT / "runs/study/stores/gemma/manifest.json").is_file() else None
+    )
     steps = args.steps + 1
     tools = args.tools.split(",")
     peaks = {"float32": gemm_peak(torch.float32), "bfloat16": gemm_peak(torch.bfloat16)}
-    print(f"GEMM peak: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s "
-          f"({torch.get_num_threads()} threads)", flush=True)
+    print(
+        f"GEMM peak: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s "
+        f"({torch.get_num_threads()} threads)",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="saeatlas-bench-") as tmp:
         x, source = activations(store, steps * BATCH, Path(tmp))
         data = Path(tmp) / "x.npy"
@@ -168,8 +189,11 @@ def main() -> None:
                 timed = result["times"][1:]
                 result["tokens_per_s"] = len(timed) * BATCH / sum(timed)
                 runs[tool].append(result)
-                print(f"  repeat {repeat}: {tool:14s} {result['tokens_per_s']:8.0f} tok/s  "
-                      f"({statistics.median(timed):.2f} s/step, last FVU {result['fvu']:.3f})", flush=True)
+                print(
+                    f"  repeat {repeat}: {tool:14s} {result['tokens_per_s']:8.0f} tok/s  "
+                    f"({statistics.median(timed):.2f} s/step, last FVU {result['fvu']:.3f})",
+                    flush=True,
+                )
     report(runs, peaks, source, args.steps)
 
 
@@ -182,24 +206,34 @@ def report(runs: dict[str, list[dict]], peaks: dict[str, float], source: str, st
     print(f"\nTopK SAE training, d_in {D_IN}, width {WIDTH}, k {K}, batch {BATCH}, {steps} timed steps, data {source}")
     print(f"{'tool':14s} {'tok/s':>8s} {'vs best other':>14s} {'executed GFLOP/s':>17s} {'dense-equiv GFLOP/s':>20s}")
     for tool, r in rate.items():
-        flops = (executed if tool.startswith("saeatlas") else dense if tool == "saelens" else None)
+        flops = executed if tool.startswith("saeatlas") else dense if tool == "saelens" else None
         ratio = f"{r / best_other:13.2f}x" if best_other else ""
         ex = f"{r * flops / 1e9:17.0f}" if flops else f"{'':17s}"
         print(f"{tool:14s} {r:8.0f} {ratio:>14s} {ex} {r * dense / 1e9:20.0f}")
-    summary = {"peaks_gflops": peaks, "tokens_per_s": rate, "source": source, "steps": steps,
-               "runs": runs, "flops_per_token": {"saeatlas_executed": executed, "dense": dense}}
+    summary = {
+        "peaks_gflops": peaks,
+        "tokens_per_s": rate,
+        "source": source,
+        "steps": steps,
+        "runs": runs,
+        "flops_per_token": {"saeatlas_executed": executed, "dense": dense},
+    }
     if "saeatlas" in rate:
         ours = rate["saeatlas"]
         achieved = ours * executed / 1e9
         summary["executed_fraction_of_peak"] = {k: achieved / v for k, v in peaks.items()}
-        print(f"\nsaeatlas executed {achieved:.0f} GFLOP/s = {achieved / peaks['bfloat16']:.0%} of the bf16 peak, "
-              f"{achieved / peaks['float32']:.0%} of the fp32 peak "
-              f"(dense-equivalent {ours * dense / 1e9:.0f} GFLOP/s = {ours * dense / 1e9 / peaks['bfloat16']:.0%} of bf16 peak)")
+        print(
+            f"\nsaeatlas executed {achieved:.0f} GFLOP/s = {achieved / peaks['bfloat16']:.0%} of the bf16 peak, "
+            f"{achieved / peaks['float32']:.0%} of the fp32 peak "
+            f"(dense-equivalent {ours * dense / 1e9:.0f} GFLOP/s = {ours * dense / 1e9 / peaks['bfloat16']:.0%} of bf16 peak)"
+        )
         if best_other:
             verdict = "PASS" if ours / best_other >= TARGET_RATIO else "MISS"
             print(f"{verdict} speed: {ours / best_other:.2f}x the faster other tool (target >= {TARGET_RATIO}x)")
         verdict = "PASS" if achieved / peaks["bfloat16"] >= TARGET_PEAK_FRACTION else "MISS"
-        print(f"{verdict} executed FLOP/s: {achieved / peaks['bfloat16']:.0%} of bf16 peak (target >= {TARGET_PEAK_FRACTION:.0%})")
+        print(
+            f"{verdict} executed FLOP/s: {achieved / peaks['bfloat16']:.0%} of bf16 peak (target >= {TARGET_PEAK_FRACTION:.0%})"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=1))
 

@@ -61,7 +61,9 @@ def saelens_steps(x: torch.Tensor, batch: int, steps: int, width: int, k: int) -
         xb = x[step * batch : (step + 1) * batch]
         t0 = time.perf_counter()
         out = sae.training_forward_pass(
-            TrainStepInput(sae_in=xb, coefficients={}, dead_neuron_mask=dead, n_training_steps=step, is_logging_step=False)
+            TrainStepInput(
+                sae_in=xb, coefficients={}, dead_neuron_mask=dead, n_training_steps=step, is_logging_step=False
+            )
         )
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
@@ -77,8 +79,17 @@ def main() -> None:
     x = torch.from_numpy(np.load(path))
     run = {"sparsify": sparsify_steps, "saelens": saelens_steps}[tool]
     times, last_fvu = run(x, batch, steps, width, k)
-    print(json.dumps({"tool": tool, "times": times, "fvu": last_fvu, "threads": torch.get_num_threads(),
-                      "torch": torch.__version__}))
+    print(
+        json.dumps(
+            {
+                "tool": tool,
+                "times": times,
+                "fvu": last_fvu,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,12 @@ from conftest import TEXTS
 HOOKS = {"a": ["resid_post.1", "resid_post.2"], "b": ["resid_post.0", "resid_post.1"]}
 HOOKS_A, HOOKS_B = HOOKS["a"], HOOKS["b"]
 LABELS = {"a": "tinyllama", "b": "tinyother"}
-CONCEPTS = {"animals": ["fox", "dog"], "weather": ["winds", "fire"], "creation": ["heaven", "earth", "beginning"],
-            "function words": ["the", "and", "of", "in", "to", "a", "is", "was"]}
+CONCEPTS = {
+    "animals": ["fox", "dog"],
+    "weather": ["winds", "fire"],
+    "creation": ["heaven", "earth", "beginning"],
+    "function words": ["the", "and", "of", "in", "to", "a", "is", "was"],
+}
 TRICKY = 'Markup like <script>alert("x")</script> & <b>bold</b>\nsits on a new line,\tafter a tab.'
 CONTROLS = ["random_init", "neurons", "shifted", "skyline"]
 SAE_ARGS = ["--arch", "topk", "--width", "48", "--steps", "60", "--batch-size", "64", "--quiet"]
@@ -74,23 +78,52 @@ class _Clock:
         t0 = time.perf_counter()
         yield
         seconds = time.perf_counter() - t0
-        self.stages.append({"name": name, "key": hashlib.sha256(name.encode()).hexdigest()[:16], "state": "ran",
-                            "seconds": seconds, "seconds_when_made": seconds})
+        self.stages.append(
+            {
+                "name": name,
+                "key": hashlib.sha256(name.encode()).hexdigest()[:16],
+                "state": "ran",
+                "seconds": seconds,
+                "seconds_when_made": seconds,
+            }
+        )
 
 
 def _study(root: Path, models: dict[str, Path]) -> dict:
-    from saeatlas.study.config import (AbsorptionSettings, CompareSettings, DataSettings, ModelSettings,
-                                       SAESettings, Study)
+    from saeatlas.study.config import (
+        AbsorptionSettings,
+        CompareSettings,
+        DataSettings,
+        ModelSettings,
+        SAESettings,
+        Study,
+    )
 
     return Study(
-        name="tiny-report", out=str(root),
+        name="tiny-report",
+        out=str(root),
         models=[ModelSettings(LABELS[s], str(models[s]), HOOKS[s]) for s in ("a", "b")],
         data=DataSettings(corpus=str(root / "corpus"), tokens=100_000, window_chars=60, context=32, heldout_tokens=0),
         sae=SAESettings(arch="topk", k=4, width=48, steps=60, batch_size=64, ce_tokens=512),
-        compare=CompareSettings(a=LABELS["a"], b=LABELS["b"], threshold=0.0, permutations=50, bootstrap=5,
-                                controls=CONTROLS, concepts=str(root / "concepts.json"), pair_cards=3),
-        absorption=AbsorptionSettings(model=LABELS["a"], hook="resid_post.1", k_values=[4, 8], variant="both",
-                                      words=300, min_probe_f1=0.0, min_letters=5),
+        compare=CompareSettings(
+            a=LABELS["a"],
+            b=LABELS["b"],
+            threshold=0.0,
+            permutations=50,
+            bootstrap=5,
+            controls=CONTROLS,
+            concepts=str(root / "concepts.json"),
+            pair_cards=3,
+        ),
+        absorption=AbsorptionSettings(
+            model=LABELS["a"],
+            hook="resid_post.1",
+            k_values=[4, 8],
+            variant="both",
+            words=300,
+            min_probe_f1=0.0,
+            min_letters=5,
+        ),
     ).to_dict()
 
 
@@ -102,13 +135,42 @@ def _extract_and_train(root: Path, models: dict[str, Path], clock: _Clock) -> No
     for side in ("a", "b"):
         store = root / "stores" / side
         with clock.stage(f"extract {LABELS[side]}"):
-            extract(ExtractConfig(model=str(models[side]), hooks=HOOKS[side], corpus=str(root / "corpus"),
-                                  tokens=100_000, split="all", context=32, window_chars=60, batch_size=8,
-                                  dtype="float32", model_dtype="float32"), store)
+            extract(
+                ExtractConfig(
+                    model=str(models[side]),
+                    hooks=HOOKS[side],
+                    corpus=str(root / "corpus"),
+                    tokens=100_000,
+                    split="all",
+                    context=32,
+                    window_chars=60,
+                    batch_size=8,
+                    dtype="float32",
+                    model_dtype="float32",
+                ),
+                store,
+            )
         for hook, seed, k, folder, _ in sae_runs(side):
             with clock.stage(f"train {LABELS[side]} {folder}"):
-                assert main(["train", "--store", str(store), "--hook", hook, *SAE_ARGS, "--k", str(k),
-                             "--seed", str(seed), "--out", str(root / "saes" / folder)]) == 0
+                assert (
+                    main(
+                        [
+                            "train",
+                            "--store",
+                            str(store),
+                            "--hook",
+                            hook,
+                            *SAE_ARGS,
+                            "--k",
+                            str(k),
+                            "--seed",
+                            str(seed),
+                            "--out",
+                            str(root / "saes" / folder),
+                        ]
+                    )
+                    == 0
+                )
 
 
 def _sae_facts(root: Path, models: dict[str, Path], clock: _Clock) -> list[dict]:
@@ -128,11 +190,25 @@ def _sae_facts(root: Path, models: dict[str, Path], clock: _Clock) -> list[dict]
             if role == "main":
                 with clock.stage(f"evaluate {LABELS[side]} {hook}"):
                     metrics = evaluate(sae, store.batches(hook, 256, shuffle=False))
-                    downstream = spliced_metrics(handle, sae, hook, corpus=str(root / "corpus"), split="all",
-                                                 n_tokens=512, context=32)
-            facts.append({"label": LABELS[side], "hook": hook, "seed": seed, "arch": sae.cfg.arch, "k": sae.cfg.k,
-                          "width": sae.cfg.d_sae, "folder": str(root / "saes" / folder), "role": role,
-                          "trained_at": hook, "train_metrics": None, "metrics": metrics, "downstream": downstream})
+                    downstream = spliced_metrics(
+                        handle, sae, hook, corpus=str(root / "corpus"), split="all", n_tokens=512, context=32
+                    )
+            facts.append(
+                {
+                    "label": LABELS[side],
+                    "hook": hook,
+                    "seed": seed,
+                    "arch": sae.cfg.arch,
+                    "k": sae.cfg.k,
+                    "width": sae.cfg.d_sae,
+                    "folder": str(root / "saes" / folder),
+                    "role": role,
+                    "trained_at": hook,
+                    "train_metrics": None,
+                    "metrics": metrics,
+                    "downstream": downstream,
+                }
+            )
     return facts
 
 
@@ -143,9 +219,18 @@ def _model_facts(root: Path, models: dict[str, Path]) -> list[dict]:
     for side in ("a", "b"):
         store = ActivationStore(root / "stores" / side)
         model = store.manifest["model"]
-        facts.append({"label": LABELS[side], "spec": str(models[side]), "name": model.get("name", side),
-                      "n_layers": model.get("n_layers"), "d_model": store.d_model, "corpus": str(root / "corpus"),
-                      "n_tokens": store.n_tokens, "hooks": store.hooks})
+        facts.append(
+            {
+                "label": LABELS[side],
+                "spec": str(models[side]),
+                "name": model.get("name", side),
+                "n_layers": model.get("n_layers"),
+                "d_model": store.d_model,
+                "corpus": str(root / "corpus"),
+                "n_tokens": store.n_tokens,
+                "hooks": store.hooks,
+            }
+        )
     return facts
 
 
@@ -153,11 +238,21 @@ def _compare_cfg(root: Path, method: str):
     """The comparison of the fixture's stores and SAEs (small nulls: 50 permutations, 5 bootstraps)."""
     from saeatlas.compare.config import CompareConfig
 
-    return CompareConfig(store_a=str(root / "stores" / "a"), store_b=str(root / "stores" / "b"),
-                         sae_a=str(root / "saes" / "a-{hook}"), sae_b=str(root / "saes" / "b-{hook}"),
-                         layers_a=HOOKS_A, layers_b=HOOKS_B, method=method, threshold=0.0, n_permutations=50,
-                         n_bootstrap=5, activation_positions=200, controls=CONTROLS,
-                         skyline_sae_a=str(root / "saes" / "a-seed1-{hook}"))
+    return CompareConfig(
+        store_a=str(root / "stores" / "a"),
+        store_b=str(root / "stores" / "b"),
+        sae_a=str(root / "saes" / "a-{hook}"),
+        sae_b=str(root / "saes" / "b-{hook}"),
+        layers_a=HOOKS_A,
+        layers_b=HOOKS_B,
+        method=method,
+        threshold=0.0,
+        n_permutations=50,
+        n_bootstrap=5,
+        activation_positions=200,
+        controls=CONTROLS,
+        skyline_sae_a=str(root / "saes" / "a-seed1-{hook}"),
+    )
 
 
 def _absorption(root: Path, model_a: Path) -> dict:
@@ -165,8 +260,16 @@ def _absorption(root: Path, model_a: Path) -> dict:
     from saeatlas.absorption.run import run_absorption
 
     saes = [str(root / "saes" / "a-k8-resid_post.1"), str(root / "saes" / "a-resid_post.1")]
-    cfg = AbsorptionConfig(model=str(model_a), hook="resid_post.1", saes=saes, variant="both", words=300,
-                           min_letters=5, min_probe_f1=0.0, max_candidates=3)
+    cfg = AbsorptionConfig(
+        model=str(model_a),
+        hook="resid_post.1",
+        saes=saes,
+        variant="both",
+        words=300,
+        min_letters=5,
+        min_probe_f1=0.0,
+        max_candidates=3,
+    )
     with _cache_at(root / "cache"):
         return run_absorption(cfg, progress=False)
 
@@ -199,8 +302,18 @@ def _build(root: Path, models: dict[str, Path], method: str) -> dict:
         cards = pair_cards(root / "compare" / "results.json", 3)
     with clock.stage("absorption"):
         absorption = jsonable(_absorption(root, models["a"]))
-    results = {"version": 1, "kind": "study", "study": _study(root, models), "legacy": method == "legacy_first",
-               "models": _model_facts(root, models), "saes": saes, "compare": compare, "concepts": concepts,
-               "absorption": absorption, "pair_cards": cards, "stages": clock.stages,
-               "seconds": time.perf_counter() - t0}
+    results = {
+        "version": 1,
+        "kind": "study",
+        "study": _study(root, models),
+        "legacy": method == "legacy_first",
+        "models": _model_facts(root, models),
+        "saes": saes,
+        "compare": compare,
+        "concepts": concepts,
+        "absorption": absorption,
+        "pair_cards": cards,
+        "stages": clock.stages,
+        "seconds": time.perf_counter() - t0,
+    }
     return json.loads(json.dumps(jsonable(results)))  # exactly what a reader of results.json gets

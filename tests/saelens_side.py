@@ -29,10 +29,15 @@ D_IN, D_SAE, K, N_ROWS = 16, 48, 4, 64
 
 
 def _describe(sae, folder: str) -> dict:
-    return {"folder": folder, "class": type(sae).__name__, "architecture": sae.cfg.architecture(),
-            "k": getattr(sae.cfg, "k", None), "dtype": str(sae.W_enc.dtype),
-            "apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input,
-            "rescale_acts_by_decoder_norm": getattr(sae.cfg, "rescale_acts_by_decoder_norm", None)}
+    return {
+        "folder": folder,
+        "class": type(sae).__name__,
+        "architecture": sae.cfg.architecture(),
+        "k": getattr(sae.cfg, "k", None),
+        "dtype": str(sae.W_enc.dtype),
+        "apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input,
+        "rescale_acts_by_decoder_norm": getattr(sae.cfg, "rescale_acts_by_decoder_norm", None),
+    }
 
 
 @torch.no_grad()
@@ -91,7 +96,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"{argv[0]} takes its arguments in groups of 3, got {len(args)}")
     torch.set_num_threads(1)
     for i in range(0, len(args), 3):
-        print(json.dumps(command(*args[i:i + 3])), flush=True)
+        print(json.dumps(command(*args[i : i + 3])), flush=True)
 
 
 if __name__ == "__main__":

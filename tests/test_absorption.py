@@ -15,8 +15,14 @@ from sklearn.metrics import precision_recall_fscore_support
 from saeatlas.absorption.attribution import integrated_gradients, is_absorption, letter_token_ids
 from saeatlas.absorption.probes import ProbeRecipe, classification_scores, one_hot, train_probes
 from saeatlas.absorption.splitting import rank_latents, split_feature
-from saeatlas.absorption.task import (LETTERS, alphabetic_vocabulary, build_prompts, stratified_sample,
-                                      task_activations, tokenize_prompts)
+from saeatlas.absorption.task import (
+    LETTERS,
+    alphabetic_vocabulary,
+    build_prompts,
+    stratified_sample,
+    task_activations,
+    tokenize_prompts,
+)
 from saeatlas.models import capture, load_model, parse_hook
 from saeatlas.sae import SAEConfig, SparseAutoencoder
 
@@ -35,8 +41,11 @@ def test_vocabulary_is_alphabetic_with_at_most_one_leading_space(tiny):
         assert re.fullmatch(r" ?[a-zA-Z]+", text) and token_id not in special
         assert tiny.tokenizer.decode([token_id]) == text
     # every alphabetic token is found: compare with a direct scan
-    direct = {i for i in range(len(tiny.tokenizer)) if i not in special
-              and re.fullmatch(r" ?[a-zA-Z]+", tiny.tokenizer.decode([i]))}
+    direct = {
+        i
+        for i in range(len(tiny.tokenizer))
+        if i not in special and re.fullmatch(r" ?[a-zA-Z]+", tiny.tokenizer.decode([i]))
+    }
     assert {i for i, _ in vocab} == direct
 
 
@@ -153,13 +162,16 @@ def test_integrated_gradients_is_complete_on_a_tiny_model(tiny):
     assert fine.metric == pytest.approx(clean, abs=1e-4)
 
 
-@pytest.mark.parametrize("scores, cos, main, expected", [
-    ([0.1, 3.0, 0.5, 0.0], [0.0, 0.2, 0.0, 0.5], [3], (True, 1)),    # latent 1 carries the letter
-    ([0.1, 3.0, 2.5, 0.0], [0.0, 0.2, 0.0, 0.5], [3], (False, 1)),   # gap to the second < 1
-    ([0.1, 3.0, 0.5, 0.0], [0.0, 0.01, 0.0, 0.5], [3], (False, 1)),  # not aligned with the probe
-    ([0.1, 3.0, 0.5, 0.0], [0.0, 0.2, 0.0, 0.5], [1], (False, 1)),   # it is a main latent
-    ([-2.0, -0.5, -3.0, -4.0], [0.3, 0.3, 0.3, 0.3], [], (False, 1)),  # nothing raises the metric
-])
+@pytest.mark.parametrize(
+    "scores, cos, main, expected",
+    [
+        ([0.1, 3.0, 0.5, 0.0], [0.0, 0.2, 0.0, 0.5], [3], (True, 1)),  # latent 1 carries the letter
+        ([0.1, 3.0, 2.5, 0.0], [0.0, 0.2, 0.0, 0.5], [3], (False, 1)),  # gap to the second < 1
+        ([0.1, 3.0, 0.5, 0.0], [0.0, 0.01, 0.0, 0.5], [3], (False, 1)),  # not aligned with the probe
+        ([0.1, 3.0, 0.5, 0.0], [0.0, 0.2, 0.0, 0.5], [1], (False, 1)),  # it is a main latent
+        ([-2.0, -0.5, -3.0, -4.0], [0.3, 0.3, 0.3, 0.3], [], (False, 1)),  # nothing raises the metric
+    ],
+)
 def test_absorption_rule(scores, cos, main, expected):
     assert is_absorption(np.array(scores), np.array(cos), main) == expected
 

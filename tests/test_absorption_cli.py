@@ -19,17 +19,37 @@ def saes(tiny_gemma, tmp_path_factory):
     """Two random SAEs of the tiny model's width (a relu and a topk) and one of the wrong width."""
     root = tmp_path_factory.mktemp("absorption-saes")
     torch.manual_seed(0)
-    for name, cfg in (("relu", SAEConfig(arch="relu", d_in=32, d_sae=96)),
-                      ("topk", SAEConfig(arch="topk", d_in=32, d_sae=96, k=8)),
-                      ("wide", SAEConfig(arch="topk", d_in=48, d_sae=96, k=8))):
+    for name, cfg in (
+        ("relu", SAEConfig(arch="relu", d_in=32, d_sae=96)),
+        ("topk", SAEConfig(arch="topk", d_in=32, d_sae=96, k=8)),
+        ("wide", SAEConfig(arch="topk", d_in=48, d_sae=96, k=8)),
+    ):
         save_saelens(SparseAutoencoder(cfg), root / name, metadata={"hook_name": "resid_post.1"})
     return root
 
 
 def _args(model, saes, out, *extra):
-    return ["absorption", "--model", str(model), "--hook", "resid_post.1", "--sae", str(saes / "relu"),
-            "--sae", str(saes / "topk"), "--words", "300", "--min-letters", "5", "--min-probe-f1", "0.0",
-            "--out", str(out), "--quiet", *extra]
+    return [
+        "absorption",
+        "--model",
+        str(model),
+        "--hook",
+        "resid_post.1",
+        "--sae",
+        str(saes / "relu"),
+        "--sae",
+        str(saes / "topk"),
+        "--words",
+        "300",
+        "--min-letters",
+        "5",
+        "--min-probe-f1",
+        "0.0",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_absorption_cli_writes_tables_charts_and_json(tiny_gemma, saes, tmp_path, monkeypatch, capsys):
@@ -76,5 +96,19 @@ def test_absorption_cli_rejects_bad_input_with_one_line(tiny_gemma, saes, tmp_pa
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
         assert not out.exists()  # nothing half-written
-    assert main(["absorption", "--model", "no-such-model", "--hook", "resid_post.1", "--sae", str(saes / "relu"),
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "absorption",
+                "--model",
+                "no-such-model",
+                "--hook",
+                "resid_post.1",
+                "--sae",
+                str(saes / "relu"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )

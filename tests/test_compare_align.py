@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TEXTS
+from test_tokens import train_other_tokenizer
 
 from saeatlas.compare.align import Alignment, align_stores, gather_rows, tokenizer_for_store
 from saeatlas.config import ExtractConfig
@@ -15,9 +17,6 @@ from saeatlas.data import ActivationStore
 from saeatlas.data.extract import extract
 from saeatlas.data.tokens import EXCLUDED_BY_DEFAULT, FLAG_FIRST, FLAG_SPECIAL
 from saeatlas.errors import SaeAtlasError, StoreError
-
-from conftest import TEXTS
-from test_tokens import train_other_tokenizer
 
 HOOK = "resid_post.1"
 
@@ -39,9 +38,16 @@ def tiny_other(tmp_path_factory) -> Path:
     torch.manual_seed(1)
     folder = tmp_path_factory.mktemp("tiny-other")
     tokenizer = train_other_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=24, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -54,8 +60,19 @@ def stores(tiny_llama, tiny_gemma, tiny_other, long_corpus, tmp_path_factory):
     out = {}
     for name, model in (("llama", tiny_llama), ("gemma", tiny_gemma), ("other", tiny_other)):
         for mode, kw in (("tokens", {}), ("chars", {"window_chars": 60})):
-            cfg = ExtractConfig(model=str(model), hooks=[HOOK], corpus=str(long_corpus), tokens=100_000, split="all",
-                                context=32, batch_size=8, shard_windows=7, dtype="float32", model_dtype="float32", **kw)
+            cfg = ExtractConfig(
+                model=str(model),
+                hooks=[HOOK],
+                corpus=str(long_corpus),
+                tokens=100_000,
+                split="all",
+                context=32,
+                batch_size=8,
+                shard_windows=7,
+                dtype="float32",
+                model_dtype="float32",
+                **kw,
+            )
             extract(cfg, root / f"{name}-{mode}")
             out[f"{name}-{mode}"] = ActivationStore(root / f"{name}-{mode}")
     return out
@@ -72,24 +89,43 @@ def _rows(store: ActivationStore) -> list[dict]:
             start = None
         if start is None and not r["flags"] & FLAG_SPECIAL:
             start = int(r["char_start"])
-        rows.append({"row": i, "key": keys[int(r["doc_id"])], "start": start, "end": int(r["char_end"]),
-                     "flags": int(r["flags"]), "token": int(r["token_id"]), "position": int(r["position"])})
+        rows.append(
+            {
+                "row": i,
+                "key": keys[int(r["doc_id"])],
+                "start": start,
+                "end": int(r["char_end"]),
+                "flags": int(r["flags"]),
+                "token": int(r["token_id"]),
+                "position": int(r["position"]),
+            }
+        )
     return rows
 
 
 def _reference(a: ActivationStore, b: ActivationStore, exclude: int = EXCLUDED_BY_DEFAULT):
     rows_a, rows_b = _rows(a), _rows(b)
     at_b = {(r["key"], r["start"], r["end"]): r["row"] for r in rows_b if not r["flags"] & exclude}
-    pairs = [(r["row"], at_b[(r["key"], r["start"], r["end"])]) for r in rows_a
-             if not r["flags"] & exclude and (r["key"], r["start"], r["end"]) in at_b]
+    pairs = [
+        (r["row"], at_b[(r["key"], r["start"], r["end"])])
+        for r in rows_a
+        if not r["flags"] & exclude and (r["key"], r["start"], r["end"]) in at_b
+    ]
     ends_b = {(r["key"], r["end"]) for r in rows_b if not r["flags"] & exclude}
     same_char = sum(1 for r in rows_a if not r["flags"] & exclude and (r["key"], r["end"]) in ends_b) - len(pairs)
     return pairs, same_char, rows_a, rows_b
 
 
 # ---------------------------------------------------------------- tests
-@pytest.mark.parametrize("pair", [("llama-chars", "other-chars"), ("llama-chars", "gemma-chars"),
-                                  ("other-tokens", "gemma-tokens"), ("gemma-chars", "gemma-chars")])
+@pytest.mark.parametrize(
+    "pair",
+    [
+        ("llama-chars", "other-chars"),
+        ("llama-chars", "gemma-chars"),
+        ("other-tokens", "gemma-tokens"),
+        ("gemma-chars", "gemma-chars"),
+    ],
+)
 def test_alignment_equals_the_naive_reference(stores, pair):
     a, b = stores[pair[0]], stores[pair[1]]
     align = align_stores(a, b)
@@ -133,8 +169,10 @@ def test_window_chars_makes_different_tokenizers_align(stores):
     assert frac_chars > 0.9 > 0.6 > frac_tokens
     assert by_tokens["same_char_other_window"] > by_tokens["aligned"]
     # Same vocabulary, but Gemma's <bos> takes a slot of each window: token windows drift apart too.
-    assert align_stores(stores["llama-chars"], stores["gemma-chars"]).counts["aligned"] > \
-        2 * align_stores(stores["llama-tokens"], stores["gemma-tokens"]).counts["aligned"]
+    assert (
+        align_stores(stores["llama-chars"], stores["gemma-chars"]).counts["aligned"]
+        > 2 * align_stores(stores["llama-tokens"], stores["gemma-tokens"]).counts["aligned"]
+    )
 
 
 def test_excluded_flags_are_excluded(stores):
@@ -158,8 +196,11 @@ def test_shift_pairs_a_with_the_b_token_s_later_in_its_window(stores, shift):
     expected = {}
     for ra, rb in zip(base.rows_a, base.rows_b):
         t = rb + shift
-        if 0 <= t < len(index_b) and index_b["position"][t] == index_b["position"][rb] + shift \
-                and not index_b["flags"][t] & EXCLUDED_BY_DEFAULT:
+        if (
+            0 <= t < len(index_b)
+            and index_b["position"][t] == index_b["position"][rb] + shift
+            and not index_b["flags"][t] & EXCLUDED_BY_DEFAULT
+        ):
             expected[int(ra)] = int(t)
     assert dict(zip(moved.rows_a.tolist(), moved.rows_b.tolist())) == expected
     assert 0.5 * len(base) < len(moved) < len(base)
@@ -170,8 +211,15 @@ def test_shift_pairs_a_with_the_b_token_s_later_in_its_window(stores, shift):
 def test_alignment_errors_name_both_stores(stores, tiny_llama, tiny_gemma, long_corpus, tmp_path):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "elsewhere.txt").write_text("Completely different words live in this one file.")
-    cfg = ExtractConfig(model=str(tiny_llama), hooks=[HOOK], corpus=str(tmp_path / "corpus"), tokens=1000,
-                        split="all", dtype="float32", model_dtype="float32")
+    cfg = ExtractConfig(
+        model=str(tiny_llama),
+        hooks=[HOOK],
+        corpus=str(tmp_path / "corpus"),
+        tokens=1000,
+        split="all",
+        dtype="float32",
+        model_dtype="float32",
+    )
     extract(cfg, tmp_path / "elsewhere")
     lonely = ActivationStore(tmp_path / "elsewhere")
     with pytest.raises(SaeAtlasError, match=r"share no document.*--window-chars") as err:
@@ -179,8 +227,19 @@ def test_alignment_errors_name_both_stores(stores, tiny_llama, tiny_gemma, long_
     assert str(lonely.path) in str(err.value) and str(stores["llama-chars"].path) in str(err.value)
     # Windows of 2: Llama's hold tokens (2k, 2k+1), Gemma's <bos> + token j; no window start and end agree.
     for name, model in (("pairs", tiny_llama), ("singles", tiny_gemma)):
-        extract(ExtractConfig(model=str(model), hooks=[HOOK], corpus=str(long_corpus), tokens=200, split="all",
-                              context=2, dtype="float32", model_dtype="float32"), tmp_path / name)
+        extract(
+            ExtractConfig(
+                model=str(model),
+                hooks=[HOOK],
+                corpus=str(long_corpus),
+                tokens=200,
+                split="all",
+                context=2,
+                dtype="float32",
+                model_dtype="float32",
+            ),
+            tmp_path / name,
+        )
     with pytest.raises(SaeAtlasError, match=r"no position .* aligns .*windows that start elsewhere.*--window-chars"):
         align_stores(ActivationStore(tmp_path / "pairs"), ActivationStore(tmp_path / "singles"))
     with pytest.raises(SaeAtlasError, match="out of its window"):
@@ -213,8 +272,15 @@ def test_tokenizer_for_store_loads_the_recorded_tokenizer(stores, tiny_other, tm
     # The recorded model folder later holds another tokenizer: refused, not silently used.
     moved = tmp_path / "model"
     shutil.copytree(tiny_other, moved)
-    cfg = ExtractConfig(model=str(moved), hooks=[HOOK], corpus=str(long_corpus), tokens=200, split="all",
-                        dtype="float32", model_dtype="float32")
+    cfg = ExtractConfig(
+        model=str(moved),
+        hooks=[HOOK],
+        corpus=str(long_corpus),
+        tokens=200,
+        split="all",
+        dtype="float32",
+        model_dtype="float32",
+    )
     extract(cfg, tmp_path / "store")
     from conftest import _train_tokenizer
 
@@ -235,9 +301,28 @@ def test_alignment_is_a_dataclass_of_int64_arrays(stores):
 def test_window_chars_is_part_of_the_store_identity(tiny_llama, long_corpus, tmp_path):
     from saeatlas.cli import main
 
-    args = ["extract", "--model", str(tiny_llama), "--hooks", HOOK, "--corpus", str(long_corpus), "--tokens", "300",
-            "--split", "all", "--context", "32", "--dtype", "float32", "--model-dtype", "float32", "--quiet",
-            "--out", str(tmp_path / "s")]
+    args = [
+        "extract",
+        "--model",
+        str(tiny_llama),
+        "--hooks",
+        HOOK,
+        "--corpus",
+        str(long_corpus),
+        "--tokens",
+        "300",
+        "--split",
+        "all",
+        "--context",
+        "32",
+        "--dtype",
+        "float32",
+        "--model-dtype",
+        "float32",
+        "--quiet",
+        "--out",
+        str(tmp_path / "s"),
+    ]
     assert main(args + ["--window-chars", "60"]) == 0
     store = ActivationStore(tmp_path / "s")
     assert store.manifest["settings"]["window_chars"] == 60
@@ -245,6 +330,18 @@ def test_window_chars_is_part_of_the_store_identity(tiny_llama, long_corpus, tmp
     assert (index["char_start"][index["position"] == 0] > 0).sum() > 2  # windows start inside documents
     assert main(args + ["--window-chars", "60"]) == 0  # same settings: complete, nothing to do
     with pytest.raises(StoreError, match="holds a different run"):
-        extract(ExtractConfig(model=str(tiny_llama), hooks=[HOOK], corpus=str(long_corpus), tokens=300, split="all",
-                              context=32, dtype="float32", model_dtype="float32", window_chars=61), tmp_path / "s")
+        extract(
+            ExtractConfig(
+                model=str(tiny_llama),
+                hooks=[HOOK],
+                corpus=str(long_corpus),
+                tokens=300,
+                split="all",
+                context=32,
+                dtype="float32",
+                model_dtype="float32",
+                window_chars=61,
+            ),
+            tmp_path / "s",
+        )
     assert main(args + ["--window-chars", "60", "--pack-documents"]) == 2  # refused with a one-line message

@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from test_compare_align import HOOK, long_corpus, tiny_other  # noqa: F401  (fixtures)
 
 from saeatlas.cli import main
 from saeatlas.config import ExtractConfig
 from saeatlas.data.extract import extract
-
-from test_compare_align import HOOK, long_corpus, tiny_other  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -19,26 +18,94 @@ def setup(tiny_llama, tiny_other, long_corpus, tmp_path_factory):  # noqa: F811
     """Two stores (different tokenizers, windows by characters) and a TopK SAE per store."""
     root = tmp_path_factory.mktemp("compare-cli")
     for name, model in (("a", tiny_llama), ("b", tiny_other)):
-        cfg = ExtractConfig(model=str(model), hooks=[HOOK], corpus=str(long_corpus), tokens=100_000, split="all",
-                            context=32, window_chars=60, batch_size=8, dtype="float32", model_dtype="float32")
+        cfg = ExtractConfig(
+            model=str(model),
+            hooks=[HOOK],
+            corpus=str(long_corpus),
+            tokens=100_000,
+            split="all",
+            context=32,
+            window_chars=60,
+            batch_size=8,
+            dtype="float32",
+            model_dtype="float32",
+        )
         extract(cfg, root / name)
         for tag, seed in (("", 0), ("seed1-", 1)):
-            assert main(["train", "--store", str(root / name), "--hook", HOOK, "--arch", "topk", "--k", "4",
-                         "--width", "48", "--steps", "60", "--batch-size", "64", "--seed", str(seed), "--quiet",
-                         "--out", str(root / f"sae-{name}-{tag}{HOOK}")]) == 0
+            assert (
+                main(
+                    [
+                        "train",
+                        "--store",
+                        str(root / name),
+                        "--hook",
+                        HOOK,
+                        "--arch",
+                        "topk",
+                        "--k",
+                        "4",
+                        "--width",
+                        "48",
+                        "--steps",
+                        "60",
+                        "--batch-size",
+                        "64",
+                        "--seed",
+                        str(seed),
+                        "--quiet",
+                        "--out",
+                        str(root / f"sae-{name}-{tag}{HOOK}"),
+                    ]
+                )
+                == 0
+            )
     return root
 
 
 def _args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--a", str(root / "a"), "--b", str(root / "b"), "--sae-a", str(root / "sae-a-{hook}"),
-            "--sae-b", str(root / "sae-b-{hook}"), "--layers-a", "1", "--layers-b", "1", "--out", str(out),
-            "--permutations", "50", "--bootstrap", "5", "--threshold", "0.0", *extra]
+    return [
+        "--a",
+        str(root / "a"),
+        "--b",
+        str(root / "b"),
+        "--sae-a",
+        str(root / "sae-a-{hook}"),
+        "--sae-b",
+        str(root / "sae-b-{hook}"),
+        "--layers-a",
+        "1",
+        "--layers-b",
+        "1",
+        "--out",
+        str(out),
+        "--permutations",
+        "50",
+        "--bootstrap",
+        "5",
+        "--threshold",
+        "0.0",
+        *extra,
+    ]
 
 
 def test_compare_writes_scores_nulls_controls_and_heatmaps(setup, tmp_path, capsys):
     out = tmp_path / "compare"
-    assert main(["compare", *_args(setup, out, "--controls", "random_init,neurons,shifted,skyline",
-                                   "--skyline-sae-a", str(setup / "sae-a-seed1-{hook}"))]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                *_args(
+                    setup,
+                    out,
+                    "--controls",
+                    "random_init,neurons,shifted,skyline",
+                    "--skyline-sae-a",
+                    str(setup / "sae-a-seed1-{hook}"),
+                ),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["version"] == 1 and results["kind"] == "compare"
     assert results["alignment"]["method"] == "char_offset" and results["alignment"]["n_positions"] > 100
@@ -74,12 +141,15 @@ def test_concepts_scores_each_concept(setup, tmp_path):
     assert (out / "concepts.csv").is_file() and (out / "concepts-svcca.svg").is_file()
 
 
-@pytest.mark.parametrize("change, message", [
-    (("--sae-b", "/nonexistent/sae-{hook}"), "no SAE for resid_post.1"),
-    (("--layers-a", "7"), "has no hook resid_post.7"),
-    (("--measures", "svcca,bogus"), "bad measure 'bogus'"),
-    (("--method", "greedy"), "bad --method 'greedy'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("--sae-b", "/nonexistent/sae-{hook}"), "no SAE for resid_post.1"),
+        (("--layers-a", "7"), "has no hook resid_post.7"),
+        (("--measures", "svcca,bogus"), "bad measure 'bogus'"),
+        (("--method", "greedy"), "bad --method 'greedy'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, change, message):
     args = _args(setup, tmp_path / "out", "--controls", "none")
     flag = args.index(change[0]) if change[0] in args else None
@@ -95,8 +165,20 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, change, messa
 
 def test_stores_of_different_texts_are_refused(setup, tiny_llama, tmp_path, capsys, text_corpus):
     other = tmp_path / "other-text"
-    extract(ExtractConfig(model=str(tiny_llama), hooks=[HOOK], corpus=str(text_corpus), tokens=2000, split="all",
-                          context=32, window_chars=60, dtype="float32", model_dtype="float32"), other)
+    extract(
+        ExtractConfig(
+            model=str(tiny_llama),
+            hooks=[HOOK],
+            corpus=str(text_corpus),
+            tokens=2000,
+            split="all",
+            context=32,
+            window_chars=60,
+            dtype="float32",
+            model_dtype="float32",
+        ),
+        other,
+    )
     args = _args(setup, tmp_path / "out", "--controls", "none")
     args[args.index("--b") + 1] = str(other)
     assert main(["compare", *args]) == 2

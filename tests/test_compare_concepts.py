@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TEXTS, _train_tokenizer
 
 from saeatlas.compare.concepts import concept_membership, keyword_sequences, load_concepts
 from saeatlas.data.tokens import pack_windows, tokenize_text
 from saeatlas.errors import SaeAtlasError
-
-from conftest import TEXTS, _train_tokenizer
 
 PAPER = ["Time", "Calendar", "People/Roles", "Nature", "Emotions", "MonthNames", "Countries", "Biology"]
 
@@ -39,8 +38,20 @@ def _row_of(token_ids, tok, piece: str, occurrence: int = 0) -> int:
 def test_builtin_concepts_are_the_papers_eight_categories():
     concepts = load_concepts()
     assert list(concepts) == PAPER
-    assert concepts["MonthNames"] == ["January", "February", "March", "April", "May", "June", "July", "August",
-                                      "September", "October", "November", "December"]
+    assert concepts["MonthNames"] == [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ]
     assert len(concepts["Time"]) == 83 and concepts["Time"][:3] == ["day", "night", "week"]
     assert concepts["Time"][-1] == "timeframe" and concepts["Biology"][-1] == "cytoplasm"
     assert {len(v) for v in concepts.values()} == {83, 35, 27, 46, 49, 12, 19, 29}
@@ -54,18 +65,21 @@ def test_user_toml_and_json_files(tmp_path):
     assert load_concepts(str(tmp_path / "c.json")) == {"Animals": ["fox", "dog"]}
 
 
-@pytest.mark.parametrize("name, content, problem", [
-    ("missing.toml", None, "does not exist"),
-    ("c.yaml", "a: [b]", "neither .toml nor .json"),
-    ("c.toml", "Animals = [fox", "cannot be parsed"),
-    ("c.json", '{"a": ["b"]', "cannot be parsed"),
-    ("c.json", '["fox", "dog"]', "must map concept names to word lists"),
-    ("c.json", "{}", "must map concept names to word lists"),
-    ("c.toml", 'Animals = "fox"', "'Animals' must be a non-empty list"),
-    ("c.toml", "Animals = []", "'Animals' must be a non-empty list"),
-    ("c.json", '{"Animals": ["fox", 3]}', "'Animals' must be a non-empty list"),
-    ("c.json", '{"Animals": ["fox", "  "]}', "'Animals' must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("missing.toml", None, "does not exist"),
+        ("c.yaml", "a: [b]", "neither .toml nor .json"),
+        ("c.toml", "Animals = [fox", "cannot be parsed"),
+        ("c.json", '{"a": ["b"]', "cannot be parsed"),
+        ("c.json", '["fox", "dog"]', "must map concept names to word lists"),
+        ("c.json", "{}", "must map concept names to word lists"),
+        ("c.toml", 'Animals = "fox"', "'Animals' must be a non-empty list"),
+        ("c.toml", "Animals = []", "'Animals' must be a non-empty list"),
+        ("c.json", '{"Animals": ["fox", 3]}', "'Animals' must be a non-empty list"),
+        ("c.json", '{"Animals": ["fox", "  "]}', "'Animals' must be a non-empty list"),
+    ],
+)
 def test_bad_concept_files_name_the_file_and_the_problem(tmp_path, name, content, problem):
     path = tmp_path / name
     if content is not None:
@@ -91,15 +105,17 @@ def test_single_and_multi_token_keywords(tok):
     earth, summer = _row_of(ids, tok, " earth"), _row_of(ids, tok, " summer")
     assert len(tok(" bacteria", add_special_tokens=False)["input_ids"]) > 3
     assert ids[criteria] == ids[bacteria]  # same last token ("a"), different word
-    top = np.array([
-        [fox, -1],  # 0: single-token keyword
-        [bacteria, -1],  # 1: last token of a multi-token keyword
-        [bacteria - 1, -1],  # 2: inside the keyword, not its last token
-        [criteria, -1],  # 3: same last token, other preceding tokens
-        [-1, -1],  # 4: padding only
-        [criteria, earth],  # 5: the second top row counts
-        [summer, 0],  # 6: row 0 is <bos>
-    ])
+    top = np.array(
+        [
+            [fox, -1],  # 0: single-token keyword
+            [bacteria, -1],  # 1: last token of a multi-token keyword
+            [bacteria - 1, -1],  # 2: inside the keyword, not its last token
+            [criteria, -1],  # 3: same last token, other preceding tokens
+            [-1, -1],  # 4: padding only
+            [criteria, earth],  # 5: the second top row counts
+            [summer, 0],  # 6: row 0 is <bos>
+        ]
+    )
     concepts = {"Animals": ["fox", "dog"], "Germs": ["bacteria"], "Nature": ["earth", "sun"], "Time": ["summer"]}
     member = concept_membership(ids, pos, top, tok, concepts)
     assert list(member) == list(concepts) and all(m.dtype == bool and m.shape == (7,) for m in member.values())

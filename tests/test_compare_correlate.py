@@ -117,8 +117,10 @@ def test_candidates_are_the_top_m_partners_on_both_sides():
     ref = reference(xa, xb)
     result = pearson_sparse(sp.csr_array(xa), sp.csr_array(xb), top_m=3, block=4)
     assert result.matrix is None
-    for cands, corr, table in ((result.cand_b_for_a, result.cand_corr_b_for_a, ref),
-                               (result.cand_a_for_b, result.cand_corr_a_for_b, ref.T)):
+    for cands, corr, table in (
+        (result.cand_b_for_a, result.cand_corr_b_for_a, ref),
+        (result.cand_a_for_b, result.cand_corr_a_for_b, ref.T),
+    ):
         assert cands.shape == (table.shape[0], 3) and cands.dtype == np.int64
         for i, row in enumerate(table):
             if np.isnan(row).all():

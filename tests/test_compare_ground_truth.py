@@ -14,9 +14,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from saeatlas.compare.config import CompareConfig
 from saeatlas.compare.correlate import pearson_sparse
 from saeatlas.compare.match import match
-from saeatlas.compare.config import CompareConfig
 from saeatlas.compare.run import MIN_PAIRS, score_spaces
 from saeatlas.compare.synthetic import feature_of_latent, matching_precision_recall, two_model_data
 from saeatlas.sae import SAEConfig, TrainConfig, train_sae
@@ -101,6 +101,8 @@ def test_unrelated_models_are_not_significant():
         assert MIN_PAIRS <= len(pairs.idx_a) <= most
         X, Y = sae_a.W_dec.detach().numpy()[pairs.idx_a], sae_b.W_dec.detach().numpy()[pairs.idx_b]
         for measure, s in _scores(X, Y).items():
-            print(f"unrelated, {method} threshold {threshold}, {len(X)} pairs: {measure} {s['observed']:.3f} "
-                  f"vs null {s['null_mean']:.3f} (p {s['p']:.3f})")
+            print(
+                f"unrelated, {method} threshold {threshold}, {len(X)} pairs: {measure} {s['observed']:.3f} "
+                f"vs null {s['null_mean']:.3f} (p {s['p']:.3f})"
+            )
             assert s["p"] > 0.05

@@ -32,8 +32,9 @@ def result_from_matrix(corr: np.ndarray, top_m: int) -> CorrelationResult:
 
     cb, vb = top(safe.T)
     ca, va = top(safe)
-    return CorrelationResult(len(corr), dead_a, dead_b, cb[:, 0], vb[:, 0], ca[:, 0], va[:, 0], cb, vb, ca, va,
-                             corr.astype(np.float32))
+    return CorrelationResult(
+        len(corr), dead_a, dead_b, cb[:, 0], vb[:, 0], ca[:, 0], va[:, 0], cb, vb, ca, va, corr.astype(np.float32)
+    )
 
 
 def pairs(m) -> list[tuple[int, int]]:
@@ -41,13 +42,15 @@ def pairs(m) -> list[tuple[int, int]]:
 
 
 # rows: A latents 0..4; columns: B latents 0..5.  A 4 and B 5 are dead.
-TABLE = np.array([
-    [0.90, 0.05, 0.30, 0.20, 0.00, np.nan],
-    [0.10, 0.02, 0.60, 0.55, 0.10, np.nan],
-    [0.00, 0.01, 0.10, 0.50, 0.40, np.nan],
-    [0.20, 0.03, 0.00, 0.10, 0.35, np.nan],
-    [np.nan] * 6,
-])
+TABLE = np.array(
+    [
+        [0.90, 0.05, 0.30, 0.20, 0.00, np.nan],
+        [0.10, 0.02, 0.60, 0.55, 0.10, np.nan],
+        [0.00, 0.01, 0.10, 0.50, 0.40, np.nan],
+        [0.20, 0.03, 0.00, 0.10, 0.35, np.nan],
+        [np.nan] * 6,
+    ]
+)
 
 
 # ---------------------------------------------------------------- rules
@@ -73,18 +76,26 @@ def test_junk_filter_drops_pairs_with_a_junk_latent_on_either_side():
 
 
 def test_legacy_first_keeps_the_first_pair_of_each_a_latent_not_the_best():
-    table = np.array([
-        [0.30, 0.90, 0.05, 0.00],  # A 0: best of B 0 (0.30), then of B 1 (0.90, better, but second)
-        [0.00, 0.10, 0.08, 0.75],  # A 1: best of B 2 (0.08 < threshold) first, then of B 3 (0.75)
-        [0.00, 0.00, 0.06, 0.70],
-        [0.00, 0.00, 0.07, 0.20],
-    ])
+    table = np.array(
+        [
+            [0.30, 0.90, 0.05, 0.00],  # A 0: best of B 0 (0.30), then of B 1 (0.90, better, but second)
+            [0.00, 0.10, 0.08, 0.75],  # A 1: best of B 2 (0.08 < threshold) first, then of B 3 (0.75)
+            [0.00, 0.00, 0.06, 0.70],
+            [0.00, 0.00, 0.07, 0.20],
+        ]
+    )
     result = result_from_matrix(table, top_m=2)
     assert list(result.best_a_for_b) == [0, 0, 1, 1]
     m = match(result, "legacy_first", threshold=0.1)
     assert pairs(m) == [(0, 0)]
-    assert m.counts == {"candidates": 4, "after_dead": 4, "after_junk": 4, "after_first": 2, "after_threshold": 1,
-                        "final": 1}
+    assert m.counts == {
+        "candidates": 4,
+        "after_dead": 4,
+        "after_junk": 4,
+        "after_first": 2,
+        "after_threshold": 1,
+        "final": 1,
+    }
     # Junk is filtered before the first occurrence (the paper's order): with B 0 junk, A 0 keeps B 1.
     junk_b = np.array([True, False, False, False])
     assert pairs(match(result, "legacy_first", threshold=0.1, junk_b=junk_b)) == [(0, 1)]
@@ -204,11 +215,15 @@ def train_metaspace_tokenizer():
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
-                                  initial_alphabet=[chr(c) for c in range(32, 127)])
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
+        initial_alphabet=[chr(c) for c in range(32, 127)],
+    )
     tok.train_from_iterator(TEXTS * 20, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 JUNK_TEXT = {".", "\n", " ", "-", ",", "!", "?"}
@@ -246,7 +261,11 @@ def test_junk_latents_flag_latents_with_a_junk_token_among_their_top_rows():
     # latent 3 never fires: -1 rows are not junk
     top = top_positions(sp.csr_array(codes), k=3)
     assert list(junk_latents(top, token_at_row, junk)) == [False, True, True, False]
-    assert list(junk_latents(top_positions(sp.csr_array(codes), k=1), token_at_row, junk)) == [False, False, True,
-                                                                                               False]
+    assert list(junk_latents(top_positions(sp.csr_array(codes), k=1), token_at_row, junk)) == [
+        False,
+        False,
+        True,
+        False,
+    ]
     with pytest.raises(SaeAtlasError, match="token ids"):
         junk_latents(top, token_at_row[:3], junk)

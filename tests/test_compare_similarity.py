@@ -8,8 +8,18 @@ import scipy.linalg
 import scipy.stats
 import torch
 
-from saeatlas.compare.similarity import (MEASURES, linear_cka, mutual_knn, procrustes, pwcca, rsa, rsa_sample, svcca,
-                                         svcca_details, svcca_legacy)
+from saeatlas.compare.similarity import (
+    MEASURES,
+    linear_cka,
+    mutual_knn,
+    procrustes,
+    pwcca,
+    rsa,
+    rsa_sample,
+    svcca,
+    svcca_details,
+    svcca_legacy,
+)
 from saeatlas.errors import SaeAtlasError
 
 RHO = np.array([0.9, 0.6, 0.3])
@@ -27,8 +37,8 @@ def _planted_sources(n: int, d_a: int, d_b: int, rho=RHO, seed: int = 0):
     orthonormal.  Exact (not merely in expectation), so the tests can ask for 1e-9."""
     m = len(rho)
     Q = _orthonormal_centred(n, 2 * m + (d_a - m) + (d_b - m), np.random.default_rng(seed))
-    z, z2 = Q[:, :m], Q[:, m:2 * m]
-    e_a, e_b = Q[:, 2 * m:m + d_a], Q[:, m + d_a:]
+    z, z2 = Q[:, :m], Q[:, m : 2 * m]
+    e_a, e_b = Q[:, 2 * m : m + d_a], Q[:, m + d_a :]
     return np.hstack([z, e_a]), np.hstack([rho * z + np.sqrt(1 - rho**2) * z2, e_b])
 
 
@@ -52,7 +62,7 @@ def _principal_planted(n=20_000, seed=0):
     """X, Y whose top-3 principal directions are the shared components (scales 10, 9, 8 and 7, 5, 3; own
     components at 0.1), rotated by random orthogonal maps."""
     Sa, Sb = _planted_sources(n, 8, 6, seed=seed)
-    sa, sb = np.array([10, 9, 8, .1, .1, .1, .1, .1]), np.array([7, 5, 3, .1, .1, .1])
+    sa, sb = np.array([10, 9, 8, 0.1, 0.1, 0.1, 0.1, 0.1]), np.array([7, 5, 3, 0.1, 0.1, 0.1])
     return Sa * sa @ _rotation(8, seed + 1), Sb * sb @ _rotation(6, seed + 2), sa
 
 
@@ -91,6 +101,7 @@ def test_pwcca_equal_correlations_give_that_correlation():
 
 def _pwcca_reference(X, Y, k):
     """Morcos et al. 2018 step by step: SVD-reduce, CCA by whitening, canonical variates, QR, sum of |projections|."""
+
     def reduce(A):
         Ac = A - A.mean(axis=0)
         U, s, _ = np.linalg.svd(Ac, full_matrices=False)
@@ -272,29 +283,35 @@ def test_all_measures_registered():
 
 
 @pytest.mark.parametrize("measure", sorted(MEASURES))
-@pytest.mark.parametrize("X, Y, match", [
-    (np.zeros((10, 3)) + np.arange(3), np.ones((12, 4)), "same number of rows|pair row by row"),
-    (np.full((10, 3), np.nan), np.ones((10, 4)), "NaN"),
-    (np.eye(2, 3), np.eye(2, 4), "at least 3"),
-    (np.ones(10), np.ones((10, 4)), "2-D"),
-])
+@pytest.mark.parametrize(
+    "X, Y, match",
+    [
+        (np.zeros((10, 3)) + np.arange(3), np.ones((12, 4)), "same number of rows|pair row by row"),
+        (np.full((10, 3), np.nan), np.ones((10, 4)), "NaN"),
+        (np.eye(2, 3), np.eye(2, 4), "at least 3"),
+        (np.ones(10), np.ones((10, 4)), "2-D"),
+    ],
+)
 def test_bad_inputs_raise(measure, X, Y, match):
     with pytest.raises(SaeAtlasError, match=match):
         MEASURES[measure](X, Y)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda X, Y: rsa(X, Y, inner="spearman"), "inner='spearman'"),
-    (lambda X, Y: rsa(X, Y, outer="kendall"), "outer='kendall'"),
-    (lambda X, Y: rsa(X, Y, max_points=2), "max_points"),
-    (lambda X, Y: svcca(X, Y, variance=1.5), "variance"),
-    (lambda X, Y: svcca(X, Y, k=0), "k=0"),
-    (lambda X, Y: mutual_knn(X, Y, k=0), "k=0"),
-    (lambda X, Y: svcca(np.ones_like(X), Y), "no variance"),
-    (lambda X, Y: procrustes(np.full_like(X, 0.1), Y), "no variance"),  # the mean of 0.1s is not exactly 0.1
-    (lambda X, Y: linear_cka(X, np.ones_like(Y)), "no variance"),
-    (lambda X, Y: mutual_knn(np.zeros_like(X), Y), "all zero"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda X, Y: rsa(X, Y, inner="spearman"), "inner='spearman'"),
+        (lambda X, Y: rsa(X, Y, outer="kendall"), "outer='kendall'"),
+        (lambda X, Y: rsa(X, Y, max_points=2), "max_points"),
+        (lambda X, Y: svcca(X, Y, variance=1.5), "variance"),
+        (lambda X, Y: svcca(X, Y, k=0), "k=0"),
+        (lambda X, Y: mutual_knn(X, Y, k=0), "k=0"),
+        (lambda X, Y: svcca(np.ones_like(X), Y), "no variance"),
+        (lambda X, Y: procrustes(np.full_like(X, 0.1), Y), "no variance"),  # the mean of 0.1s is not exactly 0.1
+        (lambda X, Y: linear_cka(X, np.ones_like(Y)), "no variance"),
+        (lambda X, Y: mutual_knn(np.zeros_like(X), Y), "all zero"),
+    ],
+)
 def test_bad_options_raise(call, match):
     rng = np.random.default_rng(15)
     with pytest.raises(SaeAtlasError, match=match):

@@ -9,25 +9,42 @@ import pytest
 import scipy.stats
 
 from saeatlas.compare.similarity import MEASURES
-from saeatlas.compare.stats import (_naive_null, _null_linear_cka, basic_interval, benjamini_hochberg, bootstrap_ci, p_value,
-                                    permutation_null, permutations, summarize, z_score)
+from saeatlas.compare.stats import (
+    _naive_null,
+    _null_linear_cka,
+    basic_interval,
+    benjamini_hochberg,
+    bootstrap_ci,
+    p_value,
+    permutation_null,
+    permutations,
+    summarize,
+    z_score,
+)
 from saeatlas.errors import SaeAtlasError
 
 
 def _related(n=40, d_a=7, d_b=5, seed=1):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, d_a)) * np.linspace(2, 0.5, d_a)
-    Y = X[:, :min(d_a, d_b)] @ rng.normal(size=(min(d_a, d_b), d_b)) * 0.3 + rng.normal(size=(n, d_b))
+    Y = X[:, : min(d_a, d_b)] @ rng.normal(size=(min(d_a, d_b), d_b)) * 0.3 + rng.normal(size=(n, d_b))
     return X, Y
 
 
 CASES = [
-    ("svcca", {}), ("svcca", {"k": 3}), ("svcca", {"variance": 0.8}),
-    ("pwcca", {}), ("pwcca", {"k": 4}),
+    ("svcca", {}),
+    ("svcca", {"k": 3}),
+    ("svcca", {"variance": 0.8}),
+    ("pwcca", {}),
+    ("pwcca", {"k": 4}),
     ("svcca_legacy", {}),
-    ("rsa", {}), ("rsa", {"inner": "cosine", "outer": "pearson"}), ("rsa", {"max_points": 25}),
-    ("linear_cka", {}), ("procrustes", {}),
-    ("mutual_knn", {}), ("mutual_knn", {"k": 3}),
+    ("rsa", {}),
+    ("rsa", {"inner": "cosine", "outer": "pearson"}),
+    ("rsa", {"max_points": 25}),
+    ("linear_cka", {}),
+    ("procrustes", {}),
+    ("mutual_knn", {}),
+    ("mutual_knn", {"k": 3}),
 ]
 
 
@@ -62,7 +79,7 @@ def test_large_gram_nulls_equal_naive_with_and_without_the_native_kernel(measure
         if native == "1" and native_module.library() is None:
             pytest.skip("no C compiler: the native kernel cannot be built here")
         X, Y = _related(stats.NATIVE_MIN_POINTS + 44, 12, 9)
-        fast = (_null_linear_cka(X, Y, 12, 2, _path=path) if path else permutation_null(measure, X, Y, 12, seed=2))
+        fast = _null_linear_cka(X, Y, 12, 2, _path=path) if path else permutation_null(measure, X, Y, 12, seed=2)
         naive = _naive_null(measure, X, Y, 12, seed=2)
         np.testing.assert_allclose(fast, naive, rtol=1e-6 if native == "1" else 1e-12, atol=1e-9)
         assert np.ptp(fast) > 100 * np.abs(fast - naive).max()  # the permutations differ far beyond round-off
@@ -75,8 +92,9 @@ def test_null_with_repeated_rows_equals_naive():
     X, Y = _related(30, 6, 5)
     X[10:16] = X[2]
     for measure in ("rsa", "svcca", "pwcca", "linear_cka", "procrustes"):
-        np.testing.assert_allclose(permutation_null(measure, X, Y, 15, seed=0),
-                                   _naive_null(measure, X, Y, 15, seed=0), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            permutation_null(measure, X, Y, 15, seed=0), _naive_null(measure, X, Y, 15, seed=0), rtol=0, atol=1e-9
+        )
 
 
 def test_permutations_are_seeded_and_independent_of_batching():
@@ -123,8 +141,14 @@ def test_p_value_and_z_score_on_a_hand_example():
     null = np.array([1.0, 2.0, 3.0, 4.0])
     assert z_score(5.0, null) == pytest.approx(2.5 / math.sqrt(5 / 3), abs=1e-15)  # std (ddof 1) = sqrt(5/3)
     s = summarize(5.0, null)
-    assert s == {"observed": 5.0, "null_mean": 2.5, "null_std": pytest.approx(math.sqrt(5 / 3)),
-                 "z": pytest.approx(2.5 / math.sqrt(5 / 3)), "p": 0.2, "n_permutations": 4}
+    assert s == {
+        "observed": 5.0,
+        "null_mean": 2.5,
+        "null_std": pytest.approx(math.sqrt(5 / 3)),
+        "z": pytest.approx(2.5 / math.sqrt(5 / 3)),
+        "p": 0.2,
+        "n_permutations": 4,
+    }
 
 
 def test_p_value_counts_round_off_ties_and_z_handles_degenerate_nulls():
@@ -144,8 +168,9 @@ def test_benjamini_hochberg_matches_scipy(shape):
     p = rng.uniform(size=shape) ** 3  # some small p-values
     q = benjamini_hochberg(p)
     assert q.shape == p.shape
-    np.testing.assert_allclose(q, scipy.stats.false_discovery_control(p.ravel(), method="bh").reshape(shape),
-                               rtol=0, atol=1e-15)
+    np.testing.assert_allclose(
+        q, scipy.stats.false_discovery_control(p.ravel(), method="bh").reshape(shape), rtol=0, atol=1e-15
+    )
 
 
 def test_benjamini_hochberg_ties_and_bounds():
@@ -212,17 +237,20 @@ def test_basic_interval_reflects_the_percentiles_around_the_observed_score():
 
 
 # ---------------------------------------------------------------- errors
-@pytest.mark.parametrize("call, match", [
-    (lambda X, Y: permutation_null("cka", X, Y), "unknown similarity measure 'cka'"),
-    (lambda X, Y: permutation_null("rsa", X, Y, inner="spearman"), "inner='spearman'"),
-    (lambda X, Y: permutation_null("svcca", X, Y, inner="cosine"), "no option inner"),
-    (lambda X, Y: permutation_null("svcca", X, Y, n_permutations=0), "n_permutations"),
-    (lambda X, Y: permutation_null("svcca", X, Y[:-1]), "pair row by row"),
-    (lambda X, Y: permutation_null("linear_cka", X[:2], Y[:2]), "at least 3"),
-    (lambda X, Y: permutation_null("procrustes", np.where(X > 1, np.nan, X), Y), "NaN"),
-    (lambda X, Y: bootstrap_ci(lambda c: 0.0, 0), "n_groups"),
-    (lambda X, Y: bootstrap_ci(lambda c: 0.0, 5, level=95), "level"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda X, Y: permutation_null("cka", X, Y), "unknown similarity measure 'cka'"),
+        (lambda X, Y: permutation_null("rsa", X, Y, inner="spearman"), "inner='spearman'"),
+        (lambda X, Y: permutation_null("svcca", X, Y, inner="cosine"), "no option inner"),
+        (lambda X, Y: permutation_null("svcca", X, Y, n_permutations=0), "n_permutations"),
+        (lambda X, Y: permutation_null("svcca", X, Y[:-1]), "pair row by row"),
+        (lambda X, Y: permutation_null("linear_cka", X[:2], Y[:2]), "at least 3"),
+        (lambda X, Y: permutation_null("procrustes", np.where(X > 1, np.nan, X), Y), "NaN"),
+        (lambda X, Y: bootstrap_ci(lambda c: 0.0, 0), "n_groups"),
+        (lambda X, Y: bootstrap_ci(lambda c: 0.0, 5, level=95), "level"),
+    ],
+)
 def test_bad_arguments_raise(call, match):
     X, Y = _related()
     with pytest.raises(SaeAtlasError, match=match):

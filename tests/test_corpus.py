@@ -169,14 +169,20 @@ def test_local_jsonl_file(tmp_path):
     lines = [json.dumps({"text": "alpha", "id": 1}), "", json.dumps({"text": "beta"}), json.dumps({"text": "   "})]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     docs = load_documents(str(path), split="all")
-    assert sorted((doc.key, doc.text) for doc in docs) == [("file:data.jsonl:1", "alpha"), ("file:data.jsonl:3", "beta")]
+    assert sorted((doc.key, doc.text) for doc in docs) == [
+        ("file:data.jsonl:1", "alpha"),
+        ("file:data.jsonl:3", "beta"),
+    ]
 
 
 def test_local_parquet_file(tmp_path):
     path = tmp_path / "data.parquet"
     pq.write_table(pa.table({"text": ["one", None, "three", ""], "n": [1, 2, 3, 4]}), path)
     docs = load_documents(str(path), split="all")
-    assert sorted((doc.key, doc.text) for doc in docs) == [("file:data.parquet:0", "one"), ("file:data.parquet:2", "three")]
+    assert sorted((doc.key, doc.text) for doc in docs) == [
+        ("file:data.parquet:0", "one"),
+        ("file:data.parquet:2", "three"),
+    ]
 
 
 def test_local_folder_recursive_and_sorted(tmp_path):
@@ -191,7 +197,10 @@ def test_local_folder_recursive_and_sorted(tmp_path):
     assert sorted(keys(docs)) == ["file:a.txt", "file:b/c.jsonl:1", "file:b/deep/d.parquet:0"]
     assert corpus._local_files(tmp_path.resolve())[0][1] == "a.txt"
     assert [rel for _, rel in corpus._local_files(tmp_path.resolve())] == [
-        "a.txt", "b/c.jsonl", "b/deep/d.parquet", "empty.txt",
+        "a.txt",
+        "b/c.jsonl",
+        "b/deep/d.parquet",
+        "empty.txt",
     ]
     assert load_documents(str(tmp_path), split="all", seed=3) == load_documents(str(tmp_path), split="all", seed=3)
 

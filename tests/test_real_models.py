@@ -53,9 +53,16 @@ def test_gemma_shape_and_tokenization_adds_bos(gemma):
 @pytest.mark.parametrize("which", ["smol", "gemma"])
 def test_resid_post_equals_hidden_states_of_a_plain_forward(which, request):
     handle = request.getfixturevalue(which)
-    enc = handle.tokenizer(["The capital of France is", "Sparse autoencoders split features."], return_tensors="pt", padding=True)
+    enc = handle.tokenizer(
+        ["The capital of France is", "Sparse autoencoders split features."], return_tensors="pt", padding=True
+    )
     layers = [0, handle.n_layers // 2, handle.n_layers - 2]
-    acts = capture(handle, parse_hooks([f"resid_post.{l}" for l in layers], handle.n_layers), enc["input_ids"], enc["attention_mask"])
+    acts = capture(
+        handle,
+        parse_hooks([f"resid_post.{l}" for l in layers], handle.n_layers),
+        enc["input_ids"],
+        enc["attention_mask"],
+    )
     with torch.inference_mode():
         hidden = handle.base(**enc, output_hidden_states=True).hidden_states
     keep = enc["attention_mask"].bool()
@@ -71,11 +78,26 @@ def test_conversion_cache_records_hashes(smol, gemma):
         assert "model.safetensors" in marker["files"] and "tokenizer.json" in marker["files"]
 
 
-@pytest.mark.parametrize("which, hooks", [("smol", "resid_post.3,resid_post.9"), ("gemma", "resid_post.2,resid_post.6")])
+@pytest.mark.parametrize(
+    "which, hooks", [("smol", "resid_post.3,resid_post.9"), ("gemma", "resid_post.2,resid_post.6")]
+)
 def test_extract_and_info_on_real_models(which, hooks, request, tmp_path, capsys):
     handle = request.getfixturevalue(which)
     out = tmp_path / which
-    args = ["extract", "--model", handle.spec, "--hooks", hooks, "--corpus", "news", "--tokens", "1000", "--out", str(out), "--quiet"]
+    args = [
+        "extract",
+        "--model",
+        handle.spec,
+        "--hooks",
+        hooks,
+        "--corpus",
+        "news",
+        "--tokens",
+        "1000",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     assert main(["info", str(out)]) == 0
     assert hooks.split(",")[1] in capsys.readouterr().out
@@ -104,8 +126,25 @@ def test_minilm_encoder_windows_flag_cls_and_sep(tmp_path):
     assert handle.kind == "encoder" and (handle.n_layers, handle.d_model) == (6, 384)
     cls, sep = handle.tokenizer.cls_token_id, handle.tokenizer.sep_token_id
     assert handle.special_tokens == ((cls,), (sep,))
-    assert main(["extract", "--model", "minilm-l6", "--hooks", "resid_post.5", "--corpus", "news", "--tokens", "500",
-                 "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--model",
+                "minilm-l6",
+                "--hooks",
+                "resid_post.5",
+                "--corpus",
+                "news",
+                "--tokens",
+                "500",
+                "--out",
+                str(tmp_path / "m"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     index = ActivationStore(tmp_path / "m").index(0)
     full = index[: np.flatnonzero(index["position"] == 0)[1]]  # first complete window
     assert full["token_id"][0] == cls and full["token_id"][-1] == sep

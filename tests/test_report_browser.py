@@ -18,11 +18,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from saeatlas.report.html import SECTIONS, write_report
-
 from report_fixture import build_study_results
 from test_compare_align import tiny_other  # noqa: F401  (fixture)
+
+from saeatlas.report.html import SECTIONS, write_report
 
 CHROMIUM = os.environ.get("SAEATLAS_CHROMIUM", "/usr/bin/chromium")
 VIEWPORT = {"width": 1360, "height": 900}
@@ -31,13 +30,19 @@ VIEWPORT = {"width": 1360, "height": 900}
 def _browser_or_fail():
     """Playwright's sync API, or a failure that says how to install what is missing."""
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.fail(f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium` (Debian), "
-                    "or point SAEATLAS_CHROMIUM at a Chromium binary", pytrace=False)
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium` (Debian), "
+            "or point SAEATLAS_CHROMIUM at a Chromium binary",
+            pytrace=False,
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("the Python package playwright is missing: `.venv/bin/pip install playwright==1.65.2` "
-                    "(no `playwright install`: the test drives the system Chromium)", pytrace=False)
+        pytest.fail(
+            "the Python package playwright is missing: `.venv/bin/pip install playwright==1.65.2` "
+            "(no `playwright install`: the test drives the system Chromium)",
+            pytrace=False,
+        )
     return sync_playwright
 
 
@@ -95,8 +100,9 @@ def _check_content(page, results: dict) -> None:
     assert heatmaps.count() >= 2 * len(measures) + 2
     for measure in measures:
         for stat in ("value", "z"):
-            figure = page.locator(f'section#heatmaps figure[data-space="decoder"][data-measure="{measure}"]'
-                                  f'[data-stat="{stat}"] svg')
+            figure = page.locator(
+                f'section#heatmaps figure[data-space="decoder"][data-measure="{measure}"][data-stat="{stat}"] svg'
+            )
             box = figure.bounding_box()
             assert figure.is_visible() and box["width"] > 200 and box["height"] > 150
             assert figure.locator("rect").count() >= len(results["compare"]["pairs"])
@@ -108,8 +114,12 @@ def _check_content(page, results: dict) -> None:
     assert mark not in ("rgba(0, 0, 0, 0)", "transparent")  # the firing token is highlighted
     sides = [first.locator(".context").nth(i).bounding_box() for i in range(2)]
     assert sides[0]["x"] + sides[0]["width"] <= sides[1]["x"] + 1  # side by side
-    tables = {"section#saes table": len(results["saes"]), "section#controls table.controls-table": 4,
-              "section#concepts table": 4, "section#absorption table.absorption-letters": 26}
+    tables = {
+        "section#saes table": len(results["saes"]),
+        "section#controls table.controls-table": 4,
+        "section#concepts table": 4,
+        "section#absorption table.absorption-letters": 26,
+    }
     for selector, min_rows in tables.items():
         table = page.locator(selector)
         assert table.is_visible() and table.locator("tbody tr").count() >= min_rows, selector

@@ -9,6 +9,8 @@ import re
 import numpy as np
 import pytest
 import torch
+from report_fixture import HOOKS_A, HOOKS_B, TRICKY, _compare_cfg, build_study_results
+from test_compare_align import tiny_other  # noqa: F401  (fixture)
 
 from saeatlas.cli import main
 from saeatlas.compare.run import compare_grid
@@ -21,9 +23,6 @@ from saeatlas.fileio import jsonable
 from saeatlas.report.contexts import top_contexts
 from saeatlas.report.html import SECTIONS, _token_html, render_report, write_report
 from saeatlas.sae import SAEConfig, SparseAutoencoder, load_sae
-
-from report_fixture import HOOKS_A, HOOKS_B, TRICKY, _compare_cfg, build_study_results
-from test_compare_align import tiny_other  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def page(study) -> str:
 
 def sections(html: str) -> dict[str, str]:
     """section id -> its inner HTML (sections do not nest)."""
-    return dict(re.findall(r'<section id="(\w+)">(.*?)</section>', html, flags=re.S))
+    return dict(re.findall(r'<section id="(\w+)">(.*?)</section>', html, flags=re.DOTALL))
 
 
 # ---------------------------------------------------------------- the report
@@ -85,14 +84,18 @@ def test_at_a_glance_shows_the_best_layer_pair_beside_its_controls_and_skyline(s
     s = sections(page)["glance"]
     compare = study["compare"]
     skyline = {e["layer_a"]: e["skyline"] for e in compare["skyline"]}
-    rows = re.findall(r"<tr>(.*?)</tr>", s.split('class="headline-table"')[1].split("</table>")[0], flags=re.S)[1:]
+    rows = re.findall(r"<tr>(.*?)</tr>", s.split('class="headline-table"')[1].split("</table>")[0], flags=re.DOTALL)[1:]
     assert [re.search(r"<td[^>]*>(\w+)</td>", r).group(1) for r in rows] == ["svcca", "rsa", "linear_cka"]
     for measure, row in zip(["svcca", "rsa", "linear_cka"], rows):
         best = max(compare["pairs"], key=lambda e: e["sae"]["decoder"][measure]["observed"])
         observed = best["sae"]["decoder"][measure]["observed"]
         ceiling = skyline[best["layer_a"]]["decoder"][measure]["observed"]
-        for value in (observed, best["random_init"]["decoder"][measure]["observed"],
-                      best["shifted"]["decoder"][measure]["observed"], ceiling):
+        for value in (
+            observed,
+            best["random_init"]["decoder"][measure]["observed"],
+            best["shifted"]["decoder"][measure]["observed"],
+            ceiling,
+        ):
             assert f"{value:.3f}" in row
         assert f"{observed / ceiling:.0%}" in row
     ce = [sae["downstream"]["ce_loss_recovered"] for sae in study["saes"] if sae.get("downstream")]
@@ -277,9 +280,20 @@ def test_contexts_of_markup_text_with_bos_render_escaped(tiny_gemma, study, tmp_
     tokenizer and never a focus; the text tokens join up to the document's text; the report escapes them."""
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "tricky.txt").write_text(f"{TRICKY} {TRICKY}")
-    extract(ExtractConfig(model=str(tiny_gemma), hooks=["resid_post.1"], corpus=str(tmp_path / "corpus"),
-                          tokens=3000, split="all", context=16, batch_size=8, dtype="float32", model_dtype="float32"),
-            tmp_path / "store")
+    extract(
+        ExtractConfig(
+            model=str(tiny_gemma),
+            hooks=["resid_post.1"],
+            corpus=str(tmp_path / "corpus"),
+            tokens=3000,
+            split="all",
+            context=16,
+            batch_size=8,
+            dtype="float32",
+            model_dtype="float32",
+        ),
+        tmp_path / "store",
+    )
     store = ActivationStore(tmp_path / "store")
     text = store.documents()[0]["text"]
     torch.manual_seed(0)

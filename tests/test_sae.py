@@ -86,17 +86,26 @@ def test_loads_sparsify_and_dictionary_learning_layouts(tmp_path):
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(0)
-    enc, b_enc, dec, b_dec = torch.randn(48, 16, generator=g), torch.randn(48, generator=g), torch.randn(48, 16, generator=g), torch.randn(16, generator=g)
+    enc, b_enc, dec, b_dec = (
+        torch.randn(48, 16, generator=g),
+        torch.randn(48, generator=g),
+        torch.randn(48, 16, generator=g),
+        torch.randn(16, generator=g),
+    )
     x = torch.randn(10, 16, generator=g)
     (tmp_path / "sp").mkdir()
-    save_file({"encoder.weight": enc, "encoder.bias": b_enc, "W_dec": dec, "b_dec": b_dec}, tmp_path / "sp/sae.safetensors")
+    save_file(
+        {"encoder.weight": enc, "encoder.bias": b_enc, "W_dec": dec, "b_dec": b_dec}, tmp_path / "sp/sae.safetensors"
+    )
     (tmp_path / "sp/cfg.json").write_text(json.dumps({"k": 3, "num_latents": 48}))
     sp = load_sae(tmp_path / "sp")
     expected = topk((x - b_dec) @ enc.T + b_enc, 3)
     assert torch.allclose(sp.encode(x), expected, atol=1e-5)
 
     (tmp_path / "dl").mkdir()
-    torch.save({"encoder.weight": enc, "encoder.bias": b_enc, "decoder.weight": dec.T, "bias": b_dec}, tmp_path / "dl/ae.pt")
+    torch.save(
+        {"encoder.weight": enc, "encoder.bias": b_enc, "decoder.weight": dec.T, "bias": b_dec}, tmp_path / "dl/ae.pt"
+    )
     dl = load_sae(tmp_path / "dl")
     assert dl.cfg.arch == "relu"
     assert torch.allclose(dl.encode(x), ((x - b_dec) @ enc.T + b_enc).relu(), atol=1e-5)
@@ -155,15 +164,52 @@ def test_cli_train_writes_saelens_folder_and_eval_reads_it(tmp_path, capsys):
     x, _ = planted_features(4096, n_features=64, d=16, active=3)
     np.save(tmp_path / "x.npy", x.numpy())
     out = tmp_path / "sae"
-    assert main(["train", "--activations", str(tmp_path / "x.npy"), "--arch", "topk", "--k", "3", "--width", "64",
-                 "--steps", "30", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(tmp_path / "x.npy"),
+                "--arch",
+                "topk",
+                "--k",
+                "3",
+                "--width",
+                "64",
+                "--steps",
+                "30",
+                "--batch-size",
+                "256",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "L0 3.0" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
     assert not (tmp_path / "sae.partial").exists()
     assert main(["eval", str(out), "--activations", str(tmp_path / "x.npy")]) == 0
     assert "firing frequency" in capsys.readouterr().out
     # A second run into the same folder is refused, not overwritten.
-    assert main(["train", "--activations", str(tmp_path / "x.npy"), "--width", "64", "--k", "3", "--out", str(out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(tmp_path / "x.npy"),
+                "--width",
+                "64",
+                "--k",
+                "3",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "already exists" in capsys.readouterr().err
 
 
@@ -179,8 +225,25 @@ def test_cli_train_writes_saelens_folder_and_eval_reads_it(tmp_path, capsys):
 def test_cli_train_bad_input(tmp_path, capsys, make, args, message):
     x, _ = planted_features(1024, n_features=32, d=16, active=2)
     np.save(tmp_path / "x.npy", make(x.numpy()).astype(np.float32))
-    rc = main(["train", "--activations", str(tmp_path / "x.npy"), "--width", "64", "--k", "3", "--steps", "5",
-               "--batch-size", "256", *args, "--out", str(tmp_path / "sae"), "--quiet"])
+    rc = main(
+        [
+            "train",
+            "--activations",
+            str(tmp_path / "x.npy"),
+            "--width",
+            "64",
+            "--k",
+            "3",
+            "--steps",
+            "5",
+            "--batch-size",
+            "256",
+            *args,
+            "--out",
+            str(tmp_path / "sae"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     import re
@@ -212,11 +275,16 @@ def test_saelens_options_as_sae_lens_computes_them(tmp_path):
     x = torch.randn(20, 16, generator=g)
     base = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
 
-    _write_saelens(tmp_path / "a", {"architecture": "standard", "d_in": 16, "d_sae": 48, "apply_b_dec_to_input": False}, base)
+    _write_saelens(
+        tmp_path / "a", {"architecture": "standard", "d_in": 16, "d_sae": 48, "apply_b_dec_to_input": False}, base
+    )
     assert torch.allclose(load_sae(tmp_path / "a").encode(x), (x @ W_enc + b_enc).relu(), atol=1e-4)
 
-    _write_saelens(tmp_path / "b", {"architecture": "topk", "d_in": 16, "d_sae": 48, "k": 5,
-                                    "rescale_acts_by_decoder_norm": True}, base)
+    _write_saelens(
+        tmp_path / "b",
+        {"architecture": "topk", "d_in": 16, "d_sae": 48, "k": 5, "rescale_acts_by_decoder_norm": True},
+        base,
+    )
     norms = W_dec.norm(dim=1)
     codes = topk(((x - b_dec) @ W_enc + b_enc) * norms, 5)
     sae = load_sae(tmp_path / "b")
@@ -239,12 +307,37 @@ def test_killed_cli_train_resumes_to_identical_sae(tmp_path):
 
     x, _ = planted_features(8192, n_features=64, d=16, active=3, seed=2)
     np.save(tmp_path / "x.npy", x.numpy())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
 
     def command(out):
-        return [sys.executable, "-m", "saeatlas.cli", "train", "--activations", str(tmp_path / "x.npy"), "--arch", "topk",
-                "--k", "3", "--width", "64", "--steps", "800", "--batch-size", "256", "--seed", "5",
-                "--checkpoint-every", "25", "--out", str(out), "--quiet"]
+        return [
+            sys.executable,
+            "-m",
+            "saeatlas.cli",
+            "train",
+            "--activations",
+            str(tmp_path / "x.npy"),
+            "--arch",
+            "topk",
+            "--k",
+            "3",
+            "--width",
+            "64",
+            "--steps",
+            "800",
+            "--batch-size",
+            "256",
+            "--seed",
+            "5",
+            "--checkpoint-every",
+            "25",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
 
     subprocess.run(command(tmp_path / "reference"), check=True, env=env)
     killed = tmp_path / "killed"

@@ -24,5 +24,7 @@ SEEDS = ((0, 0), (1, 0), (2, 1))
 @pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "gba", "mp"])
 def test_recovers_at_least_90_percent_of_planted_features(arch, seed, data_seed):
     result = recovery_run(arch, seed=seed, data_seed=data_seed)
-    print(f"{arch} seed {seed} data {data_seed}: recovered {result['recovery']:.3f} of 512 planted features at cosine >= 0.9")
+    print(
+        f"{arch} seed {seed} data {data_seed}: recovered {result['recovery']:.3f} of 512 planted features at cosine >= 0.9"
+    )
     assert result["recovery"] >= 0.9

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saeatlas.sae import SAEConfig, SparseAutoencoder, TrainConfig
+from saeatlas.sae import SAEConfig, SparseAutoencoder, TrainConfig, native
 from saeatlas.sae.activations import batch_topk, topk
-from saeatlas.sae import native
 from saeatlas.sae.sparse import SparseCodes, decode_sparse, fast_topk
 from saeatlas.sae.trainer import aux_k_loss, sparse_losses
 
@@ -93,4 +92,6 @@ def test_sparse_decode_equals_dense_product(kernels):
     rows, cols = result_codes.nonzero(as_tuple=True)
     codes = SparseCodes(cols, result_codes[rows, cols], torch.searchsorted(rows, torch.arange(32)), 256)
     torch.testing.assert_close(codes.to_dense(), result_codes)
-    torch.testing.assert_close(decode_sparse(codes, sae.W_dec, sae.b_dec), sae.decode(result_codes), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        decode_sparse(codes, sae.W_dec, sae.b_dec), sae.decode(result_codes), rtol=1e-5, atol=1e-5
+    )

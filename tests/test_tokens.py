@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import TEXTS
 
 from saeatlas.data.tokens import FLAG_FIRST, FLAG_SPECIAL, pack_windows, text_cuts, token_pieces, tokenize_text
 from saeatlas.models import load_model
-
-from conftest import TEXTS
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +80,13 @@ def train_other_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     alphabet = [chr(c) for c in range(32, 127)]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
-                                  initial_alphabet=alphabet)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"], initial_alphabet=alphabet
+    )
     tok.train_from_iterator(TEXTS * 20, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def _long_docs():

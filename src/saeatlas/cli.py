@@ -30,9 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     ext.add_argument("--seed", type=int, default=0, help="seed of the document order")
     ext.add_argument("--context", type=int, default=128, help="tokens per window (default 128)")
     ext.add_argument("--pack-documents", action="store_true", help="let windows span document boundaries")
-    ext.add_argument("--window-chars", type=int, default=None, metavar="N",
-                     help="start windows about every N characters at a space before a word, the same characters "
-                          "for every tokenizer (for comparing models with different tokenizers; e.g. 400)")
+    ext.add_argument(
+        "--window-chars",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start windows about every N characters at a space before a word, the same characters "
+        "for every tokenizer (for comparing models with different tokenizers; e.g. 400)",
+    )
     ext.add_argument("--batch-size", type=int, default=8)
     ext.add_argument("--shard-windows", type=int, default=512, help="windows per shard (unit of resume)")
     ext.add_argument("--dtype", default="bfloat16", help="storage dtype: bfloat16 (default) or float32")
@@ -55,7 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=4096)
     tr.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-4 / sqrt(width / 2^14))")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 for topk/batchtopk where the CPU has it natively), float32 or bfloat16")
+    tr.add_argument(
+        "--dtype",
+        default="auto",
+        help="compute dtype: auto (bfloat16 for topk/batchtopk where the CPU has it natively), float32 or bfloat16",
+    )
     tr.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (resume unit)")
     tr.add_argument("--out", required=True, type=Path, help="SAE folder to write (must not exist)")
     tr.add_argument("--quiet", action="store_true")
@@ -70,47 +79,75 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--corpus", help="held-out text for --model (default: the SAE's dataset, eval split; else wiki)")
     ev.add_argument("--ce-tokens", type=int, default=8192, help="tokens of held-out text for --model (default 8192)")
 
-    for name, help_text in (("compare", "match SAE latents across two models over a layer grid and score them"),
-                            ("concepts", "score concept subspaces (keyword categories) across two models")):
+    for name, help_text in (
+        ("compare", "match SAE latents across two models over a layer grid and score them"),
+        ("concepts", "score concept subspaces (keyword categories) across two models"),
+    ):
         cmp = verbs.add_parser(name, help=help_text)
         cmp.add_argument("--a", required=True, help="activation store of model A")
         cmp.add_argument("--b", required=True, help="activation store of model B (same corpus, split and seed)")
-        cmp.add_argument("--sae-a", required=True, help="SAEs of A: a folder template with {hook} or {layer}, or a "
-                                                        "folder holding one SAE folder per hook")
+        cmp.add_argument(
+            "--sae-a",
+            required=True,
+            help="SAEs of A: a folder template with {hook} or {layer}, or a folder holding one SAE folder per hook",
+        )
         cmp.add_argument("--sae-b", required=True, help="SAEs of B, likewise")
         cmp.add_argument("--layers-a", required=True, help="comma-separated layers or hooks of A (3 = resid_post.3)")
         cmp.add_argument("--layers-b", required=True, help="comma-separated layers or hooks of B")
         cmp.add_argument("--out", required=True, type=Path, help="results folder (JSON, CSV, SVG heatmaps)")
-        cmp.add_argument("--method", default="many_to_one", help="many_to_one (the paper's), legacy_first, mutual or assignment")
+        cmp.add_argument(
+            "--method", default="many_to_one", help="many_to_one (the paper's), legacy_first, mutual or assignment"
+        )
         cmp.add_argument("--threshold", type=float, default=0.1, help="minimum correlation of a pair (default 0.1)")
         cmp.add_argument("--no-junk-filter", action="store_true", help="keep latents whose top tokens are junk tokens")
         cmp.add_argument("--measures", help="comma-separated similarity measures (default: all)")
-        cmp.add_argument("--svcca-k", type=int, default=50,
-                         help="SVCCA/PWCCA directions per side, at most a tenth of the pairs (default 50; "
-                              "0: as many as 99%% of the variance needs)")
+        cmp.add_argument(
+            "--svcca-k",
+            type=int,
+            default=50,
+            help="SVCCA/PWCCA directions per side, at most a tenth of the pairs (default 50; "
+            "0: as many as 99%% of the variance needs)",
+        )
         cmp.add_argument("--permutations", type=int, default=1000, help="random pairings in each null (default 1000)")
-        cmp.add_argument("--bootstrap", type=int, default=100, help="document resamples for confidence intervals (0: none)")
-        cmp.add_argument("--controls", default="random_init,neurons,shifted",
-                         help="comma-separated: random_init, neurons, shifted, skyline (or 'none')")
-        cmp.add_argument("--skyline-sae-a", help="SAEs of A trained with another seed (template), for the skyline control")
+        cmp.add_argument(
+            "--bootstrap", type=int, default=100, help="document resamples for confidence intervals (0: none)"
+        )
+        cmp.add_argument(
+            "--controls",
+            default="random_init,neurons,shifted",
+            help="comma-separated: random_init, neurons, shifted, skyline (or 'none')",
+        )
+        cmp.add_argument(
+            "--skyline-sae-a", help="SAEs of A trained with another seed (template), for the skyline control"
+        )
         cmp.add_argument("--max-positions", type=int, help="use at most this many aligned positions")
         cmp.add_argument("--seed", type=int, default=0)
         if name == "concepts":
-            cmp.add_argument("--concepts", help="a TOML or JSON file {name: [words]} (default: the paper's 8 categories)")
+            cmp.add_argument(
+                "--concepts", help="a TOML or JSON file {name: [words]} (default: the paper's 8 categories)"
+            )
 
     ab = verbs.add_parser("absorption", help="first-letter probes, feature splitting and absorption of SAEs")
     ab.add_argument("--model", required=True, help="the causal LM the SAEs belong to (packaged name, folder, .gguf)")
     ab.add_argument("--hook", required=True, help="hook point the SAEs read, e.g. resid_post.3")
     ab.add_argument("--sae", required=True, action="append", help="an SAE folder (repeat for several SAEs of the hook)")
-    ab.add_argument("--variant", default="projection", help="projection (fast), ablation (the paper's, integrated "
-                                                            "gradients) or both")
-    ab.add_argument("--words", type=int, default=4000, help="vocabulary tokens, stratified by letter (default 4000; "
-                                                             "0: all)")
+    ab.add_argument(
+        "--variant",
+        default="projection",
+        help="projection (fast), ablation (the paper's, integrated gradients) or both",
+    )
+    ab.add_argument(
+        "--words", type=int, default=4000, help="vocabulary tokens, stratified by letter (default 4000; 0: all)"
+    )
     ab.add_argument("--seed", type=int, default=0, help="seed of the word sample and the in-context examples")
     ab.add_argument("--min-probe-f1", type=float, default=0.6, help="letters count in the means above this probe F1")
     ab.add_argument("--min-letters", type=int, default=20, help="error below this many qualifying letters")
-    ab.add_argument("--ig-gap", type=float, default=1.0, help="ablation: top latent's lead over the second, in logits "
-                                                               "(default 1.0, the paper's)")
+    ab.add_argument(
+        "--ig-gap",
+        type=float,
+        default=1.0,
+        help="ablation: top latent's lead over the second, in logits (default 1.0, the paper's)",
+    )
     ab.add_argument("--max-candidates", type=int, default=200, help="ablation: candidates per letter (default 200)")
     ab.add_argument("--model-dtype", default="bfloat16", help="projection: model compute dtype (ablation: float32)")
     ab.add_argument("--out", required=True, type=Path, help="results folder (JSON, CSV, SVG bar charts)")
@@ -135,9 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="saeatlas: %(message)s", stream=sys.stderr)
     try:
-        verb = {"extract": _extract, "info": _info, "models": _models, "train": _train, "eval": _eval,
-                "compare": _compare, "concepts": _compare, "absorption": _absorption, "run": _run, "status": _status, "init": _init,
-                "report": _report}[args.verb]
+        verb = {
+            "extract": _extract,
+            "info": _info,
+            "models": _models,
+            "train": _train,
+            "eval": _eval,
+            "compare": _compare,
+            "concepts": _compare,
+            "absorption": _absorption,
+            "run": _run,
+            "status": _status,
+            "init": _init,
+            "report": _report,
+        }[args.verb]
         return verb(args)
     except SaeAtlasError as exc:
         print(f"saeatlas: error: {exc}", file=sys.stderr)
@@ -197,10 +245,17 @@ def _train(args: argparse.Namespace) -> int:
     from .sae.run import open_source, train_to_folder
 
     source = open_source(args.activations, args.store, args.hook)
-    cfg = SAEConfig(arch=args.arch, d_in=source.d_in, d_sae=args.width, k=args.k,
-                    l1_coefficient=args.l1_coefficient).validate()
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, dtype=args.dtype,
-                        checkpoint_every=args.checkpoint_every).validate()
+    cfg = SAEConfig(
+        arch=args.arch, d_in=source.d_in, d_sae=args.width, k=args.k, l1_coefficient=args.l1_coefficient
+    ).validate()
+    train = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        dtype=args.dtype,
+        checkpoint_every=args.checkpoint_every,
+    ).validate()
     with step_progress(f"train {cfg.arch} x{cfg.d_sae}", total=train.steps, enabled=not args.quiet) as on_step:
         metrics = train_to_folder(cfg, train, source, args.out, on_step=on_step)
     print(f"{args.out}: {cfg.arch} SAE, {cfg.d_sae} latents on d_in {cfg.d_in}; " + _metric_line(metrics))
@@ -208,8 +263,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _metric_line(m: dict) -> str:
-    return (f"L0 {m['l0']:.1f}, FVU {m['fvu']:.3f}, cosine {m['cosine']:.3f}, dead {m['dead_fraction']:.1%}, "
-            f"dense {m['dense_fraction']:.1%} (on {m['n_tokens']} tokens)")
+    return (
+        f"L0 {m['l0']:.1f}, FVU {m['fvu']:.3f}, cosine {m['cosine']:.3f}, dead {m['dead_fraction']:.1%}, "
+        f"dense {m['dense_fraction']:.1%} (on {m['n_tokens']} tokens)"
+    )
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -220,7 +277,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     sae = load_sae(args.sae)
     if not (args.activations or args.store or args.model):
-        raise SaeAtlasError("give activations to evaluate on (--activations FILE or --store DIR --hook HOOK) and/or --model")
+        raise SaeAtlasError(
+            "give activations to evaluate on (--activations FILE or --store DIR --hook HOOK) and/or --model"
+        )
     if args.activations or args.store:
         meta_hook = read_metadata(args.sae).get("hook_name")
         source = open_source(args.activations, args.store, args.hook or meta_hook)
@@ -229,9 +288,15 @@ def _eval(args: argparse.Namespace) -> int:
         metrics = evaluate(sae, eval_batches(source, args.tokens))
         print(f"{args.sae}: {sae.cfg.arch} SAE, {sae.cfg.d_sae} latents; " + _metric_line(metrics))
         hist = metrics["density_histogram"]
-        print("firing frequency (log10) histogram: " + ", ".join(
-            f"[{lo:g},{hi:g}): {c}" for lo, hi, c in zip(hist["log10_edges"], hist["log10_edges"][1:], hist["counts"]) if c)
-            + f"; dead: {hist['dead']}")
+        print(
+            "firing frequency (log10) histogram: "
+            + ", ".join(
+                f"[{lo:g},{hi:g}): {c}"
+                for lo, hi, c in zip(hist["log10_edges"], hist["log10_edges"][1:], hist["counts"])
+                if c
+            )
+            + f"; dead: {hist['dead']}"
+        )
     if args.model:
         print(_splice_line(args.sae, sae, args.model, args.hook, args.corpus, args.ce_tokens))
     return 0
@@ -252,9 +317,11 @@ def _splice_line(folder, sae, model: str, hook: str | None, corpus: str | None, 
         raise SaeAtlasError(f"SAE '{folder}' has d_in {sae.cfg.d_in} but {model} has d_model {handle.d_model}")
     corpus = corpus or meta.get("dataset_path") or "wiki"
     m = spliced_metrics(handle, sae, hook, corpus=corpus, n_tokens=n_tokens)
-    return (f"spliced into {model} at {hook} on {m['corpus']}, {m['n_predictions']} predictions: CE clean {m['ce_clean']:.3f}, "
-            f"with SAE {m['ce_sae']:.3f}, zero-ablated {m['ce_zero_ablation']:.3f}; CE-loss recovered "
-            f"{m['ce_loss_recovered']:.3f}, delta LM loss {m['delta_lm_loss']:.3f}, KL {m['kl_div']:.3f}")
+    return (
+        f"spliced into {model} at {hook} on {m['corpus']}, {m['n_predictions']} predictions: CE clean {m['ce_clean']:.3f}, "
+        f"with SAE {m['ce_sae']:.3f}, zero-ablated {m['ce_zero_ablation']:.3f}; CE-loss recovered "
+        f"{m['ce_loss_recovered']:.3f}, delta LM loss {m['delta_lm_loss']:.3f}, KL {m['kl_div']:.3f}"
+    )
 
 
 def _split(text: str | None) -> list[str]:
@@ -268,12 +335,23 @@ def _compare(args: argparse.Namespace) -> int:
 
     controls = [] if args.controls.strip() == "none" else _split(args.controls)
     cfg = CompareConfig(
-        store_a=args.a, store_b=args.b, sae_a=args.sae_a, sae_b=args.sae_b,
-        layers_a=_split(args.layers_a), layers_b=_split(args.layers_b), method=args.method,
-        threshold=args.threshold, junk_filter=not args.no_junk_filter,
-        measures=_split(args.measures) or list(DEFAULT_MEASURES), svcca_k=args.svcca_k or None,
-        n_permutations=args.permutations, n_bootstrap=args.bootstrap, controls=controls,
-        skyline_sae_a=args.skyline_sae_a, max_positions=args.max_positions, seed=args.seed,
+        store_a=args.a,
+        store_b=args.b,
+        sae_a=args.sae_a,
+        sae_b=args.sae_b,
+        layers_a=_split(args.layers_a),
+        layers_b=_split(args.layers_b),
+        method=args.method,
+        threshold=args.threshold,
+        junk_filter=not args.no_junk_filter,
+        measures=_split(args.measures) or list(DEFAULT_MEASURES),
+        svcca_k=args.svcca_k or None,
+        n_permutations=args.permutations,
+        n_bootstrap=args.bootstrap,
+        controls=controls,
+        skyline_sae_a=args.skyline_sae_a,
+        max_positions=args.max_positions,
+        seed=args.seed,
     ).validate()
     if args.verb == "concepts":
         from .compare.concepts import load_concepts
@@ -292,10 +370,19 @@ def _absorption(args: argparse.Namespace) -> int:
     from .absorption import AbsorptionConfig, run_absorption, write_absorption
     from .report.text import print_absorption
 
-    cfg = AbsorptionConfig(model=args.model, hook=args.hook, saes=args.sae, variant=args.variant,
-                           words=args.words or None, seed=args.seed, min_probe_f1=args.min_probe_f1,
-                           min_letters=args.min_letters, max_candidates=args.max_candidates, ig_gap=args.ig_gap,
-                           model_dtype=args.model_dtype).validate()
+    cfg = AbsorptionConfig(
+        model=args.model,
+        hook=args.hook,
+        saes=args.sae,
+        variant=args.variant,
+        words=args.words or None,
+        seed=args.seed,
+        min_probe_f1=args.min_probe_f1,
+        min_letters=args.min_letters,
+        max_candidates=args.max_candidates,
+        ig_gap=args.ig_gap,
+        model_dtype=args.model_dtype,
+    ).validate()
     results = run_absorption(cfg, progress=not args.quiet)
     written = write_absorption(results, args.out)
     print_absorption(results)

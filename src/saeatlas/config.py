@@ -57,20 +57,30 @@ class ExtractConfig:
     extra: dict = field(default_factory=dict)
     """Free-form notes stored in the manifest (not used by the extractor)."""
 
-    def validate(self) -> "ExtractConfig":
+    def validate(self) -> ExtractConfig:
         """Raise SaeAtlasError on the first bad field; returns self."""
         _check(self.tokens > 0, "--tokens", self.tokens, "give a positive token budget")
         _check(self.context >= 2, "--context", self.context, "use at least 2 tokens per window")
         _check(self.batch_size >= 1, "--batch-size", self.batch_size, "use at least 1")
         _check(self.shard_windows >= 1, "--shard-windows", self.shard_windows, "use at least 1")
         _check(self.dtype in STORE_DTYPES, "--dtype", self.dtype, f"use one of {', '.join(STORE_DTYPES)}")
-        _check(self.model_dtype in STORE_DTYPES, "--model-dtype", self.model_dtype, f"use one of {', '.join(STORE_DTYPES)}")
+        _check(
+            self.model_dtype in STORE_DTYPES, "--model-dtype", self.model_dtype, f"use one of {', '.join(STORE_DTYPES)}"
+        )
         _check(self.split in SPLITS, "--split", self.split, f"use one of {', '.join(SPLITS)}")
         _check(0 <= self.eval_fraction < 1, "--eval-fraction", self.eval_fraction, "use a value in [0, 1)")
-        _check(self.window_chars is None or self.window_chars >= 1, "--window-chars", self.window_chars,
-               "use a positive number of characters (about 4 per token in English text)")
-        _check(self.window_chars is None or not self.pack_documents, "--window-chars", self.window_chars,
-               "windows cut at characters hold one document each: drop --pack-documents")
+        _check(
+            self.window_chars is None or self.window_chars >= 1,
+            "--window-chars",
+            self.window_chars,
+            "use a positive number of characters (about 4 per token in English text)",
+        )
+        _check(
+            self.window_chars is None or not self.pack_documents,
+            "--window-chars",
+            self.window_chars,
+            "windows cut at characters hold one document each: drop --pack-documents",
+        )
         return self
 
     def to_dict(self) -> dict:

@@ -38,7 +38,9 @@ def count_progress(label: str, total: int, unit: str, enabled: bool = True) -> I
         def advance(n: int) -> None:
             bar.advance(task, n)
             speed = bar.tasks[task].speed
-            bar.update(task, rate=(f"{speed:,.0f} {unit}/s" if speed >= 100 else f"{speed:.1f} {unit}/s") if speed else "")
+            bar.update(
+                task, rate=(f"{speed:,.0f} {unit}/s" if speed >= 100 else f"{speed:.1f} {unit}/s") if speed else ""
+            )
 
         yield advance
 
@@ -49,13 +51,20 @@ def step_progress(label: str, total: int, enabled: bool = True) -> Iterator[Call
     if not enabled:
         yield lambda metrics: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-               TextColumn("{task.fields[live]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TextColumn("{task.fields[live]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(label, total=total, live="")
 
         def on_step(m: dict) -> None:
-            bar.update(task, completed=m["step"] + 1,
-                       live=f"L0 {m['l0']:.1f} FVU {m['fvu']:.3f} dead {m['dead']:.1%}")
+            bar.update(task, completed=m["step"] + 1, live=f"L0 {m['l0']:.1f} FVU {m['fvu']:.3f} dead {m['dead']:.1%}")
 
         yield on_step

@@ -7,11 +7,21 @@ paper's ablation variant), `toy` (a parent/child toy model: the ground truth), `
 """
 
 from .config import AbsorptionConfig
-from .probes import Probes, ProbeRecipe, classification_scores, train_probes
+from .probes import ProbeRecipe, Probes, classification_scores, train_probes
 from .projection import ProjectionThresholds, projection_absorption
 from .run import run_absorption, write_absorption
 from .splitting import rank_latents, split_feature
 
-__all__ = ["AbsorptionConfig", "Probes", "ProbeRecipe", "train_probes", "classification_scores",
-           "ProjectionThresholds", "projection_absorption", "rank_latents", "split_feature", "run_absorption",
-           "write_absorption"]
+__all__ = [
+    "AbsorptionConfig",
+    "ProbeRecipe",
+    "Probes",
+    "ProjectionThresholds",
+    "classification_scores",
+    "projection_absorption",
+    "rank_latents",
+    "run_absorption",
+    "split_feature",
+    "train_probes",
+    "write_absorption",
+]

@@ -70,8 +70,16 @@ def _prefix_cache(handle: ModelHandle, ids: torch.Tensor):
     return getattr(out, "cache", None) or out.past_key_values
 
 
-def integrated_gradients(handle: ModelHandle, sae: SparseAutoencoder, point: HookPoint, token_ids: list[int],
-                         position: int, letter: int, letter_ids: list[int], steps: int = 6) -> Attribution:
+def integrated_gradients(
+    handle: ModelHandle,
+    sae: SparseAutoencoder,
+    point: HookPoint,
+    token_ids: list[int],
+    position: int,
+    letter: int,
+    letter_ids: list[int],
+    steps: int = 6,
+) -> Attribution:
     """IG attribution of every latent at `position` of one prompt (token_ids with special tokens).
 
     The tokens before `position` do not see the splice: they run once, and their key/value cache is shared by
@@ -101,8 +109,9 @@ def integrated_gradients(handle: ModelHandle, sae: SparseAutoencoder, point: Hoo
         return out
 
     with torch.enable_grad(), patched(handle, point, splice):
-        hidden = handle.base(input_ids=suffix, use_cache=cache is not None,
-                             **{_cache_argument(handle): cache}).last_hidden_state
+        hidden = handle.base(
+            input_ids=suffix, use_cache=cache is not None, **{_cache_argument(handle): cache}
+        ).last_hidden_state
         metric = letter_metric(_letter_logits(handle, hidden[:, -1].float(), letter_ids), letter)  # [rows]
         (grads,) = torch.autograd.grad(metric[2:].sum(), held["scaled"])
     scores = (held["z"][0] * grads[2:].mean(dim=0)).detach().numpy().astype(np.float64)
@@ -110,11 +119,16 @@ def integrated_gradients(handle: ModelHandle, sae: SparseAutoencoder, point: Hoo
     return Attribution(scores, float(ends[1]), float(ends[0]))
 
 
-def is_absorption(scores: np.ndarray, cos: np.ndarray, main: list[int] | np.ndarray, gap: float = 1.0,
-                  cos_min: float = 0.025) -> tuple[bool, int]:
+def is_absorption(
+    scores: np.ndarray, cos: np.ndarray, main: list[int] | np.ndarray, gap: float = 1.0, cos_min: float = 0.025
+) -> tuple[bool, int]:
     """The paper's rule on one candidate: (absorbed?, top latent).  scores, cos: [d_sae]."""
     effect = -np.asarray(scores, dtype=np.float64)
     first, second = np.argsort(effect, kind="stable")[:2]
-    absorbed = (effect[first] <= 0 and effect[second] - effect[first] >= gap and cos[first] >= cos_min
-                and int(first) not in set(int(m) for m in main))
+    absorbed = (
+        effect[first] <= 0
+        and effect[second] - effect[first] >= gap
+        and cos[first] >= cos_min
+        and int(first) not in set(int(m) for m in main)
+    )
     return bool(absorbed), int(first)

@@ -49,10 +49,14 @@ class AbsorptionConfig:
     """Compute dtype of the model."""
     batch_size: int = 32
 
-    def validate(self) -> "AbsorptionConfig":
+    def validate(self) -> AbsorptionConfig:
         _check(self.variant in VARIANTS, "--variant", self.variant, f"use one of {', '.join(VARIANTS)}")
-        _check(self.words is None or self.words >= 100, "--words", self.words,
-               "use at least 100 (about 4000 for stable per-letter figures)")
+        _check(
+            self.words is None or self.words >= 100,
+            "--words",
+            self.words,
+            "use at least 100 (about 4000 for stable per-letter figures)",
+        )
         _check(0.05 <= self.test_fraction <= 0.5, "test fraction", self.test_fraction, "use 0.05 .. 0.5")
         _check(0 <= self.min_probe_f1 < 1, "--min-probe-f1", self.min_probe_f1, "use a value in [0, 1)")
         _check(1 <= self.min_letters <= 26, "--min-letters", self.min_letters, "use 1 .. 26")

@@ -103,5 +103,10 @@ def classification_scores(predicted: np.ndarray, actual: np.ndarray) -> dict[str
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
         recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return {"precision": precision, "recall": recall, "f1": f1, "true_positives": tp.astype(np.int64),
-            "positives": actual.sum(0).astype(np.int64)}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "true_positives": tp.astype(np.int64),
+        "positives": actual.sum(0).astype(np.int64),
+    }

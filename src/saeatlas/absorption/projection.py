@@ -48,9 +48,14 @@ def decoder_probe_geometry(W_dec: np.ndarray, probe_dir: np.ndarray) -> tuple[np
     return along, cos
 
 
-def projection_absorption(acts: np.ndarray, codes: np.ndarray, W_dec: np.ndarray, probe_dir: np.ndarray,
-                          main: list[int] | np.ndarray, thresholds: ProjectionThresholds = ProjectionThresholds()
-                          ) -> dict[str, np.ndarray]:
+def projection_absorption(
+    acts: np.ndarray,
+    codes: np.ndarray,
+    W_dec: np.ndarray,
+    probe_dir: np.ndarray,
+    main: list[int] | np.ndarray,
+    thresholds: ProjectionThresholds = ProjectionThresholds(),
+) -> dict[str, np.ndarray]:
     """Absorption fraction and full absorption of one feature (probe) on each input.
 
     acts [n, d_in] (the SAE's input), codes [n, d_sae], W_dec [d_sae, d_in], probe_dir [d_in], main: the
@@ -83,8 +88,12 @@ def projection_absorption(acts: np.ndarray, codes: np.ndarray, W_dec: np.ndarray
     top_value = contrib[np.arange(len(codes)), top_any]
     main_off = (codes[:, main] < EPS).all(axis=1) if len(main) else np.ones(len(codes), dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
-        full = (main_off & (act_proj > 0) & (cos[top_any] >= thresholds.full_cos)
-                & (top_value / act_proj >= thresholds.absorber_fraction))
+        full = (
+            main_off
+            & (act_proj > 0)
+            & (cos[top_any] >= thresholds.full_cos)
+            & (top_value / act_proj >= thresholds.absorber_fraction)
+        )
     masked = np.where(outside[None, :], contrib, -np.inf)
     return {
         "fraction": fraction,

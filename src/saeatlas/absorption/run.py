@@ -53,14 +53,17 @@ def probe_table(probes: Probes, acts: np.ndarray, letters: np.ndarray, test: np.
 def encode_all(sae: SparseAutoencoder, acts: np.ndarray, batch: int = 1024) -> np.ndarray:
     """[n, d_in] -> [n, d_sae] float32 codes, in batches."""
     with torch.no_grad():
-        return np.concatenate([sae.encode(torch.from_numpy(acts[i : i + batch])).float().numpy()
-                               for i in range(0, len(acts), batch)])
+        return np.concatenate(
+            [sae.encode(torch.from_numpy(acts[i : i + batch])).float().numpy() for i in range(0, len(acts), batch)]
+        )
 
 
 def _check_sae(sae: SparseAutoencoder, folder: str, d_model: int, hook: str) -> None:
     if sae.cfg.d_in != d_model:
-        raise SaeAtlasError(f"SAE '{folder}' reads d_in {sae.cfg.d_in} but the model's {hook} has {d_model}: "
-                            "give an SAE trained on this model")
+        raise SaeAtlasError(
+            f"SAE '{folder}' reads d_in {sae.cfg.d_in} but the model's {hook} has {d_model}: "
+            "give an SAE trained on this model"
+        )
     trained_at = read_metadata(folder).get("hook_name")
     if trained_at and trained_at != hook:
         log.warning("SAE '%s' was trained at %s, scored here at %s", folder, trained_at, hook)
@@ -72,8 +75,17 @@ def _letter_mean(values: np.ndarray, qualifying: np.ndarray) -> float:
     return float(chosen.mean()) if chosen.size else float("nan")
 
 
-def score_sae(cfg: AbsorptionConfig, task: TaskActivations, probes: Probes, table: dict, train: np.ndarray,
-              test: np.ndarray, sae: SparseAutoencoder, handle=None, progress: bool = False) -> dict:
+def score_sae(
+    cfg: AbsorptionConfig,
+    task: TaskActivations,
+    probes: Probes,
+    table: dict,
+    train: np.ndarray,
+    test: np.ndarray,
+    sae: SparseAutoencoder,
+    handle=None,
+    progress: bool = False,
+) -> dict:
     """Splitting and absorption of one SAE on the task; `handle` (the model) only for the ablation variant."""
     started = time.perf_counter()
     letters = task.letters
@@ -88,24 +100,39 @@ def score_sae(cfg: AbsorptionConfig, task: TaskActivations, probes: Probes, tabl
         tp = test[table["predicted"][:, c] & y_test]  # probe true positives on the test split
         splits.append(split)
         true_positives.append(tp)
-        row = {"letter": letter, "qualifies": bool(qualifying[c]), "probe_f1": float(table["f1"][c]),
-               "probe_precision": float(table["precision"][c]), "probe_recall": float(table["recall"][c]),
-               "n_test": int(y_test.sum()), "n_true_positives": int(len(tp)), "main_latents": split.main,
-               "n_split": split.n_split, "k_sparse_f1": split.f1, "f1_by_k": split.f1_by_k}
+        row = {
+            "letter": letter,
+            "qualifies": bool(qualifying[c]),
+            "probe_f1": float(table["f1"][c]),
+            "probe_precision": float(table["precision"][c]),
+            "probe_recall": float(table["recall"][c]),
+            "n_test": int(y_test.sum()),
+            "n_true_positives": len(tp),
+            "main_latents": split.main,
+            "n_split": split.n_split,
+            "k_sparse_f1": split.f1,
+            "f1_by_k": split.f1_by_k,
+        }
         if cfg.variant in ("projection", "both"):
             proj = projection_absorption(task.acts[tp], codes[tp], W_dec, probes.direction(c), split.main)
             row.update(_projection_summary(proj, task, tp))
         rows.append(row)
     if cfg.variant in ("ablation", "both"):
         ablation_rates(cfg, handle, sae, task, codes, W_dec, probes, splits, true_positives, test, rows, progress)
-    summary = {"n_qualifying_letters": int(qualifying.sum()),
-               "mean_n_split": _letter_mean(np.array([r["n_split"] for r in rows], float), qualifying),
-               "mean_k_sparse_f1": _letter_mean(np.array([r["k_sparse_f1"] for r in rows]), qualifying)}
+    summary = {
+        "n_qualifying_letters": int(qualifying.sum()),
+        "mean_n_split": _letter_mean(np.array([r["n_split"] for r in rows], float), qualifying),
+        "mean_k_sparse_f1": _letter_mean(np.array([r["k_sparse_f1"] for r in rows]), qualifying),
+    }
     for key in ("absorption_fraction", "full_absorption_rate", "ablation_absorption_rate"):
         if key in rows[0]:
             summary[f"mean_{key}"] = _letter_mean(np.array([r[key] for r in rows], float), qualifying)
-    return {"letters": rows, "summary": summary, "l0_on_task": float((codes > 0).sum(1).mean()),
-            "seconds": time.perf_counter() - started}
+    return {
+        "letters": rows,
+        "summary": summary,
+        "l0_on_task": float((codes > 0).sum(1).mean()),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def _projection_summary(proj: dict, task: TaskActivations, tp: np.ndarray) -> dict:
@@ -114,10 +141,12 @@ def _projection_summary(proj: dict, task: TaskActivations, tp: np.ndarray) -> di
     top, counts = np.unique(proj["top_latent"][absorbed], return_counts=True) if len(absorbed) else ([], [])
     order = np.argsort(-np.asarray(counts), kind="stable")[:5]
     examples = [task.prompts[tp[i]].word for i in np.flatnonzero(proj["full"])[:8]]
-    return {"absorption_fraction": float(proj["fraction"].mean()) if n else float("nan"),
-            "full_absorption_rate": float(proj["full"].mean()) if n else float("nan"),
-            "absorbing_latents": [{"latent": int(top[i]), "count": int(counts[i])} for i in order],
-            "fully_absorbed_words": examples}
+    return {
+        "absorption_fraction": float(proj["fraction"].mean()) if n else float("nan"),
+        "full_absorption_rate": float(proj["full"].mean()) if n else float("nan"),
+        "absorbing_latents": [{"latent": int(top[i]), "count": int(counts[i])} for i in order],
+        "fully_absorbed_words": examples,
+    }
 
 
 def ablation_candidates(split, tp: np.ndarray, test: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -128,8 +157,9 @@ def ablation_candidates(split, tp: np.ndarray, test: np.ndarray, codes: np.ndarr
     return tp[missed & main_off]
 
 
-def ablation_rates(cfg, handle, sae, task, codes, W_dec, probes, splits, true_positives, test, rows,
-                   progress: bool) -> None:
+def ablation_rates(
+    cfg, handle, sae, task, codes, W_dec, probes, splits, true_positives, test, rows, progress: bool
+) -> None:
     """The paper's variant: IG on (a seeded sample of at most `max_candidates` of) each letter's candidates;
     adds the counts and the rate (absorptions rescaled to all candidates / true positives) to `rows`."""
     point = parse_hook(cfg.hook, handle.n_layers)
@@ -137,25 +167,33 @@ def ablation_rates(cfg, handle, sae, task, codes, W_dec, probes, splits, true_po
     answer_ids = letter_token_ids(handle.tokenizer)
     rng = np.random.default_rng(cfg.seed)
     candidates = [ablation_candidates(split, tp, test, codes) for split, tp in zip(splits, true_positives)]
-    samples = [c if len(c) <= cfg.max_candidates else np.sort(rng.choice(c, cfg.max_candidates, replace=False))
-               for c in candidates]
+    samples = [
+        c if len(c) <= cfg.max_candidates else np.sort(rng.choice(c, cfg.max_candidates, replace=False))
+        for c in candidates
+    ]
     with count_progress("integrated gradients", sum(len(s) for s in samples), "prompts", enabled=progress) as advance:
         for c, (row, sample) in enumerate(zip(rows, samples)):
             _, cos = decoder_probe_geometry(W_dec, probes.direction(c))
             absorbed = []
             for i in sample:
-                attribution = integrated_gradients(handle, sae, point, ids[i], int(positions[i]), c, answer_ids,
-                                                   cfg.ig_steps)
+                attribution = integrated_gradients(
+                    handle, sae, point, ids[i], int(positions[i]), c, answer_ids, cfg.ig_steps
+                )
                 hit, top = is_absorption(attribution.scores, cos, splits[c].main, gap=cfg.ig_gap)
                 if hit:
                     absorbed.append({"word": task.prompts[i].word, "latent": top})
                 advance(1)
             n_tp = len(true_positives[c])
             scale = len(candidates[c]) / len(sample) if len(sample) else 0.0
-            row.update({"ablation_candidates": int(len(candidates[c])), "ablation_scored": int(len(sample)),
-                        "ablation_absorbed": len(absorbed),
-                        "ablation_absorption_rate": len(absorbed) * scale / n_tp if n_tp else float("nan"),
-                        "ablation_examples": absorbed[:8]})
+            row.update(
+                {
+                    "ablation_candidates": len(candidates[c]),
+                    "ablation_scored": len(sample),
+                    "ablation_absorbed": len(absorbed),
+                    "ablation_absorption_rate": len(absorbed) * scale / n_tp if n_tp else float("nan"),
+                    "ablation_examples": absorbed[:8],
+                }
+            )
 
 
 def run_absorption(cfg: AbsorptionConfig, progress: bool = True) -> dict:
@@ -171,7 +209,9 @@ def run_absorption(cfg: AbsorptionConfig, progress: bool = True) -> dict:
         _check_sae(sae, folder, handle.d_model, point.name)
     timings = {}
     t = time.perf_counter()
-    with count_progress(f"first-letter prompts at {point.name}", cfg.words or 0, "prompts", enabled=progress) as advance:
+    with count_progress(
+        f"first-letter prompts at {point.name}", cfg.words or 0, "prompts", enabled=progress
+    ) as advance:
         task = task_activations(handle, point.name, cfg.words, cfg.seed, cfg.batch_size, progress=advance)
     timings["activations"] = time.perf_counter() - t
     letters = task.letters
@@ -185,22 +225,47 @@ def run_absorption(cfg: AbsorptionConfig, progress: bool = True) -> dict:
         raise SaeAtlasError(
             f"only {qualifying} of 26 letters have a probe F1 above {cfg.min_probe_f1} at {point.name} of "
             f"{handle.name} (mean F1 {table['f1'].mean():.2f}; {cfg.min_letters} needed): the letter is not "
-            "readable at the word token here; use an earlier layer or more --words")
+            "readable at the word token here; use an earlier layer or more --words"
+        )
     results_saes, names = [], _unique_names([folder for folder, _ in saes])
     for (folder, sae), name in zip(saes, names):
         scored = score_sae(cfg, task, probes, table, train, test, sae, handle, progress)
-        scored.update({"folder": str(folder), "name": name, "arch": sae.cfg.arch, "d_sae": sae.cfg.d_sae,
-                       "k": sae.cfg.k if sae.cfg.arch in ("topk", "batchtopk", "mp") else None})
+        scored.update(
+            {
+                "folder": str(folder),
+                "name": name,
+                "arch": sae.cfg.arch,
+                "d_sae": sae.cfg.d_sae,
+                "k": sae.cfg.k if sae.cfg.arch in ("topk", "batchtopk", "mp") else None,
+            }
+        )
         results_saes.append(scored)
     timings["total"] = time.perf_counter() - started
     return {
-        "kind": "absorption", "version": RESULTS_VERSION, "config": cfg.to_dict(), "model": handle.name,
-        "model_identity": handle.identity, "hook": point.name, "n_prompts": len(task.prompts),
-        "n_dropped": task.n_dropped, "n_train": int(len(train)), "n_test": int(len(test)),
+        "kind": "absorption",
+        "version": RESULTS_VERSION,
+        "config": cfg.to_dict(),
+        "model": handle.name,
+        "model_identity": handle.identity,
+        "hook": point.name,
+        "n_prompts": len(task.prompts),
+        "n_dropped": task.n_dropped,
+        "n_train": len(train),
+        "n_test": len(test),
         "word_position_from_end": _position_from_end(task, handle),
-        "probes": [{"letter": L, "precision": float(table["precision"][c]), "recall": float(table["recall"][c]),
-                    "f1": float(table["f1"][c]), "n_test": int(table["positives"][c])} for c, L in enumerate(LETTERS)],
-        "mean_probe_f1": float(table["f1"].mean()), "saes": results_saes, "seconds": timings,
+        "probes": [
+            {
+                "letter": L,
+                "precision": float(table["precision"][c]),
+                "recall": float(table["recall"][c]),
+                "f1": float(table["f1"][c]),
+                "n_test": int(table["positives"][c]),
+            }
+            for c, L in enumerate(LETTERS)
+        ],
+        "mean_probe_f1": float(table["f1"].mean()),
+        "saes": results_saes,
+        "seconds": timings,
     }
 
 
@@ -216,9 +281,24 @@ def _position_from_end(task: TaskActivations, handle) -> list[int]:
     return sorted({int(p - len(i)) for p, i in zip(positions, ids)})
 
 
-LETTER_COLUMNS = ["letter", "qualifies", "probe_f1", "probe_precision", "probe_recall", "n_test", "n_true_positives",
-                  "n_split", "main_latents", "k_sparse_f1", "absorption_fraction", "full_absorption_rate",
-                  "ablation_candidates", "ablation_scored", "ablation_absorbed", "ablation_absorption_rate"]
+LETTER_COLUMNS = [
+    "letter",
+    "qualifies",
+    "probe_f1",
+    "probe_precision",
+    "probe_recall",
+    "n_test",
+    "n_true_positives",
+    "n_split",
+    "main_latents",
+    "k_sparse_f1",
+    "absorption_fraction",
+    "full_absorption_rate",
+    "ablation_candidates",
+    "ablation_scored",
+    "ablation_absorbed",
+    "ablation_absorption_rate",
+]
 
 
 def _csv(rows: list[dict], columns: list[str]) -> bytes:
@@ -226,8 +306,12 @@ def _csv(rows: list[dict], columns: list[str]) -> bytes:
     writer = csv.DictWriter(buffer, fieldnames=[c for c in columns if c in rows[0]], extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else " ".join(map(str, v)) if isinstance(v, list)
-                             else v) for k, v in row.items()})
+        writer.writerow(
+            {
+                k: (f"{v:.6g}" if isinstance(v, float) else " ".join(map(str, v)) if isinstance(v, list) else v)
+                for k, v in row.items()
+            }
+        )
     return buffer.getvalue().encode()
 
 
@@ -243,8 +327,11 @@ def write_absorption(results: dict, out: str | Path) -> list[Path]:
     for sae in results["saes"]:
         rows = sae["letters"]
         write_bytes_atomic(out / f"{sae['name']}.csv", _csv(rows, LETTER_COLUMNS))
-        series = {key.replace("_", " "): [r[key] if r["qualifies"] else float("nan") for r in rows]
-                  for key in ("absorption_fraction", "full_absorption_rate", "ablation_absorption_rate") if key in rows[0]}
+        series = {
+            key.replace("_", " "): [r[key] if r["qualifies"] else float("nan") for r in rows]
+            for key in ("absorption_fraction", "full_absorption_rate", "ablation_absorption_rate")
+            if key in rows[0]
+        }
         title = f"Absorption per letter: {sae['name']} ({results['model']} {results['hook']})"
         write_bytes_atomic(out / f"{sae['name']}.svg", bar_chart_svg(list(LETTERS), series, title, "rate").encode())
         written += [out / f"{sae['name']}.csv", out / f"{sae['name']}.svg"]

@@ -54,8 +54,16 @@ def _fit_k_sparse(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, seed
     return model.predict(test).astype(bool)
 
 
-def split_feature(ranked: np.ndarray, codes_train: np.ndarray, y_train: np.ndarray, codes_test: np.ndarray,
-                  y_test: np.ndarray, tau: float = 0.03, max_k: int = 10, seed: int = 42) -> SplitResult:
+def split_feature(
+    ranked: np.ndarray,
+    codes_train: np.ndarray,
+    y_train: np.ndarray,
+    codes_test: np.ndarray,
+    y_test: np.ndarray,
+    tau: float = 0.03,
+    max_k: int = 10,
+    seed: int = 42,
+) -> SplitResult:
     """The F1-jump rule for one class: ranked [d_sae] latent ids, y_* [n] bool."""
     best_f1, main, predicted, f1s = -1.0, [], np.zeros(len(y_test), dtype=bool), []
     if y_train.all() or not y_train.any():

@@ -91,12 +91,15 @@ def stratified_sample(letters: np.ndarray, n_words: int | None, rng: np.random.G
     return np.sort(np.concatenate(chosen))
 
 
-def build_prompts(vocabulary: list[tuple[int, str]], n_words: int | None, seed: int = 0,
-                  n_examples: int = 10) -> list[Prompt]:
+def build_prompts(
+    vocabulary: list[tuple[int, str]], n_words: int | None, seed: int = 0, n_examples: int = 10
+) -> list[Prompt]:
     """Prompts for a letter-stratified sample of the vocabulary; examples drawn (seeded) from the rest."""
     if len(vocabulary) <= n_examples:
-        raise SaeAtlasError(f"the tokenizer has only {len(vocabulary)} alphabetic tokens: the first-letter task "
-                            f"needs more than {n_examples}")
+        raise SaeAtlasError(
+            f"the tokenizer has only {len(vocabulary)} alphabetic tokens: the first-letter task "
+            f"needs more than {n_examples}"
+        )
     rng = np.random.default_rng(seed)
     letters = np.array([LETTERS.index(text.strip()[0].upper()) for _, text in vocabulary])
     prompts = []
@@ -105,8 +108,16 @@ def build_prompts(vocabulary: list[tuple[int, str]], n_words: int | None, seed: 
         examples = [vocabulary[j + (j >= i)][1] for j in others]  # skip the target itself
         prefix = "\n".join(_line(w, answer=True) for w in examples) + "\n"
         token_id, word = vocabulary[i]
-        prompts.append(Prompt(word, int(token_id), int(letters[i]), prefix + _line(word, answer=False),
-                              len(prefix), len(prefix) + len(word)))
+        prompts.append(
+            Prompt(
+                word,
+                int(token_id),
+                int(letters[i]),
+                prefix + _line(word, answer=False),
+                len(prefix),
+                len(prefix) + len(word),
+            )
+        )
     return prompts
 
 
@@ -148,14 +159,28 @@ class TaskActivations:
 
 
 def _cache_key(handle: ModelHandle, hook: str, n_words: int | None, seed: int) -> str:
-    facts = {"model": handle.identity, "tokenizer": handle.tokenizer_identity, "dtype": str(handle.dtype),
-             "hook": hook, "words": n_words, "seed": seed, "version": TASK_VERSION}
+    facts = {
+        "model": handle.identity,
+        "tokenizer": handle.tokenizer_identity,
+        "dtype": str(handle.dtype),
+        "hook": hook,
+        "words": n_words,
+        "seed": seed,
+        "version": TASK_VERSION,
+    }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
 
 @torch.no_grad()
-def task_activations(handle: ModelHandle, hook: str, n_words: int | None = 4000, seed: int = 0,
-                     batch_size: int = 32, use_cache: bool = True, progress=None) -> TaskActivations:
+def task_activations(
+    handle: ModelHandle,
+    hook: str,
+    n_words: int | None = 4000,
+    seed: int = 0,
+    batch_size: int = 32,
+    use_cache: bool = True,
+    progress=None,
+) -> TaskActivations:
     """Run the first-letter prompts through `handle` up to `hook` and keep the target word's activation.
 
     Cached on disk by model, tokenizer, hook, sample size and seed (`$SAEATLAS_CACHE/absorption`): the
@@ -171,8 +196,10 @@ def task_activations(handle: ModelHandle, hook: str, n_words: int | None = 4000,
     ids, positions, single = tokenize_prompts(handle.tokenizer, prompts)
     keep = np.flatnonzero(single)
     if len(keep) == 0:
-        raise SaeAtlasError(f"no first-letter prompt keeps its target word as one token in {handle.name}'s "
-                            "tokenization: this tokenizer does not suit the task")
+        raise SaeAtlasError(
+            f"no first-letter prompt keeps its target word as one token in {handle.name}'s "
+            "tokenization: this tokenizer does not suit the task"
+        )
     order = sorted(keep, key=lambda i: len(ids[i]))  # similar lengths per batch: little padding
     acts = np.zeros((len(prompts), handle.d_model), dtype=np.float32)
     pad = handle.tokenizer.pad_token_id or 0
@@ -191,8 +218,9 @@ def task_activations(handle: ModelHandle, hook: str, n_words: int | None = 4000,
             progress(len(rows))
     if not np.isfinite(acts[keep]).all():
         raise SaeAtlasError(f"{handle.name} produced NaN or Inf activations at {point.name}: try --model-dtype float32")
-    task = TaskActivations([prompts[i] for i in keep], acts[keep], positions[keep], point.name, handle.name,
-                           int(len(prompts) - len(keep)))
+    task = TaskActivations(
+        [prompts[i] for i in keep], acts[keep], positions[keep], point.name, handle.name, int(len(prompts) - len(keep))
+    )
     if use_cache:
         _write_cached(folder, task)
     return task
@@ -204,8 +232,15 @@ def _write_cached(folder: Path, task: TaskActivations) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(folder / "acts.safetensors", save({"acts": task.acts, "positions": task.positions}))
     # task.json last: it marks the entry complete.
-    write_json_atomic(folder / "task.json", {"prompts": [asdict(p) for p in task.prompts], "hook": task.hook,
-                                            "model": task.model, "n_dropped": task.n_dropped})
+    write_json_atomic(
+        folder / "task.json",
+        {
+            "prompts": [asdict(p) for p in task.prompts],
+            "hook": task.hook,
+            "model": task.model,
+            "n_dropped": task.n_dropped,
+        },
+    )
 
 
 def _read_cached(folder: Path) -> TaskActivations:
@@ -213,5 +248,11 @@ def _read_cached(folder: Path) -> TaskActivations:
 
     meta = json.loads((folder / "task.json").read_text())
     tensors = load_file(folder / "acts.safetensors")
-    return TaskActivations([Prompt(**p) for p in meta["prompts"]], tensors["acts"], tensors["positions"],
-                           meta["hook"], meta["model"], meta["n_dropped"])
+    return TaskActivations(
+        [Prompt(**p) for p in meta["prompts"]],
+        tensors["acts"],
+        tensors["positions"],
+        meta["hook"],
+        meta["model"],
+        meta["n_dropped"],
+    )

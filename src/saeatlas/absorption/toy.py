@@ -48,8 +48,15 @@ def toy_features(d: int = 50, n_features: int = 4, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(q.T)
 
 
-def toy_firing(n_samples: int, co_occur: bool, seed: int = 0, p_parent: float = 0.25, p_child: float = 0.01,
-               p_other: float = 0.05, n_features: int = 4) -> np.ndarray:
+def toy_firing(
+    n_samples: int,
+    co_occur: bool,
+    seed: int = 0,
+    p_parent: float = 0.25,
+    p_child: float = 0.01,
+    p_other: float = 0.05,
+    n_features: int = 4,
+) -> np.ndarray:
     """[n_samples, n_features] bool: which features fire on each input.
 
     f0 fires with probability `p_parent`, f1 with `p_child`, the others with `p_other`, independently; with
@@ -68,8 +75,16 @@ def toy_firing(n_samples: int, co_occur: bool, seed: int = 0, p_parent: float = 
     return active
 
 
-def toy_data(n_samples: int, co_occur: bool, seed: int = 0, d: int = 50, n_features: int = 4,
-             magnitude_noise: float = 0.0, noise: float = 0.0, **firing) -> tuple[np.ndarray, np.ndarray]:
+def toy_data(
+    n_samples: int,
+    co_occur: bool,
+    seed: int = 0,
+    d: int = 50,
+    n_features: int = 4,
+    magnitude_noise: float = 0.0,
+    noise: float = 0.0,
+    **firing,
+) -> tuple[np.ndarray, np.ndarray]:
     """(x [n_samples, d] float32, active [n_samples, n_features] bool): sums of active `toy_features` rows.
 
     Each active feature has magnitude 1 (times 1 + magnitude_noise * N(0, 1)); `noise` adds Gaussian noise
@@ -101,8 +116,16 @@ def relu_objective(sae, x: torch.Tensor) -> float:
     return float(mse + sae.cfg.l1_coefficient / scale * l1)
 
 
-def train_toy_sae(x: np.ndarray, seed: int = 0, d_sae: int = 4, l1_coefficient: float = 1.0, steps: int = 1000,
-                  batch_size: int = 256, lr: float = 3e-3, restarts: int = 4):
+def train_toy_sae(
+    x: np.ndarray,
+    seed: int = 0,
+    d_sae: int = 4,
+    l1_coefficient: float = 1.0,
+    steps: int = 1000,
+    batch_size: int = 256,
+    lr: float = 3e-3,
+    restarts: int = 4,
+):
     """A ReLU (L1) SAE on x [n, d_in] from the package's trainer, best of `restarts` initialisations.
 
     Initialisation r uses training seed 1000 * seed + r; the one with the lowest `relu_objective` on x is
@@ -117,8 +140,15 @@ def train_toy_sae(x: np.ndarray, seed: int = 0, d_sae: int = 4, l1_coefficient: 
     cfg = SAEConfig(arch="relu", d_in=x.shape[1], d_sae=d_sae, l1_coefficient=l1_coefficient, k=1)
     best, best_loss = None, float("inf")
     for r in range(restarts):
-        train = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=50, checkpoint_every=0,
-                            seed=1000 * seed + r, dtype="float32")
+        train = TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            warmup_steps=50,
+            checkpoint_every=0,
+            seed=1000 * seed + r,
+            dtype="float32",
+        )
         sae, _ = train_sae(cfg, source, train)
         loss = relu_objective(sae, source.x)
         if loss < best_loss:
@@ -126,8 +156,16 @@ def train_toy_sae(x: np.ndarray, seed: int = 0, d_sae: int = 4, l1_coefficient: 
     return best
 
 
-def toy_absorption(co_occur: bool, seed: int = 0, n_samples: int = 30_000, d_sae: int = 4,
-                   l1_coefficient: float = 1.0, steps: int = 1000, restarts: int = 4, **firing) -> dict:
+def toy_absorption(
+    co_occur: bool,
+    seed: int = 0,
+    n_samples: int = 30_000,
+    d_sae: int = 4,
+    l1_coefficient: float = 1.0,
+    steps: int = 1000,
+    restarts: int = 4,
+    **firing,
+) -> dict:
     """Train a toy SAE (`train_toy_sae`) and measure the parent's absorption as saeatlas measures a model.
 
     A probe for "f0 fires" on the raw inputs (80/20 split stratified by f0, `seed`; the spec's recipe with
@@ -145,8 +183,7 @@ def toy_absorption(co_occur: bool, seed: int = 0, n_samples: int = 30_000, d_sae
     with one_torch_thread():
         x, active = toy_data(n_samples, co_occur, seed=seed, **firing)
         features = toy_features(x.shape[1], active.shape[1], seed=seed)  # [n_features, d]
-        sae = train_toy_sae(x, seed=seed, d_sae=d_sae, l1_coefficient=l1_coefficient, steps=steps,
-                            restarts=restarts)
+        sae = train_toy_sae(x, seed=seed, d_sae=d_sae, l1_coefficient=l1_coefficient, steps=steps, restarts=restarts)
         with torch.no_grad():
             codes = sae.encode(torch.from_numpy(x)).numpy()  # [n, d_sae]
         W_dec = sae.W_dec.detach().double().numpy()  # [d_sae, d_in]
@@ -166,19 +203,25 @@ def toy_absorption(co_occur: bool, seed: int = 0, n_samples: int = 30_000, d_sae
     with np.errstate(divide="ignore", invalid="ignore"):
         share = codes[tp][child][:, absorber] * along[absorber] / proj["act_proj"][child]  # [n_child]
     return {
-        "co_occur": co_occur, "seed": seed,
+        "co_occur": co_occur,
+        "seed": seed,
         "probe_f1": float(classification_scores(predicted[:, None], parent[test, None])["f1"][0]),
-        "main_latents": split.main, "f1_by_k": split.f1_by_k,
-        "n_child": int(child.sum()), "n_parent_only": int((~child).sum()),
-        "child_fraction": _mean(proj["fraction"][child]), "child_full_rate": _mean(proj["full"][child]),
+        "main_latents": split.main,
+        "f1_by_k": split.f1_by_k,
+        "n_child": int(child.sum()),
+        "n_parent_only": int((~child).sum()),
+        "child_fraction": _mean(proj["fraction"][child]),
+        "child_full_rate": _mean(proj["full"][child]),
         "parent_only_fraction": _mean(proj["fraction"][~child]),
         "parent_only_full_rate": _mean(proj["full"][~child]),
         "main_firing_on_child": _mean((codes[tp][child][:, split.main] > 0).any(axis=1)),
-        "absorber": absorber, "absorber_share": _mean(share),
+        "absorber": absorber,
+        "absorber_share": _mean(share),
         "absorber_cos_f0": float(unit[absorber] @ features[PARENT]),
         "absorber_cos_f1": float(unit[absorber] @ features[CHILD]),
         "absorber_cos_probe": float(probe_cos[absorber]),
-        "child_latent": child_latent, "child_latent_cos_f0": float(unit[child_latent] @ features[PARENT]),
+        "child_latent": child_latent,
+        "child_latent_cos_f0": float(unit[child_latent] @ features[PARENT]),
         "decoder_cos_features": unit @ features.T,
         "l0": float((codes > 0).sum(1).mean()),
     }

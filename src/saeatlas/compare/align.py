@@ -100,7 +100,7 @@ def align_stores(
         "usable_a": int(((a.flags & exclude) == 0).sum()),
         "usable_b": int(((b.flags & exclude) == 0).sum()),
         "shared_documents": n_shared,
-        "aligned": int(len(rows_a)),
+        "aligned": len(rows_a),
         "same_char_other_window": int(other_window),
         "method": "position" if same_tokenizer else "char_offset",
         "shift": int(shift),
@@ -150,9 +150,7 @@ def _shared_groups(store_a: ActivationStore, store_b: ActivationStore) -> tuple[
     in_b = set(keys_b) - {None}
     shared = {key: i for i, key in enumerate(k for k in keys_a if k is not None and k in in_b)}
     if not shared:
-        raise SaeAtlasError(
-            f"stores '{store_a.path}' and '{store_b.path}' share no document (by key): {_HINT}"
-        )
+        raise SaeAtlasError(f"stores '{store_a.path}' and '{store_b.path}' share no document (by key): {_HINT}")
     return _group_map(keys_a, shared), _group_map(keys_b, shared), len(shared)
 
 
@@ -210,8 +208,15 @@ def _tokens(store: ActivationStore, doc_groups: np.ndarray, exclude: int) -> _To
     usable = np.zeros(len(index), dtype=bool)
     usable[text] = complete
     usable &= ((index["flags"] & exclude) == 0) & (group >= 0) & (start_key >= 0)
-    return _Tokens(index["token_id"].astype(np.int64), group, window, start_key,
-                   index["char_end"].astype(np.int64), index["flags"], usable)
+    return _Tokens(
+        index["token_id"].astype(np.int64),
+        group,
+        window,
+        start_key,
+        index["char_end"].astype(np.int64),
+        index["flags"],
+        usable,
+    )
 
 
 def _match(a: _Tokens, b: _Tokens) -> tuple[np.ndarray, np.ndarray, int]:
@@ -242,8 +247,9 @@ def _keep_first(keys: np.ndarray) -> np.ndarray:
     return np.sort(np.unique(keys, return_index=True)[1])
 
 
-def _shifted(rows_a: np.ndarray, rows_b: np.ndarray, b: _Tokens, shift: int, exclude: int,
-             path_b) -> tuple[np.ndarray, np.ndarray]:
+def _shifted(
+    rows_a: np.ndarray, rows_b: np.ndarray, b: _Tokens, shift: int, exclude: int, path_b
+) -> tuple[np.ndarray, np.ndarray]:
     """Aligned pairs with B moved `shift` rows within its window; pairs leaving the window or landing on an
     excluded token are dropped."""
     target = rows_b + shift
@@ -251,8 +257,9 @@ def _shifted(rows_a: np.ndarray, rows_b: np.ndarray, b: _Tokens, shift: int, exc
     target_c = np.clip(target, 0, max(len(b.window) - 1, 0))
     keep = inside & (b.window[target_c] == b.window[rows_b]) & ((b.flags[target_c] & exclude) == 0)
     if not keep.any():
-        raise SaeAtlasError(f"shift {shift} moves every aligned position of '{path_b}' out of its window: "
-                            "use a smaller shift")
+        raise SaeAtlasError(
+            f"shift {shift} moves every aligned position of '{path_b}' out of its window: use a smaller shift"
+        )
     return rows_a[keep], target[keep]
 
 

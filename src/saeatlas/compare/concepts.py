@@ -48,8 +48,9 @@ def load_concepts(path: str | Path | None = None) -> dict[str, list[str]]:
 def _checked(raw, source: str) -> dict[str, list[str]]:
     """`raw` as name -> list of words, or SaeAtlasError naming `source` and the problem."""
     if not isinstance(raw, dict) or not raw:
-        raise SaeAtlasError(f"concepts file '{source}' must map concept names to word lists, "
-                            'e.g. Time = ["day", "week"]')
+        raise SaeAtlasError(
+            f'concepts file \'{source}\' must map concept names to word lists, e.g. Time = ["day", "week"]'
+        )
     concepts = {}
     for name, words in raw.items():
         if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
@@ -104,8 +105,10 @@ def _check_shapes(token_ids: np.ndarray, positions: np.ndarray, top_rows: np.nda
     if top_rows.ndim != 2:
         raise SaeAtlasError(f"top_rows must be [d_sae, k] store rows, got shape {top_rows.shape}")
     if top_rows.size and top_rows.max() >= len(token_ids):
-        raise SaeAtlasError(f"top_rows holds row {top_rows.max()} but the store has {len(token_ids)} rows: "
-                            "pass the token ids of the store the rows index")
+        raise SaeAtlasError(
+            f"top_rows holds row {top_rows.max()} but the store has {len(token_ids)} rows: "
+            "pass the token ids of the store the rows index"
+        )
 
 
 def _sequence_table(tokenizer, concepts: dict[str, list[str]]) -> tuple[np.ndarray, np.ndarray]:
@@ -124,8 +127,9 @@ def _sequence_table(tokenizer, concepts: dict[str, list[str]]) -> tuple[np.ndarr
     return table, member
 
 
-def _row_concepts(rows: np.ndarray, token_ids: np.ndarray, positions: np.ndarray, table: np.ndarray,
-                  member: np.ndarray) -> np.ndarray:
+def _row_concepts(
+    rows: np.ndarray, token_ids: np.ndarray, positions: np.ndarray, table: np.ndarray, member: np.ndarray
+) -> np.ndarray:
     """[m, C] bool: the concepts of which row `rows[i]` ends a keyword sequence (inside its window)."""
     out = np.zeros((len(rows), member.shape[1]), dtype=bool)
     if len(rows) == 0 or len(table) == 0:

@@ -74,17 +74,25 @@ class CompareConfig:
     seed: int = 0
     """Seed of permutations, bootstraps and samples."""
 
-    def validate(self) -> "CompareConfig":
+    def validate(self) -> CompareConfig:
         _check(self.method in METHODS, "--method", self.method, f"use one of {', '.join(METHODS)}")
         _check(-1 <= self.threshold < 1, "--threshold", self.threshold, "use a correlation in [-1, 1)")
         _check(self.n_permutations >= 1, "--permutations", self.n_permutations, "use at least 1 (1000 for p-values)")
         _check(self.n_bootstrap >= 0, "--bootstrap", self.n_bootstrap, "use 0 (none) or more")
-        _check(len(self.layers_a) > 0 and len(self.layers_b) > 0, "layers", (self.layers_a, self.layers_b),
-               "give at least one layer per model")
+        _check(
+            len(self.layers_a) > 0 and len(self.layers_b) > 0,
+            "layers",
+            (self.layers_a, self.layers_b),
+            "give at least one layer per model",
+        )
         for c in self.controls:
             _check(c in CONTROLS, "control", c, f"use some of {', '.join(CONTROLS)}")
-        _check("skyline" not in self.controls or bool(self.skyline_sae_a), "skyline control", self.skyline_sae_a,
-               "give --skyline-sae-a (SAEs of model A trained with another seed)")
+        _check(
+            "skyline" not in self.controls or bool(self.skyline_sae_a),
+            "skyline control",
+            self.skyline_sae_a,
+            "give --skyline-sae-a (SAEs of model A trained with another seed)",
+        )
         _check(self.top_m >= 1, "--top-m", self.top_m, "use at least 1")
         from .similarity import MEASURES
 

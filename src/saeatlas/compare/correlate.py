@@ -95,8 +95,9 @@ def _moments(n: float, total: np.ndarray, total_sq: np.ndarray) -> _Moments:
 
 
 # ---------------------------------------------------------------- public
-def pearson_sparse(codes_a: sp.sparray, codes_b: sp.sparray, top_m: int = 10, dense: bool = False,
-                   block: int | None = None) -> CorrelationResult:
+def pearson_sparse(
+    codes_a: sp.sparray, codes_b: sp.sparray, top_m: int = 10, dense: bool = False, block: int | None = None
+) -> CorrelationResult:
     """Pearson correlation between every column of `codes_a` [n, d_a] and of `codes_b` [n, d_b] (sparse).
 
     block: at most this many A latents per block of cross sums (default: a 16 MiB float64 block; blocks
@@ -143,8 +144,10 @@ def pearson_dense(x_a, x_b, top_m: int = 10, chunk: int = 8192) -> CorrelationRe
 # ---------------------------------------------------------------- inputs
 def _as_csr(codes, name: str) -> sp.csr_array:
     if not sp.issparse(codes):
-        raise SaeAtlasError(f"{name} must be a scipy sparse array [n_positions, d_sae] (see encode_sparse); "
-                            f"got {type(codes).__name__}: use pearson_dense for dense activations")
+        raise SaeAtlasError(
+            f"{name} must be a scipy sparse array [n_positions, d_sae] (see encode_sparse); "
+            f"got {type(codes).__name__}: use pearson_dense for dense activations"
+        )
     csr = sp.csr_array(codes)
     if csr.ndim != 2:
         raise SaeAtlasError(f"{name} must be 2-D [n_positions, d_sae], got shape {csr.shape}")
@@ -175,8 +178,7 @@ def _column_sums(csr: sp.csr_array) -> tuple[np.ndarray, np.ndarray]:
     """([d] sum, [d] sum of squares) of each column, in float64."""
     values = csr.data.astype(np.float64)
     d = csr.shape[1]
-    return (_scatter_add(csr.indices, values, d),
-            _scatter_add(csr.indices, values * values, d))
+    return (_scatter_add(csr.indices, values, d), _scatter_add(csr.indices, values * values, d))
 
 
 def _scatter_add(keys: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
@@ -232,8 +234,9 @@ class _RowGather:
             self.columns = b.indices.astype(np.int64)
             self.values = b.data.astype(np.float64)
 
-    def products(self, positions: np.ndarray, a_values: np.ndarray, row_key: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def products(
+        self, positions: np.ndarray, a_values: np.ndarray, row_key: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Flat keys row_key + j and products a * b_j over the B nonzeros j at each position. [m] in, [P] out."""
         if self.padded:
             keys = self.columns[positions]  # [m, width]
@@ -249,8 +252,9 @@ class _RowGather:
 
 
 # ---------------------------------------------------------------- correlations
-def _collect(blocks: Iterator[tuple[int, int, np.ndarray]], n: int, mom_a: _Moments, mom_b: _Moments,
-             top_m: int, dense: bool) -> CorrelationResult:
+def _collect(
+    blocks: Iterator[tuple[int, int, np.ndarray]], n: int, mom_a: _Moments, mom_b: _Moments, top_m: int, dense: bool
+) -> CorrelationResult:
     """Turn blocks of cross sums into correlations; keep bests and top-m candidates on both sides."""
     d_a, d_b = len(mom_a.mean), len(mom_b.mean)
     m_rows, m_cols = min(top_m, d_b), min(top_m, d_a)
@@ -280,11 +284,18 @@ def _collect(blocks: Iterator[tuple[int, int, np.ndarray]], n: int, mom_a: _Mome
     cand_b_for_a, corr_b_for_a = _finish_candidates(row_idx, row_val, top_m)
     cand_a_for_b, corr_a_for_b = _finish_candidates(*cols.result(), top_m)
     return CorrelationResult(
-        n_positions=int(n), dead_a=mom_a.dead, dead_b=mom_b.dead,
-        best_a_for_b=cand_a_for_b[:, 0].copy(), best_corr_for_b=corr_a_for_b[:, 0].copy(),
-        best_b_for_a=cand_b_for_a[:, 0].copy(), best_corr_for_a=corr_b_for_a[:, 0].copy(),
-        cand_a_for_b=cand_a_for_b, cand_corr_a_for_b=corr_a_for_b,
-        cand_b_for_a=cand_b_for_a, cand_corr_b_for_a=corr_b_for_a, matrix=matrix,
+        n_positions=int(n),
+        dead_a=mom_a.dead,
+        dead_b=mom_b.dead,
+        best_a_for_b=cand_a_for_b[:, 0].copy(),
+        best_corr_for_b=corr_a_for_b[:, 0].copy(),
+        best_b_for_a=cand_b_for_a[:, 0].copy(),
+        best_corr_for_a=corr_b_for_a[:, 0].copy(),
+        cand_a_for_b=cand_a_for_b,
+        cand_corr_a_for_b=corr_a_for_b,
+        cand_b_for_a=cand_b_for_a,
+        cand_corr_b_for_a=corr_b_for_a,
+        matrix=matrix,
     )
 
 
@@ -399,8 +410,14 @@ class GroupSums:
         return self.unique_cross[:, self.slot]
 
 
-def group_sums(codes_a: sp.sparray, codes_b: sp.sparray, groups: np.ndarray, pairs_a: np.ndarray,
-               pairs_b: np.ndarray, n_groups: int | None = None) -> GroupSums:
+def group_sums(
+    codes_a: sp.sparray,
+    codes_b: sp.sparray,
+    groups: np.ndarray,
+    pairs_a: np.ndarray,
+    pairs_b: np.ndarray,
+    n_groups: int | None = None,
+) -> GroupSums:
     """Per-group sums of every latent and cross sums of the pairs (pairs_a[q], pairs_b[q]), q < p.
 
     groups [n_positions] int in 0..G-1 (G = n_groups, default max + 1).  Memory: 4 [G, d] and one
@@ -417,10 +434,10 @@ def group_sums(codes_a: sp.sparray, codes_b: sp.sparray, groups: np.ndarray, pai
     sum_b, sumsq_b = _group_column_sums(b, groups, G)
     keys, slot = np.unique(pairs_a * b.shape[1] + pairs_b, return_inverse=True)
     unique_a, unique_b = keys // b.shape[1], keys % b.shape[1]
-    cross = _group_cross(sp.csc_array(a, dtype=np.float64), sp.csc_array(b, dtype=np.float64), groups, G,
-                         unique_a, unique_b)
-    return GroupSums(n, sum_a, sumsq_a, sum_b, sumsq_b, pairs_a, pairs_b, unique_a, unique_b, cross,
-                     slot.reshape(-1))
+    cross = _group_cross(
+        sp.csc_array(a, dtype=np.float64), sp.csc_array(b, dtype=np.float64), groups, G, unique_a, unique_b
+    )
+    return GroupSums(n, sum_a, sumsq_a, sum_b, sumsq_b, pairs_a, pairs_b, unique_a, unique_b, cross, slot.reshape(-1))
 
 
 def weighted_correlations(sums: GroupSums, counts: np.ndarray) -> np.ndarray:
@@ -469,12 +486,12 @@ def _group_column_sums(csr: sp.csr_array, groups: np.ndarray, G: int) -> tuple[n
     d = csr.shape[1]
     keys = np.repeat(groups * d, np.diff(csr.indptr)) + csr.indices
     values = csr.data.astype(np.float64)
-    return (_scatter_add(keys, values, G * d).reshape(G, d),
-            _scatter_add(keys, values * values, G * d).reshape(G, d))
+    return (_scatter_add(keys, values, G * d).reshape(G, d), _scatter_add(keys, values * values, G * d).reshape(G, d))
 
 
-def _group_cross(a: sp.csc_array, b: sp.csc_array, groups: np.ndarray, G: int, pairs_a: np.ndarray,
-                 pairs_b: np.ndarray) -> np.ndarray:
+def _group_cross(
+    a: sp.csc_array, b: sp.csc_array, groups: np.ndarray, G: int, pairs_a: np.ndarray, pairs_b: np.ndarray
+) -> np.ndarray:
     """[G, p] sums over each group of a_i * b_j for the pairs, from the paired columns' element products."""
     out = np.zeros((G, len(pairs_a)))
     a.sort_indices()
@@ -483,8 +500,9 @@ def _group_cross(a: sp.csc_array, b: sp.csc_array, groups: np.ndarray, G: int, p
     work = np.concatenate([[0], np.cumsum(size)])
     start = 0
     while start < len(pairs_a):
-        stop = int(min(max(np.searchsorted(work, work[start] + PRODUCT_BUDGET, side="right") - 1, start + 1),
-                       len(pairs_a)))
+        stop = int(
+            min(max(np.searchsorted(work, work[start] + PRODUCT_BUDGET, side="right") - 1, start + 1), len(pairs_a))
+        )
         both = sp.csc_array(a[:, pairs_a[start:stop]].multiply(b[:, pairs_b[start:stop]]))  # [n, c]
         c = stop - start
         column = np.repeat(np.arange(c), np.diff(both.indptr))

@@ -51,8 +51,13 @@ class Matches:
     """Pairs left after each stage, in order: candidates, after_dead, ..., final."""
 
 
-def match(result: CorrelationResult, method: str = "many_to_one", threshold: float = 0.1,
-          junk_a: np.ndarray | None = None, junk_b: np.ndarray | None = None) -> Matches:
+def match(
+    result: CorrelationResult,
+    method: str = "many_to_one",
+    threshold: float = 0.1,
+    junk_a: np.ndarray | None = None,
+    junk_b: np.ndarray | None = None,
+) -> Matches:
     """Pair A and B latents by `method` (see the module docstring), then filter: dead, threshold, junk.
 
     junk_a [d_a] / junk_b [d_b] bool: latents to drop (None: no junk filter).  Pairs come in B order
@@ -69,8 +74,7 @@ def match(result: CorrelationResult, method: str = "many_to_one", threshold: flo
     a = np.asarray(result.best_a_for_b, dtype=np.int64)
     corr = np.asarray(result.best_corr_for_b, dtype=np.float64)
     stages = _Stages(d_b)
-    keep = stages.cut("after_dead", (a >= 0) & ~result.dead_b & ~result.dead_a[np.maximum(a, 0)]
-                      & np.isfinite(corr))
+    keep = stages.cut("after_dead", (a >= 0) & ~result.dead_b & ~result.dead_a[np.maximum(a, 0)] & np.isfinite(corr))
     junk = junk_a[np.maximum(a, 0)] | junk_b
     if method == "legacy_first":
         # The paper's order: junk filter, then first occurrence, then the correlation threshold.
@@ -103,8 +107,10 @@ def _mask(mask: np.ndarray | None, d: int, name: str) -> np.ndarray:
         return np.zeros(d, dtype=bool)
     mask = np.asarray(mask)
     if mask.shape != (d,) or mask.dtype != bool:
-        raise SaeAtlasError(f"{name} must be a bool mask of shape ({d},), got {mask.dtype} {mask.shape}: "
-                            "compute it with junk_latents for the same SAE")
+        raise SaeAtlasError(
+            f"{name} must be a bool mask of shape ({d},), got {mask.dtype} {mask.shape}: "
+            "compute it with junk_latents for the same SAE"
+        )
     return mask
 
 
@@ -207,8 +213,10 @@ def junk_latents(top_rows: np.ndarray, token_ids_at_rows: np.ndarray, junk_ids: 
     if top_rows.ndim != 2:
         raise SaeAtlasError(f"top_rows must be [d_sae, k], got shape {top_rows.shape}")
     if top_rows.size and top_rows.max() >= len(tokens):
-        raise SaeAtlasError(f"top_rows point at row {top_rows.max()} but only {len(tokens)} token ids were given: "
-                            "give the token id of every row the codes were computed on")
+        raise SaeAtlasError(
+            f"top_rows point at row {top_rows.max()} but only {len(tokens)} token ids were given: "
+            "give the token id of every row the codes were computed on"
+        )
     valid = top_rows >= 0
     is_junk = np.isin(tokens[np.where(valid, top_rows, 0)], np.asarray(junk_ids)) & valid
     return is_junk.any(axis=1)

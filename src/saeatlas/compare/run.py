@@ -34,7 +34,7 @@ from .align import Alignment, align_stores, gather_rows
 from .codes import encode_sparse, top_positions
 from .config import CompareConfig
 from .correlate import CorrelationResult, group_sums, pearson_dense, pearson_sparse, weighted_correlations
-from .match import Matches, junk_latents, junk_token_ids, match
+from .match import junk_latents, junk_token_ids, match
 from .similarity import MEASURES
 from .stats import basic_interval, benjamini_hochberg, bootstrap_counts, permutation_null, summarize
 
@@ -56,11 +56,16 @@ def hook_name(layer: str) -> str:
 def sae_folder(template: str, hook: str) -> Path:
     """The SAE folder for `hook`: a template with {hook} / {layer}, or a folder with one subfolder per hook."""
     layer = hook.rsplit(".", 1)[-1]
-    path = Path(template.format(hook=hook, layer=layer)) if ("{hook}" in template or "{layer}" in template) \
+    path = (
+        Path(template.format(hook=hook, layer=layer))
+        if ("{hook}" in template or "{layer}" in template)
         else Path(template) / hook
+    )
     if not path.is_dir():
-        raise SaeAtlasError(f"no SAE for {hook}: '{path}' does not exist (give a template with {{hook}} or a folder "
-                            "holding one SAE folder per hook)")
+        raise SaeAtlasError(
+            f"no SAE for {hook}: '{path}' does not exist (give a template with {{hook}} or a folder "
+            "holding one SAE folder per hook)"
+        )
     return path
 
 
@@ -77,8 +82,16 @@ class Side:
     """[n_latents] bool: a top activating token is a junk token."""
 
 
-def sae_side(label: str, store: ActivationStore, hook: str, sae: SparseAutoencoder, rows: np.ndarray,
-             token_ids: np.ndarray, junk_ids: np.ndarray | None, chunk: int = 8192) -> Side:
+def sae_side(
+    label: str,
+    store: ActivationStore,
+    hook: str,
+    sae: SparseAutoencoder,
+    rows: np.ndarray,
+    token_ids: np.ndarray,
+    junk_ids: np.ndarray | None,
+    chunk: int = 8192,
+) -> Side:
     """Encode the activations at `rows` of `store` with `sae` (sparse), with the junk mask of its latents."""
     if sae.cfg.d_in != store.d_model:
         raise SaeAtlasError(f"{label}: the SAE has d_in {sae.cfg.d_in} but {store.path} holds d_model {store.d_model}")
@@ -132,8 +145,14 @@ def measure_value(cfg: CompareConfig, measure: str, X: np.ndarray, Y: np.ndarray
 
 
 def _no_score(n_permutations: int) -> dict:
-    return {"observed": math.nan, "null_mean": math.nan, "null_std": math.nan, "z": math.nan, "p": math.nan,
-            "n_permutations": n_permutations}
+    return {
+        "observed": math.nan,
+        "null_mean": math.nan,
+        "null_std": math.nan,
+        "z": math.nan,
+        "p": math.nan,
+        "n_permutations": n_permutations,
+    }
 
 
 def score_spaces(X: np.ndarray, Y: np.ndarray, measures: list[str], cfg: CompareConfig) -> dict:
@@ -146,8 +165,14 @@ def score_spaces(X: np.ndarray, Y: np.ndarray, measures: list[str], cfg: Compare
         try:
             observed = measure_value(cfg, measure, X, Y)
             Xs, Ys = _sample_rows(X, Y, measure, cfg)
-            null = permutation_null(measure, Xs, Ys, n_permutations=cfg.n_permutations, seed=cfg.seed,
-                                    **_measure_kwargs(cfg, measure, len(Xs)))
+            null = permutation_null(
+                measure,
+                Xs,
+                Ys,
+                n_permutations=cfg.n_permutations,
+                seed=cfg.seed,
+                **_measure_kwargs(cfg, measure, len(Xs)),
+            )
         except SaeAtlasError as exc:  # degenerate pairs (e.g. every pair on one latent): no score, say why
             out[measure] = {**_no_score(0), "note": str(exc)}
             continue
@@ -175,13 +200,27 @@ def _rematch(result: CorrelationResult, corr_a_for_b: np.ndarray, corr_b_for_a: 
 
     best_a_for_b, best_corr_for_b = best(result.cand_a_for_b, corr_a_for_b)
     best_b_for_a, best_corr_for_a = best(result.cand_b_for_a, corr_b_for_a)
-    return dataclasses.replace(result, cand_corr_a_for_b=corr_a_for_b, cand_corr_b_for_a=corr_b_for_a,
-                               best_a_for_b=best_a_for_b, best_corr_for_b=best_corr_for_b,
-                               best_b_for_a=best_b_for_a, best_corr_for_a=best_corr_for_a, matrix=None)
+    return dataclasses.replace(
+        result,
+        cand_corr_a_for_b=corr_a_for_b,
+        cand_corr_b_for_a=corr_b_for_a,
+        best_a_for_b=best_a_for_b,
+        best_corr_for_b=best_corr_for_b,
+        best_b_for_a=best_b_for_a,
+        best_corr_for_a=best_corr_for_a,
+        matrix=None,
+    )
 
 
-def bootstrap_scores(a: Side, b: Side, result: CorrelationResult, groups: np.ndarray, n_groups: int,
-                     cfg: CompareConfig, observed: dict[str, float]) -> dict:
+def bootstrap_scores(
+    a: Side,
+    b: Side,
+    result: CorrelationResult,
+    groups: np.ndarray,
+    n_groups: int,
+    cfg: CompareConfig,
+    observed: dict[str, float],
+) -> dict:
     """Confidence intervals over documents: resample documents, recompute the candidates' correlations from
     per-document sums, re-match, re-score the matched decoder rows; measure -> `basic_interval` around its
     `observed` score."""
@@ -190,7 +229,9 @@ def bootstrap_scores(a: Side, b: Side, result: CorrelationResult, groups: np.nda
     pairs_a = np.concatenate([result.cand_a_for_b.reshape(-1), np.repeat(np.arange(d_a), result.cand_b_for_a.shape[1])])
     pairs_b = np.concatenate([np.repeat(np.arange(d_b), m), result.cand_b_for_a.reshape(-1)])
     valid = (pairs_a >= 0) & (pairs_b >= 0)
-    sums = group_sums(a.codes, b.codes, groups, np.where(valid, pairs_a, 0), np.where(valid, pairs_b, 0), n_groups=n_groups)
+    sums = group_sums(
+        a.codes, b.codes, groups, np.where(valid, pairs_a, 0), np.where(valid, pairs_b, 0), n_groups=n_groups
+    )
     n_first = d_b * m
     measures = [mm for mm in cfg.bootstrap_measures if mm in cfg.measures]
 
@@ -217,12 +258,15 @@ def score_pair(a: Side, b: Side, cfg: CompareConfig, groups: np.ndarray, n_group
     X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
     alive_b = ~result.dead_b
     row = {
-        "a": a.label, "b": b.label,
+        "a": a.label,
+        "b": b.label,
         "n_positions": int(result.n_positions),
-        "n_latents_a": int(a.decoder.shape[0]), "n_latents_b": int(b.decoder.shape[0]),
-        "dead_a": int(result.dead_a.sum()), "dead_b": int(result.dead_b.sum()),
+        "n_latents_a": int(a.decoder.shape[0]),
+        "n_latents_b": int(b.decoder.shape[0]),
+        "dead_a": int(result.dead_a.sum()),
+        "dead_b": int(result.dead_b.sum()),
         "mean_max_corr": float(np.nanmean(result.best_corr_for_b[alive_b])) if alive_b.any() else math.nan,
-        "n_pairs": int(len(pairs.idx_a)),
+        "n_pairs": len(pairs.idx_a),
         "matched_corr_mean": float(pairs.corr.mean()) if len(pairs.corr) else math.nan,
         "match_counts": {k: int(v) for k, v in pairs.counts.items()},
     }
@@ -234,9 +278,10 @@ def score_pair(a: Side, b: Side, cfg: CompareConfig, groups: np.ndarray, n_group
     rng = np.random.default_rng(cfg.seed)
     n_pos = result.n_positions
     sample = np.sort(rng.choice(n_pos, size=min(cfg.activation_positions, n_pos), replace=False))
-    row["activations"] = score_spaces(_activation_sample(a, sample, pairs.idx_a), _activation_sample(b, sample, pairs.idx_b),
-                                      measures, cfg)
-    row["activations_n_positions"] = int(len(sample))
+    row["activations"] = score_spaces(
+        _activation_sample(a, sample, pairs.idx_a), _activation_sample(b, sample, pairs.idx_b), measures, cfg
+    )
+    row["activations_n_positions"] = len(sample)
     if not control and cfg.n_bootstrap and len(X) >= MIN_PAIRS and not neurons:
         observed = {m: s["observed"] for m, s in row["decoder"].items()}
         for measure, ci in bootstrap_scores(a, b, result, groups, n_groups, cfg, observed).items():
@@ -297,8 +342,14 @@ def _limit(align: Alignment, max_positions: int | None) -> Alignment:
     import dataclasses
 
     n = max_positions
-    return dataclasses.replace(align, rows_a=align.rows_a[:n], rows_b=align.rows_b[:n], doc=align.doc[:n],
-                               token_a=align.token_a[:n], token_b=align.token_b[:n])
+    return dataclasses.replace(
+        align,
+        rows_a=align.rows_a[:n],
+        rows_b=align.rows_b[:n],
+        doc=align.doc[:n],
+        token_a=align.token_a[:n],
+        token_b=align.token_b[:n],
+    )
 
 
 def _control_pair(kind: str, sides: _Sides, hook_a: str, hook_b: str) -> tuple[Side, Side]:
@@ -329,7 +380,9 @@ def compare_grid(cfg: CompareConfig, progress: Callable[[int], None] | None = No
     for store, hooks in ((store_a, hooks_a), (store_b, hooks_b)):
         missing = [h for h in hooks if h not in store.hooks]
         if missing:
-            raise SaeAtlasError(f"store '{store.path}' has no hook {', '.join(missing)}: it holds {', '.join(store.hooks)}")
+            raise SaeAtlasError(
+                f"store '{store.path}' has no hook {', '.join(missing)}: it holds {', '.join(store.hooks)}"
+            )
     align = _limit(align_stores(store_a, store_b), cfg.max_positions)
     log.info("aligned %d positions of %s and %s (%s)", len(align.rows_a), store_a.path, store_b.path, align.counts)
     sides = _Sides(cfg, store_a, store_b, align)
@@ -337,8 +390,9 @@ def compare_grid(cfg: CompareConfig, progress: Callable[[int], None] | None = No
     for hook_a in hooks_a:
         for hook_b in hooks_b:
             entry = {"layer_a": hook_a, "layer_b": hook_b}
-            entry["sae"] = score_pair(sides.get("sae", "a", hook_a), sides.get("sae", "b", hook_b), cfg,
-                                      align.doc, align.n_groups)
+            entry["sae"] = score_pair(
+                sides.get("sae", "a", hook_a), sides.get("sae", "b", hook_b), cfg, align.doc, align.n_groups
+            )
             progress(1)
             for kind in cfg.controls:
                 if kind == "skyline":
@@ -347,15 +401,25 @@ def compare_grid(cfg: CompareConfig, progress: Callable[[int], None] | None = No
                 groups = sides.shifted().doc if kind == "shifted" else align.doc
                 entry[kind] = score_pair(a, b, cfg, groups, align.n_groups, control=True)
                 progress(1)
-            log.info("%s x %s: %d pairs, SVCCA %s", hook_a, hook_b, entry["sae"]["n_pairs"],
-                     _fmt(entry["sae"]["decoder"].get("svcca", {}).get("observed")))
+            log.info(
+                "%s x %s: %d pairs, SVCCA %s",
+                hook_a,
+                hook_b,
+                entry["sae"]["n_pairs"],
+                _fmt(entry["sae"]["decoder"].get("svcca", {}).get("observed")),
+            )
             pairs.append(entry)
     skyline = []
     if "skyline" in cfg.controls:
         for hook_a in hooks_a:
             a, b = sides.get("sae", "a", hook_a), sides.get("skyline", "a", hook_a)
-            skyline.append({"layer_a": hook_a, "layer_b": hook_a,
-                            "skyline": score_pair(a, b, cfg, align.doc, align.n_groups, control=True)})
+            skyline.append(
+                {
+                    "layer_a": hook_a,
+                    "layer_b": hook_a,
+                    "skyline": score_pair(a, b, cfg, align.doc, align.n_groups, control=True),
+                }
+            )
             progress(1)
     _add_q_values(pairs)
     _add_q_values(skyline)
@@ -363,11 +427,16 @@ def compare_grid(cfg: CompareConfig, progress: Callable[[int], None] | None = No
         "version": RESULTS_VERSION,
         "kind": "compare",
         "config": cfg.to_dict(),
-        "store_a": _store_facts(store_a), "store_b": _store_facts(store_b),
-        "alignment": {"n_positions": int(len(align.rows_a)), "n_documents": int(align.n_groups),
-                      **{k: v for k, v in align.counts.items()}},
+        "store_a": _store_facts(store_a),
+        "store_b": _store_facts(store_b),
+        "alignment": {
+            "n_positions": len(align.rows_a),
+            "n_documents": int(align.n_groups),
+            **{k: v for k, v in align.counts.items()},
+        },
         "legacy": {"method": cfg.method == "legacy_first", "svcca_legacy_reported": "svcca_legacy" in cfg.measures},
-        "layers_a": hooks_a, "layers_b": hooks_b,
+        "layers_a": hooks_a,
+        "layers_b": hooks_b,
         "pairs": pairs,
         "skyline": skyline,
         "seconds": time.perf_counter() - t0,
@@ -380,7 +449,9 @@ def _store_tokens(store: ActivationStore) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([i["token_id"] for i in index]), np.concatenate([i["position"] for i in index])
 
 
-def concept_grid(cfg: CompareConfig, concepts: dict[str, list[str]], progress: Callable[[int], None] | None = None) -> dict:
+def concept_grid(
+    cfg: CompareConfig, concepts: dict[str, list[str]], progress: Callable[[int], None] | None = None
+) -> dict:
     """Per layer pair and concept: the latents whose top activating tokens are the concept's keywords, matched
     within the concept on both sides, scored against the random-pairing null.  `progress(1)` is called after
     each (layer pair, concept) cell."""
@@ -411,24 +482,37 @@ def concept_grid(cfg: CompareConfig, concepts: dict[str, list[str]], progress: C
             member_a, member_b = membership("a", a), membership("b", b)
             for concept in concepts:
                 ia, ib = np.flatnonzero(member_a[concept]), np.flatnonzero(member_b[concept])
-                entry = {"layer_a": hook_a, "layer_b": hook_b, "concept": concept,
-                         "n_latents_a": int(len(ia)), "n_latents_b": int(len(ib)), "n_pairs": 0}
+                entry = {
+                    "layer_a": hook_a,
+                    "layer_b": hook_b,
+                    "concept": concept,
+                    "n_latents_a": len(ia),
+                    "n_latents_b": len(ib),
+                    "n_pairs": 0,
+                }
                 if len(ia) and len(ib):
                     sub_a = Side(a.label, a.codes[:, ia], a.decoder[ia], None if a.junk is None else a.junk[ia])
                     sub_b = Side(b.label, b.codes[:, ib], b.decoder[ib], None if b.junk is None else b.junk[ib])
                     result = correlate(sub_a, sub_b, min(cfg.top_m, len(ia), len(ib)))
                     pairs = match(result, cfg.method, cfg.threshold)
                     X, Y = sub_a.decoder[pairs.idx_a], sub_b.decoder[pairs.idx_b]
-                    entry.update(n_pairs=int(len(X)), latents_a=ia[pairs.idx_a].tolist(),
-                                 latents_b=ib[pairs.idx_b].tolist(),
-                                 matched_corr_mean=float(pairs.corr.mean()) if len(X) else math.nan)
+                    entry.update(
+                        n_pairs=len(X),
+                        latents_a=ia[pairs.idx_a].tolist(),
+                        latents_b=ib[pairs.idx_b].tolist(),
+                        matched_corr_mean=float(pairs.corr.mean()) if len(X) else math.nan,
+                    )
                     entry["decoder"] = score_spaces(X, Y, cfg.measures, cfg)
                 else:
                     entry["decoder"] = score_spaces(np.zeros((0, 1)), np.zeros((0, 1)), cfg.measures, cfg)
                 entries.append(entry)
                 progress(1)
-            log.info("concepts %s x %s: %s", hook_a, hook_b,
-                     ", ".join(f"{e['concept']} {e['n_pairs']}" for e in entries[-len(concepts):]))
+            log.info(
+                "concepts %s x %s: %s",
+                hook_a,
+                hook_b,
+                ", ".join(f"{e['concept']} {e['n_pairs']}" for e in entries[-len(concepts) :]),
+            )
     for measure in cfg.measures:
         cells = [e["decoder"][measure] for e in entries]
         p = np.array([c["p"] for c in cells], dtype=float)
@@ -437,16 +521,30 @@ def concept_grid(cfg: CompareConfig, concepts: dict[str, list[str]], progress: C
             q[np.isfinite(p)] = benjamini_hochberg(p[np.isfinite(p)])
         for c, qv in zip(cells, q):
             c["q"] = float(qv)
-    return {"version": RESULTS_VERSION, "kind": "concepts", "config": cfg.to_dict(), "concepts": concepts,
-            "store_a": _store_facts(store_a), "store_b": _store_facts(store_b),
-            "alignment": {"n_positions": int(len(align.rows_a)), **align.counts},
-            "layers_a": hooks_a, "layers_b": hooks_b, "entries": entries, "seconds": time.perf_counter() - t0}
+    return {
+        "version": RESULTS_VERSION,
+        "kind": "concepts",
+        "config": cfg.to_dict(),
+        "concepts": concepts,
+        "store_a": _store_facts(store_a),
+        "store_b": _store_facts(store_b),
+        "alignment": {"n_positions": len(align.rows_a), **align.counts},
+        "layers_a": hooks_a,
+        "layers_b": hooks_b,
+        "entries": entries,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _store_facts(store: ActivationStore) -> dict:
     m = store.manifest
-    return {"path": str(store.path), "model": m["model"]["spec"], "d_model": store.d_model,
-            "corpus": m["corpus"]["spec"], "n_tokens": store.n_tokens}
+    return {
+        "path": str(store.path),
+        "model": m["model"]["spec"],
+        "d_model": store.d_model,
+        "corpus": m["corpus"]["spec"],
+        "n_tokens": store.n_tokens,
+    }
 
 
 def _fmt(x) -> str:
@@ -471,8 +569,23 @@ def _add_q_values(pairs: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------- output
-CSV_COLUMNS = ["layer_a", "layer_b", "comparison", "space", "measure", "n_pairs", "mean_max_corr", "observed",
-               "null_mean", "null_std", "z", "p", "q", "ci_lo", "ci_hi"]
+CSV_COLUMNS = [
+    "layer_a",
+    "layer_b",
+    "comparison",
+    "space",
+    "measure",
+    "n_pairs",
+    "mean_max_corr",
+    "observed",
+    "null_mean",
+    "null_std",
+    "z",
+    "p",
+    "q",
+    "ci_lo",
+    "ci_hi",
+]
 
 
 def result_rows(results: dict) -> list[dict]:
@@ -481,9 +594,18 @@ def result_rows(results: dict) -> list[dict]:
     if results["kind"] == "concepts":
         for e in results["entries"]:
             for measure, s in e["decoder"].items():
-                rows.append({"layer_a": e["layer_a"], "layer_b": e["layer_b"], "comparison": e["concept"],
-                             "space": "decoder", "measure": measure, "n_pairs": e["n_pairs"], "mean_max_corr": math.nan,
-                             **{c: s.get(c, math.nan) for c in CSV_COLUMNS[7:]}})
+                rows.append(
+                    {
+                        "layer_a": e["layer_a"],
+                        "layer_b": e["layer_b"],
+                        "comparison": e["concept"],
+                        "space": "decoder",
+                        "measure": measure,
+                        "n_pairs": e["n_pairs"],
+                        "mean_max_corr": math.nan,
+                        **{c: s.get(c, math.nan) for c in CSV_COLUMNS[7:]},
+                    }
+                )
         return rows
     entries = results["pairs"] + results.get("skyline", [])
     for e in entries:
@@ -492,9 +614,18 @@ def result_rows(results: dict) -> list[dict]:
                 continue
             for space in ("decoder", "activations"):
                 for measure, s in body[space].items():
-                    rows.append({"layer_a": e["layer_a"], "layer_b": e["layer_b"], "comparison": kind, "space": space,
-                                 "measure": measure, "n_pairs": body["n_pairs"], "mean_max_corr": body["mean_max_corr"],
-                                 **{c: s.get(c, math.nan) for c in CSV_COLUMNS[7:]}})
+                    rows.append(
+                        {
+                            "layer_a": e["layer_a"],
+                            "layer_b": e["layer_b"],
+                            "comparison": kind,
+                            "space": space,
+                            "measure": measure,
+                            "n_pairs": body["n_pairs"],
+                            "mean_max_corr": body["mean_max_corr"],
+                            **{c: s.get(c, math.nan) for c in CSV_COLUMNS[7:]},
+                        }
+                    )
     return rows
 
 
@@ -509,19 +640,35 @@ def grid_heatmaps(results: dict) -> dict[str, str]:
     measures = results["config"]["measures"]
     for measure in measures:
         values = np.array([[cell[(a, b)]["decoder"][measure]["observed"] for b in lb] for a in la])
-        text = [[_fmt(cell[(a, b)]["decoder"][measure]["observed"]) + significance_stars(cell[(a, b)]["decoder"][measure].get("q"))
-                 for b in lb] for a in la]
-        out[f"heatmap-{measure}.svg"] = heatmap_svg(values, la, lb, f"{measure} of matched decoder rows (* q<.05, ** q<.01, *** q<.001)",
-                                                    text, row_title="model A", col_title="model B")
+        text = [
+            [
+                _fmt(cell[(a, b)]["decoder"][measure]["observed"])
+                + significance_stars(cell[(a, b)]["decoder"][measure].get("q"))
+                for b in lb
+            ]
+            for a in la
+        ]
+        out[f"heatmap-{measure}.svg"] = heatmap_svg(
+            values,
+            la,
+            lb,
+            f"{measure} of matched decoder rows (* q<.05, ** q<.01, *** q<.001)",
+            text,
+            row_title="model A",
+            col_title="model B",
+        )
         zs = np.array([[cell[(a, b)]["decoder"][measure]["z"] for b in lb] for a in la])
-        out[f"heatmap-{measure}-z.svg"] = heatmap_svg(zs, la, lb, f"{measure}: z-score against the random-pairing null",
-                                                      row_title="model A", col_title="model B")
+        out[f"heatmap-{measure}-z.svg"] = heatmap_svg(
+            zs, la, lb, f"{measure}: z-score against the random-pairing null", row_title="model A", col_title="model B"
+        )
     mmc = np.array([[cell[(a, b)]["mean_max_corr"] for b in lb] for a in la])
-    out["heatmap-mean-max-corr.svg"] = heatmap_svg(mmc, la, lb, "mean max correlation of B latents",
-                                                   row_title="model A", col_title="model B")
+    out["heatmap-mean-max-corr.svg"] = heatmap_svg(
+        mmc, la, lb, "mean max correlation of B latents", row_title="model A", col_title="model B"
+    )
     n = np.array([[cell[(a, b)]["n_pairs"] for b in lb] for a in la], dtype=float)
-    out["heatmap-n-pairs.svg"] = heatmap_svg(n, la, lb, "matched pairs", [[f"{int(v)}" for v in r] for r in n],
-                                             row_title="model A", col_title="model B")
+    out["heatmap-n-pairs.svg"] = heatmap_svg(
+        n, la, lb, "matched pairs", [[f"{int(v)}" for v in r] for r in n], row_title="model A", col_title="model B"
+    )
     return out
 
 
@@ -535,11 +682,22 @@ def concept_heatmaps(results: dict) -> dict[str, str]:
     out = {}
     for measure in results["config"]["measures"]:
         values = np.array([[cell[(c, a, b)]["decoder"][measure]["observed"] for a, b in grid] for c in concepts])
-        text = [[f"{_fmt(cell[(c, a, b)]['decoder'][measure]['observed'])}"
-                 f"{significance_stars(cell[(c, a, b)]['decoder'][measure].get('q'))} ({cell[(c, a, b)]['n_pairs']})"
-                 for a, b in grid] for c in concepts]
-        out[f"concepts-{measure}.svg"] = heatmap_svg(values, concepts, [f"{a} x {b}" for a, b in grid],
-                                                     f"{measure} within concepts (pairs in brackets)", text, cell=96)
+        text = [
+            [
+                f"{_fmt(cell[(c, a, b)]['decoder'][measure]['observed'])}"
+                f"{significance_stars(cell[(c, a, b)]['decoder'][measure].get('q'))} ({cell[(c, a, b)]['n_pairs']})"
+                for a, b in grid
+            ]
+            for c in concepts
+        ]
+        out[f"concepts-{measure}.svg"] = heatmap_svg(
+            values,
+            concepts,
+            [f"{a} x {b}" for a, b in grid],
+            f"{measure} within concepts (pairs in brackets)",
+            text,
+            cell=96,
+        )
     return out
 
 

@@ -46,11 +46,15 @@ def check_pair(X, Y, min_rows: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """X [n, d_a], Y [n, d_b] as checked float64 arrays with the same number of rows, at least `min_rows`."""
     X, Y = as_float64(X, "X"), as_float64(Y, "Y")
     if X.shape[0] != Y.shape[0]:
-        raise SaeAtlasError(f"X and Y must pair row by row, got {X.shape[0]} rows in X and {Y.shape[0]} in Y; "
-                            "give one row per matched pair on each side")
+        raise SaeAtlasError(
+            f"X and Y must pair row by row, got {X.shape[0]} rows in X and {Y.shape[0]} in Y; "
+            "give one row per matched pair on each side"
+        )
     if X.shape[0] < min_rows:
-        raise SaeAtlasError(f"need at least {min_rows} paired rows to compare, got {X.shape[0]}; "
-                            "match more pairs (e.g. lower the threshold)")
+        raise SaeAtlasError(
+            f"need at least {min_rows} paired rows to compare, got {X.shape[0]}; "
+            "match more pairs (e.g. lower the threshold)"
+        )
     return X, Y
 
 
@@ -237,8 +241,10 @@ def inner_similarity(A: np.ndarray, inner: str, name: str) -> np.ndarray:
     norms = np.linalg.norm(Z, axis=1, keepdims=True)
     if (norms == 0).any():
         what = "constant" if inner == "pearson" else "all zero"
-        raise SaeAtlasError(f"{int((norms == 0).sum())} rows of {name} are {what}, so inner={inner!r} is undefined "
-                            "for them; drop those rows" + (" or use inner='cosine'" if inner == "pearson" else ""))
+        raise SaeAtlasError(
+            f"{int((norms == 0).sum())} rows of {name} are {what}, so inner={inner!r} is undefined "
+            "for them; drop those rows" + (" or use inner='cosine'" if inner == "pearson" else "")
+        )
     # Identical rows (one A latent matched by several B latents) must tie exactly, or rank-based RSA would
     # order round-off; products of the distinct rows, gathered, make every copy's similarities bitwise equal.
     Zu, inverse = np.unique(Z / norms, axis=0, return_inverse=True)
@@ -256,8 +262,9 @@ def _pearson(u: np.ndarray, v: np.ndarray, what: str) -> float:
     u, v = u - u.mean(), v - v.mean()
     nu, nv = np.linalg.norm(u), np.linalg.norm(v)
     if nu == 0 or nv == 0:
-        raise SaeAtlasError(f"the {what} of one side are all equal, so their correlation is undefined; "
-                            "compare more varied points")
+        raise SaeAtlasError(
+            f"the {what} of one side are all equal, so their correlation is undefined; compare more varied points"
+        )
     return float(u @ v / (nu * nv))
 
 
@@ -308,14 +315,16 @@ def knn_cosine(A: np.ndarray, k: int, name: str, block: int = 1024) -> np.ndarra
     """[n, k] indices of each row's k nearest other rows of A [n, d] by cosine (ties: whichever argpartition keeps)."""
     norms = np.linalg.norm(A, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise SaeAtlasError(f"{int((norms == 0).sum())} rows of {name} are all zero, so their cosine neighbours "
-                            "are undefined; drop those rows")
+        raise SaeAtlasError(
+            f"{int((norms == 0).sum())} rows of {name} are all zero, so their cosine neighbours "
+            "are undefined; drop those rows"
+        )
     Z = A / norms
     out = np.empty((A.shape[0], k), dtype=np.intp)
     for i0 in range(0, A.shape[0], block):
-        S = Z[i0:i0 + block] @ Z.T  # [block, n]
+        S = Z[i0 : i0 + block] @ Z.T  # [block, n]
         S[np.arange(S.shape[0]), np.arange(i0, i0 + S.shape[0])] = -np.inf  # a point is not its own neighbour
-        out[i0:i0 + block] = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        out[i0 : i0 + block] = np.argpartition(-S, k - 1, axis=1)[:, :k]
     return out
 
 

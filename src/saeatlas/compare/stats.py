@@ -17,9 +17,23 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from ..errors import SaeAtlasError
-from .similarity import (INNER, MEASURES, OUTER, _choice, _positive_int, check_pair, has_ties, inner_similarity,
-                         knn_cosine, outer_values, principal_scores, pwcca_weights, reduced_bases, rsa_sample,
-                         untie_directions)
+from .similarity import (
+    INNER,
+    MEASURES,
+    OUTER,
+    _choice,
+    _positive_int,
+    check_pair,
+    has_ties,
+    inner_similarity,
+    knn_cosine,
+    outer_values,
+    principal_scores,
+    pwcca_weights,
+    reduced_bases,
+    rsa_sample,
+    untie_directions,
+)
 
 _CHUNK_BYTES = 128 * 2**20
 """Bound on the memory of one batch of permuted products (the gathered rows of Y)."""
@@ -103,8 +117,10 @@ def _gram_null(A: np.ndarray, B: np.ndarray, M: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------- nulls per measure
 def _null_svcca(X, Y, M, seed, k=None, variance=0.99):
     Ua, _, Ub, _ = reduced_bases(X, Y, k, variance)
-    out = [np.clip(_singular_values(_permuted_products(Ua, Ub, P)), 0.0, 1.0).mean(axis=1)
-           for P in permutations(len(X), M, seed, _chunk(len(X), Ub.shape[1]))]
+    out = [
+        np.clip(_singular_values(_permuted_products(Ua, Ub, P)), 0.0, 1.0).mean(axis=1)
+        for P in permutations(len(X), M, seed, _chunk(len(X), Ub.shape[1]))
+    ]
     return np.concatenate(out)
 
 
@@ -137,16 +153,19 @@ def _null_linear_cka(X, Y, M, seed, _path=None):
     # n r_a r_b, the better deal when the sides are wide (activations of thousands of latents).
     if _path == "gram" or (_path is None and _GRAM_COST * n < Fa.shape[1] * Fb.shape[1]):
         return _gram_null(Fa @ Fa.T, Fb @ Fb.T, M, seed) / denom
-    out = [(_permuted_products(Fa, Fb, P) ** 2).sum(axis=(1, 2))
-           for P in permutations(n, M, seed, _chunk(n, Fb.shape[1]))]
+    out = [
+        (_permuted_products(Fa, Fb, P) ** 2).sum(axis=(1, 2)) for P in permutations(n, M, seed, _chunk(n, Fb.shape[1]))
+    ]
     return np.concatenate(out) / denom
 
 
 def _null_procrustes(X, Y, M, seed):
     (Ua, sa), (Ub, sb) = principal_scores(X, "X"), principal_scores(Y, "Y")
     Fa, Fb = Ua * (sa / np.linalg.norm(sa)), Ub * (sb / np.linalg.norm(sb))
-    out = [np.minimum(_singular_values(_permuted_products(Fa, Fb, P)).sum(axis=1), 1.0)
-           for P in permutations(len(X), M, seed, _chunk(len(X), Fb.shape[1]))]
+    out = [
+        np.minimum(_singular_values(_permuted_products(Fa, Fb, P)).sum(axis=1), 1.0)
+        for P in permutations(len(X), M, seed, _chunk(len(X), Fb.shape[1]))
+    ]
     return np.concatenate(out)
 
 
@@ -157,8 +176,10 @@ def _rsa_matrix(A: np.ndarray, inner: str, outer: str, name: str) -> np.ndarray:
     v = v - v.mean()
     norm = np.linalg.norm(v)
     if norm == 0:
-        raise SaeAtlasError(f"the inner similarities of {name} are all equal, so their correlation is undefined; "
-                            "compare more varied points")
+        raise SaeAtlasError(
+            f"the inner similarities of {name} are all equal, so their correlation is undefined; "
+            "compare more varied points"
+        )
     S[:] = 0.0
     S[np.triu_indices(len(S), 1)] = v / norm
     return S + S.T
@@ -209,8 +230,9 @@ def _check_null_args(measure: str, n_permutations, measure_kwargs: dict) -> None
     options = [p for p in inspect.signature(MEASURES[measure]).parameters if p not in ("X", "Y", "seed")]
     unknown = sorted(set(measure_kwargs) - set(options))
     if unknown:
-        raise SaeAtlasError(f"measure {measure!r} has no option {', '.join(unknown)}; "
-                            f"its options are: {', '.join(options) or 'none'}")
+        raise SaeAtlasError(
+            f"measure {measure!r} has no option {', '.join(unknown)}; its options are: {', '.join(options) or 'none'}"
+        )
 
 
 def permutation_null(measure: str, X, Y, n_permutations: int = 1000, seed: int = 0, **measure_kwargs) -> np.ndarray:
@@ -271,9 +293,14 @@ def z_score(observed: float, null) -> float:
 def summarize(observed: float, null) -> dict:
     """{observed, null_mean, null_std, z, p, n_permutations} of a score against its null [M]."""
     null = _check_null(null)
-    return {"observed": float(observed), "null_mean": float(null.mean()),
-            "null_std": float(null.std(ddof=1)) if null.size > 1 else math.nan,
-            "z": z_score(observed, null), "p": p_value(observed, null), "n_permutations": int(null.size)}
+    return {
+        "observed": float(observed),
+        "null_mean": float(null.mean()),
+        "null_std": float(null.std(ddof=1)) if null.size > 1 else math.nan,
+        "z": z_score(observed, null),
+        "p": p_value(observed, null),
+        "n_permutations": int(null.size),
+    }
 
 
 def benjamini_hochberg(p_values) -> np.ndarray:
@@ -325,12 +352,17 @@ def basic_interval(replicates, observed: float, level: float = 0.95) -> dict:
     finite = pct["replicates"][np.isfinite(pct["replicates"])]
     if finite.size == 0 or not math.isfinite(observed):
         return {"lo": math.nan, "hi": math.nan, "bias": math.nan, "replicates": pct["replicates"]}
-    return {"lo": 2 * observed - pct["hi"], "hi": 2 * observed - pct["lo"], "bias": float(finite.mean() - observed),
-            "replicates": pct["replicates"]}
+    return {
+        "lo": 2 * observed - pct["hi"],
+        "hi": 2 * observed - pct["lo"],
+        "bias": float(finite.mean() - observed),
+        "replicates": pct["replicates"],
+    }
 
 
-def bootstrap_ci(replicate: Callable[[np.ndarray], float], n_groups: int, n_boot: int = 200, seed: int = 0,
-                 level: float = 0.95) -> dict:
+def bootstrap_ci(
+    replicate: Callable[[np.ndarray], float], n_groups: int, n_boot: int = 200, seed: int = 0, level: float = 0.95
+) -> dict:
     """Percentile bootstrap interval over groups (documents).
 
     Each replicate draws n_groups groups with replacement, as multinomial

@@ -53,9 +53,20 @@ def _sources(n: int, n_features: int, active: int, g: torch.Generator) -> torch.
     return torch.zeros(n, n_features).scatter_(1, chosen, values)
 
 
-def two_model_data(n: int = 40_000, n_shared: int = 128, n_own: int = 64, d_a: int = 64, d_b: int = 48,
-                   d_shared: int = 40, active_shared: int = 3, active_own: int = 2, noise: float = 0.01,
-                   doc_length: int = 200, unrelated: bool = False, seed: int = 0) -> TwoModelData:
+def two_model_data(
+    n: int = 40_000,
+    n_shared: int = 128,
+    n_own: int = 64,
+    d_a: int = 64,
+    d_b: int = 48,
+    d_shared: int = 40,
+    active_shared: int = 3,
+    active_own: int = 2,
+    noise: float = 0.01,
+    doc_length: int = 200,
+    unrelated: bool = False,
+    seed: int = 0,
+) -> TwoModelData:
     """Positions of two models reading "the same text": shared sources drive both, own sources each side.
 
     With `unrelated`, B's shared sources are drawn independently of A's (same
@@ -82,8 +93,9 @@ def feature_of_latent(decoder: torch.Tensor, features: torch.Tensor, min_cosine:
     return torch.where(best >= min_cosine, which, torch.full_like(which, -1)).numpy()
 
 
-def matching_precision_recall(idx_a: np.ndarray, idx_b: np.ndarray, truth_a: np.ndarray, truth_b: np.ndarray,
-                              n_shared: int) -> dict:
+def matching_precision_recall(
+    idx_a: np.ndarray, idx_b: np.ndarray, truth_a: np.ndarray, truth_b: np.ndarray, n_shared: int
+) -> dict:
     """How well matched pairs (idx_a[i], idx_b[i]) pair the latents of the same shared feature.
 
     truth_*: `feature_of_latent` against the shared features only ([d_sae], -1 for latents of no shared
@@ -95,7 +107,11 @@ def matching_precision_recall(idx_a: np.ndarray, idx_b: np.ndarray, truth_a: np.
     correct = (fa >= 0) & (fa == fb)
     found = np.unique(fa[correct])
     recoverable = np.intersect1d(truth_a[truth_a >= 0], truth_b[truth_b >= 0])
-    return {"n_pairs": int(len(idx_a)), "true_pairs": int(correct.sum()),
-            "precision": float(correct.mean()) if len(idx_a) else 0.0,
-            "recall": float(len(found) / max(1, len(recoverable))),
-            "recoverable": int(len(recoverable)), "recall_of_all": float(len(found) / n_shared)}
+    return {
+        "n_pairs": len(idx_a),
+        "true_pairs": int(correct.sum()),
+        "precision": float(correct.mean()) if len(idx_a) else 0.0,
+        "recall": float(len(found) / max(1, len(recoverable))),
+        "recoverable": len(recoverable),
+        "recall_of_all": float(len(found) / n_shared),
+    }

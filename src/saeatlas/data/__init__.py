@@ -5,16 +5,16 @@ from .store import ActivationStore, read_manifest
 from .tokens import EXCLUDED_BY_DEFAULT, FLAG_FIRST, FLAG_SPECIAL, Window, pack_windows, tokenize_text
 
 __all__ = [
-    "Document",
-    "corpus_names",
-    "corpus_identity",
-    "load_documents",
-    "ActivationStore",
-    "read_manifest",
-    "Window",
-    "pack_windows",
-    "tokenize_text",
-    "FLAG_SPECIAL",
-    "FLAG_FIRST",
     "EXCLUDED_BY_DEFAULT",
+    "FLAG_FIRST",
+    "FLAG_SPECIAL",
+    "ActivationStore",
+    "Document",
+    "Window",
+    "corpus_identity",
+    "corpus_names",
+    "load_documents",
+    "pack_windows",
+    "read_manifest",
+    "tokenize_text",
 ]

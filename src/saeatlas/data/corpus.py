@@ -32,7 +32,7 @@ from pathlib import Path
 
 from saeatlas.errors import CorpusError, HubUnavailableError, MissingPackageError
 
-__all__ = ["Document", "corpus_names", "load_documents", "corpus_identity"]
+__all__ = ["Document", "corpus_identity", "corpus_names", "load_documents"]
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,7 @@ def _package_dir(package: _Package) -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise MissingPackageError(
-            f"package '{package.distribution}' is not installed; run `{package.pip}`"
-        )
+        raise MissingPackageError(f"package '{package.distribution}' is not installed; run `{package.pip}`")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -202,7 +200,7 @@ _NAMED: dict[str, tuple[_Package, Callable[[], Iterable[Document]]]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _named_documents(name: str) -> tuple[Document, ...]:
     """Parse a named source once per process; the raw list in source order."""
     return tuple(_NAMED[name][1]())
@@ -270,7 +268,7 @@ def _jsonl_text(path: Path, number: int, line: str) -> str:
     except json.JSONDecodeError as exc:
         raise CorpusError(f"{path}, line {number}: not valid JSON ({exc.msg}); {_JSONL_HINT}") from exc
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise CorpusError(f"{path}, line {number}: no string \"text\" field; {_JSONL_HINT}")
+        raise CorpusError(f'{path}, line {number}: no string "text" field; {_JSONL_HINT}')
     return record["text"]
 
 
@@ -296,7 +294,7 @@ def _read_parquet(path: Path, rel: str) -> Iterator[Document]:
     try:
         schema = pq.read_schema(path)
         if "text" not in schema.names:
-            raise CorpusError(f"{path} has no \"text\" column (columns: {', '.join(schema.names)}); add one")
+            raise CorpusError(f'{path} has no "text" column (columns: {", ".join(schema.names)}); add one')
         column = pq.read_table(path, columns=["text"]).column("text").to_pylist()
     except CorpusError:
         raise
@@ -304,7 +302,7 @@ def _read_parquet(path: Path, rel: str) -> Iterator[Document]:
         raise CorpusError(f"cannot read parquet file {path} ({_first_line(exc)}); check the file") from exc
     for row, value in enumerate(column):
         if value is not None and not isinstance(value, str):
-            raise CorpusError(f"{path}, row {row}: \"text\" is {type(value).__name__}, not a string")
+            raise CorpusError(f'{path}, row {row}: "text" is {type(value).__name__}, not a string')
         yield Document(f"file:{rel}:{row}", value or "")
 
 
@@ -333,7 +331,7 @@ def _load_local(spec: str) -> list[Document]:
 
 def _parse_hf(spec: str) -> tuple[str, str | None]:
     """Split ``hf:<name>[:<config>]`` into name and config."""
-    name, _, config = spec[len(_HF_PREFIX):].partition(":")
+    name, _, config = spec[len(_HF_PREFIX) :].partition(":")
     if not name:
         raise CorpusError(f"corpus '{spec}' names no dataset; write hf:<dataset>[:<config>]")
     return name, config or None
@@ -401,9 +399,7 @@ def corpus_names() -> list[str]:
     return list(_NAMED)
 
 
-def load_documents(
-    spec: str, split: str = "train", eval_fraction: float = 0.1, seed: int = 0
-) -> list[Document]:
+def load_documents(spec: str, split: str = "train", eval_fraction: float = 0.1, seed: int = 0) -> list[Document]:
     """Load a corpus as a seeded-shuffled list of non-empty documents.
 
     `spec` is a named corpus, a local file/folder path or ``hf:<dataset>[:<config>]``.
@@ -415,9 +411,7 @@ def load_documents(
     _check_split(split, eval_fraction)
     docs = [doc for doc in _raw_documents(spec) if doc.text.strip()]
     if not docs:
-        raise CorpusError(
-            f"corpus '{spec}' has no text (every document is empty); point it at files with text"
-        )
+        raise CorpusError(f"corpus '{spec}' has no text (every document is empty); point it at files with text")
     random.Random(seed).shuffle(docs)
     if split != "all":
         want_eval = split == "eval"
@@ -434,7 +428,7 @@ def _hash_files(files: list[tuple[Path, str]]) -> str:
     """Hash relative paths and contents of files, in sorted relative-path order."""
     digest = hashlib.sha256()
     for path, rel in files:
-        digest.update(f"{rel}\0".encode("utf-8"))
+        digest.update(f"{rel}\0".encode())
         try:
             with path.open("rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):

@@ -93,7 +93,9 @@ def extract(
     shards = _chunks(itertools.islice(windows, done_windows, None), cfg.shard_windows)
     written, start = 0, time.perf_counter()
     for shard_windows in shards:
-        entry = _write_shard(out, len(manifest["shards"]), shard_windows, handle, points, cfg, documents, manifest, progress)
+        entry = _write_shard(
+            out, len(manifest["shards"]), shard_windows, handle, points, cfg, documents, manifest, progress
+        )
         manifest["shards"].append(entry)
         write_json_atomic(out / MANIFEST, manifest)
         written += entry["n_tokens"]
@@ -244,7 +246,9 @@ def _write_shard(
     files = {}
     for name, parts in per_hook.items():
         (out / name).mkdir(exist_ok=True)
-        files[activations_path(name, shard)] = write_npy_atomic(out / activations_path(name, shard), np.concatenate(parts))
+        files[activations_path(name, shard)] = write_npy_atomic(
+            out / activations_path(name, shard), np.concatenate(parts)
+        )
     records = _index_records(windows)
     (out / "index").mkdir(exist_ok=True)
     files[index_path(shard)] = write_npy_atomic(out / index_path(shard), records)

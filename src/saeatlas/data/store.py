@@ -88,7 +88,9 @@ def read_manifest(path: Path) -> dict:
     if manifest.get("format") != FORMAT:
         raise StoreError(f"{file} is not a saeatlas activation store manifest")
     if manifest.get("version") != FORMAT_VERSION:
-        raise StoreError(f"{file} has store format version {manifest.get('version')}; this saeatlas reads {FORMAT_VERSION}")
+        raise StoreError(
+            f"{file} has store format version {manifest.get('version')}; this saeatlas reads {FORMAT_VERSION}"
+        )
     return manifest
 
 
@@ -236,7 +238,9 @@ class ActivationStore:
         carry: torch.Tensor | None = None
         blocks_per_buffer = max(1, buffer_tokens // block_tokens)
         for first in range(0, len(order), blocks_per_buffer):
-            parts = [self._block(hook, *blocks[i], block_tokens, exclude) for i in order[first : first + blocks_per_buffer]]
+            parts = [
+                self._block(hook, *blocks[i], block_tokens, exclude) for i in order[first : first + blocks_per_buffer]
+            ]
             buffer = torch.cat(([carry] if carry is not None else []) + parts)
             if shuffle:
                 buffer = buffer[torch.from_numpy(rng.permutation(len(buffer)))]

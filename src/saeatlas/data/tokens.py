@@ -46,7 +46,7 @@ class Window:
     def __len__(self) -> int:
         return len(self.token_ids)
 
-    def slice(self, start: int, stop: int | None = None) -> "Window":
+    def slice(self, start: int, stop: int | None = None) -> Window:
         """Tokens [start, stop) as a new window (views, no copy)."""
         return Window(*(a[start:stop] for a in (self.token_ids, self.doc_ids, self.char_spans, self.flags)))
 
@@ -104,7 +104,9 @@ def _special(ids: tuple[int, ...], doc_id: int) -> Window:
 
 
 def _concat(parts: list[Window]) -> Window:
-    window = Window(*(np.concatenate(arrays) for arrays in zip(*((p.token_ids, p.doc_ids, p.char_spans, p.flags) for p in parts))))
+    window = Window(
+        *(np.concatenate(arrays) for arrays in zip(*((p.token_ids, p.doc_ids, p.char_spans, p.flags) for p in parts)))
+    )
     window.flags[0] |= FLAG_FIRST  # np.concatenate made a copy, so no input is modified
     return window
 

@@ -6,16 +6,16 @@ from .loading import cache_dir, load_model, load_tokenizer
 from .registry import PACKAGED_MODELS, known_models
 
 __all__ = [
-    "ModelHandle",
-    "HookPoint",
+    "PACKAGED_MODELS",
     "STAGES",
+    "HookPoint",
+    "ModelHandle",
+    "cache_dir",
     "capture",
-    "patched",
-    "parse_hook",
-    "parse_hooks",
+    "known_models",
     "load_model",
     "load_tokenizer",
-    "cache_dir",
-    "known_models",
-    "PACKAGED_MODELS",
+    "parse_hook",
+    "parse_hooks",
+    "patched",
 ]

@@ -43,9 +43,7 @@ _GEMMA = Architecture(
     mlp_out="post_feedforward_layernorm",
     pre_norm=True,
 )
-_BERT = Architecture(
-    layers="encoder.layer", attn_out="attention.output.dense", mlp_out="output.dense", pre_norm=False
-)
+_BERT = Architecture(layers="encoder.layer", attn_out="attention.output.dense", mlp_out="output.dense", pre_norm=False)
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _PRE_NORM,
@@ -66,8 +64,7 @@ def architecture_for(model_type: str) -> Architecture:
         return ARCHITECTURES[model_type]
     except KeyError:
         raise UnknownModelError(
-            f"model type '{model_type}' is not supported yet: supported types are "
-            f"{', '.join(sorted(ARCHITECTURES))}"
+            f"model type '{model_type}' is not supported yet: supported types are {', '.join(sorted(ARCHITECTURES))}"
         ) from None
 
 

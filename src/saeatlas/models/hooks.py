@@ -101,7 +101,9 @@ def capture(
             hook = lambda mod, args, kwargs, p=point: store(p, args[0] if args else kwargs["hidden_states"])
             handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
         else:
-            path = {"attn_out": handle.architecture.attn_out, "mlp_out": handle.architecture.mlp_out}.get(point.stage, "")
+            path = {"attn_out": handle.architecture.attn_out, "mlp_out": handle.architecture.mlp_out}.get(
+                point.stage, ""
+            )
             hook = lambda mod, args, output, p=point: store(p, _hidden(output))
             handles.append(submodule(block, path).register_forward_hook(hook))
     try:
@@ -127,6 +129,7 @@ def patched(handle: ModelHandle, point: HookPoint, fn):
     """
     block = handle.layers[point.layer]
     if point.stage == "resid_pre":
+
         def pre_hook(mod, args, kwargs):
             if args:
                 return (fn(args[0]), *args[1:]), kwargs
@@ -135,7 +138,9 @@ def patched(handle: ModelHandle, point: HookPoint, fn):
         hook = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
     else:
         path = {"attn_out": handle.architecture.attn_out, "mlp_out": handle.architecture.mlp_out}.get(point.stage, "")
-        hook = submodule(block, path).register_forward_hook(lambda mod, args, output: _replace(output, fn(_hidden(output))))
+        hook = submodule(block, path).register_forward_hook(
+            lambda mod, args, output: _replace(output, fn(_hidden(output)))
+        )
     try:
         yield
     finally:

@@ -98,7 +98,11 @@ def _packaged_folder(entry: PackagedModel) -> tuple[Path, str, str]:
         if not gguf.is_file():
             raise SaeAtlasError(f"the package of '{entry.name}' lacks {gguf.name}: reinstall it with `{entry.install}`")
         sha = sha256_file(gguf)
-        return _cached_conversion(f"{entry.name}-{sha[:16]}", sha, lambda: gguf), f"{entry.name}@sha256:{sha}", entry.kind
+        return (
+            _cached_conversion(f"{entry.name}-{sha[:16]}", sha, lambda: gguf),
+            f"{entry.name}@sha256:{sha}",
+            entry.kind,
+        )
     # Chunked package: the package itself knows the sha256 of the joined file.
     import importlib
 
@@ -218,7 +222,9 @@ def _hub_folder(hub_id: str) -> Path:
         ) from exc
 
 
-def _load_folder(folder: Path, *, name: str, spec: str, identity: str, kind: str | None, dtype: str, device: str) -> ModelHandle:
+def _load_folder(
+    folder: Path, *, name: str, spec: str, identity: str, kind: str | None, dtype: str, device: str
+) -> ModelHandle:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     try:

@@ -22,8 +22,9 @@ from ..data.tokens import EXCLUDED_BY_DEFAULT, FLAG_SPECIAL
 from ..errors import SaeAtlasError
 
 
-def top_contexts(store: ActivationStore, sae, hook: str, latents, n: int = 3, width: int = 12,
-                 after: int = 4) -> dict[int, list[dict]]:
+def top_contexts(
+    store: ActivationStore, sae, hook: str, latents, n: int = 3, width: int = 12, after: int = 4
+) -> dict[int, list[dict]]:
     """latent id -> its `n` top activating contexts in `store` (largest activation first; fewer, or [],
     for a latent that fires on fewer usable tokens).
 
@@ -53,15 +54,19 @@ def _check(store: ActivationStore, sae, hook: str, latents: list[int], n: int, w
     if hook not in store.hooks:
         raise SaeAtlasError(f"store '{store.path}' has no hook '{hook}': it holds {', '.join(store.hooks)}")
     if sae.cfg.d_in != store.d_model:
-        raise SaeAtlasError(f"the SAE has d_in {sae.cfg.d_in} but store '{store.path}' has d_model {store.d_model}: "
-                            "give the SAE trained on this model's hook")
+        raise SaeAtlasError(
+            f"the SAE has d_in {sae.cfg.d_in} but store '{store.path}' has d_model {store.d_model}: "
+            "give the SAE trained on this model's hook"
+        )
     bad = [i for i in latents if not 0 <= i < sae.cfg.d_sae]
     if bad:
-        raise SaeAtlasError(f"latent {bad[0]} is out of range: the SAE has {sae.cfg.d_sae} latents "
-                            f"(0..{sae.cfg.d_sae - 1})")
+        raise SaeAtlasError(
+            f"latent {bad[0]} is out of range: the SAE has {sae.cfg.d_sae} latents (0..{sae.cfg.d_sae - 1})"
+        )
     if n < 1 or width < 0 or after < 0:
-        raise SaeAtlasError(f"top_contexts needs n >= 1, width >= 0 and after >= 0, got n={n}, width={width}, "
-                            f"after={after}")
+        raise SaeAtlasError(
+            f"top_contexts needs n >= 1, width >= 0 and after >= 0, got n={n}, width={width}, after={after}"
+        )
 
 
 class _Texts:

@@ -13,10 +13,12 @@ PALETTE = ["#2171b5", "#238b45", "#cb181d", "#6a51a3", "#ff7f00", "#8c6d31", "#e
 
 
 def _open(width: int, height: int, title: str) -> list[str]:
-    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img">',
-            f'<title>{escape(title)}</title>',
-            f'<text x="8" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" role="img">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="8" y="18" font-size="14" font-weight="bold">{escape(title)}</text>',
+    ]
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -34,14 +36,23 @@ def _legend(names: list[str], colours: list[str], x: float, y: float, per_row: i
     out = []
     for i, (name, fill) in enumerate(zip(names, colours)):
         lx, ly = x + gap * (i % per_row), y + 15 * (i // per_row)
-        out.append(f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{fill}"/>'
-                   f'<text x="{lx + 14}" y="{ly}">{escape(name)}</text>')
+        out.append(
+            f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" fill="{fill}"/>'
+            f'<text x="{lx + 14}" y="{ly}">{escape(name)}</text>'
+        )
     return out
 
 
-def histogram_svg(samples: dict[str, Sequence[float]], title: str, x_label: str = "", bins: int = 24,
-                  lo: float | None = None, hi: float | None = None, width: int = 540,
-                  colours: list[str] | None = None) -> str:
+def histogram_svg(
+    samples: dict[str, Sequence[float]],
+    title: str,
+    x_label: str = "",
+    bins: int = 24,
+    lo: float | None = None,
+    hi: float | None = None,
+    width: int = 540,
+    colours: list[str] | None = None,
+) -> str:
     """Overlaid step histograms of several samples on shared bins, each normalised to a fraction of its own
     values (so samples of different sizes compare), with n and the mean in the legend.  NaNs are dropped;
     an empty sample is listed with n = 0 and not drawn.  colours: one per sample (default PALETTE)."""
@@ -57,8 +68,8 @@ def histogram_svg(samples: dict[str, Sequence[float]], title: str, x_label: str 
     y_max = max([float(f.max()) for f in fractions.values()] + [1e-9])
     left, plot_w, plot_h = 50, width - 70, 170
     top = 38 + 15 * math.ceil(len(data) / 2)
-    sx = lambda v: left + plot_w * (v - lo) / (hi - lo)  # noqa: E731
-    sy = lambda f: top + plot_h - plot_h * f / y_max  # noqa: E731
+    sx = lambda v: left + plot_w * (v - lo) / (hi - lo)
+    sy = lambda f: top + plot_h - plot_h * f / y_max
     out = _open(width, top + plot_h + 42, title)
     names = [f"{n} (n={len(v)}{', mean ' + format(v.mean(), '.2f') if len(v) else ''})" for n, v in data.items()]
     out += _legend(names, colours, left, 40, per_row=2, gap=(width - left) // 2)
@@ -70,22 +81,38 @@ def histogram_svg(samples: dict[str, Sequence[float]], title: str, x_label: str 
     return "\n".join(out)
 
 
-def _axes(sx, sy, x_range: tuple[float, float], y_max: float, left: float, top: float, plot_w: float, plot_h: float,
-          x_label: str, y_label: str) -> list[str]:
+def _axes(
+    sx,
+    sy,
+    x_range: tuple[float, float],
+    y_max: float,
+    left: float,
+    top: float,
+    plot_w: float,
+    plot_h: float,
+    x_label: str,
+    y_label: str,
+) -> list[str]:
     """Grid lines and ticks of both axes, the x axis line and both axis labels."""
     bottom = top + plot_h
     out = []
     for t in _ticks(0.0, y_max, 4):
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#e6e6e6"/>'
-                   f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:.2g}</text>')
+        out.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#e6e6e6"/>'
+            f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:.2g}</text>'
+        )
     for t in _ticks(*x_range, 6):
-        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{bottom}" y2="{bottom + 4}" stroke="#444"/>'
-                   f'<text x="{sx(t):.1f}" y="{bottom + 16}" text-anchor="middle">{t:.2g}</text>')
+        out.append(
+            f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{bottom}" y2="{bottom + 4}" stroke="#444"/>'
+            f'<text x="{sx(t):.1f}" y="{bottom + 16}" text-anchor="middle">{t:.2g}</text>'
+        )
     out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{bottom}" y2="{bottom}" stroke="#444"/>')
     if x_label:
         out.append(f'<text x="{left + plot_w / 2}" y="{bottom + 34}" text-anchor="middle">{escape(x_label)}</text>')
-    out.append(f'<text x="12" y="{top + plot_h / 2}" text-anchor="middle" '
-               f'transform="rotate(-90 12 {top + plot_h / 2})">{escape(y_label)}</text>')
+    out.append(
+        f'<text x="12" y="{top + plot_h / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 12 {top + plot_h / 2})">{escape(y_label)}</text>'
+    )
     return out
 
 
@@ -96,8 +123,10 @@ def _step_polygon(edges: np.ndarray, heights: np.ndarray, sx, sy, colour: str, n
         points += [(sx(edges[b]), sy(heights[b])), (sx(edges[b + 1]), sy(heights[b]))]
     points.append((sx(edges[-1]), sy(0)))
     path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-    return (f'<polygon points="{path}" fill="{colour}" fill-opacity="0.12" stroke="{colour}" '
-            f'stroke-width="1.6"><title>{escape(name)}</title></polygon>')
+    return (
+        f'<polygon points="{path}" fill="{colour}" fill-opacity="0.12" stroke="{colour}" '
+        f'stroke-width="1.6"><title>{escape(name)}</title></polygon>'
+    )
 
 
 def interval_plot_svg(rows: list[dict], title: str, x_label: str = "", width: int = 560) -> str:
@@ -113,11 +142,13 @@ def interval_plot_svg(rows: list[dict], title: str, x_label: str = "", width: in
     top = 34
     height = top + line_h * len(rows) + 22 * len(groups) + 36
     left, plot_w = label_w, width - label_w - note_w
-    sx = lambda v: left + plot_w * (v - lo) / (hi - lo)  # noqa: E731
+    sx = lambda v: left + plot_w * (v - lo) / (hi - lo)
     out = _open(width, height, title)
     for t in _ticks(lo, hi, 6):
-        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{height - 34}" stroke="#eeeeee"/>'
-                   f'<text x="{sx(t):.1f}" y="{height - 20}" text-anchor="middle">{t:.2g}</text>')
+        out.append(
+            f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top}" y2="{height - 34}" stroke="#eeeeee"/>'
+            f'<text x="{sx(t):.1f}" y="{height - 20}" text-anchor="middle">{t:.2g}</text>'
+        )
     y = top
     for group in groups:
         y += 18
@@ -135,8 +166,12 @@ def interval_plot_svg(rows: list[dict], title: str, x_label: str = "", width: in
 def _interval_range(rows: list[dict]) -> tuple[float, float]:
     """x range of an interval plot: every observed value and null interval, and 0, with a 4% margin."""
     values = [r.get(k) for r in rows for k in ("observed", "null_mean")]
-    values += [(r.get("null_mean") or 0) + s * 2 * (r.get("null_std") or 0) for r in rows for s in (-1, 1)
-               if r.get("null_mean") is not None]
+    values += [
+        (r.get("null_mean") or 0) + s * 2 * (r.get("null_std") or 0)
+        for r in rows
+        for s in (-1, 1)
+        if r.get("null_mean") is not None
+    ]
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     lo, hi = (min(finite + [0.0]), max(finite + [1e-9])) if finite else (0.0, 1.0)
     pad = 0.04 * (hi - lo or 1.0)
@@ -151,12 +186,16 @@ def _interval_row(r: dict, mid: float, sx, note_x: float) -> list[str]:
     if mean is not None and math.isfinite(mean):
         spread = 2 * std if std is not None and math.isfinite(std) else 0.0
         x0, x1 = sx(mean - spread), sx(mean + spread)
-        out.append(f'<rect x="{x0:.1f}" y="{mid - 4}" width="{max(x1 - x0, 1):.1f}" height="8" fill="#cccccc">'
-                   f'<title>null mean {mean:.3f} +- 2 sd</title></rect>'
-                   f'<line x1="{sx(mean):.1f}" x2="{sx(mean):.1f}" y1="{mid - 6}" y2="{mid + 6}" stroke="#777"/>')
+        out.append(
+            f'<rect x="{x0:.1f}" y="{mid - 4}" width="{max(x1 - x0, 1):.1f}" height="8" fill="#cccccc">'
+            f"<title>null mean {mean:.3f} +- 2 sd</title></rect>"
+            f'<line x1="{sx(mean):.1f}" x2="{sx(mean):.1f}" y1="{mid - 6}" y2="{mid + 6}" stroke="#777"/>'
+        )
     if obs is not None and math.isfinite(obs):
-        out.append(f'<circle cx="{sx(obs):.1f}" cy="{mid}" r="4.5" fill="{colour}">'
-                   f'<title>{escape(r["label"])}: {obs:.3f}</title></circle>')
+        out.append(
+            f'<circle cx="{sx(obs):.1f}" cy="{mid}" r="4.5" fill="{colour}">'
+            f"<title>{escape(r['label'])}: {obs:.3f}</title></circle>"
+        )
         note = r.get("note", "")
     else:
         note = "no pairs"

@@ -25,9 +25,17 @@ from ..fileio import write_bytes_atomic
 from .figures import PALETTE, histogram_svg, interval_plot_svg
 from .svg import bar_chart_svg, heatmap_svg, significance_stars
 
-SECTIONS = [("glance", "At a glance"), ("study", "The study"), ("saes", "SAE quality"), ("heatmaps", "Similarity across layers"),
-            ("correlations", "Matched correlations"), ("controls", "Controls"), ("concepts", "Concept subspaces"),
-            ("pairs", "Matched latent pairs"), ("absorption", "Absorption and splitting")]
+SECTIONS = [
+    ("glance", "At a glance"),
+    ("study", "The study"),
+    ("saes", "SAE quality"),
+    ("heatmaps", "Similarity across layers"),
+    ("correlations", "Matched correlations"),
+    ("controls", "Controls"),
+    ("concepts", "Concept subspaces"),
+    ("pairs", "Matched latent pairs"),
+    ("absorption", "Absorption and splitting"),
+]
 
 COMPARISONS = {  # comparison kind -> (label in the report, short label for legends, colour)
     "sae": ("real pair: SAE A x SAE B", "real pair", PALETTE[0]),
@@ -140,13 +148,15 @@ def _table(headers: list, rows: list[list], cls: str = "", groups: list[tuple[st
     """A table; columns whose every cell is a number (or –) are right-aligned.  groups: an optional first
     header row of (label, number of columns spanned)."""
     numeric = [bool(rows) and all(_is_numeric(r[i]) for r in rows) for i in range(len(headers))]
-    align = ['' if n else ' class="text"' for n in numeric]
+    align = ["" if n else ' class="text"' for n in numeric]
     top = "".join(f'<th colspan="{n}" class="group">{_e(g)}</th>' for g, n in groups or [])
     top = f"<tr>{top}</tr>" if top else ""
     head = "".join(f"<th{align[i]}>{_e(h)}</th>" for i, h in enumerate(headers))
     body = "".join("<tr>" + "".join(f"<td{align[i]}>{_e(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return Html(f'<div class="table-wrap"><table class="{cls}"><thead>{top}<tr>{head}</tr></thead>'
-                f'<tbody>{body}</tbody></table></div>')
+    return Html(
+        f'<div class="table-wrap"><table class="{cls}"><thead>{top}<tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def _figure(svg: str, caption: str = "", cls: str = "", data: dict | None = None) -> Html:
@@ -171,13 +181,17 @@ def _score(s: dict | None) -> Html:
     """'0.612 (z 41.2) ***' with the null, p, q and interval in a tooltip."""
     if not s or not math.isfinite(_num(s.get("observed"))):
         return Html('<span class="none">–</span>')
-    tip = (f"null {_fmt(s.get('null_mean'))} ± {_fmt(s.get('null_std'))}, p {_fmt(s.get('p'), '.3g')}, "
-           f"q {_fmt(s.get('q'), '.3g')}")
+    tip = (
+        f"null {_fmt(s.get('null_mean'))} ± {_fmt(s.get('null_std'))}, p {_fmt(s.get('p'), '.3g')}, "
+        f"q {_fmt(s.get('q'), '.3g')}"
+    )
     if s.get("ci_lo") is not None:
         tip += f", 95% CI {_fmt(s.get('ci_lo'))} to {_fmt(s.get('ci_hi'))}"
-    return Html(f'<span class="score" title="{_e(tip)}">{_fmt(s["observed"])} '
-                f'<span class="z">(z {_fmt(s.get("z"), ".1f")})</span> '
-                f'<span class="stars">{significance_stars(_num(s.get("q")))}</span></span>')
+    return Html(
+        f'<span class="score" title="{_e(tip)}">{_fmt(s["observed"])} '
+        f'<span class="z">(z {_fmt(s.get("z"), ".1f")})</span> '
+        f'<span class="stars">{significance_stars(_num(s.get("q")))}</span></span>'
+    )
 
 
 def _labels(results: dict) -> tuple[str, str]:
@@ -229,8 +243,10 @@ def _token_html(token: str) -> str:
 def _context_html(ctx: dict) -> str:
     tokens, focus = ctx.get("tokens") or [], ctx.get("focus")
     body = "".join(f"<mark>{_token_html(t)}</mark>" if i == focus else _token_html(t) for i, t in enumerate(tokens))
-    return (f'<li class="snippet"><span class="act" title="activation">{_fmt(ctx.get("activation"), ".2f")}</span>'
-            f'<span class="tokens">{body}</span></li>')
+    return (
+        f'<li class="snippet"><span class="act" title="activation">{_fmt(ctx.get("activation"), ".2f")}</span>'
+        f'<span class="tokens">{body}</span></li>'
+    )
 
 
 # ---------------------------------------------------------------- page
@@ -238,18 +254,28 @@ def render_report(results: dict) -> str:
     """The whole report as one HTML document (a string), from a study results dict (results.json)."""
     name = (results.get("study") or {}).get("name") or "study"
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'; '
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
         'img-src data:">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<link rel="icon" href="data:,">',
         f"<title>saeatlas report: {_e(name)}</title><style>{CSS}</style></head><body>",
-        _top(results, name), _legacy_banner(results), _nav(), "<main>",
-        _glance_section(results), _study_section(results), _sae_section(results), _heatmap_section(results),
-        _correlation_section(results), _controls_section(results), _concepts_section(results),
-        _pairs_section(results), _absorption_section(results),
+        _top(results, name),
+        _legacy_banner(results),
+        _nav(),
+        "<main>",
+        _glance_section(results),
+        _study_section(results),
+        _sae_section(results),
+        _heatmap_section(results),
+        _correlation_section(results),
+        _controls_section(results),
+        _concepts_section(results),
+        _pairs_section(results),
+        _absorption_section(results),
         f'</main><footer class="note" style="text-align:center;padding-bottom:24px">written by saeatlas '
-        f'{_e(__version__)} from results.json (version {_e(results.get("version"))})</footer></body></html>',
+        f"{_e(__version__)} from results.json (version {_e(results.get('version'))})</footer></body></html>",
     ]
     return "\n".join(parts)
 
@@ -265,8 +291,9 @@ def write_report(out_dir: str | Path) -> Path:
     except (ValueError, UnicodeDecodeError) as exc:
         raise SaeAtlasError(f"{source} is not valid JSON ({exc}): run `saeatlas run` again to rewrite it") from None
     if results.get("kind") != "study":
-        raise SaeAtlasError(f"{source} holds '{results.get('kind')}' results, not a study's: "
-                            "give the output folder of `saeatlas run`")
+        raise SaeAtlasError(
+            f"{source} holds '{results.get('kind')}' results, not a study's: give the output folder of `saeatlas run`"
+        )
     path = out_dir / "report.html"
     write_bytes_atomic(path, render_report(results).encode("utf-8"))
     return path
@@ -274,17 +301,21 @@ def write_report(out_dir: str | Path) -> Path:
 
 def _top(results: dict, name: str) -> str:
     models = " vs ".join(f"{m.get('label')} ({m.get('name') or m.get('spec')})" for m in results.get("models") or [])
-    return (f'<header class="top"><h1>saeatlas report: {_e(name)}</h1>'
-            f'<p>{_e(models)} · total {_fmt(results.get("seconds"), ".0f")} s</p></header>')
+    return (
+        f'<header class="top"><h1>saeatlas report: {_e(name)}</h1>'
+        f"<p>{_e(models)} · total {_fmt(results.get('seconds'), '.0f')} s</p></header>"
+    )
 
 
 def _legacy_banner(results: dict) -> str:
     if not results.get("legacy"):
         return ""
-    return ('<div id="legacy-banner" class="legacy" role="alert">LEGACY MODE: this comparison used the paper\'s '
-            'legacy matching (method legacy_first: each A latent keeps its first pair in B order). It is kept only '
-            'to reproduce the paper; its matches depend on latent order, so its scores are not a fair measure of '
-            'similarity. Use many_to_one, mutual or assignment for new results.</div>')
+    return (
+        '<div id="legacy-banner" class="legacy" role="alert">LEGACY MODE: this comparison used the paper\'s '
+        "legacy matching (method legacy_first: each A latent keeps its first pair in B order). It is kept only "
+        "to reproduce the paper; its matches depend on latent order, so its scores are not a fair measure of "
+        "similarity. Use many_to_one, mutual or assignment for new results.</div>"
+    )
 
 
 def _nav() -> str:
@@ -317,10 +348,19 @@ def _headline_rows(compare: dict) -> list[list]:
         sky = skyline.get(entry["layer_a"])
         sky_value = _num(((sky or {}).get("decoder") or {}).get(measure, {}).get("observed"))
         ratio = _num(best["observed"]) / sky_value if math.isfinite(sky_value) and sky_value > 0 else math.nan
-        rows.append([measure, short[entry["layer_a"], entry["layer_b"]], _score(best),
-                     f"{_fmt(min(values))} to {_fmt(max(values))}", f"{n_sig} of {len(cells)}",
-                     control(entry.get("random_init")), control(entry.get("shifted")), control(sky),
-                     f"{ratio:.0%}" if math.isfinite(ratio) else "–"])
+        rows.append(
+            [
+                measure,
+                short[entry["layer_a"], entry["layer_b"]],
+                _score(best),
+                f"{_fmt(min(values))} to {_fmt(max(values))}",
+                f"{n_sig} of {len(cells)}",
+                control(entry.get("random_init")),
+                control(entry.get("shifted")),
+                control(sky),
+                f"{ratio:.0%}" if math.isfinite(ratio) else "–",
+            ]
+        )
     return rows
 
 
@@ -331,58 +371,100 @@ def _glance_section(results: dict) -> str:
         a, b = _labels(results)
         rows = _headline_rows(compare)
         if rows:
-            parts.append(_table(["measure", "best layers", f"{a} x {b}", "all layer pairs", "q < .05",
-                                 "random-init B", "B shifted", f"skyline ({a} seeds)", "of skyline"], rows,
-                                "headline-table"))
+            parts.append(
+                _table(
+                    [
+                        "measure",
+                        "best layers",
+                        f"{a} x {b}",
+                        "all layer pairs",
+                        "q < .05",
+                        "random-init B",
+                        "B shifted",
+                        f"skyline ({a} seeds)",
+                        "of skyline",
+                    ],
+                    rows,
+                    "headline-table",
+                )
+            )
     saes = [s for s in results.get("saes") or [] if s.get("metrics")]
     if saes:
+
         def span(values, fmt=_fmt) -> str:
             values = [v for v in values if math.isfinite(v)]
-            return "–" if not values else fmt(min(values)) if min(values) == max(values) else \
-                f"{fmt(min(values))} to {fmt(max(values))}"
+            return (
+                "–"
+                if not values
+                else fmt(min(values))
+                if min(values) == max(values)
+                else f"{fmt(min(values))} to {fmt(max(values))}"
+            )
 
         def metric(key: str, part: str = "metrics") -> list[float]:
             return [_num((s.get(part) or {}).get(key)) for s in saes]
 
         ce = metric("ce_loss_recovered", "downstream")
-        parts.append(f'<p class="glance-line"><b>SAEs</b> ({len(saes)} evaluated): L0 {span(metric("l0"), lambda v: _fmt(v, ".1f"))}, '
-                     f'FVU {span(metric("fvu"))}, dead {span(metric("dead_fraction"), _pct)}, '
-                     f'CE-loss recovered {span(ce)}.</p>')
+        parts.append(
+            f'<p class="glance-line"><b>SAEs</b> ({len(saes)} evaluated): L0 {span(metric("l0"), lambda v: _fmt(v, ".1f"))}, '
+            f"FVU {span(metric('fvu'))}, dead {span(metric('dead_fraction'), _pct)}, "
+            f"CE-loss recovered {span(ce)}.</p>"
+        )
     absorption = results.get("absorption")
     if absorption and absorption.get("saes"):
-        items = [f'{_e(s.get("name"))} (k {_int(s.get("k"))}): split {_fmt((s.get("summary") or {}).get("mean_n_split"), ".2f")}, '
-                 f'absorption fraction {_fmt((s.get("summary") or {}).get("mean_absorption_fraction"))}, '
-                 f'full absorption {_fmt((s.get("summary") or {}).get("mean_full_absorption_rate"))}'
-                 for s in absorption["saes"]]
+        items = [
+            f"{_e(s.get('name'))} (k {_int(s.get('k'))}): split {_fmt((s.get('summary') or {}).get('mean_n_split'), '.2f')}, "
+            f"absorption fraction {_fmt((s.get('summary') or {}).get('mean_absorption_fraction'))}, "
+            f"full absorption {_fmt((s.get('summary') or {}).get('mean_full_absorption_rate'))}"
+            for s in absorption["saes"]
+        ]
         parts.append(f'<p class="glance-line"><b>Absorption</b> (means over letters): {"; ".join(items)}.</p>')
     if not parts:
         return _not_run("glance", "neither a comparison, SAEs nor absorption are in the results")
-    intro = ("The headline figures. Similarity of the matched SAE decoder rows: the best layer pair's score "
-             "(z against the random-pairing null, BH stars), the range over the grid and how many layer pairs "
-             "reach q < .05; beside it that layer pair's controls and the same-model skyline of its A layer "
-             "(hover a score for its null, p, q and interval). Details in the sections below.")
+    intro = (
+        "The headline figures. Similarity of the matched SAE decoder rows: the best layer pair's score "
+        "(z against the random-pairing null, BH stars), the range over the grid and how many layer pairs "
+        "reach q < .05; beside it that layer pair's controls and the same-model skyline of its A layer "
+        "(hover a score for its null, p, q and interval). Details in the sections below."
+    )
     return _section("glance", "".join(parts), intro)
 
 
 # ---------------------------------------------------------------- the study
 def _study_section(results: dict) -> str:
     study = results.get("study") or {}
-    models = _table(["label", "spec", "model", "d_model", "corpus", "tokens", "hooks"],
-                    [[m.get("label"), m.get("spec"), m.get("name"), _int(m.get("d_model")), m.get("corpus"),
-                      _int(m.get("n_tokens")), ", ".join(m.get("hooks") or [])] for m in results.get("models") or []])
-    settings = "".join(_settings_table(key, value) for key, value in study.items()
-                       if isinstance(value, dict))
+    models = _table(
+        ["label", "spec", "model", "d_model", "corpus", "tokens", "hooks"],
+        [
+            [
+                m.get("label"),
+                m.get("spec"),
+                m.get("name"),
+                _int(m.get("d_model")),
+                m.get("corpus"),
+                _int(m.get("n_tokens")),
+                ", ".join(m.get("hooks") or []),
+            ]
+            for m in results.get("models") or []
+        ],
+    )
+    settings = "".join(_settings_table(key, value) for key, value in study.items() if isinstance(value, dict))
     top = {k: v for k, v in study.items() if not isinstance(v, (dict, list))}
     settings = _settings_table("study", top) + settings
-    body = (f"<h3>Models and data</h3>{models}{_alignment_note(results)}"
-            f'<h3>Settings</h3><div class="settings">{settings}</div>'
-            f"<h3>Stages</h3>{_stages_table(results)}")
+    body = (
+        f"<h3>Models and data</h3>{models}{_alignment_note(results)}"
+        f'<h3>Settings</h3><div class="settings">{settings}</div>'
+        f"<h3>Stages</h3>{_stages_table(results)}"
+    )
     return _section("study", body)
 
 
 def _settings_table(name: str, values: dict) -> str:
-    rows = [[k, ", ".join(map(str, v)) if isinstance(v, list) else ("–" if v is None else v)]
-            for k, v in values.items() if not isinstance(v, dict)]
+    rows = [
+        [k, ", ".join(map(str, v)) if isinstance(v, list) else ("–" if v is None else v)]
+        for k, v in values.items()
+        if not isinstance(v, dict)
+    ]
     return f"<div><h4>[{_e(name)}]</h4>{_table(['setting', 'value'], rows, 'settings-table')}</div>"
 
 
@@ -390,15 +472,24 @@ def _alignment_note(results: dict) -> str:
     align = (results.get("compare") or {}).get("alignment")
     if not align:
         return ""
-    return (f'<p class="note">Aligned positions: {_int(align.get("n_positions"))} in {_int(align.get("n_documents"))} '
-            f'documents (by {_e(align.get("method"))}; usable tokens A {_int(align.get("usable_a"))}, '
-            f'B {_int(align.get("usable_b"))}).</p>')
+    return (
+        f'<p class="note">Aligned positions: {_int(align.get("n_positions"))} in {_int(align.get("n_documents"))} '
+        f"documents (by {_e(align.get('method'))}; usable tokens A {_int(align.get('usable_a'))}, "
+        f"B {_int(align.get('usable_b'))}).</p>"
+    )
 
 
 def _stages_table(results: dict) -> str:
     stages = results.get("stages") or []
-    rows = [[s.get("name"), "ran" if s.get("state") == "ran" else "done (skipped)", _fmt(s.get("seconds"), ".1f"),
-             (s.get("key") or "")[:12]] for s in stages]
+    rows = [
+        [
+            s.get("name"),
+            "ran" if s.get("state") == "ran" else "done (skipped)",
+            _fmt(s.get("seconds"), ".1f"),
+            (s.get("key") or "")[:12],
+        ]
+        for s in stages
+    ]
     total = f'<p class="note">Total {_fmt(results.get("seconds"), ".1f")} s.</p>'
     return _table(["stage", "this run", "seconds", "key"], rows) + total if rows else total
 
@@ -411,17 +502,54 @@ def _sae_section(results: dict) -> str:
     rows = []
     for s in saes:
         m, d = s.get("metrics") or {}, s.get("downstream") or {}
-        rows.append([s.get("label"), s.get("hook"), s.get("role", ""), s.get("arch"), _int(s.get("k")),
-                     _int(s.get("width")), _int(s.get("seed")), _fmt(m.get("l0"), ".1f"), _fmt(m.get("fvu")),
-                     _fmt(m.get("explained_variance")), _fmt(m.get("cosine")), _pct(m.get("dead_fraction")),
-                     _pct(m.get("dense_fraction")), _fmt(d.get("ce_loss_recovered")), _fmt(d.get("delta_lm_loss")),
-                     _fmt(d.get("kl_div"), ".4f")])
-    table = _table(["model", "hook", "role", "arch", "k", "width", "seed", "L0", "FVU", "expl. var.", "cosine", "dead",
-                    "dense", "CE-loss recovered", "Δ LM loss", "KL"], rows, "sae-table")
-    intro = ("Held-out figures: L0 (active latents per token), FVU (fraction of variance unexplained), dead "
-             "latents (never fire) and dense ones (fire on >10% of tokens); CE-loss recovered = (CE zero-ablated "
-             "- CE with the SAE) / (CE zero-ablated - CE clean) with the SAE spliced into the model. "
-             "– : not evaluated.")
+        rows.append(
+            [
+                s.get("label"),
+                s.get("hook"),
+                s.get("role", ""),
+                s.get("arch"),
+                _int(s.get("k")),
+                _int(s.get("width")),
+                _int(s.get("seed")),
+                _fmt(m.get("l0"), ".1f"),
+                _fmt(m.get("fvu")),
+                _fmt(m.get("explained_variance")),
+                _fmt(m.get("cosine")),
+                _pct(m.get("dead_fraction")),
+                _pct(m.get("dense_fraction")),
+                _fmt(d.get("ce_loss_recovered")),
+                _fmt(d.get("delta_lm_loss")),
+                _fmt(d.get("kl_div"), ".4f"),
+            ]
+        )
+    table = _table(
+        [
+            "model",
+            "hook",
+            "role",
+            "arch",
+            "k",
+            "width",
+            "seed",
+            "L0",
+            "FVU",
+            "expl. var.",
+            "cosine",
+            "dead",
+            "dense",
+            "CE-loss recovered",
+            "Δ LM loss",
+            "KL",
+        ],
+        rows,
+        "sae-table",
+    )
+    intro = (
+        "Held-out figures: L0 (active latents per token), FVU (fraction of variance unexplained), dead "
+        "latents (never fire) and dense ones (fire on >10% of tokens); CE-loss recovered = (CE zero-ablated "
+        "- CE with the SAE) / (CE zero-ablated - CE clean) with the SAE spliced into the model. "
+        "– : not evaluated."
+    )
     return _section("saes", table, intro)
 
 
@@ -433,18 +561,30 @@ def _cells(compare: dict) -> dict[tuple[str, str], dict]:
 def _grid(compare: dict, get) -> np.ndarray:
     """[n_layers_a, n_layers_b] of get(entry) over the layer grid (NaN where missing)."""
     cells = _cells(compare)
-    values = [[_num(get(cells[(a, b)])) if (a, b) in cells else math.nan for b in compare["layers_b"]]
-              for a in compare["layers_a"]]
+    values = [
+        [_num(get(cells[(a, b)])) if (a, b) in cells else math.nan for b in compare["layers_b"]]
+        for a in compare["layers_a"]
+    ]
     return np.array(values, dtype=float).reshape(len(compare["layers_a"]), len(compare["layers_b"]))
 
 
-def _heatmap(compare: dict, labels: tuple[str, str], values: np.ndarray, title: str, text=None,
-             diverging: bool = False) -> str:
+def _heatmap(
+    compare: dict, labels: tuple[str, str], values: np.ndarray, title: str, text=None, diverging: bool = False
+) -> str:
     rows, kind_a = short_hooks(compare["layers_a"])
     cols, kind_b = short_hooks(compare["layers_b"])
     cell = max(48, min(72, 400 // max(len(cols), len(rows), 1)))
-    return heatmap_svg(values, rows, cols, title, text, row_title=f"{labels[0]} {kind_a}".strip(),
-                       col_title=f"{labels[1]} {kind_b}".strip(), diverging=diverging, cell=cell)
+    return heatmap_svg(
+        values,
+        rows,
+        cols,
+        title,
+        text,
+        row_title=f"{labels[0]} {kind_a}".strip(),
+        col_title=f"{labels[1]} {kind_b}".strip(),
+        diverging=diverging,
+        cell=cell,
+    )
 
 
 def _measure_numbers(compare: dict, space: str, measure: str) -> str:
@@ -454,34 +594,57 @@ def _measure_numbers(compare: dict, space: str, measure: str) -> str:
     for e, label in zip(compare["pairs"], labels):
         s = ((e.get("sae") or {}).get(space) or {}).get(measure) or {}
         ci = f"{_fmt(s.get('ci_lo'))}–{_fmt(s.get('ci_hi'))}" if s.get("ci_lo") is not None else "–"
-        rows.append([label, _fmt(s.get("observed")), f"{_fmt(s.get('null_mean'))} ± {_fmt(s.get('null_std'))}",
-                     _fmt(s.get("z"), ".1f"), _fmt(s.get("p"), ".3g"), _fmt(s.get("q"), ".3g"), ci])
+        rows.append(
+            [
+                label,
+                _fmt(s.get("observed")),
+                f"{_fmt(s.get('null_mean'))} ± {_fmt(s.get('null_std'))}",
+                _fmt(s.get("z"), ".1f"),
+                _fmt(s.get("p"), ".3g"),
+                _fmt(s.get("q"), ".3g"),
+                ci,
+            ]
+        )
     return _table(["layers", "observed", "null", "z", "p", "q", "95% CI"], rows, "measure-table")
 
 
 def _measure_heatmaps(compare: dict, labels: tuple[str, str], space: str, measure: str) -> str:
-    score = lambda e: ((e.get("sae") or {}).get(space) or {}).get(measure) or {}  # noqa: E731
+    score = lambda e: ((e.get("sae") or {}).get(space) or {}).get(measure) or {}
     cells = _cells(compare)
-    starred = lambda s: _fmt(s.get("observed")) + significance_stars(_num(s.get("q")))  # noqa: E731
-    text = [[starred(score(cells[(a, b)])) if (a, b) in cells else "" for b in compare["layers_b"]]
-            for a in compare["layers_a"]]
+    starred = lambda s: _fmt(s.get("observed")) + significance_stars(_num(s.get("q")))
+    text = [
+        [starred(score(cells[(a, b)])) if (a, b) in cells else "" for b in compare["layers_b"]]
+        for a in compare["layers_a"]
+    ]
     z = _grid(compare, lambda e: score(e).get("z"))
     z_text = [["" if not math.isfinite(v) else f"{v:.1f}" for v in row] for row in z]
     data = {"measure": measure, "space": space}
-    value_fig = _figure(_heatmap(compare, labels, _grid(compare, lambda e: score(e).get("observed")), measure, text),
-                        "", "heatmap", {**data, "stat": "value"})
-    z_fig = _figure(_heatmap(compare, labels, z, f"{measure}: z", z_text, diverging=True), "", "heatmap",
-                    {**data, "stat": "z"})
+    value_fig = _figure(
+        _heatmap(compare, labels, _grid(compare, lambda e: score(e).get("observed")), measure, text),
+        "",
+        "heatmap",
+        {**data, "stat": "value"},
+    )
+    z_fig = _figure(
+        _heatmap(compare, labels, z, f"{measure}: z", z_text, diverging=True), "", "heatmap", {**data, "stat": "z"}
+    )
     return value_fig + z_fig + _measure_numbers(compare, space, measure)
 
 
 def _matching_heatmaps(compare: dict, labels: tuple[str, str]) -> str:
     n_pairs = _grid(compare, lambda e: e["sae"].get("n_pairs"))
     mmc = _grid(compare, lambda e: e["sae"].get("mean_max_corr"))
-    return (_figure(_heatmap(compare, labels, n_pairs, "matched pairs", [[_int(v) for v in r] for r in n_pairs]),
-                    "", "heatmap", {"measure": "n_pairs", "stat": "value"}) +
-            _figure(_heatmap(compare, labels, mmc, "mean max correlation"), "", "heatmap",
-                    {"measure": "mean_max_corr", "stat": "value"}))
+    return _figure(
+        _heatmap(compare, labels, n_pairs, "matched pairs", [[_int(v) for v in r] for r in n_pairs]),
+        "",
+        "heatmap",
+        {"measure": "n_pairs", "stat": "value"},
+    ) + _figure(
+        _heatmap(compare, labels, mmc, "mean max correlation"),
+        "",
+        "heatmap",
+        {"measure": "mean_max_corr", "stat": "value"},
+    )
 
 
 def _heatmap_section(results: dict) -> str:
@@ -490,18 +653,26 @@ def _heatmap_section(results: dict) -> str:
         return _not_run("heatmaps", "the comparison was not part of this study")
     labels, cfg = _labels(results), compare.get("config") or {}
     first = compare["pairs"][0]["sae"]
-    html = [f'<h3>Matching ({_e(cfg.get("method"))}, r above {_fmt(cfg.get("threshold"), ".2f")})</h3>'
-            f'<div class="figures">{_matching_heatmaps(compare, labels)}</div>']
-    for space, heading in (("decoder", "Decoder rows of the matched latents"),
-                           ("activations", "Activations of the matched latents")):
-        figs = "".join(f'<div class="figures measure">{_measure_heatmaps(compare, labels, space, m)}</div>'
-                       for m in (first.get(space) or {}))
+    html = [
+        f"<h3>Matching ({_e(cfg.get('method'))}, r above {_fmt(cfg.get('threshold'), '.2f')})</h3>"
+        f'<div class="figures">{_matching_heatmaps(compare, labels)}</div>'
+    ]
+    for space, heading in (
+        ("decoder", "Decoder rows of the matched latents"),
+        ("activations", "Activations of the matched latents"),
+    ):
+        figs = "".join(
+            f'<div class="figures measure">{_measure_heatmaps(compare, labels, space, m)}</div>'
+            for m in (first.get(space) or {})
+        )
         html.append(f"<h3>{_e(heading)}</h3>{figs}" if figs else "")
-    intro = (f"Each cell is one layer of {labels[0]} (rows) against one layer of {labels[1]} (columns). Per measure: "
-             "the score with Benjamini-Hochberg stars across the grid (* q<.05, ** q<.01, *** q<.001), its z-score "
-             f"against {_int(cfg.get('n_permutations'))} random pairings of the same latents, and the numbers "
-             "(95% CI: basic bootstrap interval over documents, i.e. how stable the matching is; it corrects "
-             "for the resamples' bias, so it can sit beside the score rather than around it).")
+    intro = (
+        f"Each cell is one layer of {labels[0]} (rows) against one layer of {labels[1]} (columns). Per measure: "
+        "the score with Benjamini-Hochberg stars across the grid (* q<.05, ** q<.01, *** q<.001), its z-score "
+        f"against {_int(cfg.get('n_permutations'))} random pairings of the same latents, and the numbers "
+        "(95% CI: basic bootstrap interval over documents, i.e. how stable the matching is; it corrects "
+        "for the resamples' bias, so it can sit beside the score rather than around it)."
+    )
     if results.get("legacy"):
         intro += " LEGACY MODE: matched with legacy_first (see the banner)."
     return _section("heatmaps", "".join(html), intro)
@@ -528,13 +699,21 @@ def _correlation_section(results: dict) -> str:
         samples, colours = _correlation_samples(entry, skyline.get(entry["layer_a"]))
         values = [v for s in samples.values() for v in s if v is not None]
         lo = min([0.0] + values + ([threshold] if math.isfinite(threshold) else []))
-        svg = histogram_svg(samples, _pair_name(entry["layer_a"], entry["layer_b"]), "Pearson r of matched pairs",
-                            lo=lo, hi=1.0, colours=colours)
+        svg = histogram_svg(
+            samples,
+            _pair_name(entry["layer_a"], entry["layer_b"]),
+            "Pearson r of matched pairs",
+            lo=lo,
+            hi=1.0,
+            colours=colours,
+        )
         figs.append(_figure(svg, "", "histogram", {"layer-a": entry["layer_a"], "layer-b": entry["layer_b"]}))
-    intro = ("Correlation of each matched latent pair over the aligned positions, for the real SAE pair and for "
-             "the controls that play the null: the random-init SAE and the shifted tokens should match weakly, "
-             "the skyline (another seed of A's SAE) strongly. Each curve is a fraction of its own pairs "
-             f"(n in the legend); pairs need r above the threshold ({_fmt(threshold, '.2f')}).")
+    intro = (
+        "Correlation of each matched latent pair over the aligned positions, for the real SAE pair and for "
+        "the controls that play the null: the random-init SAE and the shifted tokens should match weakly, "
+        "the skyline (another seed of A's SAE) strongly. Each curve is a fraction of its own pairs "
+        f"(n in the legend); pairs need r above the threshold ({_fmt(threshold, '.2f')})."
+    )
     return _section("correlations", f'<div class="figures">{"".join(figs)}</div>', intro)
 
 
@@ -560,12 +739,17 @@ def _control_rows(compare: dict, measure: str) -> list[dict]:
             s = (body.get(space) or {}).get(measure)
             if s is None:
                 continue
-            rows.append({"group": _pair_name(entry["layer_a"], entry["layer_b"]),
-                         "label": COMPARISONS[kind][0] + (" (activations)" if space == "activations" else ""),
-                         "observed": _num(s.get("observed")), "null_mean": _num(s.get("null_mean")),
-                         "null_std": _num(s.get("null_std")),
-                         "note": f"z {_fmt(s.get('z'), '.1f')} {significance_stars(_num(s.get('q')))}",
-                         "colour": COMPARISONS[kind][2]})
+            rows.append(
+                {
+                    "group": _pair_name(entry["layer_a"], entry["layer_b"]),
+                    "label": COMPARISONS[kind][0] + (" (activations)" if space == "activations" else ""),
+                    "observed": _num(s.get("observed")),
+                    "null_mean": _num(s.get("null_mean")),
+                    "null_std": _num(s.get("null_std")),
+                    "note": f"z {_fmt(s.get('z'), '.1f')} {significance_stars(_num(s.get('q')))}",
+                    "colour": COMPARISONS[kind][2],
+                }
+            )
     return rows
 
 
@@ -574,12 +758,20 @@ def _controls_table(compare: dict, measures: list[str]) -> str:
     for entry in compare["pairs"]:
         for kind, body in _bodies(compare, entry):
             space = "activations" if kind == "neurons" else "decoder"
-            rows.append([_pair_name(entry["layer_a"], entry["layer_b"]), COMPARISONS[kind][0], space,
-                         _int(body.get("n_pairs")), _fmt(body.get("mean_max_corr")),
-                         _fmt(body.get("matched_corr_mean"))]
-                        + [_score((body.get(space) or {}).get(m)) for m in measures])
-    return _table(["layer pair", "comparison", "space", "pairs", "mean max r", "matched r"] + measures, rows,
-                  "controls-table")
+            rows.append(
+                [
+                    _pair_name(entry["layer_a"], entry["layer_b"]),
+                    COMPARISONS[kind][0],
+                    space,
+                    _int(body.get("n_pairs")),
+                    _fmt(body.get("mean_max_corr")),
+                    _fmt(body.get("matched_corr_mean")),
+                ]
+                + [_score((body.get(space) or {}).get(m)) for m in measures]
+            )
+    return _table(
+        ["layer pair", "comparison", "space", "pairs", "mean max r", "matched r"] + measures, rows, "controls-table"
+    )
 
 
 def _controls_section(results: dict) -> str:
@@ -590,34 +782,60 @@ def _controls_section(results: dict) -> str:
         return _not_run("controls", "no controls were asked for (compare.controls is empty)")
     measures = list((compare.get("config") or {}).get("control_measures") or ["svcca", "rsa", "linear_cka"])
     plots = [(m, _control_rows(compare, m)) for m in measures]
-    figs = "".join(_figure(interval_plot_svg(rows, m, m), "", "controls-plot", {"measure": m})
-                   for m, rows in plots if rows)
-    intro = ("The real SAE pair beside its controls, scored the same way: dots are observed scores, grey bars "
-             "their random-pairing null (mean ± 2 sd), stars BH q-values. Raw neurons have no decoder, so they "
-             "(and the real pair beside them) are scored on activations.")
+    figs = "".join(
+        _figure(interval_plot_svg(rows, m, m), "", "controls-plot", {"measure": m}) for m, rows in plots if rows
+    )
+    intro = (
+        "The real SAE pair beside its controls, scored the same way: dots are observed scores, grey bars "
+        "their random-pairing null (mean ± 2 sd), stars BH q-values. Raw neurons have no decoder, so they "
+        "(and the real pair beside them) are scored on activations."
+    )
     return _section("controls", f'<div class="figures">{figs}</div>{_controls_table(compare, measures)}', intro)
 
 
 # ---------------------------------------------------------------- concepts
-def _concept_heatmaps(concepts: dict, names: list[str], grid: list[tuple[str, str]],
-                      measures: list[str]) -> list[str]:
+def _concept_heatmaps(concepts: dict, names: list[str], grid: list[tuple[str, str]], measures: list[str]) -> list[str]:
     """A matched-pairs heatmap, then one per measure that scored anywhere (concept rows, layer-pair columns)."""
     cell = {(e["concept"], e["layer_a"], e["layer_b"]): e for e in concepts["entries"]}
     columns = _grid_labels(grid)
     size = 48 if len(grid) <= 6 else 44
     n = np.array([[_num((cell.get((c, a, b)) or {}).get("n_pairs")) for a, b in grid] for c in names], dtype=float)
-    figs = [_figure(heatmap_svg(n, names, columns, "matched pairs", [[_int(v) for v in r] for r in n],
-                                col_title="layer A × layer B", cell=size), "", "heatmap concept-heatmap",
-                    {"measure": "n_pairs"})]
+    figs = [
+        _figure(
+            heatmap_svg(
+                n,
+                names,
+                columns,
+                "matched pairs",
+                [[_int(v) for v in r] for r in n],
+                col_title="layer A × layer B",
+                cell=size,
+            ),
+            "",
+            "heatmap concept-heatmap",
+            {"measure": "n_pairs"},
+        )
+    ]
     for m in measures:
-        get = lambda c, a, b: ((cell.get((c, a, b)) or {}).get("decoder") or {}).get(m) or {}  # noqa: E731
+        get = lambda c, a, b: ((cell.get((c, a, b)) or {}).get("decoder") or {}).get(m) or {}
         values = np.array([[_num(get(c, a, b).get("observed")) for a, b in grid] for c in names], dtype=float)
         if not np.isfinite(values).any():
             continue
-        text = [[_fmt(get(c, a, b).get("observed"), ".2f") + significance_stars(_num(get(c, a, b).get("q")))
-                 for a, b in grid] for c in names]
-        figs.append(_figure(heatmap_svg(values, names, columns, m, text, col_title="layer A × layer B", cell=size),
-                            "", "heatmap concept-heatmap", {"measure": m}))
+        text = [
+            [
+                _fmt(get(c, a, b).get("observed"), ".2f") + significance_stars(_num(get(c, a, b).get("q")))
+                for a, b in grid
+            ]
+            for c in names
+        ]
+        figs.append(
+            _figure(
+                heatmap_svg(values, names, columns, m, text, col_title="layer A × layer B", cell=size),
+                "",
+                "heatmap concept-heatmap",
+                {"measure": m},
+            )
+        )
     return figs
 
 
@@ -630,30 +848,48 @@ def _concepts_section(results: dict) -> str:
     grid = list(dict.fromkeys((e["layer_a"], e["layer_b"]) for e in entries))
     figs = _concept_heatmaps(concepts, names, grid, measures)
     short = dict(zip(grid, _grid_labels(grid)))
-    rows = [[e["concept"], short[(e["layer_a"], e["layer_b"])], _int(e.get("n_latents_a")),
-             _int(e.get("n_latents_b")), _int(e.get("n_pairs")), _fmt(e.get("matched_corr_mean"))]
-            + [_score((e.get("decoder") or {}).get(m)) for m in measures] for e in entries]
-    table = _table(["concept", "layers", "latents A", "latents B", "pairs", "matched r"] + measures, rows,
-                   "concepts-table")
-    intro = ("A latent belongs to a concept when one of its top activating tokens is one of the concept's keywords "
-             "(in its own model's tokenizer); within each concept the latents are matched and scored against "
-             "random pairings of the same latents (stars: BH q-values; – : too few pairs to score).")
+    rows = [
+        [
+            e["concept"],
+            short[(e["layer_a"], e["layer_b"])],
+            _int(e.get("n_latents_a")),
+            _int(e.get("n_latents_b")),
+            _int(e.get("n_pairs")),
+            _fmt(e.get("matched_corr_mean")),
+        ]
+        + [_score((e.get("decoder") or {}).get(m)) for m in measures]
+        for e in entries
+    ]
+    table = _table(
+        ["concept", "layers", "latents A", "latents B", "pairs", "matched r"] + measures, rows, "concepts-table"
+    )
+    intro = (
+        "A latent belongs to a concept when one of its top activating tokens is one of the concept's keywords "
+        "(in its own model's tokenizer); within each concept the latents are matched and scored against "
+        "random pairings of the same latents (stars: BH q-values; – : too few pairs to score)."
+    )
     return _section("concepts", f'<div class="figures concepts">{"".join(figs)}</div>{table}', intro)
 
 
 # ---------------------------------------------------------------- pair cards
 def _card(card: dict, labels: tuple[str, str], number: int) -> str:
     sides = []
-    for side, label, layer, idx in (("a", labels[0], card.get("layer_a"), card.get("idx_a")),
-                                    ("b", labels[1], card.get("layer_b"), card.get("idx_b"))):
+    for side, label, layer, idx in (
+        ("a", labels[0], card.get("layer_a"), card.get("idx_a")),
+        ("b", labels[1], card.get("layer_b"), card.get("idx_b")),
+    ):
         contexts = card.get(side) or []
         items = "".join(_context_html(c) for c in contexts) or '<li class="none note">no activating context</li>'
-        sides.append(f'<div class="context side-{side}"><h4>{_e(label)} {_e(layer)} · latent {_e(idx)}</h4>'
-                     f"<ol>{items}</ol></div>")
-    title = f'{_e(labels[0])} #{_e(card.get("idx_a"))} ⟷ {_e(labels[1])} #{_e(card.get("idx_b"))}'
-    return (f'<article class="pair-card" id="pair-{number}"><header><span>{title}</span>'
-            f'<span class="corr">r = {_fmt(card.get("corr"))}</span></header>'
-            f'<div class="sides">{"".join(sides)}</div></article>')
+        sides.append(
+            f'<div class="context side-{side}"><h4>{_e(label)} {_e(layer)} · latent {_e(idx)}</h4>'
+            f"<ol>{items}</ol></div>"
+        )
+    title = f"{_e(labels[0])} #{_e(card.get('idx_a'))} ⟷ {_e(labels[1])} #{_e(card.get('idx_b'))}"
+    return (
+        f'<article class="pair-card" id="pair-{number}"><header><span>{title}</span>'
+        f'<span class="corr">r = {_fmt(card.get("corr"))}</span></header>'
+        f'<div class="sides">{"".join(sides)}</div></article>'
+    )
 
 
 def _pairs_section(results: dict) -> str:
@@ -672,9 +908,11 @@ def _pairs_section(results: dict) -> str:
             number += 1
         title = f"{_e(labels[0])} {_e(a)} × {_e(labels[1])} {_e(b)}"
         html.append(f'<div class="pair-group"><h3>{title}</h3>{"".join(items)}</div>')
-    intro = ("The most correlated matched pairs of each layer pair. Each side shows the latent's top activating "
-             "contexts in its own model's text, the firing token highlighted and its activation at the left; "
-             "↵ marks a newline, · a space-only token.")
+    intro = (
+        "The most correlated matched pairs of each layer pair. Each side shows the latent's top activating "
+        "contexts in its own model's text, the firing token highlighted and its activation at the left; "
+        "↵ marks a newline, · a space-only token."
+    )
     return _section("pairs", "".join(html), intro)
 
 
@@ -684,13 +922,38 @@ def _absorption_summary(absorption: dict) -> str:
     rows = []
     for s in saes:
         m = s.get("summary") or {}
-        rows.append([s.get("name"), s.get("arch"), _int(s.get("k")), _int(s.get("d_sae")),
-                     _fmt(s.get("l0_on_task"), ".1f"), _int(m.get("n_qualifying_letters")),
-                     _fmt(m.get("mean_n_split"), ".2f"), _fmt(m.get("mean_k_sparse_f1")),
-                     _fmt(m.get("mean_absorption_fraction")), _fmt(m.get("mean_full_absorption_rate")),
-                     _fmt(m.get("mean_ablation_absorption_rate"))])
-    return _table(["SAE", "arch", "k", "width", "L0 on task", "letters", "mean split", "k-sparse F1",
-                   "absorption fraction", "full absorption", "ablation absorption"], rows, "absorption-summary")
+        rows.append(
+            [
+                s.get("name"),
+                s.get("arch"),
+                _int(s.get("k")),
+                _int(s.get("d_sae")),
+                _fmt(s.get("l0_on_task"), ".1f"),
+                _int(m.get("n_qualifying_letters")),
+                _fmt(m.get("mean_n_split"), ".2f"),
+                _fmt(m.get("mean_k_sparse_f1")),
+                _fmt(m.get("mean_absorption_fraction")),
+                _fmt(m.get("mean_full_absorption_rate")),
+                _fmt(m.get("mean_ablation_absorption_rate")),
+            ]
+        )
+    return _table(
+        [
+            "SAE",
+            "arch",
+            "k",
+            "width",
+            "L0 on task",
+            "letters",
+            "mean split",
+            "k-sparse F1",
+            "absorption fraction",
+            "full absorption",
+            "ablation absorption",
+        ],
+        rows,
+        "absorption-summary",
+    )
 
 
 def _absorption_charts(absorption: dict) -> str:
@@ -698,19 +961,28 @@ def _absorption_charts(absorption: dict) -> str:
     saes = absorption.get("saes") or []
     letters = [chr(ord("A") + i) for i in range(26)]
     by_letter = {s["name"]: {r["letter"]: r for r in s.get("letters") or []} for s in saes}
-    charts = [("absorption_fraction", "absorption fraction"), ("full_absorption_rate", "full absorption rate"),
-              ("ablation_absorption_rate", "ablation absorption rate"), ("n_split", "splitting (main latents - 1)")]
+    charts = [
+        ("absorption_fraction", "absorption fraction"),
+        ("full_absorption_rate", "full absorption rate"),
+        ("ablation_absorption_rate", "ablation absorption rate"),
+        ("n_split", "splitting (main latents - 1)"),
+    ]
     bar = max(4, min(9, 13 // max(len(saes), 1)))
     figs = []
     for key, title in charts:
-        series = {name: [_num(rows[c].get(key)) if c in rows and rows[c].get("qualifies", True) else math.nan
-                         for c in letters] for name, rows in by_letter.items()}
+        series = {
+            name: [
+                _num(rows[c].get(key)) if c in rows and rows[c].get("qualifies", True) else math.nan for c in letters
+            ]
+            for name, rows in by_letter.items()
+        }
         finite = [v for s in series.values() for v in s if math.isfinite(v)]
         if not finite:
             continue
         y_max = max(1.0, max(finite)) if key == "n_split" else 1.0
-        figs.append(_figure(bar_chart_svg(letters, series, title, y_max=y_max, bar=bar), "", "bar-chart",
-                            {"measure": key}))
+        figs.append(
+            _figure(bar_chart_svg(letters, series, title, y_max=y_max, bar=bar), "", "bar-chart", {"measure": key})
+        )
     return f'<div class="figures">{"".join(figs)}</div>'
 
 
@@ -728,8 +1000,11 @@ def _absorption_letters(absorption: dict) -> str:
         row = [c, _fmt(p.get("f1")), _fmt(p.get("precision")), _fmt(p.get("recall")), _int(p.get("n_test"))]
         for s in saes:
             r = next((r for r in s.get("letters") or [] if r["letter"] == c), {})
-            row += [_int(r.get("n_split")) + ("" if r.get("qualifies", True) else " †"),
-                    _fmt(r.get("absorption_fraction")), _fmt(r.get("full_absorption_rate"))]
+            row += [
+                _int(r.get("n_split")) + ("" if r.get("qualifies", True) else " †"),
+                _fmt(r.get("absorption_fraction")),
+                _fmt(r.get("full_absorption_rate")),
+            ]
             row += [_fmt(r.get("ablation_absorption_rate"))] if ablation else []
             row += [" ".join(map(str, (r.get("main_latents") or [])[:5]))]
         rows.append(row)
@@ -741,10 +1016,14 @@ def _absorption_section(results: dict) -> str:
     if not absorption or not absorption.get("saes"):
         return _not_run("absorption", "absorption was not part of this study")
     a = absorption
-    intro = (f"First-letter task on {a.get('model')} {a.get('hook')}: {_int(a.get('n_prompts'))} words "
-             f"({_int(a.get('n_dropped'))} dropped), probes trained on {_int(a.get('n_train'))} and tested on "
-             f"{_int(a.get('n_test'))}, mean probe F1 {_fmt(a.get('mean_probe_f1'))}. "
-             "Letters whose probe F1 is too low († in the table) do not count and are left out of the charts.")
-    body = (f"<h3>Per SAE</h3>{_absorption_summary(absorption)}<h3>Per letter</h3>{_absorption_charts(absorption)}"
-            f"{_absorption_letters(absorption)}")
+    intro = (
+        f"First-letter task on {a.get('model')} {a.get('hook')}: {_int(a.get('n_prompts'))} words "
+        f"({_int(a.get('n_dropped'))} dropped), probes trained on {_int(a.get('n_train'))} and tested on "
+        f"{_int(a.get('n_test'))}, mean probe F1 {_fmt(a.get('mean_probe_f1'))}. "
+        "Letters whose probe F1 is too low († in the table) do not count and are left out of the charts."
+    )
+    body = (
+        f"<h3>Per SAE</h3>{_absorption_summary(absorption)}<h3>Per letter</h3>{_absorption_charts(absorption)}"
+        f"{_absorption_letters(absorption)}"
+    )
     return _section("absorption", body, intro)

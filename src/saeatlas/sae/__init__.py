@@ -6,5 +6,14 @@ from .metrics import evaluate
 from .model import SAEOutput, SparseAutoencoder
 from .trainer import train_sae
 
-__all__ = ["ARCHITECTURES", "SAEConfig", "TrainConfig", "SparseAutoencoder", "SAEOutput", "train_sae",
-           "evaluate", "load_sae", "save_saelens"]
+__all__ = [
+    "ARCHITECTURES",
+    "SAEConfig",
+    "SAEOutput",
+    "SparseAutoencoder",
+    "TrainConfig",
+    "evaluate",
+    "load_sae",
+    "save_saelens",
+    "train_sae",
+]

@@ -47,22 +47,26 @@ class SAEConfig:
     mp_tolerance: float = 1e-6
     """mp: stop when the residual norm falls below this fraction of the input norm."""
 
-    def validate(self) -> "SAEConfig":
+    def validate(self) -> SAEConfig:
         _check(self.arch in ARCHITECTURES, "--arch", self.arch, f"use one of {', '.join(ARCHITECTURES)}")
         _check(self.d_in >= 1, "d_in", self.d_in, "must be positive")
         _check(self.d_sae >= 1, "--width", self.d_sae, "must be positive")
         _check(1 <= self.k <= self.d_sae, "--k", self.k, f"must be between 1 and the width {self.d_sae}")
         _check(self.l1_coefficient >= 0, "--l1-coefficient", self.l1_coefficient, "must be >= 0")
         _check(self.gba_groups >= 1, "gba_groups", self.gba_groups, "must be >= 1")
-        _check(0 < self.gba_freq_low <= self.gba_freq_high < 1, "gba frequencies",
-               (self.gba_freq_low, self.gba_freq_high), "need 0 < low <= high < 1")
+        _check(
+            0 < self.gba_freq_low <= self.gba_freq_high < 1,
+            "gba frequencies",
+            (self.gba_freq_low, self.gba_freq_high),
+            "need 0 < low <= high < 1",
+        )
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SAEConfig":
+    def from_dict(cls, data: dict) -> SAEConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -97,7 +101,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     """Steps between checkpoints (0 = none)."""
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         _check(self.steps >= 1, "--steps", self.steps, "must be positive")
         _check(self.batch_size >= 1, "--batch-size", self.batch_size, "must be positive")
         _check(self.dtype in ("auto", "float32", "bfloat16"), "--dtype", self.dtype, "use auto, float32 or bfloat16")

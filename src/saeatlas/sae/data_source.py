@@ -118,6 +118,8 @@ def load_matrix(path: str | Path) -> TensorSource:
         except (SafetensorError, OSError) as exc:
             raise SaeAtlasError(f"'{path}' is not a valid safetensors file ({exc})") from None
         if len(tensors) != 1:
-            raise SaeAtlasError(f"'{path}' holds {len(tensors)} tensors ({', '.join(tensors)}); expected one [n_tokens, d_in]")
+            raise SaeAtlasError(
+                f"'{path}' holds {len(tensors)} tensors ({', '.join(tensors)}); expected one [n_tokens, d_in]"
+            )
         return TensorSource(next(iter(tensors.values())), path.name)
     raise SaeAtlasError(f"'{path}': activations must be a .npy or .safetensors file")

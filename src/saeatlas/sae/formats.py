@@ -36,7 +36,9 @@ def saelens_hook_name(hook: str | None) -> str | None:
     return f"blocks.{layer}.hook_{stage}"
 
 
-def save_saelens(sae: SparseAutoencoder, folder: str | Path, metadata: dict | None = None, extra: dict | None = None) -> Path:
+def save_saelens(
+    sae: SparseAutoencoder, folder: str | Path, metadata: dict | None = None, extra: dict | None = None
+) -> Path:
     """Write `sae` as a SAELens folder, atomically (a temporary folder renamed at the end)."""
     from safetensors.torch import save_file
 
@@ -52,7 +54,11 @@ def save_saelens(sae: SparseAutoencoder, folder: str | Path, metadata: dict | No
         "b_dec": sae.b_dec.detach().float().contiguous(),
     }
     if arch == "jumprelu":
-        threshold = sae.threshold if sae.cfg.arch in ("jumprelu", "gba") else torch.full((sae.cfg.d_sae,), float(sae.inference_threshold or 0.0))
+        threshold = (
+            sae.threshold
+            if sae.cfg.arch in ("jumprelu", "gba")
+            else torch.full((sae.cfg.d_sae,), float(sae.inference_threshold or 0.0))
+        )
         tensors["threshold"] = threshold.detach().float().contiguous()
     save_file(tensors, tmp / SAELENS_WEIGHTS)
     meta = dict(metadata or {})
@@ -112,7 +118,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise SaeAtlasError(f"{path} is not a valid safetensors file ({str(exc).splitlines()[0]}); pickles are refused") from None
+        raise SaeAtlasError(
+            f"{path} is not a valid safetensors file ({str(exc).splitlines()[0]}); pickles are refused"
+        ) from None
 
 
 def _expect(tensors: dict, name: str, shape: tuple[int, ...], where: Path) -> torch.Tensor:
@@ -153,11 +161,15 @@ def _load_saelens(folder: Path) -> SparseAutoencoder:
     elif arch_name in _SAELENS_ARCH:
         cfg = SAEConfig(arch=_SAELENS_ARCH[arch_name], d_in=d_in, d_sae=d_sae, k=int(raw.get("k") or min(32, d_sae)))
     else:
-        raise SaeAtlasError(f"{folder}: SAELens architecture '{arch_name}' is not supported (use standard, topk, jumprelu)")
+        raise SaeAtlasError(
+            f"{folder}: SAELens architecture '{arch_name}' is not supported (use standard, topk, jumprelu)"
+        )
     if (cfg.d_in, cfg.d_sae) != (d_in, d_sae):
         raise SaeAtlasError(f"{folder / SAELENS_CFG}: saeatlas section disagrees with d_in/d_sae")
     if raw.get("normalize_activations", "none") not in ("none", None):
-        raise SaeAtlasError(f"{folder}: normalize_activations={raw['normalize_activations']!r} is not supported; fold it first")
+        raise SaeAtlasError(
+            f"{folder}: normalize_activations={raw['normalize_activations']!r} is not supported; fold it first"
+        )
     path = folder / SAELENS_WEIGHTS
     t = _read_safetensors(path)
     W_enc, b_enc = _expect(t, "W_enc", (d_in, d_sae), path), _expect(t, "b_enc", (d_sae,), path)
@@ -197,7 +209,9 @@ def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # UnpicklingError for unsafe pickles, RuntimeError for corrupt zips
-        raise SaeAtlasError(f"{path} cannot be loaded safely ({type(exc).__name__}): only plain state dicts are accepted") from None
+        raise SaeAtlasError(
+            f"{path} cannot be loaded safely ({type(exc).__name__}): only plain state dicts are accepted"
+        ) from None
     if not isinstance(state, dict):
         raise SaeAtlasError(f"{path} does not hold a state dict")
     config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
@@ -205,9 +219,14 @@ def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
     if "W_enc" in state:  # JumpReLU dictionary
         d_in, d_sae = state["W_enc"].shape
         cfg = SAEConfig(arch="jumprelu", d_in=int(d_in), d_sae=int(d_sae), k=min(32, int(d_sae)))
-        return _build(cfg, _expect(state, "W_enc", (d_in, d_sae), path), _expect(state, "b_enc", (d_sae,), path),
-                      _expect(state, "W_dec", (d_sae, d_in), path), _expect(state, "b_dec", (d_in,), path),
-                      _expect(state, "threshold", (d_sae,), path))
+        return _build(
+            cfg,
+            _expect(state, "W_enc", (d_in, d_sae), path),
+            _expect(state, "b_enc", (d_sae,), path),
+            _expect(state, "W_dec", (d_sae, d_in), path),
+            _expect(state, "b_dec", (d_in,), path),
+            _expect(state, "threshold", (d_sae,), path),
+        )
     if "encoder.weight" not in state:
         raise SaeAtlasError(f"{path} holds keys {', '.join(sorted(state))}: not a dictionary_learning autoencoder")
     d_sae, d_in = state["encoder.weight"].shape
@@ -217,15 +236,20 @@ def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
         cfg = SAEConfig(arch="topk", d_in=int(d_in), d_sae=int(d_sae), k=k)
     else:
         cfg = SAEConfig(arch="relu", d_in=int(d_in), d_sae=int(d_sae), k=min(32, int(d_sae)))
-    return _build(cfg, _expect(state, "encoder.weight", (d_sae, d_in), path).T, _expect(state, "encoder.bias", (d_sae,), path),
-                  _expect(state, "decoder.weight", (d_in, d_sae), path).T, _expect(state, bias_key, (d_in,), path))
+    return _build(
+        cfg,
+        _expect(state, "encoder.weight", (d_sae, d_in), path).T,
+        _expect(state, "encoder.bias", (d_sae,), path),
+        _expect(state, "decoder.weight", (d_in, d_sae), path).T,
+        _expect(state, bias_key, (d_in,), path),
+    )
 
 
 def saeatlas_hook_name(name: str | None) -> str | None:
     """`blocks.9.hook_resid_post` -> `resid_post.9` (inverse of `saelens_hook_name`)."""
     parts = (name or "").split(".")
     if len(parts) == 3 and parts[0] == "blocks" and parts[2].startswith("hook_"):
-        return f"{parts[2][len('hook_'):]}.{parts[1]}"
+        return f"{parts[2][len('hook_') :]}.{parts[1]}"
     return name
 
 

@@ -47,7 +47,11 @@ def evaluate(sae: SparseAutoencoder, batches: Iterable[torch.Tensor]) -> dict:
     total_var = float(sum_x2 - (sum_x**2).sum() / n)  # sum over dims of n * variance
     freq = (fired / n).numpy()
     alive = freq[freq > 0]
-    hist, _ = np.histogram(np.log10(alive), bins=HISTOGRAM_EDGES) if len(alive) else (np.zeros(len(HISTOGRAM_EDGES) - 1), None)
+    hist, _ = (
+        np.histogram(np.log10(alive), bins=HISTOGRAM_EDGES)
+        if len(alive)
+        else (np.zeros(len(HISTOGRAM_EDGES) - 1), None)
+    )
     fvu = sq_err / max(total_var, 1e-30)
     return {
         "n_tokens": n,
@@ -58,6 +62,9 @@ def evaluate(sae: SparseAutoencoder, batches: Iterable[torch.Tensor]) -> dict:
         "cosine": cos_sum / n,
         "dead_fraction": float((freq == 0).mean()),
         "dense_fraction": float((freq > DENSE_FREQUENCY).mean()),
-        "density_histogram": {"log10_edges": HISTOGRAM_EDGES.tolist(), "counts": hist.astype(int).tolist(),
-                              "dead": int((freq == 0).sum())},
+        "density_histogram": {
+            "log10_edges": HISTOGRAM_EDGES.tolist(),
+            "counts": hist.astype(int).tolist(),
+            "dead": int((freq == 0).sum()),
+        },
     }

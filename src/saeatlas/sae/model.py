@@ -135,5 +135,11 @@ class SparseAutoencoder(nn.Module):
 
     def saved_architecture(self) -> str:
         """SAELens architecture name this SAE is saved as."""
-        return {"relu": "standard", "gba": "jumprelu", "topk": "topk", "batchtopk": "jumprelu",
-                "jumprelu": "jumprelu", "mp": "mp"}[self.cfg.arch]
+        return {
+            "relu": "standard",
+            "gba": "jumprelu",
+            "topk": "topk",
+            "batchtopk": "jumprelu",
+            "jumprelu": "jumprelu",
+            "mp": "mp",
+        }[self.cfg.arch]

@@ -56,8 +56,9 @@ def _build(cc: str) -> Path | None:
     identity = _compiler_identity(cc)
     if not identity:
         return None
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), identity.encode(),
-                                     platform.machine().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(
+        b"\0".join([source, " ".join(FLAGS).encode(), identity.encode(), platform.machine().encode()])
+    ).hexdigest()[:16]
     target = cache_dir() / "native" / f"saeatlas-kernels-{key}.so"
     if target.is_file():
         return target
@@ -120,26 +121,43 @@ def latent_order(latents: torch.Tensor, n_latents: int) -> tuple[torch.Tensor, t
     return starts, order
 
 
-def scatter_by_latent(grouping: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor, coeff: torch.Tensor,
-                      x: torch.Tensor, n_latents: int) -> tuple[torch.Tensor, torch.Tensor]:
+def scatter_by_latent(
+    grouping: tuple[torch.Tensor, torch.Tensor],
+    rows: torch.Tensor,
+    coeff: torch.Tensor,
+    x: torch.Tensor,
+    n_latents: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """S^T x for the sparse S [n, n_latents] holding `coeff` at (rows, latents): ([n_latents, d], colsum
     [n_latents]).  `grouping` is `latent_order(latents)`; x [n, d] float32 contiguous."""
     starts, order = grouping
     out = torch.empty(n_latents, x.shape[1], dtype=torch.float32)
     colsum = torch.empty(n_latents, dtype=torch.float32)
-    library().scatter_by_latent(_p(order), _p(starts), _p(rows), _p(coeff), _p(x), n_latents, x.shape[1],
-                                _p(out), _p(colsum), torch.get_num_threads())
+    library().scatter_by_latent(
+        _p(order),
+        _p(starts),
+        _p(rows),
+        _p(coeff),
+        _p(x),
+        n_latents,
+        x.shape[1],
+        _p(out),
+        _p(colsum),
+        torch.get_num_threads(),
+    )
     return out, colsum
 
 
-def code_dots(grouping: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor, a: torch.Tensor,
-              b: torch.Tensor) -> torch.Tensor:
+def code_dots(
+    grouping: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor:
     """[m] <a[rows[i]], b[latents[i]]> for each code i: a [n, d], b [n_latents, d], both float32 contiguous;
     `grouping` is `latent_order(latents)`."""
     starts, order = grouping
     out = torch.empty(rows.shape[0], dtype=torch.float32)
-    library().code_dots(_p(order), _p(starts), _p(rows), _p(a), _p(b), b.shape[0], a.shape[1], _p(out),
-                        torch.get_num_threads())
+    library().code_dots(
+        _p(order), _p(starts), _p(rows), _p(a), _p(b), b.shape[0], a.shape[1], _p(out), torch.get_num_threads()
+    )
     return out
 
 
@@ -149,6 +167,13 @@ def permuted_gram_dots(A: np.ndarray, B: np.ndarray, P: np.ndarray) -> np.ndarra
     A32, B32 = np.ascontiguousarray(A, dtype=np.float32), np.ascontiguousarray(B, dtype=np.float32)
     P32 = np.ascontiguousarray(P, dtype=np.int32)
     out = np.empty(len(P32), dtype=np.float64)
-    library().permuted_gram_dots(A32.ctypes.data, B32.ctypes.data, A32.shape[0], P32.ctypes.data, len(P32),
-                                 out.ctypes.data, torch.get_num_threads())
+    library().permuted_gram_dots(
+        A32.ctypes.data,
+        B32.ctypes.data,
+        A32.shape[0],
+        P32.ctypes.data,
+        len(P32),
+        out.ctypes.data,
+        torch.get_num_threads(),
+    )
     return out

@@ -65,7 +65,9 @@ def train_to_folder(
     if out.exists():
         raise SaeAtlasError(f"output '{out}' already exists: choose another --out or delete it")
     if source.n_tokens < train.batch_size:
-        raise SaeAtlasError(f"the activations hold {source.n_tokens} tokens, fewer than one batch ({train.batch_size}): lower --batch-size")
+        raise SaeAtlasError(
+            f"the activations hold {source.n_tokens} tokens, fewer than one batch ({train.batch_size}): lower --batch-size"
+        )
     if cfg.d_in != source.d_in:
         raise SaeAtlasError(f"d_in {cfg.d_in} does not match the activations' width {source.d_in}")
     partial = out.with_name(out.name + ".partial")
@@ -74,13 +76,19 @@ def train_to_folder(
     if partial.exists():
         previous = json.loads((partial / "settings.json").read_text()) if (partial / "settings.json").is_file() else {}
         if previous.get("sha256") != digest:
-            raise SaeAtlasError(f"'{partial}' holds an unfinished run with other settings: delete it or use another --out")
+            raise SaeAtlasError(
+                f"'{partial}' holds an unfinished run with other settings: delete it or use another --out"
+            )
     else:
         partial.mkdir(parents=True)
         write_json_atomic(partial / "settings.json", {"sha256": digest, **settings})
     sae, state = train_sae(cfg, source, train, checkpoint=partial / "checkpoint.pt", on_step=on_step)
     metrics = evaluate(sae, eval_batches(source))
-    save_saelens(sae, out, metadata=_metadata(source),
-                 extra={"train": train.to_dict(), "input_scale": state.scale, "metrics": metrics})
+    save_saelens(
+        sae,
+        out,
+        metadata=_metadata(source),
+        extra={"train": train.to_dict(), "input_scale": state.scale, "metrics": metrics},
+    )
     shutil.rmtree(partial)
     return metrics

@@ -68,8 +68,9 @@ class SparseCodes(NamedTuple):
         return dense
 
 
-def fast_topk(pre: torch.Tensor, k: int, bias: torch.Tensor | None = None,
-              group: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+def fast_topk(
+    pre: torch.Tensor, k: int, bias: torch.Tensor | None = None, group: int = GROUP_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact per-row top-k of pre + bias ([n, d_sae], bias [d_sae] added in float32)
     -> (values [n, k], indices [n, k]), unsorted.
 
@@ -134,8 +135,9 @@ class _SelectedPre(torch.autograd.Function):
         grad = grad.float().contiguous()
         if native.library() is not None:
             rows = rows_of(crow)
-            grad_w_enc_t, colsum = native.scatter_by_latent(native.latent_order(indices, d_sae), rows, grad,
-                                                            centred.contiguous(), d_sae)
+            grad_w_enc_t, colsum = native.scatter_by_latent(
+                native.latent_order(indices, d_sae), rows, grad, centred.contiguous(), d_sae
+            )
             grad_w_enc = grad_w_enc_t.t()  # [d_in, d_sae] view of [d_sae, d_in]: W_enc_T's layout
         else:
             colsum = torch.zeros(d_sae).index_add_(0, indices, grad)
@@ -176,7 +178,9 @@ def encoder_product(sae, centred: torch.Tensor, dtype: torch.dtype = torch.float
         return torch.mm(centred.to(dtype), sae.W_enc.to(dtype))
 
 
-def choose(arch: str, product: torch.Tensor, b_enc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def choose(
+    arch: str, product: torch.Tensor, b_enc: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices, values and offsets of the codes a TopK (per token) or BatchTopK (per batch) SAE keeps,
     from the encoder product [n, d_sae] and b_enc [d_sae]."""
     with torch.no_grad():

@@ -26,13 +26,23 @@ def _next_token_stats(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tenso
 
 
 @torch.no_grad()
-def spliced_metrics(handle: ModelHandle, sae: SparseAutoencoder, hook: str, corpus: str = "wiki", split: str = "eval",
-                    n_tokens: int = 8192, context: int = 128, batch_size: int = 4) -> dict:
+def spliced_metrics(
+    handle: ModelHandle,
+    sae: SparseAutoencoder,
+    hook: str,
+    corpus: str = "wiki",
+    split: str = "eval",
+    n_tokens: int = 8192,
+    context: int = 128,
+    batch_size: int = 4,
+) -> dict:
     """CE clean / SAE / zero-ablated, CE-loss recovered, delta loss and KL on held-out text."""
     point = parse_hook(hook, handle.n_layers)
     docs = load_documents(corpus, split=split)
     windows, total = [], 0
-    for window in pack_windows(((i, d.text) for i, d in enumerate(docs)), handle.tokenizer, context, *handle.special_tokens):
+    for window in pack_windows(
+        ((i, d.text) for i, d in enumerate(docs)), handle.tokenizer, context, *handle.special_tokens
+    ):
         windows.append(window)
         total += len(window)
         if total >= n_tokens:
@@ -54,9 +64,13 @@ def spliced_metrics(handle: ModelHandle, sae: SparseAutoencoder, hook: str, corp
         def zeroed(act):
             return torch.where(keep3, torch.zeros_like(act), act)
 
-        clean_ce, n, clean_logp, ok = _next_token_stats(handle.model(input_ids=ids, attention_mask=mask).logits, ids, mask)
+        clean_ce, n, clean_logp, ok = _next_token_stats(
+            handle.model(input_ids=ids, attention_mask=mask).logits, ids, mask
+        )
         with patched(handle, point, through_sae):
-            sae_ce, _, sae_logp, _ = _next_token_stats(handle.model(input_ids=ids, attention_mask=mask).logits, ids, mask)
+            sae_ce, _, sae_logp, _ = _next_token_stats(
+                handle.model(input_ids=ids, attention_mask=mask).logits, ids, mask
+            )
         with patched(handle, point, zeroed):
             zero_ce, *_ = _next_token_stats(handle.model(input_ids=ids, attention_mask=mask).logits, ids, mask)
         kl = (clean_logp.exp() * (clean_logp - sae_logp)).sum(-1)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def planted_features(n_samples: int, n_features: int = 512, d: int = 64, active: int = 5, noise: float = 0.01,
-                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def planted_features(
+    n_samples: int, n_features: int = 512, d: int = 64, active: int = 5, noise: float = 0.01, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x [n_samples, d], features [n_features, d] unit rows)."""
     g = torch.Generator().manual_seed(seed)
     features = torch.randn(n_features, d, generator=g)
@@ -37,7 +38,9 @@ RECOVERY_STEPS: dict[str, int] = {"jumprelu": 3000, "batchtopk": 3000}
 after 1500 steps); BatchTopK reached only 0.91-0.94 on some seeds after 1500, 0.98-1.0 after 3000."""
 
 
-def recovery_run(arch: str, seed: int = 0, data_seed: int = 0, steps: int | None = None, n_samples: int = 50_000) -> dict:
+def recovery_run(
+    arch: str, seed: int = 0, data_seed: int = 0, steps: int | None = None, n_samples: int = 50_000
+) -> dict:
     """Train `arch` on planted data (1024 latents, k 5); how many of the 512 features it recovers.
 
     The issue's ground-truth setting; `data_seed` draws the features and samples, `seed` the training.
@@ -55,5 +58,13 @@ def recovery_run(arch: str, seed: int = 0, data_seed: int = 0, steps: int | None
     sae, _ = train_sae(cfg, TensorSource(x), train)
     cosines = best_cosines(sae.W_dec.detach(), features)
     metrics = evaluate(sae, [x[i : i + 4096] for i in range(0, min(len(x), 16384), 4096)])
-    return {"arch": arch, "seed": seed, "data_seed": data_seed, "steps": steps, "recovery": float((cosines >= 0.9).float().mean()),
-            "mean_best_cosine": float(cosines.mean()), "l0": metrics["l0"], "fvu": metrics["fvu"]}
+    return {
+        "arch": arch,
+        "seed": seed,
+        "data_seed": data_seed,
+        "steps": steps,
+        "recovery": float((cosines >= 0.9).float().mean()),
+        "mean_best_cosine": float(cosines.mean()),
+        "l0": metrics["l0"],
+        "fvu": metrics["fvu"],
+    }

@@ -139,8 +139,9 @@ def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
         fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
         fired[codes.indices[positive]] = True
         kept = codes.values[positive]
-    return StepResult(loss, mse, fired, float(positive.sum()) / x.shape[0],
-                      float(kept.min()) if kept.numel() else None, None)
+    return StepResult(
+        loss, mse, fired, float(positive.sum()) / x.shape[0], float(kept.min()) if kept.numel() else None, None
+    )
 
 
 def dense_losses(sae, x, train: TrainConfig, state: TrainState, dead: torch.Tensor) -> StepResult:
@@ -159,8 +160,14 @@ def dense_losses(sae, x, train: TrainConfig, state: TrainState, dead: torch.Tens
     with torch.no_grad():
         active = codes > 0
         kept = codes[active]
-        return StepResult(loss, mse, active.any(0), float(active.sum()) / x.shape[0],
-                          float(kept.min()) if kept.numel() else None, None if pre is None else pre.detach())
+        return StepResult(
+            loss,
+            mse,
+            active.any(0),
+            float(active.sum()) / x.shape[0],
+            float(kept.min()) if kept.numel() else None,
+            None if pre is None else pre.detach(),
+        )
 
 
 def train_step(sae, optimizer, x, train: TrainConfig, state: TrainState, base_lr: float) -> dict:
@@ -265,8 +272,15 @@ def save_checkpoint(path: Path, sae, optimizer, state: TrainState) -> None:
     import io
 
     buffer = io.BytesIO()
-    torch.save({"sae": sae.state_dict(), "optimizer": optimizer.state_dict(), "state": vars(state).copy(),
-                "inference_threshold": sae.inference_threshold}, buffer)
+    torch.save(
+        {
+            "sae": sae.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "state": vars(state).copy(),
+            "inference_threshold": sae.inference_threshold,
+        },
+        buffer,
+    )
     write_bytes_atomic(path, buffer.getvalue())
 
 

@@ -43,9 +43,22 @@ def pair_cards(results_path: Path, per_layer_pair: int, n_contexts: int = 3) -> 
         for idx_a, idx_b, _ in pairs:
             wanted.setdefault(("a", entry["layer_a"]), set()).add(idx_a)
             wanted.setdefault(("b", entry["layer_b"]), set()).add(idx_b)
-    contexts = {(side, hook): top_contexts(stores[side], load_sae(sae_folder(cfg[f"sae_{side}"], hook)), hook,
-                                           sorted(latents), n=n_contexts)
-                for (side, hook), latents in wanted.items()}
-    return [{"layer_a": entry["layer_a"], "layer_b": entry["layer_b"], "idx_a": idx_a, "idx_b": idx_b, "corr": corr,
-             "a": contexts["a", entry["layer_a"]].get(idx_a, []), "b": contexts["b", entry["layer_b"]].get(idx_b, [])}
-            for entry, pairs in chosen for idx_a, idx_b, corr in pairs]
+    contexts = {
+        (side, hook): top_contexts(
+            stores[side], load_sae(sae_folder(cfg[f"sae_{side}"], hook)), hook, sorted(latents), n=n_contexts
+        )
+        for (side, hook), latents in wanted.items()
+    }
+    return [
+        {
+            "layer_a": entry["layer_a"],
+            "layer_b": entry["layer_b"],
+            "idx_a": idx_a,
+            "idx_b": idx_b,
+            "corr": corr,
+            "a": contexts["a", entry["layer_a"]].get(idx_a, []),
+            "b": contexts["b", entry["layer_b"]].get(idx_b, []),
+        }
+        for entry, pairs in chosen
+        for idx_a, idx_b, corr in pairs
+    ]

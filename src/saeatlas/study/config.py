@@ -66,8 +66,9 @@ class CompareSettings:
     b: str
     method: str = "many_to_one"
     threshold: float = 0.1
-    measures: list[str] = field(default_factory=lambda: ["svcca", "pwcca", "rsa", "linear_cka", "mutual_knn",
-                                                         "svcca_legacy"])
+    measures: list[str] = field(
+        default_factory=lambda: ["svcca", "pwcca", "rsa", "linear_cka", "mutual_knn", "svcca_legacy"]
+    )
     svcca_k: int = 50
     """SVCCA / PWCCA directions per side (at most a tenth of the pairs); 0: enough for 99% of the variance."""
     permutations: int = 1000
@@ -138,8 +139,9 @@ def _build(cls, data, where: str):
     unknown = sorted(set(data) - set(names))
     if unknown:
         table = f"[{where}]" if where else "the top level"
-        raise StudyError(f"unknown key '{f'{where}.' if where else ''}{unknown[0]}': allowed keys in {table} are "
-                         f"{', '.join(names)}")
+        raise StudyError(
+            f"unknown key '{f'{where}.' if where else ''}{unknown[0]}': allowed keys in {table} are {', '.join(names)}"
+        )
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{where}.{f.name}" if where else f.name
@@ -192,7 +194,9 @@ def validate(study: Study) -> Study:
     _check(s.width >= 2 and s.k >= 1 and s.steps >= 1, "sae", (s.width, s.k, s.steps), "width >= 2, k >= 1, steps >= 1")
     if (c := study.compare) is not None:
         for key in ("a", "b"):
-            _check(getattr(c, key) in labels, f"compare.{key}", getattr(c, key), f"use a model label: {', '.join(labels)}")
+            _check(
+                getattr(c, key) in labels, f"compare.{key}", getattr(c, key), f"use a model label: {', '.join(labels)}"
+            )
         _check(c.method in METHODS, "compare.method", c.method, f"use one of {', '.join(METHODS)}")
         for m in c.measures:
             _check(m in MEASURES, "compare.measures", m, f"use some of {', '.join(MEASURES)}")
@@ -204,10 +208,18 @@ def validate(study: Study) -> Study:
         _check(c.pair_cards >= 0, "compare.pair_cards", c.pair_cards, "use 0 or more")
     if (a := study.absorption) is not None:
         _check(a.model in labels, "absorption.model", a.model, f"use a model label: {', '.join(labels)}")
-        _check(a.variant in ("projection", "ablation", "both"), "absorption.variant", a.variant,
-               "use projection, ablation or both")
-        _check(bool(a.k_values) and all(k >= 1 for k in a.k_values), "absorption.k_values", a.k_values,
-               "give one or more k >= 1")
+        _check(
+            a.variant in ("projection", "ablation", "both"),
+            "absorption.variant",
+            a.variant,
+            "use projection, ablation or both",
+        )
+        _check(
+            bool(a.k_values) and all(k >= 1 for k in a.k_values),
+            "absorption.k_values",
+            a.k_values,
+            "give one or more k >= 1",
+        )
         _check(a.words >= 100, "absorption.words", a.words, "use at least 100")
     return study
 
@@ -216,7 +228,9 @@ def parse_study(text: str, source: str = "study") -> Study:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise StudyError(f"{source} is not valid TOML ({exc}): fix the file or start again with `saeatlas init`") from None
+        raise StudyError(
+            f"{source} is not valid TOML ({exc}): fix the file or start again with `saeatlas init`"
+        ) from None
     for key in ("data", "sae"):
         data.setdefault(key, {})
     return validate(_build(Study, data, ""))
@@ -233,5 +247,7 @@ def load_study(path: str | Path | None) -> Study:
         return parse_study(default_study_text(), "the built-in study")
     path = Path(path)
     if not path.is_file():
-        raise StudyError(f"study file '{path}' does not exist: check the path, or write one with `saeatlas init {path}`")
+        raise StudyError(
+            f"study file '{path}' does not exist: check the path, or write one with `saeatlas init {path}`"
+        )
     return parse_study(path.read_text(), str(path))

@@ -48,8 +48,9 @@ def _train(stage: Stage) -> dict:
 
     s = stage.settings
     source = StoreSource(stage.inputs[0].folder, s["hook"])
-    cfg = SAEConfig(arch=s["arch"], d_in=source.d_in, d_sae=s["width"], k=s["k"],
-                    l1_coefficient=s["l1_coefficient"]).validate()
+    cfg = SAEConfig(
+        arch=s["arch"], d_in=source.d_in, d_sae=s["width"], k=s["k"], l1_coefficient=s["l1_coefficient"]
+    ).validate()
     train = TrainConfig(steps=s["steps"], batch_size=s["batch_size"], seed=s["seed"]).validate()
     with step_progress(stage.name, total=train.steps) as on_step:
         metrics = train_to_folder(cfg, train, source, stage.folder, on_step=on_step)
@@ -69,10 +70,10 @@ def _evaluate(stage: Stage) -> dict:
     from ..memory import reuse_freed_memory
     from ..models import load_model
     from ..progress import count_progress
+    from ..sae.data_source import StoreSource
     from ..sae.formats import load_sae
     from ..sae.metrics import evaluate
     from ..sae.run import eval_batches
-    from ..sae.data_source import StoreSource
     from ..sae.splice import spliced_metrics
 
     s = stage.settings
@@ -85,8 +86,11 @@ def _evaluate(stage: Stage) -> dict:
             hook, sae = entry["hook"], load_sae(sae_stage.folder)
             metrics = evaluate(sae, eval_batches(StoreSource(heldout, hook), s["heldout_tokens"]))
             metrics.pop("density_histogram", None)
-            downstream = spliced_metrics(handle, sae, hook, corpus=s["corpus"], n_tokens=s["ce_tokens"]) \
-                if handle and entry["splice"] else None
+            downstream = (
+                spliced_metrics(handle, sae, hook, corpus=s["corpus"], n_tokens=s["ce_tokens"])
+                if handle and entry["splice"]
+                else None
+            )
             out[str(sae_stage.folder)] = {"hook": hook, "metrics": metrics, "downstream": downstream}
             advance(1)
     stage.folder.mkdir(parents=True, exist_ok=True)
@@ -101,9 +105,14 @@ def _compare_config(stage: Stage):
     s.pop("concepts", None)
     s.pop("pair_cards", None)
     stores = {st.settings.get("label"): st for st in stage.inputs if st.name.startswith("extract")}
-    return CompareConfig(store_a=str(stores[s.pop("a")].folder), store_b=str(stores[s.pop("b")].folder),
-                         sae_a=s.pop("sae_a"), sae_b=s.pop("sae_b"), skyline_sae_a=s.pop("skyline_sae_a"),
-                         **s).validate()
+    return CompareConfig(
+        store_a=str(stores[s.pop("a")].folder),
+        store_b=str(stores[s.pop("b")].folder),
+        sae_a=s.pop("sae_a"),
+        sae_b=s.pop("sae_b"),
+        skyline_sae_a=s.pop("skyline_sae_a"),
+        **s,
+    ).validate()
 
 
 def _compare(stage: Stage) -> dict:
@@ -124,7 +133,9 @@ def _concepts(stage: Stage) -> dict:
 
     source = stage.settings["concepts"]
     cfg, concepts = _compare_config(stage), load_concepts(None if source == "builtin" else source)
-    with count_progress(stage.name, total=len(cfg.layers_a) * len(cfg.layers_b) * len(concepts), unit="cells") as advance:
+    with count_progress(
+        stage.name, total=len(cfg.layers_a) * len(cfg.layers_b) * len(concepts), unit="cells"
+    ) as advance:
         results = concept_grid(cfg, concepts, progress=advance)
     write_results(results, stage.folder, prefix="concepts")
     return {"seconds": results["seconds"] if "seconds" in results else None}
@@ -143,9 +154,15 @@ def _absorption(stage: Stage) -> dict:
     from ..absorption import AbsorptionConfig, run_absorption, write_absorption
 
     s = stage.settings
-    cfg = AbsorptionConfig(model=s["spec"], hook=s["hook"], saes=[str(i.folder) for i in stage.inputs],
-                           variant=s["variant"], words=s["words"], min_probe_f1=s["min_probe_f1"],
-                           min_letters=s["min_letters"]).validate()
+    cfg = AbsorptionConfig(
+        model=s["spec"],
+        hook=s["hook"],
+        saes=[str(i.folder) for i in stage.inputs],
+        variant=s["variant"],
+        words=s["words"],
+        min_probe_f1=s["min_probe_f1"],
+        min_letters=s["min_letters"],
+    ).validate()
     results = run_absorption(cfg)
     write_absorption(results, stage.folder)
     return {"seconds": results["seconds"]}
@@ -173,51 +190,94 @@ def plan(study: Study, out: Path) -> list[Stage]:
     def sae_stage(label: str, hook: str, seed: int, k: int, folder: Path) -> Stage:
         key = (label, hook, seed, k)
         if key not in saes:
-            settings = {"hook": hook, "arch": s.arch, "k": k, "width": s.width, "steps": s.steps,
-                        "batch_size": s.batch_size, "seed": seed, "l1_coefficient": s.l1_coefficient}
+            settings = {
+                "hook": hook,
+                "arch": s.arch,
+                "k": k,
+                "width": s.width,
+                "steps": s.steps,
+                "batch_size": s.batch_size,
+                "seed": seed,
+                "l1_coefficient": s.l1_coefficient,
+            }
             saes[key] = add(Stage(f"train {label} {hook} seed {seed} k {k}", folder, settings, _train, [stores[label]]))
         return saes[key]
 
     for m in study.models:
         hooks = _hooks(study, m.label)
         common = {"model": m.spec, "hooks": hooks, "corpus": d.corpus, "context": d.context, "seed": d.seed}
-        stores[m.label] = add(Stage(f"extract {m.label}", out / "stores" / m.label,
-                                    {**common, "label": m.label, "tokens": d.tokens, "window_chars": d.window_chars},
-                                    _extract))
+        stores[m.label] = add(
+            Stage(
+                f"extract {m.label}",
+                out / "stores" / m.label,
+                {**common, "label": m.label, "tokens": d.tokens, "window_chars": d.window_chars},
+                _extract,
+            )
+        )
         if d.heldout_tokens:
-            heldout[m.label] = add(Stage(f"extract {m.label} held-out", out / "stores" / f"{m.label}-heldout",
-                                         {**common, "label": m.label, "tokens": d.heldout_tokens, "split": "eval"},
-                                         _extract))
+            heldout[m.label] = add(
+                Stage(
+                    f"extract {m.label} held-out",
+                    out / "stores" / f"{m.label}-heldout",
+                    {**common, "label": m.label, "tokens": d.heldout_tokens, "split": "eval"},
+                    _extract,
+                )
+            )
     main_saes: dict[str, dict[str, Stage]] = {}
     for m in study.models:
         main_saes[m.label] = {}
         for hook in [hook_name(h) for h in m.layers]:
             if m.saes:
                 folder = sae_folder(m.saes, hook)
-                main_saes[m.label][hook] = add(Stage(f"pretrained {m.label} {hook}", folder,
-                                                     {"folder": str(folder), "files": _file_fingerprint(folder)},
-                                                     _pretrained))
+                main_saes[m.label][hook] = add(
+                    Stage(
+                        f"pretrained {m.label} {hook}",
+                        folder,
+                        {"folder": str(folder), "files": _file_fingerprint(folder)},
+                        _pretrained,
+                    )
+                )
             else:
                 main_saes[m.label][hook] = sae_stage(m.label, hook, s.seed, s.k, out / "saes" / m.label / hook)
     if (c := study.compare) is not None:
         skyline = []
         if "skyline" in c.controls:
             a = study.model(c.a)
-            skyline = [sae_stage(c.a, hook_name(h), c.skyline_seed, s.k, out / "saes" / f"{c.a}-seed{c.skyline_seed}" /
-                                 hook_name(h)) for h in a.layers]
+            skyline = [
+                sae_stage(
+                    c.a, hook_name(h), c.skyline_seed, s.k, out / "saes" / f"{c.a}-seed{c.skyline_seed}" / hook_name(h)
+                )
+                for h in a.layers
+            ]
         template = {lab: (study.model(lab).saes or str(out / "saes" / lab / "{hook}")) for lab in (c.a, c.b)}
-        settings = {"a": c.a, "b": c.b, "layers_a": study.model(c.a).layers, "layers_b": study.model(c.b).layers,
-                    "sae_a": template[c.a], "sae_b": template[c.b],
-                    "skyline_sae_a": str(out / "saes" / f"{c.a}-seed{c.skyline_seed}" / "{hook}") if skyline else None,
-                    "method": c.method, "threshold": c.threshold, "measures": c.measures,
-                    "svcca_k": c.svcca_k or None, "n_permutations": c.permutations, "n_bootstrap": c.bootstrap, "controls": c.controls,
-                    "seed": d.seed}
+        settings = {
+            "a": c.a,
+            "b": c.b,
+            "layers_a": study.model(c.a).layers,
+            "layers_b": study.model(c.b).layers,
+            "sae_a": template[c.a],
+            "sae_b": template[c.b],
+            "skyline_sae_a": str(out / "saes" / f"{c.a}-seed{c.skyline_seed}" / "{hook}") if skyline else None,
+            "method": c.method,
+            "threshold": c.threshold,
+            "measures": c.measures,
+            "svcca_k": c.svcca_k or None,
+            "n_permutations": c.permutations,
+            "n_bootstrap": c.bootstrap,
+            "controls": c.controls,
+            "seed": d.seed,
+        }
         inputs = [stores[c.a], stores[c.b], *main_saes[c.a].values(), *main_saes[c.b].values()]
         # version 2: bootstrap intervals are basic (reverse-percentile) intervals
         compare = add(Stage("compare", out / "compare", settings, _compare, inputs + skyline, version=2))
         if c.concepts != "none":
-            concept_settings = {**settings, "controls": [], "n_bootstrap": 0, "skyline_sae_a": None,
-                                "concepts": c.concepts}
+            concept_settings = {
+                **settings,
+                "controls": [],
+                "n_bootstrap": 0,
+                "skyline_sae_a": None,
+                "concepts": c.concepts,
+            }
             add(Stage("concepts", out / "concepts", concept_settings, _concepts, inputs))
         if c.pair_cards:
             add(Stage("pair cards", out / "cards", {"pair_cards": c.pair_cards}, _cards, [compare]))
@@ -230,19 +290,45 @@ def plan(study: Study, out: Path) -> list[Stage]:
                 inputs.append(main_saes[m.label][hook])
             else:
                 inputs.append(sae_stage(m.label, hook, s.seed, k, out / "saes" / f"{m.label}-k{k}" / hook))
-        add(Stage("absorption", out / "absorption", {"spec": m.spec, "hook": hook, "variant": a.variant,
-                                                     "words": a.words, "k_values": a.k_values,
-                                                     "min_probe_f1": a.min_probe_f1, "min_letters": a.min_letters},
-                  _absorption, inputs))
+        add(
+            Stage(
+                "absorption",
+                out / "absorption",
+                {
+                    "spec": m.spec,
+                    "hook": hook,
+                    "variant": a.variant,
+                    "words": a.words,
+                    "k_values": a.k_values,
+                    "min_probe_f1": a.min_probe_f1,
+                    "min_letters": a.min_letters,
+                },
+                _absorption,
+                inputs,
+            )
+        )
     if d.heldout_tokens:  # every SAE of a model on its held-out store; CE-loss recovered for the main ones
         for m in study.models:
             main = main_saes[m.label]  # hook -> stage
             others = [st for (label, *_), st in saes.items() if label == m.label and st not in main.values()]
-            entries = [{"hook": hook, "splice": True} for hook in main] + \
-                      [{"hook": st.settings["hook"], "splice": False} for st in others]
-            add(Stage(f"evaluate {m.label} SAEs", out / "evals" / m.label,
-                      {"spec": m.spec, "saes": entries, "heldout_tokens": d.heldout_tokens, "ce_tokens": s.ce_tokens,
-                       "corpus": d.corpus}, _evaluate, [heldout[m.label], *main.values(), *others]))
+            entries = [{"hook": hook, "splice": True} for hook in main] + [
+                {"hook": st.settings["hook"], "splice": False} for st in others
+            ]
+            add(
+                Stage(
+                    f"evaluate {m.label} SAEs",
+                    out / "evals" / m.label,
+                    {
+                        "spec": m.spec,
+                        "saes": entries,
+                        "heldout_tokens": d.heldout_tokens,
+                        "ce_tokens": s.ce_tokens,
+                        "corpus": d.corpus,
+                    },
+                    _evaluate,
+                    [heldout[m.label], *main.values(), *others],
+                )
+            )
     return _ordered(stages)
 
 

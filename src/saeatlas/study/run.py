@@ -17,7 +17,7 @@ from rich.table import Table
 from ..fileio import jsonable, write_bytes_atomic, write_json_atomic
 from .config import Study
 from .plan import plan
-from .stages import Stage, log, run_stage
+from .stages import Stage, run_stage
 
 RESULTS_VERSION = 1
 
@@ -33,9 +33,17 @@ def _model_facts(study: Study, stages: list[Stage]) -> list[dict]:
     for m in study.models:
         stage = next(s for s in stages if s.name == f"extract {m.label}")
         store = ActivationStore(stage.folder)
-        facts.append({"label": m.label, "spec": m.spec, "name": store.manifest["model"].get("name", m.spec),
-                      "d_model": store.d_model, "corpus": study.data.corpus, "n_tokens": store.n_tokens,
-                      "hooks": store.hooks})
+        facts.append(
+            {
+                "label": m.label,
+                "spec": m.spec,
+                "name": store.manifest["model"].get("name", m.spec),
+                "d_model": store.d_model,
+                "corpus": study.data.corpus,
+                "n_tokens": store.n_tokens,
+                "hooks": store.hooks,
+            }
+        )
     return facts
 
 
@@ -58,12 +66,22 @@ def _sae_facts(stages: list[Stage]) -> list[dict]:
         record = stage.record() or {}
         role = _role(stage, label)
         figures = evals.get(str(stage.folder))
-        facts.append({"label": label, "hook": hook, "seed": seed, "arch": sae.cfg.arch, "k": sae.cfg.k,
-                      "width": sae.cfg.d_sae, "folder": str(stage.folder), "role": role,
-                      "trained_at": read_metadata(stage.folder).get("hook_name"),
-                      "train_metrics": (record.get("summary") or {}).get("metrics"),
-                      "metrics": figures["metrics"] if figures else None,
-                      "downstream": figures["downstream"] if figures else None})
+        facts.append(
+            {
+                "label": label,
+                "hook": hook,
+                "seed": seed,
+                "arch": sae.cfg.arch,
+                "k": sae.cfg.k,
+                "width": sae.cfg.d_sae,
+                "folder": str(stage.folder),
+                "role": role,
+                "trained_at": read_metadata(stage.folder).get("hook_name"),
+                "train_metrics": (record.get("summary") or {}).get("metrics"),
+                "metrics": figures["metrics"] if figures else None,
+                "downstream": figures["downstream"] if figures else None,
+            }
+        )
     return facts
 
 
@@ -79,10 +97,14 @@ def assemble_results(study: Study, out: Path, stages: list[Stage], timings: list
     """results.json: the study, its models and SAEs, and every stage's results."""
     compare = _read_json(out / "compare" / "results.json")
     return {
-        "version": RESULTS_VERSION, "kind": "study", "study": study.to_dict(),
+        "version": RESULTS_VERSION,
+        "kind": "study",
+        "study": study.to_dict(),
         "legacy": bool(compare and compare["config"]["method"] == "legacy_first"),
-        "models": _model_facts(study, stages), "saes": _sae_facts(stages),
-        "compare": compare, "concepts": _read_json(out / "concepts" / "concepts.json"),
+        "models": _model_facts(study, stages),
+        "saes": _sae_facts(stages),
+        "compare": compare,
+        "concepts": _read_json(out / "concepts" / "concepts.json"),
         "absorption": _read_json(out / "absorption" / "absorption.json"),
         "pair_cards": _read_json(out / "cards" / "cards.json") or [],
         "stages": timings,
@@ -126,8 +148,15 @@ def run_study(study: Study, out: str | Path, console: Console | None = None) -> 
         def run(i: int, stage: Stage) -> None:
             console.rule(f"[{i}/{n}] {stage.name}")
             _, state, seconds = run_stage(stage)
-            timings.append({"name": stage.name, "key": stage.key, "state": state, "seconds": seconds,
-                            "seconds_when_made": (stage.record() or {}).get("seconds", seconds)})
+            timings.append(
+                {
+                    "name": stage.name,
+                    "key": stage.key,
+                    "state": state,
+                    "seconds": seconds,
+                    "seconds_when_made": (stage.record() or {}).get("seconds", seconds),
+                }
+            )
 
         for i, stage in enumerate(stages, 1):
             run(i, stage)
@@ -135,8 +164,12 @@ def run_study(study: Study, out: str | Path, console: Console | None = None) -> 
     finally:
         logging.getLogger("saeatlas").removeHandler(handler)
         handler.close()
-    return {"stages": timings, "report": str(out / "report.html"), "results": str(out / "results.json"),
-            "seconds": time.perf_counter() - started}
+    return {
+        "stages": timings,
+        "report": str(out / "report.html"),
+        "results": str(out / "results.json"),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def study_status(study: Study, out: str | Path) -> list[dict]:
@@ -154,7 +187,7 @@ def study_status(study: Study, out: str | Path) -> list[dict]:
 
 def _study_toml(study: Study) -> str:
     """The study as TOML (the settings actually used), written beside the results."""
-    lines = [f"# the study as run by saeatlas", f"name = {json.dumps(study.name)}", f"out = {json.dumps(study.out)}"]
+    lines = ["# the study as run by saeatlas", f"name = {json.dumps(study.name)}", f"out = {json.dumps(study.out)}"]
 
     def table(name: str, values: dict) -> None:
         lines.append(f"\n[{name}]")
@@ -189,8 +222,12 @@ def print_summary(study: Study, summary: dict, console: Console | None = None) -
     for column in ("stage", "this run", "seconds", "when made"):
         table.add_column(column)
     for t in summary["stages"]:
-        table.add_row(t["name"], "ran" if t["state"] == "ran" else "skipped (done)", f"{t['seconds']:.1f}",
-                      f"{t['seconds_when_made']:.1f}")
+        table.add_row(
+            t["name"],
+            "ran" if t["state"] == "ran" else "skipped (done)",
+            f"{t['seconds']:.1f}",
+            f"{t['seconds_when_made']:.1f}",
+        )
     console.print(table)
     results = json.loads(Path(summary["results"]).read_text())
     _print_headlines(results, console)
@@ -206,9 +243,16 @@ def _print_headlines(results: dict, console: Console) -> None:
     for s in results["saes"]:
         if s["metrics"]:
             m, dn = s["metrics"], s["downstream"] or {}
-            saes.add_row(s["label"], s["hook"], s["role"], *("-" if s[c] is None else str(s[c]) for c in ("k", "seed")),
-                         f"{m['l0']:.1f}",
-                         f"{m['fvu']:.3f}", f"{m['dead_fraction']:.1%}", f"{dn['ce_loss_recovered']:.3f}" if dn else "-")
+            saes.add_row(
+                s["label"],
+                s["hook"],
+                s["role"],
+                *("-" if s[c] is None else str(s[c]) for c in ("k", "seed")),
+                f"{m['l0']:.1f}",
+                f"{m['fvu']:.3f}",
+                f"{m['dead_fraction']:.1%}",
+                f"{dn['ce_loss_recovered']:.3f}" if dn else "-",
+            )
     console.print(saes)
     if results["compare"]:
         print_comparison(results["compare"], console)

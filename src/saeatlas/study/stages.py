@@ -36,9 +36,9 @@ class Stage:
     """Where its product goes."""
     settings: dict
     """Everything of its own that changes its product (JSON-able)."""
-    action: Callable[["Stage"], dict]
+    action: Callable[[Stage], dict]
     """Makes the product at `folder` (resuming where it can); returns a JSON-able summary."""
-    inputs: list["Stage"] = field(default_factory=list)
+    inputs: list[Stage] = field(default_factory=list)
     version: int = 1
     """Of the code that makes the product: bumped when a saeatlas release changes what the same settings give,
     so products made by the older code are made again."""
@@ -108,9 +108,17 @@ def run_stage(stage: Stage) -> tuple[dict, str, float]:
     started = time.perf_counter()
     summary = jsonable(stage.action(stage))
     seconds = time.perf_counter() - started
-    write_json_atomic(stage.done_file, {"key": stage.key, "name": stage.name, "settings": jsonable(stage.settings),
-                                        "inputs": [s.key for s in stage.inputs], "summary": summary,
-                                        "seconds": seconds})
+    write_json_atomic(
+        stage.done_file,
+        {
+            "key": stage.key,
+            "name": stage.name,
+            "settings": jsonable(stage.settings),
+            "inputs": [s.key for s in stage.inputs],
+            "summary": summary,
+            "seconds": seconds,
+        },
+    )
     stage.started_file.unlink(missing_ok=True)
     log.info("%s: finished in %.1f s", stage.name, seconds)
     return summary, "ran", seconds
