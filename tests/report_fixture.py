@@ -1,9 +1,9 @@
-"""A realistic study results dict (results.json, version 1) made from tiny models, for the report tests.
+"""A realistic study results dict (results.json, version 2) made from tiny models, for the report tests.
 
 Every part comes from the real code path: two activation stores of tiny models with different tokenizers
 (windows cut by characters so they align), TopK SAEs trained on two layers of each (plus a second seed of
 model A's for the skyline and a k = 8 one for the sparsity sweep), held-out-style metrics and CE-loss
-recovered, `compare_grid` with every control, `concept_grid`, pair cards from `saeatlas.study.cards` (which
+recovered, `run_compare` with every control, `run_concepts`, pair cards from `saeatlas.study.cards` (which
 calls `top_contexts`), and `run_absorption` on model A with two SAEs.  A few seconds in all.
 
 Not a test module: `tests/test_report_*.py` call `build_study_results` from a module-scoped fixture.
@@ -31,7 +31,7 @@ CONCEPTS = {
 }
 TRICKY = 'Markup like <script>alert("x")</script> & <b>bold</b>\nsits on a new line,\tafter a tab.'
 CONTROLS = ["random_init", "neurons", "shifted", "skyline"]
-SAE_ARGS = ["--arch", "topk", "--width", "48", "--steps", "60", "--batch-size", "64", "--quiet"]
+SAE_ARGS = ["--arch", "topk", "--d-sae", "48", "--steps", "60", "--batch-size", "64", "--quiet"]
 
 
 def sae_runs(side: str) -> list[tuple[str, int, int, str, str]]:
@@ -99,24 +99,28 @@ def _study(root: Path, models: dict[str, Path]) -> dict:
         Study,
     )
 
-    return Study(
+    from saeatlas.sae.config import SAEConfig, TrainConfig
+    from saeatlas.study.run import study_settings
+
+    return study_settings(Study(
         name="tiny-report",
         out=str(root),
-        models=[ModelSettings(LABELS[s], str(models[s]), HOOKS[s]) for s in ("a", "b")],
+        models=[ModelSettings(label=LABELS[s], model=str(models[s]), hooks=HOOKS[s]) for s in ("a", "b")],
         data=DataSettings(corpus=str(root / "corpus"), tokens=100_000, window_chars=60, context=32, heldout_tokens=0),
-        sae=SAESettings(arch="topk", k=4, width=48, steps=60, batch_size=64, ce_tokens=512),
+        sae=SAESettings(train=TrainConfig(sae=SAEConfig(arch="topk", k=4, d_sae=48), steps=60, batch_size=64),
+                        ce_tokens=512),
         compare=CompareSettings(
-            a=LABELS["a"],
-            b=LABELS["b"],
+            label_a=LABELS["a"],
+            label_b=LABELS["b"],
             threshold=0.0,
-            permutations=50,
-            bootstrap=5,
+            n_permutations=50,
+            n_bootstrap=5,
             controls=CONTROLS,
-            concepts=str(root / "concepts.json"),
+            concepts=[str(root / "concepts.json")],
             pair_cards=3,
         ),
         absorption=AbsorptionSettings(
-            model=LABELS["a"],
+            label=LABELS["a"],
             hook="resid_post.1",
             k_values=[4, 8],
             variant="both",
@@ -124,18 +128,18 @@ def _study(root: Path, models: dict[str, Path]) -> dict:
             min_probe_f1=0.0,
             min_letters=5,
         ),
-    ).to_dict()
+    ))
 
 
 def _extract_and_train(root: Path, models: dict[str, Path], clock: _Clock) -> None:
     from saeatlas.cli import main
-    from saeatlas.config import ExtractConfig
-    from saeatlas.data.extract import extract
+    from saeatlas.data.config import ExtractConfig
+    from saeatlas.data.extract import run_extract
 
     for side in ("a", "b"):
         store = root / "stores" / side
         with clock.stage(f"extract {LABELS[side]}"):
-            extract(
+            run_extract(
                 ExtractConfig(
                     model=str(models[side]),
                     hooks=HOOKS[side],
@@ -145,7 +149,7 @@ def _extract_and_train(root: Path, models: dict[str, Path], clock: _Clock) -> No
                     context=32,
                     window_chars=60,
                     batch_size=8,
-                    dtype="float32",
+                    store_dtype="float32",
                     model_dtype="float32",
                 ),
                 store,
@@ -200,7 +204,7 @@ def _sae_facts(root: Path, models: dict[str, Path], clock: _Clock) -> list[dict]
                     "seed": seed,
                     "arch": sae.cfg.arch,
                     "k": sae.cfg.k,
-                    "width": sae.cfg.d_sae,
+                    "d_sae": sae.cfg.d_sae,
                     "folder": str(root / "saes" / folder),
                     "role": role,
                     "trained_at": hook,
@@ -222,7 +226,7 @@ def _model_facts(root: Path, models: dict[str, Path]) -> list[dict]:
         facts.append(
             {
                 "label": LABELS[side],
-                "spec": str(models[side]),
+                "model": str(models[side]),
                 "name": model.get("name", side),
                 "n_layers": model.get("n_layers"),
                 "d_model": store.d_model,
@@ -234,24 +238,26 @@ def _model_facts(root: Path, models: dict[str, Path]) -> list[dict]:
     return facts
 
 
-def _compare_cfg(root: Path, method: str):
+def _compare_cfg(root: Path, method: str, cls=None):
     """The comparison of the fixture's stores and SAEs (small nulls: 50 permutations, 5 bootstraps)."""
     from saeatlas.compare.config import CompareConfig
 
-    return CompareConfig(
+    extra = {"concepts": [str(root / "concepts.json")]} if cls is not None else {}
+    return (cls or CompareConfig)(
+        **extra,
         store_a=str(root / "stores" / "a"),
         store_b=str(root / "stores" / "b"),
-        sae_a=str(root / "saes" / "a-{hook}"),
-        sae_b=str(root / "saes" / "b-{hook}"),
-        layers_a=HOOKS_A,
-        layers_b=HOOKS_B,
+        saes_a=str(root / "saes" / "a-{hook}"),
+        saes_b=str(root / "saes" / "b-{hook}"),
+        hooks_a=HOOKS_A,
+        hooks_b=HOOKS_B,
         method=method,
         threshold=0.0,
         n_permutations=50,
         n_bootstrap=5,
         activation_positions=200,
         controls=CONTROLS,
-        skyline_sae_a=str(root / "saes" / "a-seed1-{hook}"),
+        skyline_saes_a=str(root / "saes" / "a-seed1-{hook}"),
     )
 
 
@@ -284,7 +290,9 @@ def build_study_results(root: Path, model_a: Path, model_b: Path, method: str = 
 
 
 def _build(root: Path, models: dict[str, Path], method: str) -> dict:
-    from saeatlas.compare.run import compare_grid, concept_grid, write_results
+    from saeatlas.compare.config import ConceptsConfig
+    from saeatlas.compare.grid import run_compare, run_concepts
+    from saeatlas.compare.run import write_results
     from saeatlas.fileio import jsonable
     from saeatlas.study.cards import pair_cards
 
@@ -294,16 +302,16 @@ def _build(root: Path, models: dict[str, Path], method: str) -> dict:
     _extract_and_train(root, models, clock)
     saes = _sae_facts(root, models, clock)
     with clock.stage("compare"):
-        compare = jsonable(compare_grid(_compare_cfg(root, method)))
+        compare = jsonable(run_compare(_compare_cfg(root, method)))
         write_results(compare, root / "compare")
     with clock.stage("concepts"):
-        concepts = jsonable(concept_grid(_compare_cfg(root, method), CONCEPTS))
+        concepts = jsonable(run_concepts(_compare_cfg(root, method, ConceptsConfig)))
     with clock.stage("pair cards"):
         cards = pair_cards(root / "compare" / "results.json", 3)
     with clock.stage("absorption"):
         absorption = jsonable(_absorption(root, models["a"]))
     results = {
-        "version": 1,
+        "version": 2,
         "kind": "study",
         "study": _study(root, models),
         "legacy": method == "legacy_first",

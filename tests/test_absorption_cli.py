@@ -87,8 +87,12 @@ def test_absorption_cli_rejects_bad_input_with_one_line(tiny_gemma, saes, tmp_pa
         (["--sae", str(saes / "wide")], "d_in 48"),
         (["--sae", str(tmp_path / "missing")], "does not exist"),
         (["--min-letters", "26", "--min-probe-f1", "0.99"], "letters have a probe F1"),
-        (["--variant", "gradient"], "--variant"),
-        (["--words", "50"], "--words"),
+        (["--variant", "gradient"], "bad --variant = 'gradient': use one of projection, ablation, both"),
+        (["--words", "50"], "bad --words = 50"),
+        (["--words", "some"], "argument --words: invalid integer or all value: 'some'"),
+        (["--max-k", "0"], "bad --max-k = 0"),
+        (["--ig-steps", "0"], "bad --ig-steps = 0: use at least 1 (the paper uses 6)"),
+        (["--hook", "blocks.1.hook_resid"], "bad hook point 'blocks.1.hook_resid'"),
     ]
     for extra, message in cases:
         out = tmp_path / "out"

@@ -12,9 +12,9 @@ from conftest import TEXTS
 from test_tokens import train_other_tokenizer
 
 from saeatlas.compare.align import Alignment, align_stores, gather_rows, tokenizer_for_store
-from saeatlas.config import ExtractConfig
+from saeatlas.data.config import ExtractConfig
 from saeatlas.data import ActivationStore
-from saeatlas.data.extract import extract
+from saeatlas.data.extract import run_extract
 from saeatlas.data.tokens import EXCLUDED_BY_DEFAULT, FLAG_FIRST, FLAG_SPECIAL
 from saeatlas.errors import SaeAtlasError, StoreError
 
@@ -69,11 +69,11 @@ def stores(tiny_llama, tiny_gemma, tiny_other, long_corpus, tmp_path_factory):
                 context=32,
                 batch_size=8,
                 shard_windows=7,
-                dtype="float32",
+                store_dtype="float32",
                 model_dtype="float32",
                 **kw,
             )
-            extract(cfg, root / f"{name}-{mode}")
+            run_extract(cfg, root / f"{name}-{mode}")
             out[f"{name}-{mode}"] = ActivationStore(root / f"{name}-{mode}")
     return out
 
@@ -217,17 +217,17 @@ def test_alignment_errors_name_both_stores(stores, tiny_llama, tiny_gemma, long_
         corpus=str(tmp_path / "corpus"),
         tokens=1000,
         split="all",
-        dtype="float32",
+        store_dtype="float32",
         model_dtype="float32",
     )
-    extract(cfg, tmp_path / "elsewhere")
+    run_extract(cfg, tmp_path / "elsewhere")
     lonely = ActivationStore(tmp_path / "elsewhere")
     with pytest.raises(SaeAtlasError, match=r"share no document.*--window-chars") as err:
         align_stores(stores["llama-chars"], lonely)
     assert str(lonely.path) in str(err.value) and str(stores["llama-chars"].path) in str(err.value)
     # Windows of 2: Llama's hold tokens (2k, 2k+1), Gemma's <bos> + token j; no window start and end agree.
     for name, model in (("pairs", tiny_llama), ("singles", tiny_gemma)):
-        extract(
+        run_extract(
             ExtractConfig(
                 model=str(model),
                 hooks=[HOOK],
@@ -235,7 +235,7 @@ def test_alignment_errors_name_both_stores(stores, tiny_llama, tiny_gemma, long_
                 tokens=200,
                 split="all",
                 context=2,
-                dtype="float32",
+                store_dtype="float32",
                 model_dtype="float32",
             ),
             tmp_path / name,
@@ -278,10 +278,10 @@ def test_tokenizer_for_store_loads_the_recorded_tokenizer(stores, tiny_other, tm
         corpus=str(long_corpus),
         tokens=200,
         split="all",
-        dtype="float32",
+        store_dtype="float32",
         model_dtype="float32",
     )
-    extract(cfg, tmp_path / "store")
+    run_extract(cfg, tmp_path / "store")
     from conftest import _train_tokenizer
 
     _train_tokenizer(add_bos=False).save_pretrained(moved)
@@ -330,7 +330,7 @@ def test_window_chars_is_part_of_the_store_identity(tiny_llama, long_corpus, tmp
     assert (index["char_start"][index["position"] == 0] > 0).sum() > 2  # windows start inside documents
     assert main(args + ["--window-chars", "60"]) == 0  # same settings: complete, nothing to do
     with pytest.raises(StoreError, match="holds a different run"):
-        extract(
+        run_extract(
             ExtractConfig(
                 model=str(tiny_llama),
                 hooks=[HOOK],
@@ -338,7 +338,7 @@ def test_window_chars_is_part_of_the_store_identity(tiny_llama, long_corpus, tmp
                 tokens=300,
                 split="all",
                 context=32,
-                dtype="float32",
+                store_dtype="float32",
                 model_dtype="float32",
                 window_chars=61,
             ),

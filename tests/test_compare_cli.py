@@ -9,8 +9,8 @@ import pytest
 from test_compare_align import HOOK, long_corpus, tiny_other  # noqa: F401  (fixtures)
 
 from saeatlas.cli import main
-from saeatlas.config import ExtractConfig
-from saeatlas.data.extract import extract
+from saeatlas.data.config import ExtractConfig
+from saeatlas.data.extract import run_extract
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,10 @@ def setup(tiny_llama, tiny_other, long_corpus, tmp_path_factory):  # noqa: F811
             context=32,
             window_chars=60,
             batch_size=8,
-            dtype="float32",
+            store_dtype="float32",
             model_dtype="float32",
         )
-        extract(cfg, root / name)
+        run_extract(cfg, root / name)
         for tag, seed in (("", 0), ("seed1-", 1)):
             assert (
                 main(
@@ -64,23 +64,23 @@ def setup(tiny_llama, tiny_other, long_corpus, tmp_path_factory):  # noqa: F811
 
 def _args(root: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "--a",
+        "--store-a",
         str(root / "a"),
-        "--b",
+        "--store-b",
         str(root / "b"),
-        "--sae-a",
+        "--saes-a",
         str(root / "sae-a-{hook}"),
-        "--sae-b",
+        "--saes-b",
         str(root / "sae-b-{hook}"),
-        "--layers-a",
+        "--hooks-a",
         "1",
-        "--layers-b",
-        "1",
+        "--hooks-b",
+        "blocks.1.hook_resid_post",
         "--out",
         str(out),
-        "--permutations",
+        "--n-permutations",
         "50",
-        "--bootstrap",
+        "--n-bootstrap",
         "5",
         "--threshold",
         "0.0",
@@ -99,7 +99,7 @@ def test_compare_writes_scores_nulls_controls_and_heatmaps(setup, tmp_path, caps
                     out,
                     "--controls",
                     "random_init,neurons,shifted,skyline",
-                    "--skyline-sae-a",
+                    "--skyline-saes-a",
                     str(setup / "sae-a-seed1-{hook}"),
                 ),
             ]
@@ -107,10 +107,11 @@ def test_compare_writes_scores_nulls_controls_and_heatmaps(setup, tmp_path, caps
         == 0
     )
     results = json.loads((out / "results.json").read_text())
-    assert results["version"] == 1 and results["kind"] == "compare"
+    assert results["version"] == 2 and results["kind"] == "compare"
+    assert results["hooks_a"] == results["hooks_b"] == ["resid_post.1"]
     assert results["alignment"]["method"] == "char_offset" and results["alignment"]["n_positions"] > 100
     (entry,) = results["pairs"]
-    assert set(entry) == {"layer_a", "layer_b", "sae", "random_init", "neurons", "shifted"}
+    assert set(entry) == {"hook_a", "hook_b", "sae", "random_init", "neurons", "shifted"}
     main_cmp = entry["sae"]
     assert main_cmp["n_pairs"] >= 5
     svcca = main_cmp["decoder"]["svcca"]
@@ -122,7 +123,7 @@ def test_compare_writes_scores_nulls_controls_and_heatmaps(setup, tmp_path, caps
     assert len(main_cmp["pairs"]["idx_a"]) == main_cmp["n_pairs"]
     assert results["skyline"][0]["skyline"]["n_pairs"] >= 5
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("layer_a,layer_b,comparison,space,measure")
+    assert csv_lines[0].startswith("hook_a,hook_b,comparison,space,measure")
     assert any(",skyline,decoder,svcca," in line for line in csv_lines)
     svg = (out / "heatmap-svcca.svg").read_text()
     assert svg.startswith("<svg") and "resid_post.1" in svg
@@ -144,14 +145,20 @@ def test_concepts_scores_each_concept(setup, tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (("--sae-b", "/nonexistent/sae-{hook}"), "no SAE for resid_post.1"),
-        (("--layers-a", "7"), "has no hook resid_post.7"),
-        (("--measures", "svcca,bogus"), "bad measure 'bogus'"),
-        (("--method", "greedy"), "bad --method 'greedy'"),
+        (("--saes-b", "/nonexistent/sae-{hook}"), "no SAE for resid_post.1"),
+        (("--saes-b", "/nonexistent/sae-{hook"), "bad SAE folder template"),
+        (("--hooks-a", "7"), "has no hook resid_post.7"),
+        (("--hooks-a", "blocks.1.hook_resid_mid"), "bad hook point 'blocks.1.hook_resid_mid'"),
+        (("--measures", "svcca,bogus"), "bad --measures = 'bogus'"),
+        (("--method", "greedy"), "bad --method = 'greedy'"),
+        (("--svcca-k", "0"), "bad --svcca-k = 0: use a number of directions >= 1, or \"variance\""),
+        (("--permutations", "0"), "bad --permutations = 0"),
+        (("--max-positions", "0"), "bad --max-positions = 0"),
+        (("--k", "3"), "unrecognized arguments: --k 3"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, change, message):
-    args = _args(setup, tmp_path / "out", "--controls", "none")
+    args = _args(setup, tmp_path / "out", "--controls", "")
     flag = args.index(change[0]) if change[0] in args else None
     if flag is not None:
         args[flag + 1] = change[1]
@@ -165,7 +172,7 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, change, messa
 
 def test_stores_of_different_texts_are_refused(setup, tiny_llama, tmp_path, capsys, text_corpus):
     other = tmp_path / "other-text"
-    extract(
+    run_extract(
         ExtractConfig(
             model=str(tiny_llama),
             hooks=[HOOK],
@@ -174,13 +181,13 @@ def test_stores_of_different_texts_are_refused(setup, tiny_llama, tmp_path, caps
             split="all",
             context=32,
             window_chars=60,
-            dtype="float32",
+            store_dtype="float32",
             model_dtype="float32",
         ),
         other,
     )
-    args = _args(setup, tmp_path / "out", "--controls", "none")
-    args[args.index("--b") + 1] = str(other)
+    args = _args(setup, tmp_path / "out", "--controls", "")
+    args[args.index("--store-b") + 1] = str(other)
     assert main(["compare", *args]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no document (by key)" in err

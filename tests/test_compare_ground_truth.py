@@ -14,19 +14,19 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from saeatlas.compare.config import CompareConfig
+from saeatlas.compare.config import CompareOptions
 from saeatlas.compare.correlate import pearson_sparse
 from saeatlas.compare.match import match
-from saeatlas.compare.run import MIN_PAIRS, score_spaces
+from saeatlas.compare.scoring import MIN_PAIRS, score_spaces
 from saeatlas.compare.synthetic import feature_of_latent, matching_precision_recall, two_model_data
 from saeatlas.sae import SAEConfig, TrainConfig, train_sae
 from saeatlas.sae.data_source import TensorSource
 
 
 def _sae(x: torch.Tensor, seed: int):
-    cfg = SAEConfig(arch="topk", d_in=x.shape[1], d_sae=384, k=5)
-    train = TrainConfig(steps=1500, batch_size=512, lr=2e-3, warmup_steps=50, checkpoint_every=0, seed=seed)
-    sae, _ = train_sae(cfg, TensorSource(x), train)
+    cfg = SAEConfig(arch="topk", d_sae=384, k=5)
+    train = TrainConfig(sae=cfg, steps=1500, batch_size=512, lr=2e-3, warmup_steps=50, checkpoint_every=0, seed=seed)
+    sae, _ = train_sae(train, TensorSource(x))
     return sae
 
 
@@ -35,7 +35,7 @@ def _codes(sae, x: torch.Tensor) -> sp.csr_array:
         return sp.csr_array(sae.encode(x).numpy())
 
 
-CFG = CompareConfig(store_a="", store_b="", sae_a="", sae_b="", layers_a=["0"], layers_b=["0"])
+CFG = CompareOptions()
 """The comparison's default settings (SVCCA directions, RSA sample, 1000 permutations)."""
 
 

@@ -9,7 +9,16 @@ import torch
 
 from saeatlas.errors import HookError, HubUnavailableError, MissingPackageError, UnknownModelError
 from saeatlas.fileio import sha256_file, write_json_atomic
-from saeatlas.models import STAGES, capture, known_models, load_model, parse_hook, parse_hooks
+from saeatlas.models import (
+    STAGES,
+    canonical_hook,
+    capture,
+    hook_spellings,
+    known_models,
+    load_model,
+    parse_hook,
+    parse_hooks,
+)
 from saeatlas.models.loading import CACHE_MARKER, _cache_is_valid
 
 
@@ -94,6 +103,40 @@ def test_forward_stops_after_the_deepest_hook(handle):
 def test_bad_hook_names(name, message):
     with pytest.raises(HookError, match=message):
         parse_hook(name, 4)
+
+
+@pytest.mark.parametrize(
+    "written, canonical",
+    [
+        ("resid_post.3", "resid_post.3"),
+        ("3", "resid_post.3"),
+        (3, "resid_post.3"),
+        (" 03 ", "resid_post.3"),
+        ("blocks.3.hook_resid_post", "resid_post.3"),
+        ("blocks.3.hook_resid_pre", "resid_pre.3"),
+        ("blocks.12.hook_attn_out", "attn_out.12"),
+        ("blocks.0.hook_mlp_out", "mlp_out.0"),
+        ("model.layers.3", "resid_post.3"),
+        ("layers.3", "resid_post.3"),
+        ("gpt_neox.layers.5", "resid_post.5"),
+    ],
+)
+def test_hooks_as_the_ecosystem_writes_them(written, canonical):
+    assert canonical_hook(written) == canonical
+    assert parse_hook(written, 13).name == canonical
+
+
+@pytest.mark.parametrize("name", ["blocks.3.hook_resid_mid", "model.layers.3.mlp", "layer3", "resid_post.x", ""])
+def test_unknown_hook_spellings_are_one_clear_error(name):
+    with pytest.raises(HookError, match="bad hook point .*resid_post.3, a bare layer number, blocks.3.hook_resid_post"):
+        canonical_hook(name)
+
+
+def test_hook_spellings_round_trip():
+    assert hook_spellings("3") == ["resid_post.3", "blocks.3.hook_resid_post", "layers.3"]
+    assert hook_spellings("mlp_out.2") == ["mlp_out.2", "blocks.2.hook_mlp_out"]
+    for spelling in hook_spellings("resid_post.7"):
+        assert canonical_hook(spelling) == "resid_post.7"
 
 
 def test_hook_list_rules():

@@ -140,9 +140,9 @@ def test_bad_sae_files_are_clear_errors(tmp_path):
 
 def test_training_resumes_to_identical_weights(tmp_path):
     x, _ = planted_features(8192, n_features=64, d=16, active=3, seed=1)
-    cfg = SAEConfig(arch="topk", d_in=16, d_sae=64, k=3)
-    train = TrainConfig(steps=40, batch_size=256, lr=1e-3, warmup_steps=5, checkpoint_every=10, seed=3)
-    reference, _ = train_sae(cfg, TensorSource(x), train)
+    cfg = SAEConfig(arch="topk", d_sae=64, k=3)
+    train = TrainConfig(sae=cfg, steps=40, batch_size=256, lr=1e-3, warmup_steps=5, checkpoint_every=10, seed=3)
+    reference, _ = train_sae(train, TensorSource(x))
 
     class Killed(Exception):
         pass
@@ -153,8 +153,8 @@ def test_training_resumes_to_identical_weights(tmp_path):
 
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(Killed):
-        train_sae(cfg, TensorSource(x), train, checkpoint=ckpt, on_step=die_at_25)
-    resumed, state = train_sae(cfg, TensorSource(x), train, checkpoint=ckpt)
+        train_sae(train, TensorSource(x), checkpoint=ckpt, on_step=die_at_25)
+    resumed, state = train_sae(train, TensorSource(x), checkpoint=ckpt)
     assert state.step == 40
     for name, p in reference.state_dict().items():
         assert torch.equal(p, resumed.state_dict()[name]), name
@@ -174,7 +174,7 @@ def test_cli_train_writes_saelens_folder_and_eval_reads_it(tmp_path, capsys):
                 "topk",
                 "--k",
                 "3",
-                "--width",
+                "--d-sae",
                 "64",
                 "--steps",
                 "30",
@@ -216,7 +216,10 @@ def test_cli_train_writes_saelens_folder_and_eval_reads_it(tmp_path, capsys):
 @pytest.mark.parametrize(
     "make, args, message",
     [
-        (lambda x: x, ["--k", "80", "--width", "64"], "bad --k 80"),
+        (lambda x: x, ["--k", "80", "--d-sae", "64"], "bad --k = 80: use an integer from 1 to d_sae"),
+        (lambda x: x, ["--lr", "-0.001"], "bad --lr = -0.001"),
+        (lambda x: x, ["--width", "0"], "bad --width = 0"),
+        (lambda x: x, ["--arch", "sparse"], "bad --arch = 'sparse': use one of relu, topk"),
         (lambda x: np.where(np.arange(len(x))[:, None] == 7, np.inf, x), [], "NaN or Inf"),
         (lambda x: x[:10], ["--batch-size", "256"], "fewer than one batch"),
         (lambda x: x[:, 0], [], r"\[n_tokens, d_in\]"),

@@ -55,7 +55,7 @@ def _grads(sae) -> dict[str, torch.Tensor]:
 def test_sparse_step_equals_dense_autograd(arch, with_dead, kernels):
     sae = _sae(arch)
     x = torch.randn(128, 24, generator=torch.Generator().manual_seed(4)) * 2
-    train = TrainConfig(dtype="float32", aux_k_coefficient=0.5)
+    train = TrainConfig(compute_dtype="float32", aux_k_coefficient=0.5)
     dead = torch.zeros(256, dtype=torch.bool)
     if with_dead:
         dead[::3] = True

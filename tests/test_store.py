@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from saeatlas.cli import main
-from saeatlas.config import ExtractConfig
+from saeatlas.data.config import ExtractConfig
 from saeatlas.data import ActivationStore
-from saeatlas.data.extract import extract
+from saeatlas.data.extract import run_extract
 from saeatlas.data.tokens import EXCLUDED_BY_DEFAULT
 from saeatlas.errors import CorpusError, SaeAtlasError, StoreError
 from saeatlas.models import capture, load_model, parse_hooks
@@ -35,7 +35,7 @@ def _cfg(model: Path, corpus: Path, **kw) -> ExtractConfig:
         context=32,
         batch_size=4,
         shard_windows=5,
-        dtype="float32",
+        store_dtype="float32",
         model_dtype="float32",
     )
     settings.update(kw)
@@ -44,7 +44,7 @@ def _cfg(model: Path, corpus: Path, **kw) -> ExtractConfig:
 
 @pytest.fixture
 def store(tiny_model, text_corpus, tmp_path) -> ActivationStore:
-    extract(_cfg(tiny_model, text_corpus), tmp_path / "store")
+    run_extract(_cfg(tiny_model, text_corpus), tmp_path / "store")
     return ActivationStore(tmp_path / "store")
 
 
@@ -82,8 +82,8 @@ def test_stored_activations_equal_a_direct_forward(store):
 
 
 def test_bfloat16_store_is_the_rounded_float32_store(tiny_llama, text_corpus, tmp_path):
-    extract(_cfg(tiny_llama, text_corpus), tmp_path / "f32")
-    extract(_cfg(tiny_llama, text_corpus, dtype="bfloat16"), tmp_path / "bf16")
+    run_extract(_cfg(tiny_llama, text_corpus), tmp_path / "f32")
+    run_extract(_cfg(tiny_llama, text_corpus, store_dtype="bfloat16"), tmp_path / "bf16")
     f32, bf16 = ActivationStore(tmp_path / "f32"), ActivationStore(tmp_path / "bf16")
     a, b = f32.activations("resid_post.2", 0), bf16.activations("resid_post.2", 0)
     assert b.dtype == torch.bfloat16 and torch.equal(a.to(torch.bfloat16), b)
@@ -130,7 +130,7 @@ def test_position_zero_is_flagged(store):
 
 
 def test_corpus_running_out_is_recorded(tiny_llama, text_corpus, tmp_path):
-    result = extract(_cfg(tiny_llama, text_corpus, tokens=10**6), tmp_path / "s")
+    result = run_extract(_cfg(tiny_llama, text_corpus, tokens=10**6), tmp_path / "s")
     m = ActivationStore(tmp_path / "s").manifest
     assert m["corpus_exhausted"] and result.n_tokens == m["n_tokens"] < 10**6
     assert m["n_documents_read"] == 12 == len(ActivationStore(tmp_path / "s").documents())
@@ -138,32 +138,32 @@ def test_corpus_running_out_is_recorded(tiny_llama, text_corpus, tmp_path):
 
 def test_rerun_of_a_complete_store_does_nothing(tiny_llama, text_corpus, tmp_path):
     cfg = _cfg(tiny_llama, text_corpus)
-    extract(cfg, tmp_path / "s")
+    run_extract(cfg, tmp_path / "s")
     before = (tmp_path / "s/manifest.json").stat().st_mtime_ns
-    assert extract(cfg, tmp_path / "s").n_tokens_written == 0
+    assert run_extract(cfg, tmp_path / "s").n_tokens_written == 0
     assert (tmp_path / "s/manifest.json").stat().st_mtime_ns == before
 
 
 def test_different_run_in_output_folder_is_refused(tiny_llama, text_corpus, tmp_path):
-    extract(_cfg(tiny_llama, text_corpus), tmp_path / "s")
+    run_extract(_cfg(tiny_llama, text_corpus), tmp_path / "s")
     with pytest.raises(StoreError, match="holds a different run"):
-        extract(_cfg(tiny_llama, text_corpus, tokens=700), tmp_path / "s")
+        run_extract(_cfg(tiny_llama, text_corpus, tokens=700), tmp_path / "s")
     (tmp_path / "other").mkdir()
     (tmp_path / "other/notes.txt").write_text("mine")
     with pytest.raises(StoreError, match="not an activation store"):
-        extract(_cfg(tiny_llama, text_corpus), tmp_path / "other")
+        run_extract(_cfg(tiny_llama, text_corpus), tmp_path / "other")
 
 
 def test_damaged_shard_is_found_by_hash_and_rewritten_on_rerun(tiny_llama, text_corpus, tmp_path):
     cfg = _cfg(tiny_llama, text_corpus)
-    extract(cfg, tmp_path / "s")
+    run_extract(cfg, tmp_path / "s")
     good = (tmp_path / "s/resid_post.2/shard-00001.npy").read_bytes()
     with open(tmp_path / "s/resid_post.2/shard-00001.npy", "r+b") as fh:
         fh.seek(200)
         fh.write(b"\x00\x01\x02")
     with pytest.raises(StoreError, match="corrupt or truncated file resid_post.2/shard-00001.npy"):
         ActivationStore(tmp_path / "s").verify()
-    extract(cfg, tmp_path / "s")  # same command: re-extracts from the damaged shard on
+    run_extract(cfg, tmp_path / "s")  # same command: re-extracts from the damaged shard on
     assert (tmp_path / "s/resid_post.2/shard-00001.npy").read_bytes() == good
     ActivationStore(tmp_path / "s").verify()
 
@@ -172,21 +172,22 @@ def test_empty_corpus_is_an_error_and_writes_nothing(tiny_llama, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/blank.txt").write_text("   \n")
     with pytest.raises(CorpusError, match="no text"):
-        extract(_cfg(tiny_llama, tmp_path / "empty"), tmp_path / "s")
+        run_extract(_cfg(tiny_llama, tmp_path / "empty"), tmp_path / "s")
     assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"tokens": 0}, "bad --tokens 0"),
-        ({"dtype": "float16"}, "bad --dtype 'float16'"),
-        ({"split": "test"}, "bad --split"),
+        ({"tokens": 0}, "bad tokens = 0"),
+        ({"store_dtype": "float16"}, "bad store_dtype = 'float16'"),
+        ({"split": "test"}, "bad split = 'test'"),
+        ({"hooks": ["resid_post.1", "blocks.1.hook_resid_post"]}, "bad hooks"),
     ],
 )
 def test_bad_settings(tiny_llama, text_corpus, tmp_path, change, message):
     with pytest.raises(SaeAtlasError, match=message):
-        extract(_cfg(tiny_llama, text_corpus, **change), tmp_path / "s")
+        run_extract(_cfg(tiny_llama, text_corpus, **change), tmp_path / "s")
 
 
 # ---------------------------------------------------------------- CLI
@@ -249,7 +250,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_llama, tmp_path, capsys, args
 def test_cli_info_on_corrupt_and_missing_stores(tiny_llama, text_corpus, tmp_path, capsys):
     assert main(["info", str(tmp_path / "nothing")]) == 2
     assert "not an activation store" in capsys.readouterr().err
-    extract(_cfg(tiny_llama, text_corpus), tmp_path / "s")
+    run_extract(_cfg(tiny_llama, text_corpus), tmp_path / "s")
     shard = tmp_path / "s/index/shard-00000.npy"
     shard.write_bytes(shard.read_bytes()[:-10])  # truncated
     assert main(["info", str(tmp_path / "s")]) == 2

@@ -11,13 +11,14 @@ from saeatlas.cli import main
 from saeatlas.study.config import StudyError, default_study_text, load_study, parse_study
 from saeatlas.study.stages import Stage, run_stage
 
-MINIMAL = 'name = "t"\n[[models]]\nlabel = "a"\nspec = "m"\nlayers = ["resid_post.1"]\n'
+MINIMAL = 'name = "t"\n[[models]]\nlabel = "a"\nmodel = "m"\nhooks = ["resid_post.1"]\n'
 
 
 def test_the_built_in_study_is_the_demo():
     study = load_study(None)
-    assert [(m.label, m.spec) for m in study.models] == [("gemma", "gemma-3-270m"), ("smol", "smollm2-135m")]
-    assert study.compare.a == "gemma" and study.compare.permutations == 1000 and "skyline" in study.compare.controls
+    assert [(m.label, m.model) for m in study.models] == [("gemma", "gemma-3-270m"), ("smol", "smollm2-135m")]
+    assert study.compare.label_a == "gemma" and study.compare.n_permutations == 1000
+    assert "skyline" in study.compare.controls and study.compare.concepts == ["builtin"]
     assert study.absorption.k_values == [16, 32, 64] and study.absorption.hook == "resid_post.3"
     assert parse_study(default_study_text()) == study
 
@@ -30,11 +31,20 @@ def test_the_built_in_study_is_the_demo():
         ('[sae]\nk = "32"\n', "bad 'sae.k' = '32': expected int"),
         ('[sae]\narch = "dense"\n', "bad 'sae.arch' = 'dense': use one of relu, topk"),
         ("[data]\ntokens = 10\n", "bad 'data.tokens' = 10: use at least 1000"),
-        ('[compare]\na = "a"\nb = "z"\n', "bad 'compare.b' = 'z': use a model label: a"),
-        ('[compare]\na = "a"\nb = "a"\nmethod = "best"\n', "bad 'compare.method' = 'best': use one of many_to_one"),
-        ('[compare]\na = "a"\nb = "a"\ncontrols = ["noise"]\n', "bad 'compare.controls' = 'noise'"),
-        ('[absorption]\nmodel = "a"\nhook = "resid_post.1"\nvariant = "x"\n', "bad 'absorption.variant' = 'x'"),
-        ('[absorption]\nmodel = "a"\nhook = "resid_post.1"\nk_values = []\n', "bad 'absorption.k_values' = []"),
+        ('[compare]\nlabel_a = "a"\nlabel_b = "z"\n', "bad 'compare.label_b' = 'z': use a model label: a"),
+        ('[compare]\nlabel_a = "a"\nlabel_b = "a"\nmethod = "best"\n', "bad 'compare.method' = 'best': use one of"),
+        ('[compare]\nlabel_a = "a"\nlabel_b = "a"\ncontrols = ["noise"]\n', "bad 'compare.controls' = 'noise'"),
+        ('[compare]\nlabel_a = "a"\nlabel_b = "a"\nsvcca_k = -1\n', "bad 'compare.svcca_k' = -1: use a number of"),
+        ('[compare]\nlabel_a = "a"\nlabel_b = "a"\nsvcca_k = "all"\n', "bad 'compare.svcca_k' = 'all': use a number of directions >= 1, or \"variance\""),
+        ('[compare]\nlabel_a = "a"\nlabel_b = "a"\nthreshold = 5\n', "bad 'compare.threshold' = 5: use a correlation"),
+        ('[absorption]\nlabel = "a"\nhook = "resid_post.1"\nvariant = "x"\n', "bad 'absorption.variant' = 'x'"),
+        ('[absorption]\nlabel = "a"\nhook = "resid_post.1"\nk_values = []\n', "bad 'absorption.k_values' = []"),
+        ('[absorption]\nlabel = "a"\nhook = "resid_post.1"\nwords = 0\n', "bad 'absorption.words' = 0: use at least"),
+        ('[absorption]\nlabel = "a"\nhook = "block3"\n', "bad hook point 'block3'"),
+        ('[sae]\nsteps = 0\n', "bad 'sae.steps' = 0"),
+        ('[sae]\nk = 8000\n', "bad 'sae.k' = 8000: use an integer from 1 to d_sae (4096)"),
+        ('[sae]\nd_in = 8\n', "unknown key 'sae.d_in'"),
+        ('[sae]\nce_tokens = -1\n', "bad 'sae.ce_tokens' = -1"),
     ],
 )
 def test_validation_names_the_key_the_value_and_what_is_allowed(extra, message):
@@ -63,7 +73,7 @@ def test_init_writes_the_built_in_study_and_refuses_to_overwrite(tmp_path, capsy
 
 # ---------------------------------------------------------------- the stage engine
 def _counting_stage(tmp_path: Path, name: str, settings: dict, calls: list, inputs=(), fail_once: list | None = None):
-    def action(stage: Stage) -> dict:
+    def action(stage: Stage, progress: bool) -> dict:
         calls.append(name)
         stage.folder.mkdir(exist_ok=True)
         (stage.folder / "progress").write_text("x" * len(calls))
@@ -72,7 +82,7 @@ def _counting_stage(tmp_path: Path, name: str, settings: dict, calls: list, inpu
             raise KeyboardInterrupt  # killed half-way
         return {"made": name, "settings": settings}
 
-    return Stage(name, tmp_path / name, settings, action, list(inputs))
+    return Stage("compare", name, tmp_path / name, settings, action, list(inputs))
 
 
 def test_stages_skip_when_done_rerun_when_settings_or_inputs_change(tmp_path):
@@ -132,28 +142,28 @@ context = 32
 heldout_tokens = 600
 [[models]]
 label = "a"
-spec = "{model_a}"
-layers = ["resid_post.1", "resid_post.2"]
+model = "{model_a}"
+hooks = ["resid_post.1", "blocks.2.hook_resid_post"]
 [[models]]
 label = "b"
-spec = "{model_b}"
-layers = ["resid_post.1"]
+model = "{model_b}"
+hooks = [1]
 [sae]
 k = 4
-width = 48
+d_sae = 48
 steps = 40
 batch_size = 64
 ce_tokens = 128
 [compare]
-a = "a"
-b = "b"
+label_a = "a"
+label_b = "b"
 threshold = {threshold}
-permutations = 30
-bootstrap = 3
+n_permutations = 30
+n_bootstrap = 3
 controls = ["random_init", "neurons", "shifted", "skyline"]
 pair_cards = 2
 [absorption]
-model = "a"
+label = "a"
 hook = "resid_post.1"
 k_values = [2, 4]
 words = 150
@@ -181,7 +191,7 @@ def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_chang
     printed = capsys.readouterr().out
     assert "report" in printed and str(out / "report.html") in printed
     results = json.loads((out / "results.json").read_text())
-    assert results["version"] == 1 and results["kind"] == "study" and not results["legacy"]
+    assert results["version"] == 2 and results["kind"] == "study" and not results["legacy"]
     names = [t["name"] for t in results["stages"]]
     assert names[:4] == ["extract a", "extract a held-out", "extract b", "extract b held-out"]
     assert {"compare", "concepts", "pair cards", "absorption", "evaluate a SAEs"} <= set(names)
@@ -192,7 +202,7 @@ def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_chang
     assert len(evaluated) == 3 and all(s["metrics"]["l0"] > 0 and s["downstream"] is not None for s in evaluated)
     others = [s for s in results["saes"] if s["role"] != "main"]  # held-out metrics, not spliced into the model
     assert others and all(s["metrics"]["l0"] > 0 and s["downstream"] is None for s in others)
-    assert [(p["layer_a"], p["layer_b"]) for p in results["compare"]["pairs"]] == [
+    assert [(p["hook_a"], p["hook_b"]) for p in results["compare"]["pairs"]] == [
         ("resid_post.1", "resid_post.1"),
         ("resid_post.2", "resid_post.1"),
     ]
@@ -230,6 +240,117 @@ def test_pair_cards_show_each_latent_once():
 
 def test_a_new_code_version_of_a_stage_changes_its_key(tmp_path):
     def stage(**kw):
-        return Stage("compare", tmp_path / "compare", {"threshold": 0.1}, lambda s: {}, **kw)
+        return Stage("compare", "compare", tmp_path / "compare", {"threshold": 0.1}, lambda s, p: {}, **kw)
 
     assert stage().key == stage(version=1).key != stage(version=2).key
+
+
+OLD_STYLE = """
+name = "old"
+[[models]]
+label = "a"
+spec = "m"
+layers = ["resid_post.1"]
+[[models]]
+label = "b"
+spec = "n"
+layers = ["3"]
+[sae]
+width = 64
+[compare]
+a = "a"
+b = "b"
+permutations = 20
+bootstrap = 0
+svcca_k = 0
+concepts = "none"
+[absorption]
+model = "a"
+hook = "resid_post.1"
+"""
+
+NEW_STYLE = """
+name = "old"
+[[models]]
+label = "a"
+model = "m"
+hooks = ["resid_post.1"]
+[[models]]
+label = "b"
+model = "n"
+hooks = ["blocks.3.hook_resid_post"]
+[sae]
+d_sae = 64
+[compare]
+label_a = "a"
+label_b = "b"
+n_permutations = 20
+n_bootstrap = 0
+svcca_k = "variance"
+concepts = []
+[absorption]
+label = "a"
+hook = "resid_post.1"
+"""
+
+
+def test_a_0_1_study_file_still_reads_with_a_warning_per_renamed_key(caplog):
+    with caplog.at_level("WARNING", logger="saeatlas"):
+        old = parse_study(OLD_STYLE)
+    assert old == parse_study(NEW_STYLE)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for line in ("'models[0].spec' is now 'models[0].model'", "'sae.width' is now 'sae.d_sae'", "'compare.a' is now 'compare.label_a'",
+                 "'compare.svcca_k = 0' is now written 'variance'", "'absorption.model' is now 'absorption.label'"):
+        assert line in warned
+
+
+def test_the_study_file_and_the_cli_allow_the_same_values():
+    study = parse_study(NEW_STYLE.replace('hook = "resid_post.1"', 'hook = "resid_post.1"\nwords = "all"'))
+    assert study.absorption.words == "all" and study.absorption.n_words is None
+    assert study.compare.svcca_k == "variance" and study.compare.concepts == [] and study.compare.controls
+
+
+# The 0.1 keys of the built-in study's stages (planned into `runs/study`): products whose content this
+# release does not change keep them, so a study made by 0.1 is not made again.  compare, concepts and pair
+# cards name hooks `hook_a` now (a new code version: new keys); the report changed with them.
+KEYS_0_1 = {
+    "extract gemma": "7f5fab6a9db55b08",
+    "extract gemma held-out": "b7cfdf8aa0996fd2",
+    "extract smol": "1cb40849e28e33d3",
+    "extract smol held-out": "e20fd8daa1ba9a7a",
+    "train gemma resid_post.3 seed 0 k 32": "8db3d45737f06bd3",
+    "train gemma resid_post.8 seed 0 k 32": "bc865830580be353",
+    "train smol resid_post.5 seed 0 k 32": "56dfec0de6ed3600",
+    "train smol resid_post.14 seed 0 k 32": "07f4a20340d9c16d",
+    "train gemma resid_post.3 seed 1 k 32": "9b348ed20998f6b8",
+    "train gemma resid_post.8 seed 1 k 32": "e5b1d06616db3385",
+    "train gemma resid_post.3 seed 0 k 16": "5c985ec2211cf5f4",
+    "train gemma resid_post.3 seed 0 k 64": "4597e5b8bc1ab08a",
+    "absorption": "40b28651611762cb",
+    "evaluate gemma SAEs": "a73b5dbfd22ae7a4",
+    "evaluate smol SAEs": "51e506905af9740a",
+}
+
+
+def test_the_built_in_study_keeps_the_stage_keys_of_0_1():
+    from saeatlas.study.plan import plan
+
+    stages = {s.name: s for s in plan(load_study(None), Path("runs/study"))}
+    assert {name: stages[name].key for name in KEYS_0_1} == KEYS_0_1
+    assert {s.name for s in stages.values()} == set(KEYS_0_1) | {"compare", "concepts", "pair cards"}
+    # typed stage records: label, hook and role, without parsing names
+    sweep = stages["train gemma resid_post.3 seed 0 k 64"]
+    assert (sweep.kind, sweep.label, sweep.hook, sweep.role) == ("train", "gemma", "resid_post.3", "sparsity sweep")
+    assert stages["train gemma resid_post.8 seed 1 k 32"].role == "skyline"
+    assert stages["extract smol held-out"].role == "heldout"
+
+
+def test_a_setting_added_after_0_1_enters_a_key_only_when_it_is_used():
+    from saeatlas.study.plan import plan
+
+    def key(text: str) -> str:
+        return next(s.key for s in plan(parse_study(text), Path("out")) if s.name.startswith("train"))
+
+    base = NEW_STYLE.replace("d_sae = 64", "d_sae = 64\nsteps = 10")
+    assert key(base) == key(base.replace("steps = 10", "steps = 10\nwarmup_steps = 100"))  # the default
+    assert key(base) != key(base.replace("steps = 10", "steps = 10\nwarmup_steps = 50"))

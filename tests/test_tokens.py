@@ -143,12 +143,14 @@ def test_default_pieces_are_runs_of_body_tokens():
 def test_window_chars_refuses_packing(gemma_handle):
     with pytest.raises(ValueError, match="pack_documents"):
         list(pack_windows(_docs(), gemma_handle.tokenizer, context=16, pack_documents=True, window_chars=40))
-    from saeatlas.config import ExtractConfig
+    from saeatlas.data.config import ExtractConfig
     from saeatlas.errors import SaeAtlasError
 
-    with pytest.raises(SaeAtlasError, match="--window-chars.*drop --pack-documents"):
-        ExtractConfig(model="m", hooks=["resid_post.0"], pack_documents=True, window_chars=40).validate()
-    with pytest.raises(SaeAtlasError, match="--window-chars 0"):
-        ExtractConfig(model="m", hooks=["resid_post.0"], window_chars=0).validate()
-    assert "window_chars" not in ExtractConfig(model="m", hooks=["h"]).to_dict()  # old manifests keep their identity
-    assert ExtractConfig(model="m", hooks=["h"], window_chars=40).to_dict()["window_chars"] == 40
+    with pytest.raises(SaeAtlasError, match="bad window_chars = 40: .*drop pack_documents"):
+        ExtractConfig(model="m", hooks=["resid_post.0"], pack_documents=True, window_chars=40)
+    with pytest.raises(SaeAtlasError, match="bad window_chars = 0"):
+        ExtractConfig(model="m", hooks=["resid_post.0"], window_chars=0)
+    settings = ExtractConfig(model="m", hooks=["resid_post.0"]).manifest_settings()
+    assert "window_chars" not in settings  # old manifests keep their identity
+    assert settings["dtype"] == "bfloat16" and "store_dtype" not in settings  # store format 1's name
+    assert ExtractConfig(model="m", hooks=["0"], window_chars=40).manifest_settings()["window_chars"] == 40

@@ -1,92 +1,186 @@
-"""Typed configuration: one dataclass per component, each field documented once.
+"""What every configuration dataclass shares: validation once, when built, and field documentation.
 
-Constraints are checked once, at the boundary (`validate`), with messages
-that repeat the bad value and say what is allowed.
+Each job has one config dataclass (`ExtractConfig`, `SAEConfig`, `TrainConfig`, `CompareConfig`, ...), keyword
+only, every field documented by the string right under it.  A config checks itself when it is built
+(`__post_init__`), so a config that exists is valid; a bad value raises `ConfigError`, which names the field.
+The command line derives its flags from these dataclasses (`saeatlas.flags`) and the study file its keys, so
+the CLI shows the error with the flag the user typed (`--d-sae`) and the study with its key (`sae.d_sae`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+import ast
+import dataclasses
+import functools
+import inspect
+import math
+import textwrap
+from typing import Any
 
 from .errors import SaeAtlasError
 
-StoreDtype = Literal["bfloat16", "float32"]
-STORE_DTYPES: tuple[str, ...] = ("bfloat16", "float32")
-SPLITS: tuple[str, ...] = ("train", "eval", "all")
+
+class ConfigError(SaeAtlasError):
+    """A setting holds a bad value; `field` is its attribute name, re-spelled by the CLI and the study file."""
+
+    def __init__(self, field: str, value: Any, allowed: str):
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(self.message(field))
+
+    def message(self, name: str) -> str:
+        """The one-line message with the setting spelled `name` (a flag, a study key or the field)."""
+        return f"bad {name} = {self.value!r}: {self.allowed}"
 
 
-def _check(ok: bool, key: str, value, allowed: str) -> None:
+def check(ok: bool, field: str, value: Any, allowed: str) -> None:
+    """Raise ConfigError(field, value, allowed) unless `ok`."""
     if not ok:
-        raise SaeAtlasError(f"bad {key} {value!r}: {allowed}")
+        raise ConfigError(field, value, allowed)
 
 
-@dataclass
-class ExtractConfig:
-    """What `saeatlas extract` does; every field changes the bytes of the store."""
+def check_int(cfg, field: str, low: int, high: int | None = None, allowed: str = "") -> None:
+    """cfg.<field> is an int in [low, high] (high None: no upper bound)."""
+    value = getattr(cfg, field)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+    check(ok, field, value, allowed or (f"use an integer from {low} to {high}" if high is not None
+                                        else f"use an integer >= {low}"))
 
-    model: str
-    """Packaged model name, HF folder, .gguf file or hub id."""
-    hooks: list[str]
-    """Hook points, e.g. ["resid_post.3", "resid_post.9"]."""
-    corpus: str = "wiki"
-    """Named source (wiki, news, shakespeare, kjv), a local path, or hf:<dataset>."""
-    tokens: int = 200_000
-    """Token budget: stored tokens (every real token of a window, specials included)."""
-    split: Literal["train", "eval", "all"] = "train"
-    """Document-level split of the corpus to read."""
-    eval_fraction: float = 0.1
-    """Share of documents (by hash of their key) that form the eval split."""
-    seed: int = 0
-    """Seed of the document order shuffle."""
-    context: int = 128
-    """Tokens per context window, specials included."""
-    pack_documents: bool = False
-    """Fill windows across document boundaries (default: one document per window)."""
-    window_chars: int | None = None
-    """Start a new window about every this many characters, at a space before a word, so windows of
-    two tokenizers start at the same characters (cross-tokenizer alignment); None: every `context` tokens."""
-    batch_size: int = 8
-    """Windows per forward pass."""
-    shard_windows: int = 512
-    """Windows per shard; a shard is the unit of resume and of hashing."""
-    dtype: StoreDtype = "bfloat16"
-    """Storage dtype of activations."""
-    model_dtype: StoreDtype = "bfloat16"
-    """Compute dtype of the model (bf16 is 3-4x faster on recent CPUs)."""
-    extra: dict = field(default_factory=dict)
-    """Free-form notes stored in the manifest (not used by the extractor)."""
 
-    def validate(self) -> ExtractConfig:
-        """Raise SaeAtlasError on the first bad field; returns self."""
-        _check(self.tokens > 0, "--tokens", self.tokens, "give a positive token budget")
-        _check(self.context >= 2, "--context", self.context, "use at least 2 tokens per window")
-        _check(self.batch_size >= 1, "--batch-size", self.batch_size, "use at least 1")
-        _check(self.shard_windows >= 1, "--shard-windows", self.shard_windows, "use at least 1")
-        _check(self.dtype in STORE_DTYPES, "--dtype", self.dtype, f"use one of {', '.join(STORE_DTYPES)}")
-        _check(
-            self.model_dtype in STORE_DTYPES, "--model-dtype", self.model_dtype, f"use one of {', '.join(STORE_DTYPES)}"
-        )
-        _check(self.split in SPLITS, "--split", self.split, f"use one of {', '.join(SPLITS)}")
-        _check(0 <= self.eval_fraction < 1, "--eval-fraction", self.eval_fraction, "use a value in [0, 1)")
-        _check(
-            self.window_chars is None or self.window_chars >= 1,
-            "--window-chars",
-            self.window_chars,
-            "use a positive number of characters (about 4 per token in English text)",
-        )
-        _check(
-            self.window_chars is None or not self.pack_documents,
-            "--window-chars",
-            self.window_chars,
-            "windows cut at characters hold one document each: drop --pack-documents",
-        )
-        return self
+def check_float(cfg, field: str, low: float, high: float | None = None, allowed: str = "",
+                low_open: bool = False, high_open: bool = False) -> None:
+    """cfg.<field> is a finite number in the range given (open ends where asked)."""
+    value = getattr(cfg, field)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+    check(ok, field, value, allowed or f"use a number in {lo}{low}, {'inf' if high is None else high}{hi}")
+
+
+def check_choice(cfg, field: str, allowed: tuple[str, ...]) -> None:
+    """cfg.<field> is one of `allowed`."""
+    check(getattr(cfg, field) in allowed, field, getattr(cfg, field), f"use one of {', '.join(allowed)}")
+
+
+def check_subset(cfg, field: str, allowed: tuple[str, ...]) -> None:
+    """cfg.<field> is a list whose items are all in `allowed` (no repeats)."""
+    values = getattr(cfg, field)
+    check(isinstance(values, list), field, values, "give a list")
+    for v in values:
+        check(v in allowed, field, v, f"use some of {', '.join(allowed)}")
+    check(len(set(values)) == len(values), field, values, "name each once")
+
+
+@dataclasses.dataclass(kw_only=True)
+class Config:
+    """Base of the config dataclasses: `__post_init__` runs the `_validate` of every class in the hierarchy,
+    most basic first, so a subclass adds checks without repeating its bases'."""
+
+    def __post_init__(self) -> None:
+        for klass in reversed(type(self).__mro__):
+            validate = klass.__dict__.get("_validate")
+            if validate is not None:
+                validate(self)
 
     def to_dict(self) -> dict:
-        """The settings as stored in a manifest; `window_chars` only when set, so stores written before
-        it existed keep their identity (and resume)."""
-        settings = asdict(self)
-        if settings["window_chars"] is None:
-            del settings["window_chars"]
-        return settings
+        """Every setting (nested configs as tables), JSON-able."""
+        return dataclasses.asdict(self)
+
+
+def non_default(cfg, skip: tuple[str, ...] = ()) -> dict:
+    """The fields of dataclass `cfg` (not in `skip`) whose value differs from their default."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        value = getattr(cfg, f.name)
+        if default is dataclasses.MISSING or value != default:
+            out[f.name] = value
+    return out
+
+
+def pick(cls, values: dict) -> dict:
+    """The entries of `values` that are fields of dataclass `cls`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+@functools.cache
+def field_docs(cls) -> dict[str, str]:
+    """{field: its documentation}: the string literal right under each field in the class body (and its
+    bases'), as sparsify documents its configs; read from the source with `ast`."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or klass is Config:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # no source (e.g. a frozen app): no help texts
+            continue
+        body = tree.body[0].body
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+FLATTEN = {"flatten": True}
+"""Field metadata: a nested config whose fields appear flat on the command line and in the study file."""
+DERIVED = {"setting": False}
+"""Field metadata: a value saeatlas sets from the data (e.g. an SAE's d_in), not a flag or a study key."""
+
+
+@functools.cache
+def flat_fields(cls) -> dict[str, tuple[tuple[str, ...], dataclasses.Field, Any]]:
+    """{flat name: (attribute path, field, type hint)} of a config class, nested FLATTEN configs expanded."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[tuple[str, ...], dataclasses.Field, Any]] = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("flatten"):
+            for name, (path, inner, hint) in flat_fields(hints[f.name]).items():
+                assert name not in out, f"{cls.__name__}: flattened field {name} repeats"
+                out[name] = ((f.name, *path), inner, hint)
+        else:
+            out[f.name] = ((f.name,), f, hints[f.name])
+    return out
+
+
+def build_flat(cls, values: dict):
+    """An instance of config class `cls` from flat values (nested FLATTEN configs built from the same dict);
+    fields not in `values` keep their defaults."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("flatten"):
+            kwargs[f.name] = build_flat(hints[f.name], values)
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+    return cls(**kwargs)
+
+
+def flat_values(cfg) -> dict:
+    """{flat name: value} of a config instance (the inverse of `build_flat`)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out.update(flat_values(value) if f.metadata.get("flatten") else {f.name: value})
+    return out
+
+
+def flat_defaults(cls) -> dict:
+    """{flat name: default} of a config class (fields without a default left out)."""
+    out = {}
+    for name, (_, f, _) in flat_fields(cls).items():
+        if f.default is not dataclasses.MISSING:
+            out[name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[name] = f.default_factory()
+    return out

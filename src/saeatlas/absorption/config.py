@@ -1,41 +1,39 @@
-"""What `saeatlas absorption` does: one dataclass, every field documented once."""
+"""What `saeatlas absorption` does: `AbsorptionOptions` (the task, probes and scoring; also the study's
+[absorption] table) and `AbsorptionConfig` (which model, hook and SAEs)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import _check
+from ..config import Config, check, check_choice, check_float, check_int
+from ..models.hooks import canonical_hook
 
 VARIANTS: tuple[str, ...] = ("projection", "ablation", "both")
+MODEL_DTYPES: tuple[str, ...] = ("bfloat16", "float32")
 
 
-@dataclass
-class AbsorptionConfig:
-    """The first-letter task on one model and hook, scored for one or more SAEs of that hook."""
+@dataclass(kw_only=True)
+class AbsorptionOptions(Config):
+    """How the first-letter task is built and scored: shared by `absorption` and the study's [absorption]."""
 
-    model: str
-    """Packaged model name, HF folder, .gguf file or hub id (a causal LM)."""
-    hook: str
-    """Hook point the SAEs read, e.g. resid_post.3.  Past ~2/3 of the depth the letter moves to the last token."""
-    saes: list[str] = field(default_factory=list)
-    """SAE folders (SAELens, sparsify or dictionary_learning layout) trained at `hook`."""
     variant: Literal["projection", "ablation", "both"] = "projection"
-    """projection (fast, no gradients; the evaluation suite's), ablation (integrated gradients through the
-    model; the paper's) or both."""
-    words: int | None = 4000
-    """Vocabulary tokens to use, stratified by first letter (None: the whole alphabetic vocabulary)."""
+    """projection (fast, no gradients; SAEBench's), ablation (integrated gradients through the model; the
+    paper's) or both."""
+    words: int | Literal["all"] = 4000
+    """Vocabulary tokens to use, stratified by first letter, or "all" (the whole alphabetic vocabulary)."""
     seed: int = 0
     """Seed of the word sample and the in-context examples."""
     split_seed: int = 42
-    """Seed of the stratified 80/20 train/test split and of probe training."""
+    """Seed of the stratified train/test split and of probe training."""
     test_fraction: float = 0.2
+    """Share of the words held out to test the probes and score absorption."""
     min_probe_f1: float = 0.6
     """Letters count in the means only where the probe's test F1 exceeds this."""
     min_letters: int = 20
     """Fewer qualifying letters than this is an error (the layer does not carry the letter)."""
     tau: float = 0.03
-    """k-sparse probing: k is accepted while F1(k) > best + tau."""
+    """k-sparse probing: k grows while F1(k) exceeds the best so far by more than this."""
     max_k: int = 10
     """Largest k tried by k-sparse probing."""
     ig_steps: int = 6
@@ -45,27 +43,48 @@ class AbsorptionConfig:
     paper's value for Gemma-2-2B, whose letter logits differ by ten or more; small models differ by a few)."""
     max_candidates: int = 200
     """Ablation variant: at most this many candidates per letter (a seeded sample; counts rescaled)."""
-    model_dtype: str = "bfloat16"
-    """Compute dtype of the model."""
+    model_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """Compute dtype of the model for the projection variant (the ablation variant runs in float32)."""
     batch_size: int = 32
+    """Prompts per forward pass when reading the task's activations."""
 
-    def validate(self) -> AbsorptionConfig:
-        _check(self.variant in VARIANTS, "--variant", self.variant, f"use one of {', '.join(VARIANTS)}")
-        _check(
-            self.words is None or self.words >= 100,
-            "--words",
-            self.words,
-            "use at least 100 (about 4000 for stable per-letter figures)",
-        )
-        _check(0.05 <= self.test_fraction <= 0.5, "test fraction", self.test_fraction, "use 0.05 .. 0.5")
-        _check(0 <= self.min_probe_f1 < 1, "--min-probe-f1", self.min_probe_f1, "use a value in [0, 1)")
-        _check(1 <= self.min_letters <= 26, "--min-letters", self.min_letters, "use 1 .. 26")
-        _check(self.max_k >= 1, "--max-k", self.max_k, "use at least 1")
-        _check(self.ig_steps >= 1, "--ig-steps", self.ig_steps, "use at least 1 (the paper uses 6)")
-        _check(self.ig_gap >= 0, "--ig-gap", self.ig_gap, "use a logit difference >= 0 (the paper uses 1.0)")
-        _check(self.max_candidates >= 1, "--max-candidates", self.max_candidates, "use at least 1")
-        _check(len(self.saes) > 0, "--sae", self.saes, "give at least one SAE folder")
-        return self
+    def _validate(self) -> None:
+        check_choice(self, "variant", VARIANTS)
+        check(self.words == "all" or (isinstance(self.words, int) and not isinstance(self.words, bool)
+                                      and 100 <= self.words <= 10**7),
+              "words", self.words, 'use at least 100 (about 4000 for stable per-letter figures), or "all"')
+        check_int(self, "seed", 0)
+        check_int(self, "split_seed", 0)
+        check_float(self, "test_fraction", 0.05, 0.5)
+        check_float(self, "min_probe_f1", 0, 1, high_open=True)
+        check_int(self, "min_letters", 1, 26)
+        check_float(self, "tau", 0)
+        check_int(self, "max_k", 1, 1000)
+        check_int(self, "ig_steps", 1, 1000, "use at least 1 (the paper uses 6)")
+        check_float(self, "ig_gap", 0, allowed="use a logit difference >= 0 (the paper uses 1.0)")
+        check_int(self, "max_candidates", 1)
+        check_choice(self, "model_dtype", MODEL_DTYPES)
+        check_int(self, "batch_size", 1, 1 << 16)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def n_words(self) -> int | None:
+        """`words` as a count, None for the whole vocabulary."""
+        return None if self.words == "all" else self.words
+
+
+@dataclass(kw_only=True)
+class AbsorptionConfig(AbsorptionOptions):
+    """The first-letter task on one model and hook, scored for one or more SAEs of that hook."""
+
+    model: str
+    """Packaged model name, Hugging Face folder, .gguf file or hub id (a causal LM)."""
+    hook: str
+    """Hook point the SAEs read, e.g. resid_post.3.  Past ~2/3 of the depth the letter moves to the last token."""
+    saes: list[str] = field(default_factory=list)
+    """SAE folders (SAELens, sparsify or dictionary_learning layout) trained at `hook`."""
+
+    def _validate(self) -> None:
+        check(isinstance(self.model, str) and bool(self.model.strip()), "model", self.model,
+              "name a packaged model, a Hugging Face folder, a .gguf file or a hub id")
+        self.hook = canonical_hook(self.hook)
+        check(isinstance(self.saes, list) and bool(self.saes), "saes", self.saes, "give at least one SAE folder")

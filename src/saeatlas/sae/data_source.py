@@ -63,8 +63,10 @@ class StoreSource:
 
     def __init__(self, path: str | Path, hook: str):
         from ..data.store import ActivationStore
+        from ..models.hooks import canonical_hook
 
         self.store = ActivationStore(path)
+        hook = canonical_hook(hook)
         if hook not in self.store.hooks:
             raise SaeAtlasError(f"store '{path}' has no hook '{hook}': it holds {', '.join(self.store.hooks)}")
         self.hook = hook

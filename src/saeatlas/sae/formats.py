@@ -19,21 +19,43 @@ from pathlib import Path
 import torch
 
 from ..errors import SaeAtlasError
+from ..config import pick
 from ..fileio import write_json_atomic
+from ..models.hooks import canonical_hook, hook_spellings, transformer_lens_name
 from .config import SAEConfig
 from .model import SparseAutoencoder
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_CFG = "cfg.json"
-_SAELENS_ARCH = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
+SAVED_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu",
+                      "gba": "jumprelu", "mp": "mp"}
+"""Our architecture -> the SAELens `architecture` it is saved as.  BatchTopK is saved as JumpReLU with its
+learned global threshold, GBA as JumpReLU with its adapted thresholds (the paper's bias, negated)."""
+LOADED_ARCHITECTURE = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu",
+                       "batchtopk": "batchtopk"}
+"""A SAELens `architecture` (of an SAE not written by saeatlas) -> the architecture it is loaded as."""
 
 
-def saelens_hook_name(hook: str | None) -> str | None:
-    """`resid_post.9` -> `blocks.9.hook_resid_post` (TransformerLens naming used by SAELens)."""
-    if not hook or "." not in hook:
-        return hook
-    stage, layer = hook.rsplit(".", 1)
-    return f"blocks.{layer}.hook_{stage}"
+def sae_folder(template: str | Path, hook: str) -> Path:
+    """The SAE folder of `hook`: `template` with `{hook}` (the canonical name, e.g. resid_post.3) and / or
+    `{layer}` filled in, or else a folder holding one SAE folder per hook, named in any spelling of the hook
+    (resid_post.3, blocks.3.hook_resid_post or layers.3, as sparsify saves them)."""
+    template = str(template)
+    hook = canonical_hook(hook)
+    if "{" in template or "}" in template:
+        try:
+            path = Path(template.format(hook=hook, layer=hook.rsplit(".", 1)[1]))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise SaeAtlasError(f"bad SAE folder template {template!r} ({type(exc).__name__}: {exc}): use "
+                                "{hook} and/or {layer}, e.g. runs/saes/{hook}") from None
+        candidates = [path]
+    else:
+        candidates = [Path(template) / name for name in hook_spellings(hook)]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise SaeAtlasError(f"no SAE for {hook}: '{candidates[0]}' does not exist (give a folder template with "
+                        "{hook} or {layer}, or a folder holding one SAE folder per hook)")
 
 
 def save_saelens(
@@ -46,7 +68,7 @@ def save_saelens(
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    arch = sae.saved_architecture()
+    arch = SAVED_ARCHITECTURE[sae.cfg.arch]
     tensors = {
         "W_enc": sae.W_enc.detach().float().contiguous(),
         "W_dec": sae.W_dec.detach().float().contiguous(),
@@ -63,7 +85,7 @@ def save_saelens(
     save_file(tensors, tmp / SAELENS_WEIGHTS)
     meta = dict(metadata or {})
     if "hook_name" in meta:
-        meta["hook_name"] = saelens_hook_name(meta["hook_name"])
+        meta["hook_name"] = transformer_lens_name(meta["hook_name"])
     cfg = {
         "architecture": arch,
         "d_in": sae.cfg.d_in,
@@ -157,9 +179,9 @@ def _load_saelens(folder: Path) -> SparseAutoencoder:
         raise SaeAtlasError(f"{folder / SAELENS_CFG} lacks d_in / d_sae") from None
     ours = raw.get("saeatlas", {}).get("sae")
     if ours:
-        cfg = SAEConfig.from_dict(ours)
-    elif arch_name in _SAELENS_ARCH:
-        cfg = SAEConfig(arch=_SAELENS_ARCH[arch_name], d_in=d_in, d_sae=d_sae, k=int(raw.get("k") or min(32, d_sae)))
+        cfg = SAEConfig(**pick(SAEConfig, ours))
+    elif arch_name in LOADED_ARCHITECTURE:
+        cfg = SAEConfig(arch=LOADED_ARCHITECTURE[arch_name], d_in=d_in, d_sae=d_sae, k=int(raw.get("k") or min(32, d_sae)))
     else:
         raise SaeAtlasError(
             f"{folder}: SAELens architecture '{arch_name}' is not supported (use standard, topk, jumprelu)"
@@ -245,14 +267,6 @@ def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
     )
 
 
-def saeatlas_hook_name(name: str | None) -> str | None:
-    """`blocks.9.hook_resid_post` -> `resid_post.9` (inverse of `saelens_hook_name`)."""
-    parts = (name or "").split(".")
-    if len(parts) == 3 and parts[0] == "blocks" and parts[2].startswith("hook_"):
-        return f"{parts[2][len('hook_') :]}.{parts[1]}"
-    return name
-
-
 def read_metadata(folder: str | Path) -> dict:
     """The `metadata` of a SAELens folder (hook in saeatlas naming); {} for other layouts."""
     path = Path(folder) / SAELENS_CFG
@@ -260,5 +274,14 @@ def read_metadata(folder: str | Path) -> dict:
         return {}
     meta = dict(_read_json(path).get("metadata") or {})
     if meta.get("hook_name"):
-        meta["hook_name"] = saeatlas_hook_name(meta["hook_name"])
+        meta["hook_name"] = _our_hook_name(meta["hook_name"])
     return meta
+
+
+def _our_hook_name(name: str) -> str:
+    """A cfg.json's hook name in saeatlas's spelling; a name saeatlas cannot read (another library's hook,
+    e.g. `blocks.3.ln1.hook_normalized`) stays as it is."""
+    try:
+        return canonical_hook(name)
+    except SaeAtlasError:
+        return name

@@ -34,7 +34,9 @@ class SparseAutoencoder(nn.Module):
 
     def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None):
         super().__init__()
-        self.cfg = cfg.validate()
+        if cfg.d_in is None:
+            raise ValueError("SparseAutoencoder needs cfg.d_in: set it (or let the trainer take it from the data)")
+        self.cfg = cfg
         d_in, d_sae = cfg.d_in, cfg.d_sae
         w_dec = torch.randn(d_sae, d_in, generator=generator)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
@@ -132,14 +134,3 @@ class SparseAutoencoder(nn.Module):
         self.W_enc_T.mul_(scale)
         self.W_dec /= scale
         self.b_dec /= scale
-
-    def saved_architecture(self) -> str:
-        """SAELens architecture name this SAE is saved as."""
-        return {
-            "relu": "standard",
-            "gba": "jumprelu",
-            "topk": "topk",
-            "batchtopk": "jumprelu",
-            "jumprelu": "jumprelu",
-            "mp": "mp",
-        }[self.cfg.arch]

@@ -1,32 +1,40 @@
-"""`train` and `eval` as whole jobs: source -> SAE folder, with resume and metrics.
+"""The SAE jobs: `run_train` (data -> TrainResult) with its writer `write_sae`, and `run_eval`.
 
-A run writes checkpoints to `<out>.partial/`; the SAE folder `<out>` appears
-(atomically) only when training has finished, so a killed run never leaves a
-half-written SAE behind, and the same command resumes from the last checkpoint.
+`train_to_folder` is what the `train` verb and the study do: checkpoints in `<out>.partial/`, the SAE folder
+`<out>` written (atomically) only when training has finished, so a killed run never leaves a half-written
+SAE behind, and the same command resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from ..errors import SaeAtlasError
 from ..fileio import write_json_atomic
-from .config import SAEConfig, TrainConfig
+from .config import EvalConfig, TrainConfig
 from .data_source import StoreSource, TensorSource, load_matrix
-from .formats import save_saelens
+from .formats import load_sae, read_metadata, save_saelens
 from .metrics import evaluate
-from .trainer import train_sae
+from .model import SparseAutoencoder
+from .trainer import sae_config_for, train_sae
 
-EVAL_TOKENS = 65536
+Data = TensorSource | StoreSource | torch.Tensor | np.ndarray
+"""Training or evaluation activations: a [n_tokens, d_in] matrix, or a source (`StoreSource(store, hook)`)."""
 
 
-def open_source(activations: str | None, store: str | None, hook: str | None) -> TensorSource | StoreSource:
-    """The training data named on the command line."""
+def activation_source(activations: str | Path | None = None, store: str | Path | None = None,
+                      hook: str | None = None) -> TensorSource | StoreSource:
+    """The activations the `train` and `eval` verbs name: a .npy / .safetensors matrix, or one hook of a store."""
     if bool(activations) == bool(store):
         raise SaeAtlasError("give exactly one of --activations FILE or --store DIR --hook HOOK")
     if activations:
@@ -34,6 +42,18 @@ def open_source(activations: str | None, store: str | None, hook: str | None) ->
     if not hook:
         raise SaeAtlasError("--store needs --hook (e.g. --hook resid_post.9)")
     return StoreSource(store, hook)
+
+
+def as_source(data: Data) -> TensorSource | StoreSource:
+    """A source from whatever `Data` is given."""
+    if isinstance(data, (TensorSource, StoreSource)):
+        return data
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(np.asarray(data, dtype=np.float32))
+    if isinstance(data, torch.Tensor):
+        return TensorSource(data)
+    raise SaeAtlasError(f"cannot read activations from a {type(data).__name__}: give a [n_tokens, d_in] matrix "
+                        "or a StoreSource(store, hook)")
 
 
 def _metadata(source) -> dict:
@@ -50,6 +70,10 @@ def _metadata(source) -> dict:
     return {"dataset_path": source.name}
 
 
+EVAL_TOKENS = EvalConfig.tokens
+"""Tokens the training data's metrics are measured on at the end of training."""
+
+
 def eval_batches(source, n_tokens: int = EVAL_TOKENS, batch_size: int = 4096):
     """Up to `n_tokens` of `source` in batches (a fixed, seeded sample)."""
     n_tokens = min(n_tokens, source.n_tokens)
@@ -57,38 +81,118 @@ def eval_batches(source, n_tokens: int = EVAL_TOKENS, batch_size: int = 4096):
     return itertools.islice(source.batches(batch_size, seed=12345), max(1, n_tokens // batch_size))
 
 
-def train_to_folder(
-    cfg: SAEConfig, train: TrainConfig, source, out: str | Path, on_step: Callable[[dict], None] | None = None
-) -> dict:
-    """Train (or resume) and write a SAELens folder at `out`; returns the metrics."""
+@dataclass
+class TrainResult:
+    """What `run_train` returns; `write_sae` saves it as a SAELens folder."""
+
+    sae: SparseAutoencoder
+    """The trained SAE, on raw activations (the input scale folded in), in eval mode."""
+    config: TrainConfig
+    """The settings it was trained with (`config.sae.d_in` set from the data)."""
+    metrics: dict
+    """Reconstruction and sparsity on (a sample of) the training data: `saeatlas.sae.metrics.evaluate`."""
+    input_scale: float
+    """The factor that scaled the activations to mean norm sqrt(d_in) during training."""
+    metadata: dict
+    """Where the activations came from (model, hook, context, dataset), for the SAE's cfg.json."""
+
+
+def run_train(cfg: TrainConfig, data: Data, checkpoint: str | Path | None = None,
+              on_step: Callable[[dict | None], None] | None = None) -> TrainResult:
+    """Train `cfg.sae` on `data` with `cfg`'s optimisation; `checkpoint` is a folder for resumable checkpoints
+    (None: none).  `on_step(None)` is called once the inputs are checked, then `on_step(metrics)` every step."""
+    source = as_source(data)
+    if source.n_tokens < cfg.batch_size:
+        raise SaeAtlasError(f"the activations hold {source.n_tokens} tokens, fewer than one batch "
+                            f"({cfg.batch_size}): lower batch_size")
+    cfg = dataclasses.replace(cfg, sae=sae_config_for(cfg.sae, source.d_in))
+    checkpoint_file = None
+    if checkpoint is not None:
+        checkpoint_file = _checkpoint_folder(Path(checkpoint), cfg, source) / "checkpoint.pt"
+    if on_step:
+        on_step(None)
+    sae, state = train_sae(cfg, source, checkpoint=checkpoint_file, on_step=on_step)
+    return TrainResult(sae, cfg, evaluate(sae, eval_batches(source)), state.scale, _metadata(source))
+
+
+def _checkpoint_folder(folder: Path, cfg: TrainConfig, source) -> Path:
+    """The checkpoint folder, created with a record of the settings, or an existing one of the same run."""
+    settings = {"sae": cfg.sae.to_dict(), "train": cfg.optimisation(), "source": source.name}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    if folder.exists():
+        record = folder / "settings.json"
+        previous = json.loads(record.read_text()) if record.is_file() else {}
+        if previous.get("sha256") != digest:
+            raise SaeAtlasError(f"'{folder}' holds an unfinished run with other settings: delete it or train "
+                                "into another folder")
+    else:
+        folder.mkdir(parents=True)
+        write_json_atomic(folder / "settings.json", {"sha256": digest, **settings})
+    return folder
+
+
+def write_sae(result: TrainResult, out: str | Path) -> Path:
+    """Save a trained SAE as a SAELens folder (atomically), with its settings and metrics in cfg.json."""
+    extra = {"train": result.config.optimisation(), "input_scale": result.input_scale, "metrics": result.metrics}
+    return save_saelens(result.sae, out, metadata=result.metadata, extra=extra)
+
+
+def train_to_folder(cfg: TrainConfig, data: Data, out: str | Path,
+                    on_step: Callable[[dict | None], None] | None = None) -> TrainResult:
+    """Train (or resume, from `<out>.partial/`) and write the SAE folder `out`; it must not exist yet."""
     out = Path(out)
     if out.exists():
         raise SaeAtlasError(f"output '{out}' already exists: choose another --out or delete it")
-    if source.n_tokens < train.batch_size:
-        raise SaeAtlasError(
-            f"the activations hold {source.n_tokens} tokens, fewer than one batch ({train.batch_size}): lower --batch-size"
-        )
-    if cfg.d_in != source.d_in:
-        raise SaeAtlasError(f"d_in {cfg.d_in} does not match the activations' width {source.d_in}")
     partial = out.with_name(out.name + ".partial")
-    settings = {"sae": cfg.to_dict(), "train": train.to_dict(), "source": source.name}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    if partial.exists():
-        previous = json.loads((partial / "settings.json").read_text()) if (partial / "settings.json").is_file() else {}
-        if previous.get("sha256") != digest:
-            raise SaeAtlasError(
-                f"'{partial}' holds an unfinished run with other settings: delete it or use another --out"
-            )
-    else:
-        partial.mkdir(parents=True)
-        write_json_atomic(partial / "settings.json", {"sha256": digest, **settings})
-    sae, state = train_sae(cfg, source, train, checkpoint=partial / "checkpoint.pt", on_step=on_step)
-    metrics = evaluate(sae, eval_batches(source))
-    save_saelens(
-        sae,
-        out,
-        metadata=_metadata(source),
-        extra={"train": train.to_dict(), "input_scale": state.scale, "metrics": metrics},
-    )
+    result = run_train(cfg, data, checkpoint=partial, on_step=on_step)
+    write_sae(result, out)
     shutil.rmtree(partial)
-    return metrics
+    return result
+
+
+@dataclass
+class EvalResult:
+    """What `run_eval` returns."""
+
+    hook: str | None
+    """The hook the SAE reads (from the config, else the SAE's cfg.json)."""
+    metrics: dict | None
+    """Reconstruction and sparsity on the activations (`saeatlas.sae.metrics.evaluate`); None without data."""
+    downstream: dict | None
+    """The SAE spliced into `config.model` (`saeatlas.sae.splice.spliced_metrics`); None without a model."""
+
+
+def run_eval(cfg: EvalConfig, sae: str | Path | SparseAutoencoder, data: Data | None = None,
+             progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Metrics of an SAE (a folder or a loaded SAE) on `data` and, with `cfg.model`, spliced into the model.
+    `progress(n)` counts the steps done: 0 once the inputs are checked, 1 per metric group."""
+    from ..models import load_model
+    from .splice import spliced_metrics
+
+    meta = read_metadata(sae) if not isinstance(sae, SparseAutoencoder) else {}
+    folder = sae if not isinstance(sae, SparseAutoencoder) else "the SAE"
+    sae = sae if isinstance(sae, SparseAutoencoder) else load_sae(sae)
+    if data is None and not cfg.model:
+        raise SaeAtlasError("give activations to evaluate on (--activations FILE or --store DIR --hook HOOK) "
+                            "and/or a model to splice into (--model)")
+    hook = cfg.hook or meta.get("hook_name")
+    source = as_source(data) if data is not None else None
+    if source is not None and source.d_in != sae.cfg.d_in:
+        raise SaeAtlasError(f"SAE '{folder}' expects d_in {sae.cfg.d_in}, the activations have {source.d_in}")
+    if cfg.model and not hook:
+        raise SaeAtlasError(f"SAE '{folder}' does not name its hook: pass --hook (e.g. resid_post.9)")
+    handle = load_model(cfg.model) if cfg.model else None
+    if handle is not None and handle.d_model != sae.cfg.d_in:
+        raise SaeAtlasError(f"SAE '{folder}' has d_in {sae.cfg.d_in} but {cfg.model} has d_model {handle.d_model}")
+    progress = progress or (lambda n: None)
+    progress(0)
+    metrics = evaluate(sae, eval_batches(source, cfg.tokens)) if source is not None else None
+    if source is not None:
+        progress(1)
+    downstream = None
+    if handle is not None:
+        corpus = cfg.corpus or meta.get("dataset_path") or "wiki"
+        downstream = spliced_metrics(handle, sae, hook, corpus=corpus, n_tokens=cfg.ce_tokens)
+        progress(1)
+    return EvalResult(hook, metrics, downstream)
+

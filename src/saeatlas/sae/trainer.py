@@ -7,6 +7,7 @@ decay at the end; gradient clipping; decoder rows kept at unit norm.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..errors import SaeAtlasError
 from ..fileio import write_bytes_atomic
 from ..memory import reuse_freed_memory
 from .activations import step as step_fn
@@ -111,18 +113,18 @@ class StepResult(NamedTuple):
     """[n, d_sae] pre-activations (gba's bias updates need them)."""
 
 
-def compute_dtype(train: TrainConfig, arch: str) -> torch.dtype:
+def matmul_dtype(train: TrainConfig, arch: str) -> torch.dtype:
     """The matmul dtype: `auto` is bfloat16 for the sparse path where the CPU computes it natively."""
-    if train.dtype == "auto":
+    if train.compute_dtype == "auto":
         native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
         return torch.bfloat16 if native and arch in SPARSE_ARCHS else torch.float32
-    return getattr(torch, train.dtype)
+    return getattr(torch, train.compute_dtype)
 
 
 def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
     """TopK / BatchTopK forward on sparse codes: one dense matmul, the rest on the k kept latents."""
     centred = x - sae.b_dec.detach()
-    product = encoder_product(sae, centred, compute_dtype(train, sae.cfg.arch))  # [n, d_sae], no b_enc
+    product = encoder_product(sae, centred, matmul_dtype(train, sae.cfg.arch))  # [n, d_sae], no b_enc
     codes = select(sae, centred, *choose(sae.cfg.arch, product, sae.b_enc, sae.cfg.k))
     recon = decode_sparse(codes, sae.W_dec, sae.b_dec)
     mse = ((recon - x) ** 2).sum(-1).mean()
@@ -146,7 +148,7 @@ def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
 
 def dense_losses(sae, x, train: TrainConfig, state: TrainState, dead: torch.Tensor) -> StepResult:
     """Forward with dense codes (relu, jumprelu, gba, mp), autocast to bfloat16 when asked."""
-    dtype = compute_dtype(train, sae.cfg.arch)
+    dtype = matmul_dtype(train, sae.cfg.arch)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = sae(x)
     recon, codes, pre = out.recon.float(), out.codes.float(), None if out.pre is None else out.pre.float()
@@ -293,19 +295,15 @@ def load_checkpoint(path: Path, sae, optimizer) -> TrainState:
 
 
 def train_sae(
-    cfg: SAEConfig,
-    source,
     train: TrainConfig,
+    source,
     checkpoint: Path | None = None,
     on_step: Callable[[dict], None] | None = None,
 ) -> tuple[SparseAutoencoder, TrainState]:
-    """Train an SAE on `source`; resumes from `checkpoint` if it exists. Returns the SAE with the scale folded in."""
-    train.validate()
+    """Train the SAE `train.sae` on `source` (its `d_in` set from the data when None); resumes from `checkpoint`
+    if it exists.  Returns the SAE with the input scale folded in, and the final training state."""
     reuse_freed_memory()
-    if cfg.d_in != source.d_in:
-        from ..errors import SaeAtlasError
-
-        raise SaeAtlasError(f"d_in {cfg.d_in} does not match the activations' width {source.d_in}")
+    cfg = sae_config_for(train.sae, source.d_in)
     torch.manual_seed(train.seed)
     sae, state = init_sae(cfg, source, train)
     base_lr = train.lr if train.lr is not None else default_lr(cfg)
@@ -324,3 +322,10 @@ def train_sae(
     sae.eval()
     sae.fold_scale(state.scale)
     return sae, state
+
+
+def sae_config_for(cfg: SAEConfig, d_in: int) -> SAEConfig:
+    """`cfg` with `d_in` set to the data's width; SaeAtlasError if it names another width."""
+    if cfg.d_in is not None and cfg.d_in != d_in:
+        raise SaeAtlasError(f"the SAE's d_in {cfg.d_in} does not match the activations' width {d_in}")
+    return dataclasses.replace(cfg, d_in=d_in)

@@ -28,10 +28,9 @@ def strongest_pairs(comparison: dict, n: int) -> list[tuple[int, int, float]]:
 
 def pair_cards(results_path: Path, per_layer_pair: int, n_contexts: int = 3) -> list[dict]:
     """Cards for the strongest pairs of every layer pair of a compare results file."""
-    from ..compare.run import sae_folder
+    from ..compare.contexts import top_contexts
     from ..data.store import ActivationStore
-    from ..report.contexts import top_contexts
-    from ..sae.formats import load_sae
+    from ..sae.formats import load_sae, sae_folder
 
     results = json.loads(Path(results_path).read_text())
     cfg = results["config"]
@@ -41,23 +40,23 @@ def pair_cards(results_path: Path, per_layer_pair: int, n_contexts: int = 3) -> 
     wanted: dict[tuple[str, str], set[int]] = {}
     for entry, pairs in chosen:
         for idx_a, idx_b, _ in pairs:
-            wanted.setdefault(("a", entry["layer_a"]), set()).add(idx_a)
-            wanted.setdefault(("b", entry["layer_b"]), set()).add(idx_b)
+            wanted.setdefault(("a", entry["hook_a"]), set()).add(idx_a)
+            wanted.setdefault(("b", entry["hook_b"]), set()).add(idx_b)
     contexts = {
         (side, hook): top_contexts(
-            stores[side], load_sae(sae_folder(cfg[f"sae_{side}"], hook)), hook, sorted(latents), n=n_contexts
+            stores[side], load_sae(sae_folder(cfg[f"saes_{side}"], hook)), hook, sorted(latents), n=n_contexts
         )
         for (side, hook), latents in wanted.items()
     }
     return [
         {
-            "layer_a": entry["layer_a"],
-            "layer_b": entry["layer_b"],
+            "hook_a": entry["hook_a"],
+            "hook_b": entry["hook_b"],
             "idx_a": idx_a,
             "idx_b": idx_b,
             "corr": corr,
-            "a": contexts["a", entry["layer_a"]].get(idx_a, []),
-            "b": contexts["b", entry["layer_b"]].get(idx_b, []),
+            "a": contexts["a", entry["hook_a"]].get(idx_a, []),
+            "b": contexts["b", entry["hook_b"]].get(idx_b, []),
         }
         for entry, pairs in chosen
         for idx_a, idx_b, corr in pairs

@@ -1,103 +1,145 @@
 """A study: one TOML file naming models, data, SAEs, the comparison and absorption.
 
 `load_study(path)` parses and validates it; `default_study_text()` is the built-in study (the demo).  Each
-section is a dataclass; unknown keys, wrong types and bad values are errors that name the key, the value and
-what is allowed.
+table is a dataclass built on the same configs as the command line (`[data]` on `TextConfig`, `[sae]` on
+`TrainConfig` with its SAE, `[compare]` on `CompareOptions`, `[absorption]` on `AbsorptionOptions`), so the
+names, defaults and checks are the same everywhere.  Unknown keys, wrong types and bad values are errors that
+name the key, the value and what is allowed.  Keys renamed since saeatlas 0.1 are still read, with a warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import ClassVar
 
+from ..absorption.config import AbsorptionOptions
+from ..compare.config import BUILTIN_CONCEPTS, CompareOptions
+from ..config import FLATTEN, Config, ConfigError, check, check_int, flat_fields
+from ..data.config import TextConfig
 from ..errors import SaeAtlasError
+from ..models.hooks import canonical_hook
+from ..sae.config import EvalConfig, TrainConfig
+
+log = logging.getLogger("saeatlas")
 
 
 class StudyError(SaeAtlasError):
     """The study file is missing, malformed or holds a bad setting."""
 
 
-@dataclass
-class DataSettings:
-    corpus: str = "wiki"
-    """Named corpus (wiki, news, shakespeare, kjv), a path, or hf:<dataset>."""
-    tokens: int = 100_000
-    """Stored tokens per model (train split)."""
+@dataclass(kw_only=True)
+class DataSettings(TextConfig):
+    """[data]: the text both models read."""
+
     window_chars: int | None = 400
-    """Start windows at the same characters for every tokenizer (needed to compare different tokenizers)."""
-    context: int = 128
+    """Start windows at the same characters for every tokenizer (a study compares two models, whose tokenizers
+    usually differ; `extract` alone defaults to none)."""
     heldout_tokens: int = 16384
     """Eval-split tokens per model for SAE quality (0: skip)."""
-    seed: int = 0
+
+    def _validate(self) -> None:
+        check_int(self, "tokens", 1000, allowed="use at least 1000 tokens")
+        check_int(self, "heldout_tokens", 0, allowed="use 0 (skip) or more")
 
 
-@dataclass
-class ModelSettings:
+@dataclass(kw_only=True)
+class ModelSettings(Config):
+    """[[models]]: one model of the study."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"spec": "model", "layers": "hooks"}
+
     label: str
-    """Short name used in the study (stage names, the report)."""
-    spec: str
-    """Packaged name, HF folder, .gguf file or hub id."""
-    layers: list[str]
-    """Hooks to extract and compare; bare numbers mean resid_post.N."""
+    """Short name used in the study (stage names, folders, the report)."""
+    model: str
+    """Packaged name, Hugging Face folder, .gguf file or hub id."""
+    hooks: list[str]
+    """Hooks to extract and compare (resid_post.3, a bare layer number, blocks.3.hook_resid_post...)."""
     saes: str | None = None
     """Pretrained SAEs instead of training: a folder template with {hook} (or a folder of one folder per hook)."""
 
+    def _validate(self) -> None:
+        check(bool(self.hooks), "hooks", self.hooks, "name at least one hook, e.g. resid_post.3")
+        self.hooks = [canonical_hook(h) for h in self.hooks]
+        check(len(set(self.hooks)) == len(self.hooks), "hooks", self.hooks, "name each hook once")
 
-@dataclass
-class SAESettings:
-    arch: str = "topk"
-    k: int = 32
-    width: int = 4096
-    steps: int = 600
-    batch_size: int = 4096
-    seed: int = 0
-    l1_coefficient: float = 5.0
-    ce_tokens: int = 4096
+
+@dataclass(kw_only=True)
+class SAESettings(Config):
+    """[sae]: how the study's SAEs are trained (every TrainConfig and SAEConfig field), and evaluated."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"width": "d_sae", "dtype": "compute_dtype"}
+
+    train: TrainConfig = field(default_factory=TrainConfig, metadata=FLATTEN)
+    """The SAE and its training (flat in the table: arch, k, d_sae, steps, batch_size, seed, lr...)."""
+    ce_tokens: int = EvalConfig.ce_tokens
     """Held-out tokens for CE-loss recovered with the SAE spliced in (0: skip)."""
 
+    def _validate(self) -> None:
+        check_int(self, "ce_tokens", 0, 10**9)
 
-@dataclass
-class CompareSettings:
-    a: str
-    b: str
-    method: str = "many_to_one"
-    threshold: float = 0.1
-    measures: list[str] = field(
-        default_factory=lambda: ["svcca", "pwcca", "rsa", "linear_cka", "mutual_knn", "svcca_legacy"]
-    )
-    svcca_k: int = 50
-    """SVCCA / PWCCA directions per side (at most a tenth of the pairs); 0: enough for 99% of the variance."""
-    permutations: int = 1000
-    bootstrap: int = 100
-    controls: list[str] = field(default_factory=lambda: ["random_init", "neurons", "shifted"])
+
+@dataclass(kw_only=True)
+class CompareSettings(CompareOptions):
+    """[compare]: which two models, and how their SAEs are matched and scored."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"a": "label_a", "b": "label_b", "permutations": "n_permutations",
+                                         "bootstrap": "n_bootstrap"}
+
+    label_a: str
+    """Label of model A."""
+    label_b: str
+    """Label of model B."""
     skyline_seed: int = 1
-    concepts: str = "builtin"
-    """builtin (the paper's 8 categories), a TOML/JSON file {name: [words]}, or none."""
+    """The skyline control trains A's SAEs again with this seed."""
+    concepts: list[str] = field(default_factory=lambda: [BUILTIN_CONCEPTS])
+    """Concept subspaces: "builtin" (the paper's eight categories) and / or TOML / JSON files {name: [words]},
+    merged; [] skips them."""
     pair_cards: int = 6
+    """Matched pairs shown per layer pair in the report (0: none)."""
+
+    def _validate(self) -> None:
+        check_int(self, "skyline_seed", 0)
+        check(isinstance(self.concepts, list), "concepts", self.concepts, 'give a list: ["builtin"], files, or []')
+        check_int(self, "pair_cards", 0, 1000)
 
 
-@dataclass
-class AbsorptionSettings:
-    model: str
+@dataclass(kw_only=True)
+class AbsorptionSettings(AbsorptionOptions):
+    """[absorption]: the first-letter task on one model's hook, for TopK SAEs at several k."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"model": "label"}
+
+    label: str
+    """Label of the model."""
     hook: str
+    """Hook the SAEs read, e.g. resid_post.3."""
     k_values: list[int] = field(default_factory=lambda: [16, 32, 64])
-    variant: str = "projection"
-    words: int = 4000
-    min_probe_f1: float = 0.6
-    """Letters count in the means above this probe F1."""
-    min_letters: int = 20
-    """Fewer qualifying letters is an error (the layer does not carry the letter)."""
+    """TopK SAEs at these k (the other settings as in [sae]) on that hook."""
+
+    def _validate(self) -> None:
+        self.hook = canonical_hook(self.hook)
+        check(bool(self.k_values) and all(isinstance(k, int) and k >= 1 for k in self.k_values), "k_values",
+              self.k_values, "give one or more k >= 1")
 
 
-@dataclass
-class Study:
+@dataclass(kw_only=True)
+class Study(Config):
+    """The whole study."""
+
     name: str
+    """Shown in the report and the summary."""
     models: list[ModelSettings]
+    """Two or more models ([[models]] tables)."""
     out: str = "runs/study"
+    """Output folder (`saeatlas run --out` overrides)."""
     data: DataSettings = field(default_factory=DataSettings)
     sae: SAESettings = field(default_factory=SAESettings)
     compare: CompareSettings | None = None
@@ -106,15 +148,14 @@ class Study:
     def model(self, label: str) -> ModelSettings:
         return next(m for m in self.models if m.label == label)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 # ---------------------------------------------------------------- parsing
 def _type_ok(value, hint) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in args)
+    if origin is typing.Literal:  # the config checks the value itself, with the allowed values in its message
+        return any(isinstance(value, type(a)) and not isinstance(value, bool) for a in args)
     if hint is type(None):
         return value is None
     if origin is list:
@@ -127,41 +168,64 @@ def _type_ok(value, hint) -> bool:
 
 
 def _type_name(hint) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    return re.sub(r"<class '(\w+)'>", r"\1", str(hint)).replace("typing.", "")
+
+
+def _migrate(cls, data: dict, where: str) -> dict:
+    """`data` with the keys (and sentinel values) of saeatlas 0.1 turned into today's, each with a warning."""
+    data = dict(data)
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        if old in data and new not in data:
+            log.warning("study: '%s%s' is now '%s%s'; the old name is read until saeatlas 0.3", where, old, where, new)
+            data[new] = data.pop(old)
+    sentinels = {("svcca_k", 0): "variance", ("concepts", "none"): [], ("concepts", BUILTIN_CONCEPTS): [BUILTIN_CONCEPTS]}
+    for (key, old), new in sentinels.items():
+        if key in data and data[key] == old and type(data[key]) is type(old):
+            log.warning("study: '%s%s = %r' is now written %r", where, key, old, new)
+            data[key] = new
+    if isinstance(data.get("concepts"), str):  # 0.1 took one file name
+        data["concepts"] = [data["concepts"]]
+    return data
 
 
 def _build(cls, data, where: str):
-    """A dataclass from a TOML table, checking keys and types; nested dataclasses recurse."""
+    """A dataclass from a TOML table, checking keys and types (nested FLATTEN configs read from the same
+    table); a bad value is named by its key, e.g. 'compare.method'."""
     if not isinstance(data, dict):
         raise StudyError(f"bad [{where}]: expected a table of settings, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    prefix = f"{where}." if where else ""
+    data = _migrate(cls, data, prefix)
+    fields = {name: spec for name, spec in flat_fields(cls).items() if spec[1].metadata.get("setting") is not False}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         table = f"[{where}]" if where else "the top level"
-        raise StudyError(
-            f"unknown key '{f'{where}.' if where else ''}{unknown[0]}': allowed keys in {table} are {', '.join(names)}"
-        )
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        key = f"{where}.{f.name}" if where else f.name
-        if f.name not in data:
+        raise StudyError(f"unknown key '{prefix}{unknown[0]}': allowed keys in {table} are {', '.join(fields)}")
+    values = {}
+    for name, (_, f, hint) in fields.items():
+        key = prefix + name
+        if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise StudyError(f"missing key '{key}': the study needs it")
             continue
-        value, hint = data[f.name], hints[f.name]
-        nested = _dataclass_in(hint)
+        value, nested = data[name], _dataclass_in(hint)
         if nested is not None and isinstance(value, dict):
-            kwargs[f.name] = _build(nested, value, key)
+            values[name] = _build(nested, value, key)
         elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
             if not isinstance(value, list) or not value:
                 raise StudyError(f"bad '{key}': expected one or more [[{key}]] tables")
-            kwargs[f.name] = [_build(typing.get_args(hint)[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+            values[name] = [_build(typing.get_args(hint)[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
         elif not _type_ok(value, hint):
             raise StudyError(f"bad '{key}' = {value!r}: expected {_type_name(hint)}")
         else:
-            kwargs[f.name] = value
-    return cls(**kwargs)
+            values[name] = value
+    try:
+        from ..config import build_flat
+
+        return build_flat(cls, values)
+    except ConfigError as exc:
+        raise StudyError(exc.message(f"'{prefix}{exc.field}'")) from None
+    except SaeAtlasError as exc:
+        raise StudyError(f"[{where or 'study'}]: {exc}") from None
 
 
 def _dataclass_in(hint):
@@ -177,50 +241,15 @@ def _check(ok: bool, key: str, value, allowed: str) -> None:
 
 
 def validate(study: Study) -> Study:
-    """Cross-field rules; the messages name the key, the value and what is allowed."""
-    from ..compare.config import CONTROLS, METHODS
-    from ..compare.similarity import MEASURES
-    from ..sae.config import ARCHITECTURES
-
+    """Rules across tables; the messages name the key, the value and what is allowed."""
     labels = [m.label for m in study.models]
     _check(len(set(labels)) == len(labels), "models.label", labels, "give each model its own label")
-    for i, m in enumerate(study.models):
-        _check(bool(m.layers), f"models[{i}].layers", m.layers, "name at least one hook, e.g. resid_post.3")
-    d = study.data
-    _check(d.tokens >= 1000, "data.tokens", d.tokens, "use at least 1000 tokens")
-    _check(d.heldout_tokens >= 0, "data.heldout_tokens", d.heldout_tokens, "use 0 (skip) or more")
-    s = study.sae
-    _check(s.arch in ARCHITECTURES, "sae.arch", s.arch, f"use one of {', '.join(ARCHITECTURES)}")
-    _check(s.width >= 2 and s.k >= 1 and s.steps >= 1, "sae", (s.width, s.k, s.steps), "width >= 2, k >= 1, steps >= 1")
     if (c := study.compare) is not None:
-        for key in ("a", "b"):
-            _check(
-                getattr(c, key) in labels, f"compare.{key}", getattr(c, key), f"use a model label: {', '.join(labels)}"
-            )
-        _check(c.method in METHODS, "compare.method", c.method, f"use one of {', '.join(METHODS)}")
-        for m in c.measures:
-            _check(m in MEASURES, "compare.measures", m, f"use some of {', '.join(MEASURES)}")
-        for ctl in c.controls:
-            _check(ctl in CONTROLS, "compare.controls", ctl, f"use some of {', '.join(CONTROLS)}")
-        _check(c.svcca_k >= 0, "compare.svcca_k", c.svcca_k, "use a number of directions, or 0 for 99% of the variance")
-        _check(c.permutations >= 1, "compare.permutations", c.permutations, "use at least 1 (1000 for p-values)")
-        _check(c.bootstrap >= 0, "compare.bootstrap", c.bootstrap, "use 0 (none) or more")
-        _check(c.pair_cards >= 0, "compare.pair_cards", c.pair_cards, "use 0 or more")
+        for key in ("label_a", "label_b"):
+            _check(getattr(c, key) in labels, f"compare.{key}", getattr(c, key),
+                   f"use a model label: {', '.join(labels)}")
     if (a := study.absorption) is not None:
-        _check(a.model in labels, "absorption.model", a.model, f"use a model label: {', '.join(labels)}")
-        _check(
-            a.variant in ("projection", "ablation", "both"),
-            "absorption.variant",
-            a.variant,
-            "use projection, ablation or both",
-        )
-        _check(
-            bool(a.k_values) and all(k >= 1 for k in a.k_values),
-            "absorption.k_values",
-            a.k_values,
-            "give one or more k >= 1",
-        )
-        _check(a.words >= 100, "absorption.words", a.words, "use at least 100")
+        _check(a.label in labels, "absorption.label", a.label, f"use a model label: {', '.join(labels)}")
     return study
 
 
@@ -228,11 +257,7 @@ def parse_study(text: str, source: str = "study") -> Study:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise StudyError(
-            f"{source} is not valid TOML ({exc}): fix the file or start again with `saeatlas init`"
-        ) from None
-    for key in ("data", "sae"):
-        data.setdefault(key, {})
+        raise StudyError(f"{source} is not valid TOML ({exc}): fix the file or start again with `saeatlas init`") from None
     return validate(_build(Study, data, ""))
 
 
@@ -247,7 +272,5 @@ def load_study(path: str | Path | None) -> Study:
         return parse_study(default_study_text(), "the built-in study")
     path = Path(path)
     if not path.is_file():
-        raise StudyError(
-            f"study file '{path}' does not exist: check the path, or write one with `saeatlas init {path}`"
-        )
+        raise StudyError(f"study file '{path}' does not exist: check the path, or write one with `saeatlas init {path}`")
     return parse_study(path.read_text(), str(path))

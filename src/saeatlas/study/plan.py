@@ -7,64 +7,72 @@ Products, under the study's output folder:
     evals/<label>/metrics.json                   held-out metrics of every SAE, CE-loss recovered of the main ones
     compare/, concepts/, absorption/             results (JSON, CSV, SVG)
     cards/cards.json                             matched pairs with their top activating contexts
+
+`plan` calls one planner per stage kind; each stage carries its model label, hook and role, and its settings
+(what its key hashes): the settings saeatlas 0.1 hashed for that kind, plus any other setting that differs
+from its default.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from ..compare.run import hook_name
+from ..absorption.config import AbsorptionOptions
+from ..compare.config import CompareOptions
+from ..config import flat_defaults, flat_fields, flat_values, pick
 from ..fileio import sha256_file, write_json_atomic
+from ..sae.config import TrainConfig
 from .config import Study
-from .stages import Stage
+from .stages import Role, Stage
+
+TRAIN_SETTINGS = ("arch", "k", "d_sae", "steps", "batch_size", "seed", "l1_coefficient")
+"""SAE settings every train stage's key holds (the rest only when they differ from their default)."""
+COMPARE_SETTINGS = ("method", "threshold", "measures", "svcca_k", "n_permutations", "n_bootstrap", "controls", "seed")
+ABSORPTION_SETTINGS = ("variant", "words", "min_probe_f1", "min_letters")
 
 
-def _hooks(study: Study, label: str) -> list[str]:
-    """Hooks to extract for a model: its layers, plus the absorption hook if absorption runs on it."""
-    hooks = [hook_name(h) for h in study.model(label).layers]
-    a = study.absorption
-    if a is not None and a.model == label and hook_name(a.hook) not in hooks:
-        hooks.append(hook_name(a.hook))
-    return hooks
+def _settings(cfg, always: tuple[str, ...]) -> dict:
+    """The flat settings of config `cfg` named in `always`, and every other one that differs from its default
+    (a setting added after a product was made leaves its key alone until it is used)."""
+    defaults = flat_defaults(type(cfg))
+    derived = {n for n, (_, f, _) in flat_fields(type(cfg)).items() if f.metadata.get("setting") is False}
+    return {name: value for name, value in flat_values(cfg).items()
+            if name not in derived and (name in always or value != defaults.get(name, object()))}
 
 
 # ---------------------------------------------------------------- actions
-def _extract(stage: Stage) -> dict:
-    from ..config import ExtractConfig
-    from ..data.extract import extract
+def _extract(stage: Stage, progress: bool) -> dict:
+    from ..data.config import ExtractConfig
+    from ..data.extract import run_extract
     from ..progress import token_progress
 
-    cfg = ExtractConfig(**{k: v for k, v in stage.settings.items() if k != "label"}).validate()
-    with token_progress(stage.name, total=cfg.tokens) as advance:
-        result = extract(cfg, stage.folder, progress=advance)
+    cfg = ExtractConfig(**{k: v for k, v in stage.settings.items() if k != "label"})
+    with token_progress(stage.name, total=cfg.tokens, enabled=progress) as advance:
+        result = run_extract(cfg, stage.folder, progress=advance)
     return {"n_tokens": result.n_tokens, "tokens_per_second": result.tokens_per_second}
 
 
-def _train(stage: Stage) -> dict:
+def _train(stage: Stage, progress: bool) -> dict:
+    from ..config import build_flat
     from ..progress import step_progress
-    from ..sae.config import SAEConfig, TrainConfig
     from ..sae.data_source import StoreSource
     from ..sae.run import train_to_folder
 
-    s = stage.settings
-    source = StoreSource(stage.inputs[0].folder, s["hook"])
-    cfg = SAEConfig(
-        arch=s["arch"], d_in=source.d_in, d_sae=s["width"], k=s["k"], l1_coefficient=s["l1_coefficient"]
-    ).validate()
-    train = TrainConfig(steps=s["steps"], batch_size=s["batch_size"], seed=s["seed"]).validate()
-    with step_progress(stage.name, total=train.steps) as on_step:
-        metrics = train_to_folder(cfg, train, source, stage.folder, on_step=on_step)
-    return {"metrics": {k: v for k, v in metrics.items() if k != "density_histogram"}}
+    cfg = build_flat(TrainConfig, {k: v for k, v in stage.settings.items() if k != "hook"})
+    with step_progress(stage.name, total=cfg.steps, enabled=progress) as on_step:
+        result = train_to_folder(cfg, StoreSource(stage.inputs[0].folder, stage.hook), stage.folder, on_step=on_step)
+    return {"metrics": {k: v for k, v in result.metrics.items() if k != "density_histogram"}}
 
 
-def _pretrained(stage: Stage) -> dict:
+def _pretrained(stage: Stage, progress: bool) -> dict:
     from ..sae.formats import load_sae
 
     sae = load_sae(stage.folder)
     return {"arch": sae.cfg.arch, "d_sae": sae.cfg.d_sae, "d_in": sae.cfg.d_in}
 
 
-def _evaluate(stage: Stage) -> dict:
+def _evaluate(stage: Stage, progress: bool) -> dict:
     """Held-out metrics of every SAE of a model, and CE-loss recovered of its main SAEs with the model loaded
     once; metrics.json maps each SAE folder to {hook, metrics, downstream (null: not spliced)}."""
     from ..memory import reuse_freed_memory
@@ -79,10 +87,11 @@ def _evaluate(stage: Stage) -> dict:
     s = stage.settings
     heldout = stage.inputs[0].folder
     reuse_freed_memory()  # the spliced forward passes allocate the same large logits every batch
-    handle = load_model(s["spec"]) if s["ce_tokens"] else None
+    handle = load_model(s["model"]) if s["ce_tokens"] else None
     out = {}
-    with count_progress(stage.name, total=len(s["saes"]), unit="SAEs") as advance:
-        for entry, sae_stage in zip(s["saes"], stage.inputs[1:]):
+    with count_progress(stage.name, total=len(s["saes"]), unit="SAEs", enabled=progress) as advance:
+        advance(0)
+        for entry, sae_stage in zip(s["saes"], stage.inputs[1:], strict=True):
             hook, sae = entry["hook"], load_sae(sae_stage.folder)
             metrics = evaluate(sae, eval_batches(StoreSource(heldout, hook), s["heldout_tokens"]))
             metrics.pop("density_histogram", None)
@@ -98,50 +107,41 @@ def _evaluate(stage: Stage) -> dict:
     return out
 
 
-def _compare_config(stage: Stage):
-    from ..compare.config import CompareConfig
+def _compare_config(stage: Stage, concepts: bool = False):
+    from ..compare.config import CompareConfig, ConceptsConfig
 
-    s = dict(stage.settings)
-    s.pop("concepts", None)
-    s.pop("pair_cards", None)
-    stores = {st.settings.get("label"): st for st in stage.inputs if st.name.startswith("extract")}
-    return CompareConfig(
-        store_a=str(stores[s.pop("a")].folder),
-        store_b=str(stores[s.pop("b")].folder),
-        sae_a=s.pop("sae_a"),
-        sae_b=s.pop("sae_b"),
-        skyline_sae_a=s.pop("skyline_sae_a"),
-        **s,
-    ).validate()
+    s = stage.settings
+    stores = {st.label: st.folder for st in stage.inputs if st.kind == "extract"}
+    cls = ConceptsConfig if concepts else CompareConfig
+    return cls(store_a=str(stores[s["label_a"]]), store_b=str(stores[s["label_b"]]),
+               **pick(cls, {k: v for k, v in s.items() if k not in ("label_a", "label_b")}))
 
 
-def _compare(stage: Stage) -> dict:
-    from ..compare.run import compare_grid, n_comparisons, write_results
+def _compare(stage: Stage, progress: bool) -> dict:
+    from ..compare.grid import n_comparisons, run_compare
+    from ..compare.run import write_results
     from ..progress import count_progress
 
     cfg = _compare_config(stage)
-    with count_progress(stage.name, total=n_comparisons(cfg), unit="comparisons") as advance:
-        results = compare_grid(cfg, progress=advance)
+    with count_progress(stage.name, total=n_comparisons(cfg), unit="comparisons", enabled=progress) as advance:
+        results = run_compare(cfg, progress=advance)
     write_results(results, stage.folder)
     return {"seconds": results["seconds"]}
 
 
-def _concepts(stage: Stage) -> dict:
-    from ..compare.concepts import load_concepts
-    from ..compare.run import concept_grid, write_results
+def _concepts(stage: Stage, progress: bool) -> dict:
+    from ..compare.grid import n_concept_cells, run_concepts
+    from ..compare.run import write_results
     from ..progress import count_progress
 
-    source = stage.settings["concepts"]
-    cfg, concepts = _compare_config(stage), load_concepts(None if source == "builtin" else source)
-    with count_progress(
-        stage.name, total=len(cfg.layers_a) * len(cfg.layers_b) * len(concepts), unit="cells"
-    ) as advance:
-        results = concept_grid(cfg, concepts, progress=advance)
+    cfg = _compare_config(stage, concepts=True)
+    with count_progress(stage.name, total=n_concept_cells(cfg), unit="cells", enabled=progress) as advance:
+        results = run_concepts(cfg, progress=advance)
     write_results(results, stage.folder, prefix="concepts")
-    return {"seconds": results["seconds"] if "seconds" in results else None}
+    return {"seconds": results["seconds"]}
 
 
-def _cards(stage: Stage) -> dict:
+def _cards(stage: Stage, progress: bool) -> dict:
     from .cards import pair_cards
 
     cards = pair_cards(stage.inputs[0].folder / "results.json", stage.settings["pair_cards"])
@@ -150,186 +150,155 @@ def _cards(stage: Stage) -> dict:
     return {"n_cards": len(cards)}
 
 
-def _absorption(stage: Stage) -> dict:
+def _absorption(stage: Stage, progress: bool) -> dict:
     from ..absorption import AbsorptionConfig, run_absorption, write_absorption
 
     s = stage.settings
-    cfg = AbsorptionConfig(
-        model=s["spec"],
-        hook=s["hook"],
-        saes=[str(i.folder) for i in stage.inputs],
-        variant=s["variant"],
-        words=s["words"],
-        min_probe_f1=s["min_probe_f1"],
-        min_letters=s["min_letters"],
-    ).validate()
-    results = run_absorption(cfg)
+    cfg = AbsorptionConfig(model=s["model"], hook=s["hook"], saes=[str(i.folder) for i in stage.inputs],
+                           **pick(AbsorptionOptions, s))
+    results = run_absorption(cfg, progress=progress)
     write_absorption(results, stage.folder)
     return {"seconds": results["seconds"]}
 
 
-# ---------------------------------------------------------------- the plan
+# ---------------------------------------------------------------- planners, one per stage kind
 def _file_fingerprint(folder: Path) -> dict:
     """sha256 of the weight files of a pretrained SAE folder (so replacing them reruns what depends on them)."""
     files = sorted(p for p in Path(folder).glob("*") if p.suffix in (".safetensors", ".pt", ".json"))
     return {p.name: sha256_file(p) for p in files}
 
 
-def plan(study: Study, out: Path) -> list[Stage]:
-    """Every stage of `study`, in an order that respects the inputs."""
-    from ..compare.run import sae_folder
+class _Planner:
+    """The stages of one study as they are planned: each kind's planner adds its stages here."""
 
-    d, s = study.data, study.sae
-    stages: list[Stage] = []
-    stores, heldout, saes = {}, {}, {}
+    def __init__(self, study: Study, out: Path):
+        self.study, self.out = study, out
+        self.stages: list[Stage] = []
+        self.stores: dict[str, Stage] = {}
+        self.heldout: dict[str, Stage] = {}
+        self.main: dict[str, dict[str, Stage]] = {}  # label -> hook -> the SAE compared and spliced
+        self.trained: dict[tuple, Stage] = {}  # (label, hook, seed, k) -> train stage, each SAE once
 
-    def add(stage: Stage) -> Stage:
-        stages.append(stage)
+    def add(self, stage: Stage) -> Stage:
+        self.stages.append(stage)
         return stage
 
-    def sae_stage(label: str, hook: str, seed: int, k: int, folder: Path) -> Stage:
-        key = (label, hook, seed, k)
-        if key not in saes:
-            settings = {
-                "hook": hook,
-                "arch": s.arch,
-                "k": k,
-                "width": s.width,
-                "steps": s.steps,
-                "batch_size": s.batch_size,
-                "seed": seed,
-                "l1_coefficient": s.l1_coefficient,
-            }
-            saes[key] = add(Stage(f"train {label} {hook} seed {seed} k {k}", folder, settings, _train, [stores[label]]))
-        return saes[key]
+    def hooks(self, label: str) -> list[str]:
+        """Hooks to extract for a model: its hooks, plus the absorption hook if absorption runs on it."""
+        hooks = list(self.study.model(label).hooks)
+        a = self.study.absorption
+        if a is not None and a.label == label and a.hook not in hooks:
+            hooks.append(a.hook)
+        return hooks
 
-    for m in study.models:
-        hooks = _hooks(study, m.label)
-        common = {"model": m.spec, "hooks": hooks, "corpus": d.corpus, "context": d.context, "seed": d.seed}
-        stores[m.label] = add(
-            Stage(
-                f"extract {m.label}",
-                out / "stores" / m.label,
-                {**common, "label": m.label, "tokens": d.tokens, "window_chars": d.window_chars},
-                _extract,
-            )
-        )
+
+def _plan_extract(p: _Planner) -> None:
+    d = p.study.data
+    for m in p.study.models:
+        common = {"model": m.model, "hooks": p.hooks(m.label), "corpus": d.corpus, "context": d.context,
+                  "seed": d.seed, "label": m.label}
+        p.stores[m.label] = p.add(Stage("extract", f"extract {m.label}", p.out / "stores" / m.label,
+                                        {**common, "tokens": d.tokens, "window_chars": d.window_chars}, _extract,
+                                        label=m.label, role="train"))
         if d.heldout_tokens:
-            heldout[m.label] = add(
-                Stage(
-                    f"extract {m.label} held-out",
-                    out / "stores" / f"{m.label}-heldout",
-                    {**common, "label": m.label, "tokens": d.heldout_tokens, "split": "eval"},
-                    _extract,
-                )
-            )
-    main_saes: dict[str, dict[str, Stage]] = {}
-    for m in study.models:
-        main_saes[m.label] = {}
-        for hook in [hook_name(h) for h in m.layers]:
+            p.heldout[m.label] = p.add(Stage("extract", f"extract {m.label} held-out",
+                                             p.out / "stores" / f"{m.label}-heldout",
+                                             {**common, "tokens": d.heldout_tokens, "split": "eval"}, _extract,
+                                             label=m.label, role="heldout"))
+
+
+def _train_stage(p: _Planner, label: str, hook: str, seed: int, k: int, role: Role) -> Stage:
+    """The stage training `label`'s SAE at `hook` with `seed` and `k` (the rest as in [sae]), added once."""
+    key = (label, hook, seed, k)
+    if key not in p.trained:
+        folder = {"main": label, "skyline": f"{label}-seed{seed}", "sparsity sweep": f"{label}-k{k}"}[role]
+        base = p.study.sae.train
+        cfg = dataclasses.replace(base, seed=seed, sae=dataclasses.replace(base.sae, k=k))
+        settings = {"hook": hook, **_settings(cfg, TRAIN_SETTINGS)}
+        p.trained[key] = p.add(Stage("train", f"train {label} {hook} seed {seed} k {k}", p.out / "saes" / folder / hook,
+                                     settings, _train, [p.stores[label]], label=label, hook=hook, role=role))
+    return p.trained[key]
+
+
+def _plan_saes(p: _Planner) -> None:
+    """The main SAE of every model and hook: trained, or a pretrained folder."""
+    from ..sae.formats import sae_folder
+
+    s = p.study.sae.train
+    for m in p.study.models:
+        p.main[m.label] = {}
+        for hook in m.hooks:
             if m.saes:
                 folder = sae_folder(m.saes, hook)
-                main_saes[m.label][hook] = add(
-                    Stage(
-                        f"pretrained {m.label} {hook}",
-                        folder,
-                        {"folder": str(folder), "files": _file_fingerprint(folder)},
-                        _pretrained,
-                    )
-                )
+                p.main[m.label][hook] = p.add(Stage("pretrained", f"pretrained {m.label} {hook}", folder,
+                                                    {"folder": str(folder), "files": _file_fingerprint(folder)},
+                                                    _pretrained, label=m.label, hook=hook, role="pretrained"))
             else:
-                main_saes[m.label][hook] = sae_stage(m.label, hook, s.seed, s.k, out / "saes" / m.label / hook)
-    if (c := study.compare) is not None:
-        skyline = []
-        if "skyline" in c.controls:
-            a = study.model(c.a)
-            skyline = [
-                sae_stage(
-                    c.a, hook_name(h), c.skyline_seed, s.k, out / "saes" / f"{c.a}-seed{c.skyline_seed}" / hook_name(h)
-                )
-                for h in a.layers
-            ]
-        template = {lab: (study.model(lab).saes or str(out / "saes" / lab / "{hook}")) for lab in (c.a, c.b)}
-        settings = {
-            "a": c.a,
-            "b": c.b,
-            "layers_a": study.model(c.a).layers,
-            "layers_b": study.model(c.b).layers,
-            "sae_a": template[c.a],
-            "sae_b": template[c.b],
-            "skyline_sae_a": str(out / "saes" / f"{c.a}-seed{c.skyline_seed}" / "{hook}") if skyline else None,
-            "method": c.method,
-            "threshold": c.threshold,
-            "measures": c.measures,
-            "svcca_k": c.svcca_k or None,
-            "n_permutations": c.permutations,
-            "n_bootstrap": c.bootstrap,
-            "controls": c.controls,
-            "seed": d.seed,
-        }
-        inputs = [stores[c.a], stores[c.b], *main_saes[c.a].values(), *main_saes[c.b].values()]
-        # version 2: bootstrap intervals are basic (reverse-percentile) intervals
-        compare = add(Stage("compare", out / "compare", settings, _compare, inputs + skyline, version=2))
-        if c.concepts != "none":
-            concept_settings = {
-                **settings,
-                "controls": [],
-                "n_bootstrap": 0,
-                "skyline_sae_a": None,
-                "concepts": c.concepts,
-            }
-            add(Stage("concepts", out / "concepts", concept_settings, _concepts, inputs))
-        if c.pair_cards:
-            add(Stage("pair cards", out / "cards", {"pair_cards": c.pair_cards}, _cards, [compare]))
-    if (a := study.absorption) is not None:
-        m = study.model(a.model)
-        hook = hook_name(a.hook)
-        inputs = []
-        for k in a.k_values:
-            if k == s.k and hook in main_saes[m.label] and not m.saes:
-                inputs.append(main_saes[m.label][hook])
-            else:
-                inputs.append(sae_stage(m.label, hook, s.seed, k, out / "saes" / f"{m.label}-k{k}" / hook))
-        add(
-            Stage(
-                "absorption",
-                out / "absorption",
-                {
-                    "spec": m.spec,
-                    "hook": hook,
-                    "variant": a.variant,
-                    "words": a.words,
-                    "k_values": a.k_values,
-                    "min_probe_f1": a.min_probe_f1,
-                    "min_letters": a.min_letters,
-                },
-                _absorption,
-                inputs,
-            )
-        )
-    if d.heldout_tokens:  # every SAE of a model on its held-out store; CE-loss recovered for the main ones
-        for m in study.models:
-            main = main_saes[m.label]  # hook -> stage
-            others = [st for (label, *_), st in saes.items() if label == m.label and st not in main.values()]
-            entries = [{"hook": hook, "splice": True} for hook in main] + [
-                {"hook": st.settings["hook"], "splice": False} for st in others
-            ]
-            add(
-                Stage(
-                    f"evaluate {m.label} SAEs",
-                    out / "evals" / m.label,
-                    {
-                        "spec": m.spec,
-                        "saes": entries,
-                        "heldout_tokens": d.heldout_tokens,
-                        "ce_tokens": s.ce_tokens,
-                        "corpus": d.corpus,
-                    },
-                    _evaluate,
-                    [heldout[m.label], *main.values(), *others],
-                )
-            )
-    return _ordered(stages)
+                p.main[m.label][hook] = _train_stage(p, m.label, hook, s.seed, s.sae.k, "main")
+
+
+def _plan_compare(p: _Planner) -> None:
+    """The comparison, its concepts and its pair cards (with the skyline SAEs the skyline control needs)."""
+    c = p.study.compare
+    if c is None:
+        return
+    k = p.study.sae.train.sae.k
+    a, b = p.study.model(c.label_a), p.study.model(c.label_b)
+    skyline = [_train_stage(p, a.label, hook, c.skyline_seed, k, "skyline") for hook in a.hooks] \
+        if "skyline" in c.controls else []
+    template = {m.label: m.saes or str(p.out / "saes" / m.label / "{hook}") for m in (a, b)}
+    skyline_template = str(p.out / "saes" / f"{a.label}-seed{c.skyline_seed}" / "{hook}") if skyline else None
+    settings = {"label_a": a.label, "label_b": b.label, "hooks_a": a.hooks, "hooks_b": b.hooks,
+                "saes_a": template[a.label], "saes_b": template[b.label], "skyline_saes_a": skyline_template,
+                **_settings(CompareOptions(**pick(CompareOptions, vars(c))), COMPARE_SETTINGS)}
+    inputs = [p.stores[a.label], p.stores[b.label], *p.main[a.label].values(), *p.main[b.label].values()]
+    # version 3: results name hooks `hook_a` / `hooks_a` (2: bootstrap intervals are basic intervals)
+    compare = p.add(Stage("compare", "compare", p.out / "compare", settings, _compare, inputs + skyline, version=3))
+    if c.concepts:
+        concept_settings = {**settings, "controls": [], "n_bootstrap": 0, "skyline_saes_a": None,
+                            "concepts": c.concepts}
+        p.add(Stage("concepts", "concepts", p.out / "concepts", concept_settings, _concepts, inputs, version=2))
+    if c.pair_cards:
+        p.add(Stage("pair cards", "pair cards", p.out / "cards", {"pair_cards": c.pair_cards}, _cards, [compare],
+                    version=2))
+
+
+def _plan_absorption(p: _Planner) -> None:
+    """Absorption on one hook, for a TopK SAE at each k (the main SAE where its k is one of them)."""
+    a = p.study.absorption
+    if a is None:
+        return
+    m, s = p.study.model(a.label), p.study.sae.train
+    inputs = [p.main[m.label][a.hook] if k == s.sae.k and a.hook in p.main[m.label] and not m.saes
+              else _train_stage(p, m.label, a.hook, s.seed, k, "sparsity sweep") for k in a.k_values]
+    options = AbsorptionOptions(**pick(AbsorptionOptions, vars(a)))
+    settings = {"model": m.model, "hook": a.hook, "k_values": a.k_values, **_settings(options, ABSORPTION_SETTINGS)}
+    p.add(Stage("absorption", "absorption", p.out / "absorption", settings, _absorption, inputs, label=m.label,
+                hook=a.hook))
+
+
+def _plan_evaluate(p: _Planner) -> None:
+    """Every SAE of a model on its held-out store; CE-loss recovered for the main ones."""
+    d = p.study.data
+    if not d.heldout_tokens:
+        return
+    for m in p.study.models:
+        main = p.main[m.label]
+        others = [st for (label, *_), st in p.trained.items() if label == m.label and st not in main.values()]
+        entries = [{"hook": hook, "splice": True} for hook in main] + [{"hook": st.hook, "splice": False}
+                                                                      for st in others]
+        settings = {"model": m.model, "saes": entries, "heldout_tokens": d.heldout_tokens,
+                    "ce_tokens": p.study.sae.ce_tokens, "corpus": d.corpus}
+        p.add(Stage("evaluate", f"evaluate {m.label} SAEs", p.out / "evals" / m.label, settings, _evaluate,
+                    [p.heldout[m.label], *main.values(), *others], label=m.label))
+
+
+def plan(study: Study, out: Path) -> list[Stage]:
+    """Every stage of `study`, in an order that respects the inputs."""
+    p = _Planner(study, Path(out))
+    for planner in (_plan_extract, _plan_saes, _plan_compare, _plan_absorption, _plan_evaluate):
+        planner(p)
+    return _ordered(p.stages)
 
 
 def _ordered(stages: list[Stage]) -> list[Stage]:

@@ -14,12 +14,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import SaeAtlasError
 from ..fileio import jsonable, write_bytes_atomic, write_json_atomic
 from .config import Study
 from .plan import plan
 from .stages import Stage, run_stage
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
+"""Version of the study's results.json (README, \"Study results\"); 2: `d_sae` and `model` as everywhere else."""
 
 
 def _read_json(path: Path):
@@ -31,19 +33,11 @@ def _model_facts(study: Study, stages: list[Stage]) -> list[dict]:
 
     facts = []
     for m in study.models:
-        stage = next(s for s in stages if s.name == f"extract {m.label}")
+        stage = next(s for s in stages if s.kind == "extract" and s.label == m.label and s.role == "train")
         store = ActivationStore(stage.folder)
-        facts.append(
-            {
-                "label": m.label,
-                "spec": m.spec,
-                "name": store.manifest["model"].get("name", m.spec),
-                "d_model": store.d_model,
-                "corpus": study.data.corpus,
-                "n_tokens": store.n_tokens,
-                "hooks": store.hooks,
-            }
-        )
+        facts.append({"label": m.label, "model": m.model, "name": store.manifest["model"].get("name", m.model),
+                      "d_model": store.d_model, "corpus": study.data.corpus, "n_tokens": store.n_tokens,
+                      "hooks": store.hooks})
     return facts
 
 
@@ -53,44 +47,22 @@ def _sae_facts(stages: list[Stage]) -> list[dict]:
 
     evals = {}  # SAE folder -> {hook, metrics, downstream}
     for stage in stages:
-        if stage.name.startswith("evaluate "):
+        if stage.kind == "evaluate":
             evals.update(_read_json(stage.folder / "metrics.json") or {})
     facts = []
     for stage in stages:
-        if not stage.name.startswith(("train ", "pretrained ")):
+        if stage.kind not in ("train", "pretrained"):
             continue
-        words = stage.name.split()
-        label, hook = words[1], words[2]
         sae = load_sae(stage.folder)
-        seed = stage.settings.get("seed")
         record = stage.record() or {}
-        role = _role(stage, label)
         figures = evals.get(str(stage.folder))
-        facts.append(
-            {
-                "label": label,
-                "hook": hook,
-                "seed": seed,
-                "arch": sae.cfg.arch,
-                "k": sae.cfg.k,
-                "width": sae.cfg.d_sae,
-                "folder": str(stage.folder),
-                "role": role,
-                "trained_at": read_metadata(stage.folder).get("hook_name"),
-                "train_metrics": (record.get("summary") or {}).get("metrics"),
-                "metrics": figures["metrics"] if figures else None,
-                "downstream": figures["downstream"] if figures else None,
-            }
-        )
+        facts.append({"label": stage.label, "hook": stage.hook, "seed": stage.settings.get("seed"),
+                      "arch": sae.cfg.arch, "k": sae.cfg.k, "d_sae": sae.cfg.d_sae, "folder": str(stage.folder),
+                      "role": stage.role, "trained_at": read_metadata(stage.folder).get("hook_name"),
+                      "train_metrics": (record.get("summary") or {}).get("metrics"),
+                      "metrics": figures["metrics"] if figures else None,
+                      "downstream": figures["downstream"] if figures else None})
     return facts
-
-
-def _role(stage: Stage, label: str) -> str:
-    """main (compared and evaluated), skyline (another seed), sparsity sweep (other k), or pretrained."""
-    if stage.name.startswith("pretrained"):
-        return "pretrained"
-    parent = stage.folder.parent.name
-    return "main" if parent == label else "skyline" if parent.startswith(f"{label}-seed") else "sparsity sweep"
 
 
 def assemble_results(study: Study, out: Path, stages: list[Stage], timings: list[dict]) -> dict:
@@ -113,7 +85,7 @@ def assemble_results(study: Study, out: Path, stages: list[Stage], timings: list
 
 
 def _report_stage(study: Study, out: Path, stages: list[Stage], timings: list[dict]) -> Stage:
-    def action(stage: Stage) -> dict:
+    def action(stage: Stage, progress: bool) -> dict:
         from ..report.html import render_report
 
         results = assemble_results(study, out, stages, timings)
@@ -121,7 +93,7 @@ def _report_stage(study: Study, out: Path, stages: list[Stage], timings: list[di
         write_bytes_atomic(out / "report.html", render_report(jsonable(results)).encode())
         return {"report": str(out / "report.html")}
 
-    return Stage("report", out / "report.html", {"version": RESULTS_VERSION}, action, list(stages))
+    return Stage("report", "report", out / "report.html", {"version": RESULTS_VERSION}, action, list(stages))
 
 
 def _log_to(out: Path) -> logging.Handler:
@@ -133,10 +105,11 @@ def _log_to(out: Path) -> logging.Handler:
     return handler
 
 
-def run_study(study: Study, out: str | Path, console: Console | None = None) -> dict:
-    """Run every stage not yet done; returns {stages: [...], report: path, seconds}."""
-    out = Path(out)
-    console = console or Console(stderr=True, highlight=False)
+def run_study(study: Study, out: str | Path | None = None, progress: bool = True, console: Console | None = None) -> dict:
+    """Run every stage not yet done (in `out`, default the study's own); returns {stages: [...], report: path,
+    results: path, seconds}.  `progress`: live bars and a rule line per stage on stderr."""
+    out = Path(out if out is not None else study.out)
+    console = console or Console(stderr=True, highlight=False, quiet=not progress)
     handler = _log_to(out)
     write_bytes_atomic(out / "study.toml", _study_toml(study).encode())
     started = time.perf_counter()
@@ -147,7 +120,7 @@ def run_study(study: Study, out: str | Path, console: Console | None = None) -> 
 
         def run(i: int, stage: Stage) -> None:
             console.rule(f"[{i}/{n}] {stage.name}")
-            _, state, seconds = run_stage(stage)
+            _, state, seconds = run_stage(stage, progress)
             timings.append(
                 {
                     "name": stage.name,
@@ -177,7 +150,7 @@ def study_status(study: Study, out: str | Path) -> list[dict]:
     out = Path(out)
     try:
         stages = plan(study, out)
-    except Exception as exc:  # noqa: BLE001 - a pretrained SAE folder missing is a state worth showing
+    except SaeAtlasError as exc:  # a pretrained SAE folder missing is a state worth showing
         return [{"name": "plan", "state": f"cannot plan: {exc}", "key": "", "folder": ""}]
     rows = [{"name": s.name, "state": s.state(), "key": s.key, "folder": str(s.folder)} for s in stages]
     report = _report_stage(study, out, stages, [])
@@ -185,23 +158,36 @@ def study_status(study: Study, out: str | Path) -> list[dict]:
     return rows
 
 
+def study_settings(study: Study) -> dict:
+    """Every setting of the study, each table flat (as written in the study file)."""
+    from ..config import flat_fields, flat_values
+
+    def flat(section) -> dict | None:
+        if section is None:
+            return None
+        derived = {n for n, (_, f, _) in flat_fields(type(section)).items() if f.metadata.get("setting") is False}
+        return {k: v for k, v in flat_values(section).items() if k not in derived}
+
+    return {"name": study.name, "out": study.out, "data": flat(study.data), "models": [flat(m) for m in study.models],
+            "sae": flat(study.sae), "compare": flat(study.compare), "absorption": flat(study.absorption)}
+
+
 def _study_toml(study: Study) -> str:
-    """The study as TOML (the settings actually used), written beside the results."""
+    """The study as TOML (every setting actually used), written beside the results."""
+    settings = study_settings(study)
     lines = ["# the study as run by saeatlas", f"name = {json.dumps(study.name)}", f"out = {json.dumps(study.out)}"]
 
-    def table(name: str, values: dict) -> None:
-        lines.append(f"\n[{name}]")
+    def table(header: str, values: dict) -> None:
+        lines.append(f"\n{header}")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
 
-    settings = study.to_dict()
-    table("data", settings["data"])
+    table("[data]", settings["data"])
     for m in settings["models"]:
-        lines.append("\n[[models]]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in m.items() if v is not None)
-    table("sae", settings["sae"])
+        table("[[models]]", m)
+    table("[sae]", settings["sae"])
     for section in ("compare", "absorption"):
         if settings[section] is not None:
-            table(section, settings[section])
+            table(f"[{section}]", settings[section])
     return "\n".join(lines) + "\n"
 
 
@@ -213,6 +199,17 @@ def _toml_value(v) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return json.dumps(str(v))
+
+
+def print_status(study: Study, out: str | Path, console: Console | None = None) -> None:
+    """`saeatlas status`: each stage, its state and key, one line each."""
+    console = console or Console(highlight=False, soft_wrap=True)
+    table = Table(title=f"study '{study.name}' in {out}", show_edge=False)
+    for column in ("stage", "state", "key"):
+        table.add_column(column)
+    for row in study_status(study, out):
+        table.add_row(row["name"], row["state"], row["key"])
+    console.print(table)
 
 
 def print_summary(study: Study, summary: dict, console: Console | None = None) -> None:

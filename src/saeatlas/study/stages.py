@@ -24,21 +24,58 @@ from ..fileio import jsonable, write_json_atomic
 
 log = logging.getLogger("saeatlas.study")
 State = Literal["done", "stale", "partial", "missing"]
+Kind = Literal["extract", "train", "pretrained", "evaluate", "compare", "concepts", "pair cards", "absorption",
+               "report"]
+Role = Literal["train", "heldout", "main", "skyline", "sparsity sweep", "pretrained"]
+
+KEY_NAMES: dict[str, dict[str, str]] = {
+    "train": {"d_sae": "width"},
+    "evaluate": {"model": "spec"},
+    "absorption": {"model": "spec"},
+    "compare": {"label_a": "a", "label_b": "b", "hooks_a": "layers_a", "hooks_b": "layers_b", "saes_a": "sae_a",
+                "saes_b": "sae_b", "skyline_saes_a": "skyline_sae_a"},
+}
+"""Settings renamed since saeatlas 0.1 enter a stage's key under their 0.1 name (per stage kind), so products
+made by 0.1 keep their keys and are not made again for a rename."""
+KEY_NAMES["concepts"] = KEY_NAMES["compare"]
+
+
+def _key_settings(kind: str, settings: dict) -> dict:
+    """`settings` as saeatlas 0.1 hashed them: renamed keys under their old names, and the values that replaced
+    0.1's sentinels (svcca_k "variance" was None; one concept source was a string) spelled the old way."""
+    names = KEY_NAMES.get(kind, {})
+    out = {}
+    for name, value in settings.items():
+        if name == "svcca_k" and value == "variance":
+            value = None
+        elif name == "concepts" and isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        out[names.get(name, name)] = value
+    return out
 
 
 @dataclass(eq=False)
 class Stage:
     """One unit of work of a study."""
 
+    kind: Kind
+    """What sort of work it is."""
     name: str
-    """What it is, e.g. `train gemma resid_post.3`."""
+    """What it is, for people, e.g. `train gemma resid_post.3 seed 0 k 32` (part of the key)."""
     folder: Path
     """Where its product goes."""
     settings: dict
     """Everything of its own that changes its product (JSON-able)."""
-    action: Callable[[Stage], dict]
-    """Makes the product at `folder` (resuming where it can); returns a JSON-able summary."""
+    action: Callable[[Stage, bool], dict]
+    """`action(stage, progress)` makes the product at `folder` (resuming where it can; live bars when `progress`);
+    returns a JSON-able summary."""
     inputs: list[Stage] = field(default_factory=list)
+    label: str | None = None
+    """The model label the product belongs to (None for stages of the whole study)."""
+    hook: str | None = None
+    """The hook of an SAE's stage."""
+    role: Role | None = None
+    """What a store (train, heldout) or an SAE (main, skyline, sparsity sweep, pretrained) is for."""
     version: int = 1
     """Of the code that makes the product: bumped when a saeatlas release changes what the same settings give,
     so products made by the older code are made again."""
@@ -46,7 +83,8 @@ class Stage:
     @cached_property
     def key(self) -> str:
         """sha256 of the name, settings, code version and the inputs' keys (16 hex digits)."""
-        facts = {"name": self.name, "settings": jsonable(self.settings), "inputs": [s.key for s in self.inputs]}
+        settings = jsonable(_key_settings(self.kind, self.settings))
+        facts = {"name": self.name, "settings": settings, "inputs": [s.key for s in self.inputs]}
         if self.version != 1:  # version 1 leaves the keys of products made before versions existed unchanged
             facts["version"] = self.version
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
@@ -91,7 +129,7 @@ def _clear(stage: Stage) -> None:
     stage.started_file.unlink(missing_ok=True)
 
 
-def run_stage(stage: Stage) -> tuple[dict, str, float]:
+def run_stage(stage: Stage, progress: bool = True) -> tuple[dict, str, float]:
     """Make the stage's product unless it is done: (summary, 'done' | 'ran', seconds spent now)."""
     record = stage.record()
     if record is not None:
@@ -106,7 +144,7 @@ def run_stage(stage: Stage) -> tuple[dict, str, float]:
     stage.folder.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stage.started_file, {"key": stage.key, "name": stage.name})
     started = time.perf_counter()
-    summary = jsonable(stage.action(stage))
+    summary = jsonable(stage.action(stage, progress))
     seconds = time.perf_counter() - started
     write_json_atomic(
         stage.done_file,

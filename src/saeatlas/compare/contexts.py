@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compare.align import gather_rows, tokenizer_for_store
-from ..compare.codes import encode_sparse, top_positions
 from ..data.store import ActivationStore
 from ..data.tokens import EXCLUDED_BY_DEFAULT, FLAG_SPECIAL
 from ..errors import SaeAtlasError
+from .align import gather_rows, tokenizer_for_store
+from .codes import encode_sparse, top_positions
 
 
 def top_contexts(

@@ -1,0 +1,231 @@
+"""The comparison jobs: `run_compare` (a layer grid of model A's SAEs against model B's, every score against its
+null, with controls) and `run_concepts` (the same within keyword concepts).  Each returns its results document
+(`RESULTS_VERSION`, schema in the README); `saeatlas.report.files` writes it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from ..data.store import ActivationStore
+from ..errors import SaeAtlasError
+from ..memory import reuse_freed_memory
+from ..sae.formats import sae_folder
+from .align import align_stores, tokenizer_for_store
+from .codes import top_positions
+from .concepts import concept_membership, load_concept_sources
+from .config import CompareConfig, ConceptsConfig
+from .match import match
+from .scoring import add_q, add_q_values, score_pair, score_spaces
+from .sides import Side, SideCache, control_pair, correlate, limit_positions
+
+log = logging.getLogger("saeatlas")
+
+RESULTS_VERSION = 2
+"""Version of the results.json schema (README, "Comparison results"); 2: hooks named `hooks_a`, `hook_a`."""
+
+
+
+def n_comparisons(cfg: CompareConfig) -> int:
+    """How many sides pairs `compare_grid` scores: each layer pair and its controls, and A's skyline layers."""
+    controls = [c for c in cfg.controls if c != "skyline"]
+    return len(cfg.hooks_a) * len(cfg.hooks_b) * (1 + len(controls)) + ("skyline" in cfg.controls) * len(cfg.hooks_a)
+
+
+
+def _open_inputs(cfg: CompareConfig) -> tuple[ActivationStore, ActivationStore]:
+    """Both stores, once every input is checked: the stores hold the hooks, and every SAE folder exists."""
+    store_a, store_b = ActivationStore(cfg.store_a), ActivationStore(cfg.store_b)
+    for store, hooks in ((store_a, cfg.hooks_a), (store_b, cfg.hooks_b)):
+        missing = [h for h in hooks if h not in store.hooks]
+        if missing:
+            raise SaeAtlasError(
+                f"store '{store.path}' has no hook {', '.join(missing)}: it holds {', '.join(store.hooks)}"
+            )
+    templates = [(cfg.saes_a, cfg.hooks_a), (cfg.saes_b, cfg.hooks_b)]
+    if "skyline" in cfg.controls:
+        templates.append((cfg.skyline_saes_a, cfg.hooks_a))
+    for template, hooks in templates:
+        for hook in hooks:
+            sae_folder(template, hook)
+    return store_a, store_b
+
+
+def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = None) -> dict:
+    """Score every (layer of A, layer of B) pair and its controls; the results document (see RESULTS_VERSION).
+    `progress(n)` is called with 0 once the inputs are checked, then with 1 after each of the
+    `n_comparisons(cfg)` comparisons."""
+    progress = progress or (lambda n: None)
+    reuse_freed_memory()
+    t0 = time.perf_counter()
+    store_a, store_b = _open_inputs(cfg)
+    hooks_a, hooks_b = cfg.hooks_a, cfg.hooks_b
+    progress(0)
+    align = limit_positions(align_stores(store_a, store_b), cfg.max_positions)
+    log.info("aligned %d positions of %s and %s (%s)", len(align.rows_a), store_a.path, store_b.path, align.counts)
+    sides = SideCache(cfg, store_a, store_b, align)
+    pairs = []
+    for hook_a in hooks_a:
+        for hook_b in hooks_b:
+            entry = {"hook_a": hook_a, "hook_b": hook_b}
+            entry["sae"] = score_pair(
+                sides.get("sae", "a", hook_a), sides.get("sae", "b", hook_b), cfg, align.doc, align.n_groups
+            )
+            progress(1)
+            for kind in cfg.controls:
+                if kind == "skyline":
+                    continue
+                a, b = control_pair(kind, sides, hook_a, hook_b)
+                groups = sides.shifted().doc if kind == "shifted" else align.doc
+                entry[kind] = score_pair(a, b, cfg, groups, align.n_groups, control=True)
+                progress(1)
+            log.info(
+                "%s x %s: %d pairs, SVCCA %s",
+                hook_a,
+                hook_b,
+                entry["sae"]["n_pairs"],
+                _fmt(entry["sae"]["decoder"].get("svcca", {}).get("observed")),
+            )
+            pairs.append(entry)
+    skyline = []
+    if "skyline" in cfg.controls:
+        for hook_a in hooks_a:
+            a, b = sides.get("sae", "a", hook_a), sides.get("skyline", "a", hook_a)
+            skyline.append(
+                {
+                    "hook_a": hook_a,
+                    "hook_b": hook_a,
+                    "skyline": score_pair(a, b, cfg, align.doc, align.n_groups, control=True),
+                }
+            )
+            progress(1)
+    add_q_values(pairs)
+    add_q_values(skyline)
+    return {
+        "version": RESULTS_VERSION,
+        "kind": "compare",
+        "config": cfg.to_dict(),
+        "store_a": _store_facts(store_a),
+        "store_b": _store_facts(store_b),
+        "alignment": {
+            "n_positions": len(align.rows_a),
+            "n_documents": int(align.n_groups),
+            **{k: v for k, v in align.counts.items()},
+        },
+        "legacy": {"method": cfg.method == "legacy_first", "svcca_legacy_reported": "svcca_legacy" in cfg.measures},
+        "hooks_a": hooks_a,
+        "hooks_b": hooks_b,
+        "pairs": pairs,
+        "skyline": skyline,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+
+def _store_tokens(store: ActivationStore) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and window positions of every stored token, [n_tokens] each (shards concatenated)."""
+    index = [store.index(s) for s in range(store.n_shards)]
+    return np.concatenate([i["token_id"] for i in index]), np.concatenate([i["position"] for i in index])
+
+
+
+def n_concept_cells(cfg: ConceptsConfig) -> int:
+    """How many (layer pair, concept) cells `run_concepts` scores."""
+    return len(cfg.hooks_a) * len(cfg.hooks_b) * len(load_concept_sources(cfg.concepts))
+
+
+def run_concepts(cfg: ConceptsConfig, progress: Callable[[int], None] | None = None) -> dict:
+    """Per layer pair and concept: the latents whose top activating tokens are the concept's keywords, matched
+    within the concept on both sides, scored against the random-pairing null.  `progress(n)` is called with 0
+    once the inputs are checked, then with 1 after each (layer pair, concept) cell."""
+    progress = progress or (lambda n: None)
+    reuse_freed_memory()
+    t0 = time.perf_counter()
+    concepts = load_concept_sources(cfg.concepts)
+    store_a, store_b = _open_inputs(cfg)
+    hooks_a, hooks_b = cfg.hooks_a, cfg.hooks_b
+    progress(0)
+    align = limit_positions(align_stores(store_a, store_b), cfg.max_positions)
+    sides = SideCache(cfg, store_a, store_b, align)
+    tokenizers = {"a": tokenizer_for_store(store_a), "b": tokenizer_for_store(store_b)}
+    tokens = {"a": _store_tokens(store_a), "b": _store_tokens(store_b)}
+    rows = {"a": align.rows_a, "b": align.rows_b}
+
+    def membership(which: str, side: Side) -> dict[str, np.ndarray]:
+        top = top_positions(side.codes, 5)  # [n_latents, 5] aligned positions, -1 padded
+        store_rows = np.where(top >= 0, rows[which][np.maximum(top, 0)], -1)
+        return concept_membership(*tokens[which], store_rows, tokenizers[which], concepts)
+
+    entries = []
+    for hook_a in hooks_a:
+        for hook_b in hooks_b:
+            a, b = sides.get("sae", "a", hook_a), sides.get("sae", "b", hook_b)
+            member_a, member_b = membership("a", a), membership("b", b)
+            for concept in concepts:
+                ia, ib = np.flatnonzero(member_a[concept]), np.flatnonzero(member_b[concept])
+                entry = {
+                    "hook_a": hook_a,
+                    "hook_b": hook_b,
+                    "concept": concept,
+                    "n_latents_a": len(ia),
+                    "n_latents_b": len(ib),
+                    "n_pairs": 0,
+                }
+                if len(ia) and len(ib):
+                    sub_a = Side(a.label, a.codes[:, ia], a.decoder[ia], None if a.junk is None else a.junk[ia])
+                    sub_b = Side(b.label, b.codes[:, ib], b.decoder[ib], None if b.junk is None else b.junk[ib])
+                    result = correlate(sub_a, sub_b, min(cfg.top_m, len(ia), len(ib)))
+                    pairs = match(result, cfg.method, cfg.threshold)
+                    X, Y = sub_a.decoder[pairs.idx_a], sub_b.decoder[pairs.idx_b]
+                    entry.update(
+                        n_pairs=len(X),
+                        latents_a=ia[pairs.idx_a].tolist(),
+                        latents_b=ib[pairs.idx_b].tolist(),
+                        matched_corr_mean=float(pairs.corr.mean()) if len(X) else math.nan,
+                    )
+                    entry["decoder"] = score_spaces(X, Y, cfg.measures, cfg)
+                else:
+                    entry["decoder"] = score_spaces(np.zeros((0, 1)), np.zeros((0, 1)), cfg.measures, cfg)
+                entries.append(entry)
+                progress(1)
+            log.info(
+                "concepts %s x %s: %s",
+                hook_a,
+                hook_b,
+                ", ".join(f"{e['concept']} {e['n_pairs']}" for e in entries[-len(concepts) :]),
+            )
+    for measure in cfg.measures:
+        add_q([e["decoder"][measure] for e in entries])
+    return {
+        "version": RESULTS_VERSION,
+        "kind": "concepts",
+        "config": cfg.to_dict(),
+        "concepts": concepts,
+        "store_a": _store_facts(store_a),
+        "store_b": _store_facts(store_b),
+        "alignment": {"n_positions": len(align.rows_a), **align.counts},
+        "hooks_a": hooks_a,
+        "hooks_b": hooks_b,
+        "entries": entries,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+
+def _store_facts(store: ActivationStore) -> dict:
+    m = store.manifest
+    return {
+        "path": str(store.path),
+        "model": m["model"]["spec"],
+        "d_model": store.d_model,
+        "corpus": m["corpus"]["spec"],
+        "n_tokens": store.n_tokens,
+    }
+
+
+def _fmt(x) -> str:
+    return "nan" if x is None or not math.isfinite(x) else f"{x:.3f}"
