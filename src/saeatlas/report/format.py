@@ -68,15 +68,16 @@ def significance_stars(q) -> str:
     return "***" if q < 0.001 else "**" if q < 0.01 else "*" if q < 0.05 else ""
 
 
-def score_text(stats: dict | None, missing: str = "-") -> str:
-    """One measure's score in a line of text: '0.612 (z 41, q<.001)' (q: the BH q-value, else p)."""
+def score_text(stats: dict | None, missing: str = "-", width: int = 0) -> str:
+    """One measure's score in a line of text: '0.612 (z 41, q<.001)' (q: the BH q-value, else p); the
+    observed value right-aligned in `width` characters."""
     stats = stats or {}
     obs = num(stats.get("observed"))
     if not math.isfinite(obs):
         return missing
     q = num(stats.get("q", stats.get("p")))
     qs = "q<.001" if q < 0.001 else f"q {q:.3f}" if math.isfinite(q) else f"q {missing}"
-    return f"{obs:.3f} (z {fmt(stats.get('z'), '.0f', missing)}, {qs})"
+    return f"{obs:{width}.3f} (z {fmt(stats.get('z'), '.0f', missing)}, {qs})"
 
 
 def short_hooks(hooks: list[str]) -> tuple[list[str], str]:
