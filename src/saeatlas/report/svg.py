@@ -78,7 +78,8 @@ def heatmap_svg(
     diverging: bool = False,
     cell: int = 64,
 ) -> str:
-    """A heatmap of values [n_rows, n_cols] with labels, optional per-cell text and a colour bar."""
+    """A heatmap of values [n_rows, n_cols] with labels, optional per-cell text [n_rows][n_cols] (default: the
+    value to 2 decimals) and a colour bar; sequential blues, or blue-white-red centred on 0 if `diverging`."""
     values = np.asarray(values, dtype=float)
     n_rows, n_cols = values.shape
     finite = values[np.isfinite(values)]
@@ -147,7 +148,10 @@ def bar_chart_svg(
     y_max: float | None = None,
     bar: int = 9,
 ) -> str:
-    """Grouped bars: one group per category, one bar per series (NaN: no bar, a grey dot), y from 0."""
+    """Grouped bars: one group per category, one bar per series (NaN: no bar, a grey dot), y from 0.
+
+    series: name -> one value per category ([n_categories] each), drawn in `PALETTE.bars` order.
+    """
     names = list(series)
     values = np.array([series[n] for n in names], dtype=float)  # [n_series, n_categories]
     finite = values[np.isfinite(values)]
@@ -246,9 +250,10 @@ def histogram_svg(
     width: int = 540,
     colours: list[str] | None = None,
 ) -> str:
-    """Overlaid step histograms of several samples on shared bins, each normalised to a fraction of its own
-    values (so samples of different sizes compare), with n and the mean in the legend.  NaNs are dropped;
-    an empty sample is listed with n = 0 and not drawn.  colours: one per sample (default PALETTE.categorical)."""
+    """Overlaid step histograms of several samples (name -> [n_values] each) on shared bins, each normalised
+    to a fraction of its own values (so samples of different sizes compare), with n and the mean in the
+    legend.  NaNs are dropped; an empty sample is listed with n = 0 and not drawn.  colours: one per sample
+    (default PALETTE.categorical)."""
     colours = list(colours or PALETTE.categorical)
     data = {name: np.asarray([v for v in values if v is not None], dtype=float) for name, values in samples.items()}
     data = {name: v[np.isfinite(v)] for name, v in data.items()}

@@ -92,7 +92,7 @@ def _chunks(widths: list[int], n_keys: int, width: int) -> list[list[int]]:
             chunks.append(keys + current)
             current = []
         current.append(i)
-    return [*chunks, keys + current] if current or not chunks else chunks
+    return chunks + [keys + current]
 
 
 def print_table(cols: list[Col], rows: list[list[str]], n_keys: int = 1, console: Console | None = None) -> None:
@@ -397,6 +397,7 @@ def print_study_summary(stages: list[dict], results: dict, console: Console | No
     comparison's headline table and the absorption summary (those the results have).
 
     stages: the run's stage records (name, state, seconds, seconds_when_made); results: its results.json.
+    The caller says where the results and the report are.
     """
     console = _console(console)
     say(console, f"study '{(results.get('study') or {}).get('name', '')}': stages")

@@ -34,8 +34,9 @@ def headline_rows(compare: dict) -> list[dict]:
             continue
         values = [num(sc["observed"]) for _, sc in cells]
         entry, best = max(cells, key=lambda c: num(c[1]["observed"]))
-        sky = skyline.get(entry["layer_a"])
-        sky_value = num(((sky or {}).get("decoder") or {}).get(measure, {}).get("observed"))
+        sky = _control_score(skyline.get(entry["layer_a"]), measure)
+        sky_value = num((sky or {}).get("observed"))
+        ratio = num(best["observed"]) / sky_value if math.isfinite(sky_value) and sky_value > 0 else math.nan
         rows.append(
             {
                 "measure": measure,
@@ -47,10 +48,8 @@ def headline_rows(compare: dict) -> list[dict]:
                 "n_cells": len(cells),
                 "random_init": _control_score(entry.get("random_init"), measure),
                 "shifted": _control_score(entry.get("shifted"), measure),
-                "skyline": _control_score(sky, measure),
-                "of_skyline": num(best["observed"]) / sky_value
-                if math.isfinite(sky_value) and sky_value > 0
-                else math.nan,
+                "skyline": sky,
+                "of_skyline": ratio,
             }
         )
     return rows
@@ -97,7 +96,7 @@ def _headline_table(rows: list[dict], labels: tuple[str, str]) -> str:
             f"{fmt(r['low'])} to {fmt(r['high'])}",
             f"{r['n_significant']} of {r['n_cells']}",
             *(score(r[k]) for k in ("random_init", "shifted", "skyline")),
-            f"{r['of_skyline']:.0%}" if math.isfinite(r["of_skyline"]) else "–",
+            fmt(r["of_skyline"], ".0%"),
         ]
         for r in rows
     ]

@@ -99,7 +99,7 @@ def _measure_figures(compare: dict, labels: tuple[str, str], space: str, measure
         [fmt(v) + significance_stars(q) if ok else "" for v, q, ok in zip(*row)]
         for row in zip(grids["observed"], grids["q"], here)
     ]
-    z_text = [["" if not math.isfinite(v) else f"{v:.1f}" for v in row] for row in grids["z"]]
+    z_text = [[fmt(v, ".1f", missing="") for v in row] for row in grids["z"]]
     data = {"measure": measure, "space": space}
     value_fig = figure(
         _heatmap(compare, labels, grids["observed"], measure, text), "", "heatmap", {**data, "stat": "value"}
