@@ -21,7 +21,8 @@ from saeatlas.data.tokens import EXCLUDED_BY_DEFAULT
 from saeatlas.errors import SaeAtlasError
 from saeatlas.fileio import jsonable
 from saeatlas.report.contexts import top_contexts
-from saeatlas.report.html import SECTIONS, _token_html, render_report, write_report
+from saeatlas.report.html import SECTIONS, render_report, write_report
+from saeatlas.report.markup import token_html
 from saeatlas.sae import SAEConfig, SparseAutoencoder, load_sae
 
 
@@ -68,7 +69,7 @@ def test_heatmaps_show_every_measure_with_significance_and_z(study, page):
     compare = study["compare"]
     first = compare["pairs"][0]["sae"]
     for space in ("decoder", "activations"):
-        for measure, score in first[space].items():
+        for measure in first[space]:
             for stat in ("value", "z"):
                 assert len(re.findall(f'data-measure="{measure}" data-space="{space}" data-stat="{stat}"', s)) == 1
     assert s.count('<figure class="heatmap"') == 2 * (len(first["decoder"]) + len(first["activations"])) + 2
@@ -138,7 +139,7 @@ def test_pair_cards_show_both_sides_with_the_firing_token_marked(study, page):
     n_contexts = sum(len(c["a"]) + len(c["b"]) for c in cards)
     assert n_contexts > 0 and s.count("<mark>") == n_contexts
     first = cards[0]["a"][0]
-    assert f"<mark>{_token_html(first['tokens'][first['focus']])}</mark>" in s
+    assert f"<mark>{token_html(first['tokens'][first['focus']])}</mark>" in s
     assert f"r = {cards[0]['corr']:.3f}" in s
 
 
@@ -310,5 +311,5 @@ def test_contexts_of_markup_text_with_bos_render_escaped(tiny_gemma, study, tmp_
     html = render_report(results)
     assert "<script" not in html and "&lt;bos&gt;" in html
     for c in marked:  # each context's text before its focus, escaped, as one run
-        assert "".join(_token_html(t) for t in c["tokens"][: c["focus"]]) in html
+        assert "".join(token_html(t) for t in c["tokens"][: c["focus"]]) in html
     assert "no activating context" in html  # the empty side

@@ -1,0 +1,158 @@
+"""At a glance: the best layer pair's similarity beside its controls and the same-model skyline, the SAEs'
+quality and absorption, each in a line or a table."""
+
+from __future__ import annotations
+
+import math
+
+from ..format import fmt, fmt_int, fmt_pct, fmt_span, grid_labels, num
+from ..markup import e, not_run, score, section, table
+from .common import grid_comparison, model_labels, skylines
+
+ID, TITLE = "glance", "At a glance"
+
+HEADLINE_MEASURES = ("svcca", "rsa", "linear_cka")
+"""Measures of the headline table (those the controls are scored with), when the comparison has them."""
+
+
+# ---------------------------------------------------------------- data
+def headline_rows(compare: dict) -> list[dict]:
+    """Per measure that scored anywhere: the real pair's best layer pair (by observed value), the range and
+    the number of significant cells over the grid, that pair's controls and its A layer's skyline.
+
+    Each row: measure, layers ('3 × 5'), best / random_init / shifted / skyline (score dicts or None),
+    low, high, n_significant (q < .05), n_cells, of_skyline (best / skyline observed; NaN without one).
+    """
+    skyline = skylines(compare)
+    grid = [(e["layer_a"], e["layer_b"]) for e in compare["pairs"]]
+    short = dict(zip(grid, grid_labels(grid)))
+    rows = []
+    for measure in HEADLINE_MEASURES:
+        cells = [(e, (e["sae"].get("decoder") or {}).get(measure)) for e in compare["pairs"]]
+        cells = [(e, sc) for e, sc in cells if sc and math.isfinite(num(sc.get("observed")))]
+        if not cells:
+            continue
+        values = [num(sc["observed"]) for _, sc in cells]
+        entry, best = max(cells, key=lambda c: num(c[1]["observed"]))
+        sky = _control_score(skyline.get(entry["layer_a"]), measure)
+        sky_value = num((sky or {}).get("observed"))
+        ratio = num(best["observed"]) / sky_value if math.isfinite(sky_value) and sky_value > 0 else math.nan
+        rows.append(
+            {
+                "measure": measure,
+                "layers": short[entry["layer_a"], entry["layer_b"]],
+                "best": best,
+                "low": min(values),
+                "high": max(values),
+                "n_significant": sum(num(sc.get("q")) < 0.05 for _, sc in cells),
+                "n_cells": len(cells),
+                "random_init": _control_score(entry.get("random_init"), measure),
+                "shifted": _control_score(entry.get("shifted"), measure),
+                "skyline": sky,
+                "of_skyline": ratio,
+            }
+        )
+    return rows
+
+
+def _control_score(body: dict | None, measure: str) -> dict | None:
+    """A control's decoder-row score of `measure`, None without the control."""
+    return (body.get("decoder", {}) or {}).get(measure) if body else None
+
+
+def sae_metrics(results: dict) -> dict[str, list[float]] | None:
+    """Held-out L0, FVU, dead fraction and CE-loss recovered of every evaluated SAE (NaN where missing), and
+    their number; None when no SAE was evaluated."""
+    saes = [s for s in results.get("saes") or [] if s.get("metrics")]
+    if not saes:
+        return None
+
+    def metric(key: str, part: str = "metrics") -> list[float]:
+        return [num((s.get(part) or {}).get(key)) for s in saes]
+
+    return {
+        "n": len(saes),
+        "l0": metric("l0"),
+        "fvu": metric("fvu"),
+        "dead_fraction": metric("dead_fraction"),
+        "ce_loss_recovered": metric("ce_loss_recovered", "downstream"),
+    }
+
+
+def absorption_means(results: dict) -> list[dict]:
+    """Per absorption SAE: name, k and its means over the qualifying letters."""
+    absorption = results.get("absorption") or {}
+    return [{"name": s.get("name"), "k": s.get("k"), **(s.get("summary") or {})} for s in absorption.get("saes") or []]
+
+
+# ---------------------------------------------------------------- markup
+def _headline_table(rows: list[dict], labels: tuple[str, str]) -> str:
+    a, b = labels
+    cells = [
+        [
+            r["measure"],
+            r["layers"],
+            score(r["best"]),
+            f"{fmt(r['low'])} to {fmt(r['high'])}",
+            f"{r['n_significant']} of {r['n_cells']}",
+            *(score(r[k]) for k in ("random_init", "shifted", "skyline")),
+            fmt(r["of_skyline"], ".0%"),
+        ]
+        for r in rows
+    ]
+    headers = [
+        "measure",
+        "best layers",
+        f"{a} x {b}",
+        "all layer pairs",
+        "q < .05",
+        "random-init B",
+        "B shifted",
+        f"skyline ({a} seeds)",
+        "of skyline",
+    ]
+    return table(headers, cells, "headline-table")
+
+
+def _sae_line(metrics: dict[str, list[float]]) -> str:
+    return (
+        f'<p class="glance-line"><b>SAEs</b> ({metrics["n"]} evaluated): '
+        f"L0 {fmt_span(metrics['l0'], lambda v: fmt(v, '.1f'))}, "
+        f"FVU {fmt_span(metrics['fvu'])}, dead {fmt_span(metrics['dead_fraction'], fmt_pct)}, "
+        f"CE-loss recovered {fmt_span(metrics['ce_loss_recovered'])}.</p>"
+    )
+
+
+def _absorption_line(means: list[dict]) -> str:
+    items = [
+        f"{e(s['name'])} (k {fmt_int(s['k'])}): split {fmt(s.get('mean_n_split'), '.2f')}, "
+        f"absorption fraction {fmt(s.get('mean_absorption_fraction'))}, "
+        f"full absorption {fmt(s.get('mean_full_absorption_rate'))}"
+        for s in means
+    ]
+    return f'<p class="glance-line"><b>Absorption</b> (means over letters): {"; ".join(items)}.</p>'
+
+
+INTRO = (
+    "The headline figures. Similarity of the matched SAE decoder rows: the best layer pair's score "
+    "(z against the random-pairing null, BH stars), the range over the grid and how many layer pairs "
+    "reach q < .05; beside it that layer pair's controls and the same-model skyline of its A layer "
+    "(hover a score for its null, p, q and interval). Details in the sections below."
+)
+
+
+def render(results: dict) -> str:
+    parts = []
+    compare = grid_comparison(results)
+    rows = headline_rows(compare) if compare else []
+    if rows:
+        parts.append(_headline_table(rows, model_labels(results)))
+    metrics = sae_metrics(results)
+    if metrics:
+        parts.append(_sae_line(metrics))
+    means = absorption_means(results)
+    if means:
+        parts.append(_absorption_line(means))
+    if not parts:
+        return not_run(ID, TITLE, "neither a comparison, SAEs nor absorption are in the results")
+    return section(ID, TITLE, "".join(parts), INTRO)

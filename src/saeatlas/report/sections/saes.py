@@ -1,0 +1,64 @@
+"""SAE quality: the held-out figures of every SAE and, for the main ones, CE-loss recovered."""
+
+from __future__ import annotations
+
+from ..format import fmt, fmt_int, fmt_pct
+from ..markup import as_is, not_run, record_table, section
+
+ID, TITLE = "saes", "SAE quality"
+
+
+# ---------------------------------------------------------------- data
+def sae_rows(results: dict) -> list[dict]:
+    """One record per SAE: its settings (label, hook, role, arch, k, width, seed), held-out metrics (l0, fvu,
+    explained_variance, cosine, dead_fraction, dense_fraction) and downstream figures (ce_loss_recovered,
+    delta_lm_loss, kl_div); missing ones absent."""
+    keys = ("label", "hook", "arch", "k", "width", "seed")
+    return [
+        {
+            **(s.get("metrics") or {}),
+            **(s.get("downstream") or {}),
+            **{k: s.get(k) for k in keys},
+            "role": s.get("role", ""),
+        }
+        for s in results.get("saes") or []
+    ]
+
+
+# ---------------------------------------------------------------- markup
+def _fixed(spec: str):
+    return lambda v: fmt(v, spec)
+
+
+COLUMNS = [
+    ("model", "label", as_is),
+    ("hook", "hook", as_is),
+    ("role", "role", as_is),
+    ("arch", "arch", as_is),
+    ("k", "k", fmt_int),
+    ("width", "width", fmt_int),
+    ("seed", "seed", fmt_int),
+    ("L0", "l0", _fixed(".1f")),
+    ("FVU", "fvu", fmt),
+    ("expl. var.", "explained_variance", fmt),
+    ("cosine", "cosine", fmt),
+    ("dead", "dead_fraction", fmt_pct),
+    ("dense", "dense_fraction", fmt_pct),
+    ("CE-loss recovered", "ce_loss_recovered", fmt),
+    ("Δ LM loss", "delta_lm_loss", fmt),
+    ("KL", "kl_div", _fixed(".4f")),
+]
+
+INTRO = (
+    "Held-out figures: L0 (active latents per token), FVU (fraction of variance unexplained), dead "
+    "latents (never fire) and dense ones (fire on >10% of tokens); CE-loss recovered = (CE zero-ablated "
+    "- CE with the SAE) / (CE zero-ablated - CE clean) with the SAE spliced into the model. "
+    "– : not evaluated."
+)
+
+
+def render(results: dict) -> str:
+    rows = sae_rows(results)
+    if not rows:
+        return not_run(ID, TITLE, "no SAEs in the results")
+    return section(ID, TITLE, record_table(COLUMNS, rows, "sae-table"), INTRO)
