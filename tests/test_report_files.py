@@ -44,7 +44,7 @@ def test_compare_files(study, tmp_path):
         len(body[space])
         for e in compare["pairs"] + compare["skyline"]
         for kind, body in e.items()
-        if kind not in ("layer_a", "layer_b")
+        if kind not in ("hook_a", "hook_b")
         for space in ("decoder", "activations")
     )
     assert len(rows) == n_rows
@@ -53,8 +53,8 @@ def test_compare_files(study, tmp_path):
     row = next(
         r
         for r in rows
-        if (r["layer_a"], r["layer_b"], r["comparison"], r["space"], r["measure"])
-        == (first["layer_a"], first["layer_b"], "sae", "decoder", "svcca")
+        if (r["hook_a"], r["hook_b"], r["comparison"], r["space"], r["measure"])
+        == (first["hook_a"], first["hook_b"], "sae", "decoder", "svcca")
     )
     assert float(row["observed"]) == pytest.approx(svcca["observed"], rel=1e-5)
     assert float(row["q"]) == pytest.approx(svcca["q"], rel=1e-5) and int(row["n_pairs"]) == first["sae"]["n_pairs"]
@@ -62,7 +62,7 @@ def test_compare_files(study, tmp_path):
     svg = (tmp_path / "compare" / "heatmap-svcca.svg").read_text()
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert f">{svcca['observed']:.3f}" in svg and "model A" in svg
-    assert svg.count("<rect") >= len(compare["layers_a"]) * len(compare["layers_b"])
+    assert svg.count("<rect") >= len(compare["hooks_a"]) * len(compare["hooks_b"])
     n_svg = (tmp_path / "compare" / "heatmap-n-pairs.svg").read_text()
     assert f">{first['sae']['n_pairs']}</text>" in n_svg
 
@@ -80,16 +80,16 @@ def test_concept_files(study, tmp_path):
     row = next(
         r
         for r in rows
-        if (r["comparison"], r["layer_a"], r["layer_b"], r["measure"])
-        == (scored["concept"], scored["layer_a"], scored["layer_b"], "svcca")
+        if (r["comparison"], r["hook_a"], r["hook_b"], r["measure"])
+        == (scored["concept"], scored["hook_a"], scored["hook_b"], "svcca")
     )
     assert float(row["observed"]) == pytest.approx(scored["decoder"]["svcca"]["observed"], rel=1e-5)
     unscored = next(e for e in concepts["entries"] if e["decoder"]["svcca"]["observed"] is None)
     row = next(
         r
         for r in rows
-        if (r["comparison"], r["layer_a"], r["layer_b"], r["measure"])
-        == (unscored["concept"], unscored["layer_a"], unscored["layer_b"], "svcca")
+        if (r["comparison"], r["hook_a"], r["hook_b"], r["measure"])
+        == (unscored["concept"], unscored["hook_a"], unscored["hook_b"], "svcca")
     )
     assert row["observed"] == ""  # None in the results: an empty cell
     svg = (tmp_path / "concepts" / "concepts-svcca.svg").read_text()

@@ -13,14 +13,14 @@ from report_fixture import HOOKS_A, HOOKS_B, TRICKY, _compare_cfg, build_study_r
 from test_compare_align import tiny_other  # noqa: F401  (fixture)
 
 from saeatlas.cli import main
-from saeatlas.compare.run import compare_grid
-from saeatlas.config import ExtractConfig
-from saeatlas.data.extract import extract
+from saeatlas.compare.contexts import top_contexts
+from saeatlas.compare.grid import run_compare
+from saeatlas.data.config import ExtractConfig
+from saeatlas.data.extract import run_extract
 from saeatlas.data.store import ActivationStore
 from saeatlas.data.tokens import EXCLUDED_BY_DEFAULT
 from saeatlas.errors import SaeAtlasError
 from saeatlas.fileio import jsonable
-from saeatlas.report.contexts import top_contexts
 from saeatlas.report.html import SECTIONS, render_report, write_report
 from saeatlas.report.markup import token_html
 from saeatlas.sae import SAEConfig, SparseAutoencoder, load_sae
@@ -84,13 +84,13 @@ def test_heatmaps_show_every_measure_with_significance_and_z(study, page):
 def test_at_a_glance_shows_the_best_layer_pair_beside_its_controls_and_skyline(study, page):
     s = sections(page)["glance"]
     compare = study["compare"]
-    skyline = {e["layer_a"]: e["skyline"] for e in compare["skyline"]}
+    skyline = {e["hook_a"]: e["skyline"] for e in compare["skyline"]}
     rows = re.findall(r"<tr>(.*?)</tr>", s.split('class="headline-table"')[1].split("</table>")[0], flags=re.DOTALL)[1:]
     assert [re.search(r"<td[^>]*>(\w+)</td>", r).group(1) for r in rows] == ["svcca", "rsa", "linear_cka"]
     for measure, row in zip(["svcca", "rsa", "linear_cka"], rows):
         best = max(compare["pairs"], key=lambda e: e["sae"]["decoder"][measure]["observed"])
         observed = best["sae"]["decoder"][measure]["observed"]
-        ceiling = skyline[best["layer_a"]]["decoder"][measure]["observed"]
+        ceiling = skyline[best["hook_a"]]["decoder"][measure]["observed"]
         for value in (
             observed,
             best["random_init"]["decoder"][measure]["observed"],
@@ -196,7 +196,7 @@ def test_legacy_mode_is_flagged(built, study):
     root, _ = built
     assert 'id="legacy-banner"' not in render_report(study)
     legacy = copy.deepcopy(study)
-    legacy["compare"] = json.loads(json.dumps(jsonable(compare_grid(_compare_cfg(root, "legacy_first")))))
+    legacy["compare"] = json.loads(json.dumps(jsonable(run_compare(_compare_cfg(root, "legacy_first")))))
     legacy["legacy"] = legacy["compare"]["legacy"]["method"]
     html = render_report(legacy)
     assert legacy["legacy"] is True and 'id="legacy-banner"' in html and "LEGACY MODE" in html
@@ -281,7 +281,7 @@ def test_contexts_of_markup_text_with_bos_render_escaped(tiny_gemma, study, tmp_
     tokenizer and never a focus; the text tokens join up to the document's text; the report escapes them."""
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "tricky.txt").write_text(f"{TRICKY} {TRICKY}")
-    extract(
+    run_extract(
         ExtractConfig(
             model=str(tiny_gemma),
             hooks=["resid_post.1"],
@@ -290,7 +290,7 @@ def test_contexts_of_markup_text_with_bos_render_escaped(tiny_gemma, study, tmp_
             split="all",
             context=16,
             batch_size=8,
-            dtype="float32",
+            store_dtype="float32",
             model_dtype="float32",
         ),
         tmp_path / "store",

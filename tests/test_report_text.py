@@ -73,10 +73,10 @@ def test_comparison_rows_carry_their_scores(study):
     n_rows = 0
     for entry in compare["pairs"] + compare["skyline"]:
         for kind, body in entry.items():
-            if kind in ("layer_a", "layer_b"):
+            if kind in ("hook_a", "hook_b"):
                 continue
             space = "decoder" if body["decoder"] else "activations"
-            labels = (pair_label(entry["layer_a"], entry["layer_b"]), kind)
+            labels = (pair_label(entry["hook_a"], entry["hook_b"]), kind)
             figures = [str(body["n_pairs"]), f"{body['mean_max_corr']:.3f}", space]
             for measure in ("svcca", "rsa", "linear_cka"):
                 s = body[space][measure]
@@ -93,7 +93,7 @@ def test_concept_rows_carry_their_scores(study):
     concepts = study["concepts"]
     lines = render(print_comparison, concepts)
     for e in concepts["entries"]:
-        labels = (e["concept"], pair_label(e["layer_a"], e["layer_b"]))
+        labels = (e["concept"], pair_label(e["hook_a"], e["hook_b"]))
         figures = [f"{e['n_latents_a']}/{e['n_latents_b']}"]
         for measure in ("svcca", "rsa", "linear_cka"):
             observed = e["decoder"][measure]["observed"]
@@ -151,7 +151,7 @@ def test_study_summary(study):
             on_its_line(lines, (sae["label"], sae["hook"]), f"{sae['downstream']['ce_loss_recovered']:.3f}")
     first = study["compare"]["pairs"][0]
     svcca = first["sae"]["decoder"]["svcca"]["observed"]
-    on_its_line(lines, (pair_label(first["layer_a"], first["layer_b"]), "sae"), f"{svcca:.3f}")
+    on_its_line(lines, (pair_label(first["hook_a"], first["hook_b"]), "sae"), f"{svcca:.3f}")
     for sae in study["absorption"]["saes"]:
         on_its_line(lines, (sae["name"],), f"{sae['summary']['mean_absorption_fraction']:.3f}")
     assert not any(cells(line)[:1] == ["letter"] for line in lines)  # the summary, not every letter
@@ -169,7 +169,7 @@ def test_without_a_terminal_the_tables_fit_in_80_columns(study, capsys, monkeypa
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) > 100 and max(len(line) for line in lines) <= WIDTH
     first = study["compare"]["pairs"][0]
-    on_its_line(lines, (pair_label(first["layer_a"], first["layer_b"]), "sae"), str(first["sae"]["n_pairs"]))
+    on_its_line(lines, (pair_label(first["hook_a"], first["hook_b"]), "sae"), str(first["sae"]["n_pairs"]))
 
 
 def test_a_long_first_column_is_shortened_and_a_wide_table_split():

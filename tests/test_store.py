@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from saeatlas.cli import main
-from saeatlas.data.config import ExtractConfig
 from saeatlas.data import ActivationStore
+from saeatlas.data.config import ExtractConfig
 from saeatlas.data.extract import run_extract
 from saeatlas.data.tokens import EXCLUDED_BY_DEFAULT
 from saeatlas.errors import CorpusError, SaeAtlasError, StoreError

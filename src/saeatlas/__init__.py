@@ -52,7 +52,7 @@ _EXPORTS = {
     "SaeAtlasError": "saeatlas.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *list(_EXPORTS)]  # noqa: PLE0604 - the names of _EXPORTS are strings
 
 
 def __getattr__(name: str):

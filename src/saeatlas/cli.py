@@ -179,20 +179,20 @@ def _compare_flags(p, concepts: bool) -> dict[str, list[str]]:
 def _compare(args) -> int:
     from .compare.config import CompareConfig, ConceptsConfig
     from .compare.grid import n_comparisons, n_concept_cells, run_compare, run_concepts
-    from .compare.run import write_results
     from .flags import given
     from .progress import count_progress
+    from .report.files import write_compare, write_concepts
     from .report.text import print_comparison
 
     if args.verb == "concepts":
         cfg = ConceptsConfig(**given(args, ConceptsConfig))
-        job, total, unit, prefix = run_concepts, n_concept_cells(cfg), "cells", "concepts"
+        job, total, unit, write = run_concepts, n_concept_cells(cfg), "cells", write_concepts
     else:
         cfg = CompareConfig(**given(args, CompareConfig))
-        job, total, unit, prefix = run_compare, n_comparisons(cfg), "comparisons", "results"
+        job, total, unit, write = run_compare, n_comparisons(cfg), "comparisons", write_compare
     with count_progress(args.verb, total, unit, enabled=not args.quiet) as advance:
         results = job(cfg, progress=advance)
-    written = write_results(results, args.out, prefix=prefix)
+    written = write(results, args.out)
     print_comparison(results)
     print(f"wrote {len(written)} files to {args.out} ({written[0].name}, {written[1].name}, heatmaps)")
     return 0
@@ -209,8 +209,9 @@ def _absorption_flags(p) -> dict[str, list[str]]:
 
 
 def _absorption(args) -> int:
-    from .absorption import AbsorptionConfig, run_absorption, write_absorption
+    from .absorption import AbsorptionConfig, run_absorption
     from .flags import given
+    from .report.files import write_absorption
     from .report.text import print_absorption
 
     results = run_absorption(AbsorptionConfig(**given(args, AbsorptionConfig)), progress=not args.quiet)
@@ -233,7 +234,7 @@ def _run(args) -> int:
 
     study = load_study(args.study)
     summary = run_study(study, args.out or Path(study.out), progress=not args.quiet)
-    print_summary(study, summary)
+    print_summary(summary)
     return 0
 
 
@@ -330,14 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     verb = next((a for a in argv if not a.startswith("-")), None)
     parser, shown = _parser(verb if verb in VERBS else None)
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
     except SystemExit as exc:  # --help, --version, or a one-line usage error
         return int(exc.code or 0)
     from .flags import missing
 
-    if absent := missing(args, shown):
-        print(f"saeatlas {args.verb}: error: the following arguments are required: {', '.join(absent)} "
-              f"(see `saeatlas {args.verb} --help`)", file=sys.stderr)
+    problem = (f"unrecognized arguments: {' '.join(unknown)}" if unknown else
+               f"the following arguments are required: {', '.join(absent)}" if (absent := missing(args, shown)) else "")
+    if problem:
+        print(f"saeatlas {args.verb}: error: {problem} (see `saeatlas {args.verb} --help`)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="saeatlas: %(message)s", stream=sys.stderr)
     try:

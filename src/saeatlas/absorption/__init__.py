@@ -1,4 +1,5 @@
-"""Feature splitting and absorption on the first-letter task (seed paper 001).
+"""Feature splitting and absorption on the first-letter task ("A is for Absorption", Chanin et al. 2024,
+arXiv:2409.14507).
 
 Modules: `task` (vocabulary, prompts, the target word's position, activations, cached), `probes` (the 26
 one-vs-rest logistic probes), `splitting` (k-sparse probing, main latents), `projection` (absorption
@@ -9,7 +10,7 @@ paper's ablation variant), `toy` (a parent/child toy model: the ground truth), `
 from .config import AbsorptionConfig
 from .probes import ProbeRecipe, Probes, classification_scores, train_probes
 from .projection import ProjectionThresholds, projection_absorption
-from .run import run_absorption, write_absorption
+from .run import run_absorption
 from .splitting import rank_latents, split_feature
 
 __all__ = [
@@ -23,5 +24,4 @@ __all__ = [
     "run_absorption",
     "split_feature",
     "train_probes",
-    "write_absorption",
 ]

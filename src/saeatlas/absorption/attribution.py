@@ -129,6 +129,6 @@ def is_absorption(
         effect[first] <= 0
         and effect[second] - effect[first] >= gap
         and cos[first] >= cos_min
-        and int(first) not in set(int(m) for m in main)
+        and int(first) not in {int(m) for m in main}
     )
     return bool(absorbed), int(first)

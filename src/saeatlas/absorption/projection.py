@@ -9,8 +9,8 @@ the row norm is part of the contribution).  Thresholds on "cos" use the true cos
   contribution, the top 3 of them.  0 if the main latents already carry act_proj or the absorbers carry less
   than 0.4 of it; 1 if the main latents carry nothing (<= 0); else min(absorbers, act_proj - main) / (that +
   main), clipped to [0, 1].
-- full absorption: every main latent is off (< 1e-8), act_proj > 0 (the spec's >= 0, less the undefined
-  ratio at 0), and the latent with the largest
+- full absorption: every main latent is off (< 1e-8), act_proj > 0 (SAEBench's absorption
+  evaluation has >= 0, where the ratio is undefined), and the latent with the largest
   contribution has cos >= 0.025 and carries >= 0.4 of act_proj.
 """
 

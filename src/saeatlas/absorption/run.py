@@ -1,13 +1,11 @@
 """The absorption job: task activations once, probes once, then splitting and absorption per SAE.
 
-`run_absorption(cfg)` returns a results dict (version `RESULTS_VERSION`); `write_absorption` writes it as
-absorption.json, probes.csv, one per-letter CSV and bar chart (SVG) per SAE.
+`run_absorption(cfg)` returns a results dict (version `RESULTS_VERSION`); `saeatlas.report.files.write_absorption`
+writes it as absorption.json, probes.csv, one per-letter CSV and bar chart (SVG) per SAE.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from pathlib import Path
@@ -17,7 +15,6 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from ..errors import SaeAtlasError
-from ..fileio import jsonable, write_bytes_atomic, write_json_atomic
 from ..models import load_model, parse_hook
 from ..progress import count_progress
 from ..sae.formats import load_sae, read_metadata
@@ -278,60 +275,3 @@ def _position_from_end(task: TaskActivations, handle) -> list[int]:
     """Distinct offsets of the word token from the prompt's end (e.g. [-6] for Gemma): a check, not an input."""
     ids, positions, _ = tokenize_prompts(handle.tokenizer, task.prompts[:200])
     return sorted({int(p - len(i)) for p, i in zip(positions, ids)})
-
-
-LETTER_COLUMNS = [
-    "letter",
-    "qualifies",
-    "probe_f1",
-    "probe_precision",
-    "probe_recall",
-    "n_test",
-    "n_true_positives",
-    "n_split",
-    "main_latents",
-    "k_sparse_f1",
-    "absorption_fraction",
-    "full_absorption_rate",
-    "ablation_candidates",
-    "ablation_scored",
-    "ablation_absorbed",
-    "ablation_absorption_rate",
-]
-
-
-def _csv(rows: list[dict], columns: list[str]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[c for c in columns if c in rows[0]], extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(
-            {
-                k: (f"{v:.6g}" if isinstance(v, float) else " ".join(map(str, v)) if isinstance(v, list) else v)
-                for k, v in row.items()
-            }
-        )
-    return buffer.getvalue().encode()
-
-
-def write_absorption(results: dict, out: str | Path) -> list[Path]:
-    """absorption.json, probes.csv and, per SAE, <name>.csv and <name>.svg (per-letter bars) into `out`."""
-    from ..report.svg import bar_chart_svg
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "absorption.json", out / "probes.csv"]
-    write_json_atomic(written[0], jsonable(results))
-    write_bytes_atomic(written[1], _csv(results["probes"], ["letter", "precision", "recall", "f1", "n_test"]))
-    for sae in results["saes"]:
-        rows = sae["letters"]
-        write_bytes_atomic(out / f"{sae['name']}.csv", _csv(rows, LETTER_COLUMNS))
-        series = {
-            key.replace("_", " "): [r[key] if r["qualifies"] else float("nan") for r in rows]
-            for key in ("absorption_fraction", "full_absorption_rate", "ablation_absorption_rate")
-            if key in rows[0]
-        }
-        title = f"Absorption per letter: {sae['name']} ({results['model']} {results['hook']})"
-        write_bytes_atomic(out / f"{sae['name']}.svg", bar_chart_svg(list(LETTERS), series, title, "rate").encode())
-        written += [out / f"{sae['name']}.csv", out / f"{sae['name']}.svg"]
-    return written

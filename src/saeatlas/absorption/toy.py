@@ -12,7 +12,8 @@ would be wrong there, and each feature keeps its own latent.
 probing for the parent's main latents, projection absorption on the probe's true positives of the test
 split), so it tests the metric end to end against a known answer.
 
-Two choices differ from the spec's sketch (f1 fires with p = 0.05), both for reasons measured here:
+Two choices differ from the toy model of "A is for Absorption" (Chanin et al. 2024, arXiv:2409.14507; its
+child fires with p = 0.05), both for reasons measured here:
 - The child is rarer (p = 0.01, 4 % of the parent's inputs).  At 0.05 the child is 20 % of the parent, adding
   the absorbing latent to the k-sparse probe lifts its F1 from 0.89 to 1.0, far above the 0.03 the F1-jump
   rule asks, and the rule calls it a split latent of the parent: the metric then reports splitting, not
@@ -168,8 +169,8 @@ def toy_absorption(
 ) -> dict:
     """Train a toy SAE (`train_toy_sae`) and measure the parent's absorption as saeatlas measures a model.
 
-    A probe for "f0 fires" on the raw inputs (80/20 split stratified by f0, `seed`; the spec's recipe with
-    batches of 256); the parent's main latents by k-sparse probing (`rank_latents`, `split_feature`);
+    A probe for "f0 fires" on the raw inputs (80/20 split stratified by f0, `seed`; the probe recipe of
+    `saeatlas.absorption.probes`, with batches of 256); the parent's main latents by k-sparse probing (`rank_latents`, `split_feature`);
     `projection_absorption` on the test inputs the probe gets right (true positives).  `firing` goes to
     `toy_firing` (p_parent, p_child, p_other).
 

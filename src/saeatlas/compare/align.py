@@ -9,9 +9,10 @@ tokenizer this is "same window, same position"; with two tokenizers it needs
 windows that start at the same characters: extract both stores with
 `--window-chars` (see `data.tokens.text_cuts`).
 
-The spec (shared/specs/universality.md, "What a better tool does") asks for
-exactly this: positions where both tokenizations end at the same character
-offset, BOS / first positions masked.
+The universality paper's public code (github.com/wlg1/univ_feat_geom) pairs
+positions by index, which mixes up tokens when the tokenizers differ; here two
+positions pair only when both tokenizations end at the same character offset,
+with BOS / first positions masked.
 """
 
 from __future__ import annotations

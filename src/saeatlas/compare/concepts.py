@@ -1,7 +1,7 @@
 """Concept subspaces: which SAE latents belong to a keyword category.
 
-Following the paper's semantic-subspace experiment (shared/specs/universality.md,
-pipeline step 7), a latent belongs to a concept when one of its top activating
+Following the semantic-subspace experiment of the universality paper (Lan et al. 2024,
+arXiv:2410.06981), a latent belongs to a concept when one of its top activating
 tokens is one of the concept's keywords.  Unlike the paper (which compares one
 token string with the keyword), a keyword here is the token sequence it has in
 running text, so words the tokenizer splits into several tokens count too: a

@@ -13,8 +13,8 @@ product of z-scored copies the paper's code makes (6.5 GB per side).
 S is produced in blocks of A latents and turned into correlations block by
 block: the best and top-m partners of every latent on both sides are kept, the
 full [d_a, d_b] matrix only on request.  Dead latents (zero variance over the
-positions) get NaN and are never anyone's partner: the paper's code matched
-them to latent 0 (shared/specs/universality.md, "Defects").
+positions) get NaN and are never anyone's partner: the paper's code
+(github.com/wlg1/univ_feat_geom) matched them to latent 0 (NaN's argmax).
 
 `group_sums` / `weighted_correlations` keep per-document sums, so a bootstrap
 over documents recomputes the candidates' correlations without re-reading codes.

@@ -57,15 +57,15 @@ def _open_inputs(cfg: CompareConfig) -> tuple[ActivationStore, ActivationStore]:
 
 def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = None) -> dict:
     """Score every (layer of A, layer of B) pair and its controls; the results document (see RESULTS_VERSION).
-    `progress(n)` is called with 0 once the inputs are checked, then with 1 after each of the
+    `progress(n)` is called with 0 once the inputs are checked and aligned, then with 1 after each of the
     `n_comparisons(cfg)` comparisons."""
     progress = progress or (lambda n: None)
     reuse_freed_memory()
     t0 = time.perf_counter()
     store_a, store_b = _open_inputs(cfg)
     hooks_a, hooks_b = cfg.hooks_a, cfg.hooks_b
+    align = limit_positions(align_stores(store_a, store_b), cfg.max_positions)  # refuses stores of other texts
     progress(0)
-    align = limit_positions(align_stores(store_a, store_b), cfg.max_positions)
     log.info("aligned %d positions of %s and %s (%s)", len(align.rows_a), store_a.path, store_b.path, align.counts)
     sides = SideCache(cfg, store_a, store_b, align)
     pairs = []
@@ -141,15 +141,15 @@ def n_concept_cells(cfg: ConceptsConfig) -> int:
 def run_concepts(cfg: ConceptsConfig, progress: Callable[[int], None] | None = None) -> dict:
     """Per layer pair and concept: the latents whose top activating tokens are the concept's keywords, matched
     within the concept on both sides, scored against the random-pairing null.  `progress(n)` is called with 0
-    once the inputs are checked, then with 1 after each (layer pair, concept) cell."""
+    once the inputs are checked and aligned, then with 1 after each (layer pair, concept) cell."""
     progress = progress or (lambda n: None)
     reuse_freed_memory()
     t0 = time.perf_counter()
     concepts = load_concept_sources(cfg.concepts)
     store_a, store_b = _open_inputs(cfg)
     hooks_a, hooks_b = cfg.hooks_a, cfg.hooks_b
+    align = limit_positions(align_stores(store_a, store_b), cfg.max_positions)  # refuses stores of other texts
     progress(0)
-    align = limit_positions(align_stores(store_a, store_b), cfg.max_positions)
     sides = SideCache(cfg, store_a, store_b, align)
     tokenizers = {"a": tokenizer_for_store(store_a), "b": tokenizer_for_store(store_b)}
     tokens = {"a": _store_tokens(store_a), "b": _store_tokens(store_b)}

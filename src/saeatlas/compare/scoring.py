@@ -19,7 +19,6 @@ from .sides import Side, correlate
 from .similarity import MEASURES
 from .stats import basic_interval, benjamini_hochberg, bootstrap_counts, permutation_null, summarize
 
-
 MIN_PAIRS = 5
 """Fewer matched pairs than this: no similarity scores (NaN), the pair count says why."""
 

@@ -5,8 +5,8 @@ points (the decoder rows of matched latent pairs, or positions for matched
 activations; d_a may differ from d_b), as numpy arrays or torch tensors of any
 float dtype, computes in float64 and returns a Python float.  `MEASURES` maps
 each name to its function; `stats.permutation_null` scores the same measures
-under random pairings (a score is only meaningful against that null: see
-shared/specs/universality.md, "Defects").
+under random pairings (a score is only meaningful against that null: the
+universality paper, Lan et al. 2024, arXiv:2410.06981, reports it as such).
 """
 
 from __future__ import annotations

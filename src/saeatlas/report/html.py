@@ -80,7 +80,7 @@ def write_report(out_dir: str | Path) -> Path:
 
 
 def _top(results: dict, name: str) -> str:
-    models = " vs ".join(f"{m.get('label')} ({m.get('name') or m.get('spec')})" for m in results.get("models") or [])
+    models = " vs ".join(f"{m.get('label')} ({m.get('name') or m.get('model')})" for m in results.get("models") or [])
     return (
         f'<header class="top"><h1>saeatlas report: {e(name)}</h1>'
         f"<p>{e(models)} · total {fmt(results.get('seconds'), '.0f')} s</p></header>"

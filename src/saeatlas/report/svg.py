@@ -14,8 +14,6 @@ from html import escape
 
 import numpy as np
 
-from .format import significance_stars  # noqa: F401  (compare/run.py imports it from here)
-
 RGB = tuple[int, int, int]
 
 

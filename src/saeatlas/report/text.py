@@ -191,12 +191,12 @@ def comparison_rows(results: dict, measures: list[str]) -> list[list[str]]:
     rows = []
     for e in results["pairs"] + results.get("skyline", []):
         for kind, body in e.items():
-            if kind in ("layer_a", "layer_b"):
+            if kind in ("hook_a", "hook_b"):
                 continue
             space = "decoder" if body["decoder"] else "activations"  # neurons have no decoder rows
             rows.append(
                 [
-                    pair_label(e["layer_a"], e["layer_b"]),
+                    pair_label(e["hook_a"], e["hook_b"]),
                     kind,
                     space,
                     fmt_int(body.get("n_pairs"), MISSING),
@@ -213,7 +213,7 @@ def concept_rows(results: dict, measures: list[str]) -> list[list[str]]:
     return [
         [
             e["concept"],
-            pair_label(e["layer_a"], e["layer_b"]),
+            pair_label(e["hook_a"], e["hook_b"]),
             f"{e['n_latents_a']}/{e['n_latents_b']}",
             fmt_int(e.get("n_pairs"), MISSING),
             *(_score(e["decoder"].get(m)) for m in measures),
@@ -290,7 +290,7 @@ def letter_rows(sae: dict) -> list[list[str]]:
 
 
 def sae_rows(results: dict) -> list[list[str]]:
-    """One row per absorption SAE: name, arch, width, k, L0 on the task, then its means."""
+    """One row per absorption SAE: name, arch, d_sae, k, L0 on the task, then its means."""
     keys = [k for k in MEAN_KEYS if k in results["saes"][0]["summary"]]
     return [
         [
@@ -325,7 +325,7 @@ def print_absorption(results: dict, console: Console | None = None, per_letter: 
             console.print()
             say(
                 console,
-                f"{sae['name']} ({sae['arch']}, width {sae['d_sae']}{', k ' + str(sae['k']) if sae['k'] else ''}; "
+                f"{sae['name']} ({sae['arch']}, d_sae {sae['d_sae']}{', k ' + str(sae['k']) if sae['k'] else ''}; "
                 f"L0 on the task {_num(sae['l0_on_task'], '.1f')})",
             )
             keys = [k for k in ABSORPTION_KEYS if k in sae["letters"][0]]
@@ -350,7 +350,7 @@ def print_absorption(results: dict, console: Console | None = None, per_letter: 
         console.print()
         say(console, "SAEs side by side (means over qualifying letters)")
         keys = [k for k in MEAN_KEYS if k in results["saes"][0]["summary"]]
-        cols = [Col("SAE"), Col("arch"), Col("width", True), Col("k", True), Col("L0 on\ntask", True)]
+        cols = [Col("SAE"), Col("arch"), Col("d_sae", True), Col("k", True), Col("L0 on\ntask", True)]
         cols += [Col(HEADERS[k[len("mean_") :]], True) for k in keys]
         print_table(cols, sae_rows(results), console=console)
 

@@ -70,7 +70,8 @@ def batch_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def matching_pursuit(residual: torch.Tensor, atoms: torch.Tensor, max_steps: int, tolerance: float) -> torch.Tensor:
-    """Greedy non-negative matching pursuit (MP-SAE, seed 003).
+    """Greedy non-negative matching pursuit (MP-SAE: "From Flat to Hierarchical: Extracting Sparse
+    Representations with Matching Pursuit", Costa et al. 2025).
 
     residual [n, d_in] (input minus b_dec); atoms [d_sae, d_in], unit norm.
     Each step picks, per row, the atom with the largest positive inner product

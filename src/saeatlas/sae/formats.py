@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
 import torch
 
-from ..errors import SaeAtlasError
 from ..config import pick
+from ..errors import SaeAtlasError
 from ..fileio import write_json_atomic
 from ..models.hooks import canonical_hook, hook_spellings, transformer_lens_name
 from .config import SAEConfig
@@ -230,7 +231,8 @@ def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
     path = folder / "ae.pt"
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # UnpicklingError for unsafe pickles, RuntimeError for corrupt zips
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        # UnpicklingError for unsafe pickles; RuntimeError / EOFError for corrupt or truncated archives
         raise SaeAtlasError(
             f"{path} cannot be loaded safely ({type(exc).__name__}): only plain state dicts are accepted"
         ) from None

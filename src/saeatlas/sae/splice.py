@@ -57,11 +57,11 @@ def spliced_metrics(
             keep[row, : len(w)] = torch.from_numpy((w.flags & EXCLUDED_BY_DEFAULT) == 0)
         keep3 = keep[..., None]
 
-        def through_sae(act):
+        def through_sae(act, keep3=keep3):
             recon = sae.decode(sae.encode(act.float())).to(act.dtype)
             return torch.where(keep3, recon, act)
 
-        def zeroed(act):
+        def zeroed(act, keep3=keep3):
             return torch.where(keep3, torch.zeros_like(act), act)
 
         clean_ce, n, clean_logp, ok = _next_token_stats(

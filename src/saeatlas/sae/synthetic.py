@@ -2,7 +2,7 @@
 
 Each sample is a sum of `active` features (unit-norm directions in d
 dimensions, drawn at random) with positive random magnitudes, plus small
-Gaussian noise: the setting of the issue's ground-truth test.
+Gaussian noise: the planted-feature setting of `tests/test_sae_recovery.py` and `bench/recovery.py`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def recovery_run(
 ) -> dict:
     """Train `arch` on planted data (1024 latents, k 5); how many of the 512 features it recovers.
 
-    The issue's ground-truth setting; `data_seed` draws the features and samples, `seed` the training.
+    The ground-truth setting of bench/recovery.py; `data_seed` draws the features and samples, `seed` the
+    training.
     Returns recovery at cosine >= 0.9, the mean best cosine per true feature, L0 and FVU.
     """
     from .config import SAEConfig, TrainConfig

@@ -226,7 +226,8 @@ def gba_targets(cfg: SAEConfig) -> torch.Tensor:
 
 @torch.no_grad()
 def gba_update(sae: SparseAutoencoder, state: TrainState, n_tokens: int) -> None:
-    """Group bias adaptation (seed 003): move each latent's gate toward its group's target frequency.
+    """Group bias adaptation ("Taming Polysemanticity in LLMs: Provable Feature Recovery via Sparse
+    Autoencoders", 2025): move each latent's gate toward its group's target frequency.
 
     The paper's bias b (floor -1 for unit-norm inputs, cap 0) is kept as the
     JumpReLU threshold theta = -b: our inputs have mean norm sqrt(d_in), so

@@ -119,25 +119,25 @@ def _compare_config(stage: Stage, concepts: bool = False):
 
 def _compare(stage: Stage, progress: bool) -> dict:
     from ..compare.grid import n_comparisons, run_compare
-    from ..compare.run import write_results
     from ..progress import count_progress
+    from ..report.files import write_compare
 
     cfg = _compare_config(stage)
     with count_progress(stage.name, total=n_comparisons(cfg), unit="comparisons", enabled=progress) as advance:
         results = run_compare(cfg, progress=advance)
-    write_results(results, stage.folder)
+    write_compare(results, stage.folder)
     return {"seconds": results["seconds"]}
 
 
 def _concepts(stage: Stage, progress: bool) -> dict:
     from ..compare.grid import n_concept_cells, run_concepts
-    from ..compare.run import write_results
     from ..progress import count_progress
+    from ..report.files import write_concepts
 
     cfg = _compare_config(stage, concepts=True)
     with count_progress(stage.name, total=n_concept_cells(cfg), unit="cells", enabled=progress) as advance:
         results = run_concepts(cfg, progress=advance)
-    write_results(results, stage.folder, prefix="concepts")
+    write_concepts(results, stage.folder)
     return {"seconds": results["seconds"]}
 
 
@@ -151,7 +151,8 @@ def _cards(stage: Stage, progress: bool) -> dict:
 
 
 def _absorption(stage: Stage, progress: bool) -> dict:
-    from ..absorption import AbsorptionConfig, run_absorption, write_absorption
+    from ..absorption import AbsorptionConfig, run_absorption
+    from ..report.files import write_absorption
 
     s = stage.settings
     cfg = AbsorptionConfig(model=s["model"], hook=s["hook"], saes=[str(i.folder) for i in stage.inputs],

@@ -212,46 +212,11 @@ def print_status(study: Study, out: str | Path, console: Console | None = None) 
     console.print(table)
 
 
-def print_summary(study: Study, summary: dict, console: Console | None = None) -> None:
-    """Stage timings, the headline figures, and where the report is."""
-    console = console or Console(highlight=False, soft_wrap=True)
-    table = Table(title=f"study '{study.name}': stages", show_edge=False)
-    for column in ("stage", "this run", "seconds", "when made"):
-        table.add_column(column)
-    for t in summary["stages"]:
-        table.add_row(
-            t["name"],
-            "ran" if t["state"] == "ran" else "skipped (done)",
-            f"{t['seconds']:.1f}",
-            f"{t['seconds_when_made']:.1f}",
-        )
-    console.print(table)
+def print_summary(summary: dict, console: Console | None = None) -> None:
+    """Stage timings, the headline figures, and where the report is (legible at 80 columns)."""
+    from ..report.text import print_study_summary, say
+
+    console = console or Console(highlight=False, markup=False, soft_wrap=True)
     results = json.loads(Path(summary["results"]).read_text())
-    _print_headlines(results, console)
-    console.print(f"total {summary['seconds']:.1f} s; results {summary['results']}; report {summary['report']}")
-
-
-def _print_headlines(results: dict, console: Console) -> None:
-    from ..report.text import print_absorption, print_comparison
-
-    saes = Table(title="SAE quality (held-out)", show_edge=False)
-    for column in ("model", "hook", "role", "k", "seed", "L0", "FVU", "dead", "CE-loss recovered"):
-        saes.add_column(column)
-    for s in results["saes"]:
-        if s["metrics"]:
-            m, dn = s["metrics"], s["downstream"] or {}
-            saes.add_row(
-                s["label"],
-                s["hook"],
-                s["role"],
-                *("-" if s[c] is None else str(s[c]) for c in ("k", "seed")),
-                f"{m['l0']:.1f}",
-                f"{m['fvu']:.3f}",
-                f"{m['dead_fraction']:.1%}",
-                f"{dn['ce_loss_recovered']:.3f}" if dn else "-",
-            )
-    console.print(saes)
-    if results["compare"]:
-        print_comparison(results["compare"], console)
-    if results["absorption"]:
-        print_absorption(results["absorption"], console, per_letter=False)
+    print_study_summary(summary["stages"], results, console)
+    say(console, [f"total {summary['seconds']:.1f} s;", f"results {summary['results']};", f"report {summary['report']}"])

@@ -65,7 +65,7 @@ SUMMARY_COLUMNS = [
     ("SAE", "name", as_is),
     ("arch", "arch", as_is),
     ("k", "k", fmt_int),
-    ("width", "d_sae", fmt_int),
+    ("d_sae", "d_sae", fmt_int),
     ("L0 on task", "l0_on_task", lambda v: fmt(v, ".1f")),
     ("letters", "n_qualifying_letters", fmt_int),
     ("mean split", "mean_n_split", lambda v: fmt(v, ".2f")),

@@ -28,13 +28,13 @@ def grid_comparison(results: dict) -> dict | None:
 
 def skylines(compare: dict) -> dict[str, dict]:
     """layer_a -> the skyline comparison of that layer of A (A's SAE against another seed's)."""
-    return {e["layer_a"]: e["skyline"] for e in compare.get("skyline") or []}
+    return {e["hook_a"]: e["skyline"] for e in compare.get("skyline") or []}
 
 
 def comparison_bodies(compare: dict, entry: dict) -> list[tuple[str, dict]]:
     """(kind, comparison) of one layer pair: the real pair, the skyline of its A layer, the other controls."""
     skyline = skylines(compare)
     bodies = [(k, entry[k]) for k in ("sae", "random_init", "shifted", "neurons") if entry.get(k)]
-    if entry["layer_a"] in skyline:
-        bodies.insert(1, ("skyline", skyline[entry["layer_a"]]))
+    if entry["hook_a"] in skyline:
+        bodies.insert(1, ("skyline", skyline[entry["hook_a"]]))
     return bodies

@@ -20,12 +20,12 @@ def concept_names(concepts: dict) -> list[str]:
 
 def concept_layer_pairs(concepts: dict) -> list[tuple[str, str]]:
     """The layer pairs (layer_a, layer_b) the concepts were scored on, in order."""
-    return list(dict.fromkeys((e["layer_a"], e["layer_b"]) for e in concepts["entries"]))
+    return list(dict.fromkeys((e["hook_a"], e["hook_b"]) for e in concepts["entries"]))
 
 
 def concept_grid(concepts: dict, get) -> np.ndarray:
     """[n_concepts, n_layer_pairs] of get(entry) (NaN where an entry is missing)."""
-    cell = {(e["concept"], e["layer_a"], e["layer_b"]): e for e in concepts["entries"]}
+    cell = {(e["concept"], e["hook_a"], e["hook_b"]): e for e in concepts["entries"]}
     grid = concept_layer_pairs(concepts)
     values = [[num(get(cell.get((c, a, b)) or {})) for a, b in grid] for c in concept_names(concepts)]
     return np.array(values, dtype=float)
@@ -40,7 +40,7 @@ def concept_rows(concepts: dict) -> list[dict]:
     """One record per (concept, layer pair), in the results' order, its layers shortened ('3 × 5')."""
     grid = concept_layer_pairs(concepts)
     short = dict(zip(grid, grid_labels(grid)))
-    return [{**e, "layers": short[(e["layer_a"], e["layer_b"])]} for e in concepts["entries"]]
+    return [{**e, "layers": short[(e["hook_a"], e["hook_b"])]} for e in concepts["entries"]]
 
 
 # ---------------------------------------------------------------- markup

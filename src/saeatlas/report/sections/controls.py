@@ -38,7 +38,7 @@ def control_rows(compare: dict, measure: str) -> list[dict]:
                 continue
             rows.append(
                 {
-                    "group": pair_name(entry["layer_a"], entry["layer_b"]),
+                    "group": pair_name(entry["hook_a"], entry["hook_b"]),
                     "label": COMPARISONS[kind][0] + (" (activations)" if space == "activations" else ""),
                     "observed": num(s.get("observed")),
                     "null_mean": num(s.get("null_mean")),
@@ -59,7 +59,7 @@ def comparison_rows(compare: dict, measures: list[str]) -> list[dict]:
             space = "activations" if kind == "neurons" else "decoder"
             rows.append(
                 {
-                    "layers": pair_name(entry["layer_a"], entry["layer_b"]),
+                    "layers": pair_name(entry["hook_a"], entry["hook_b"]),
                     "comparison": COMPARISONS[kind][0],
                     "space": space,
                     "n_pairs": body.get("n_pairs"),

@@ -47,14 +47,14 @@ def render(results: dict) -> str:
     threshold = num((compare.get("config") or {}).get("threshold"))
     figs = []
     for entry in compare["pairs"]:
-        samples, colours = correlation_samples(entry, skyline.get(entry["layer_a"]))
+        samples, colours = correlation_samples(entry, skyline.get(entry["hook_a"]))
         svg = histogram_svg(
             samples,
-            pair_name(entry["layer_a"], entry["layer_b"]),
+            pair_name(entry["hook_a"], entry["hook_b"]),
             "Pearson r of matched pairs",
             lo=x_low(samples, threshold),
             hi=1.0,
             colours=colours,
         )
-        figs.append(figure(svg, "", "histogram", {"layer-a": entry["layer_a"], "layer-b": entry["layer_b"]}))
+        figs.append(figure(svg, "", "histogram", {"layer-a": entry["hook_a"], "layer-b": entry["hook_b"]}))
     return section(ID, TITLE, f'<div class="figures">{"".join(figs)}</div>', _intro(threshold))

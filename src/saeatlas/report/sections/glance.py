@@ -24,7 +24,7 @@ def headline_rows(compare: dict) -> list[dict]:
     low, high, n_significant (q < .05), n_cells, of_skyline (best / skyline observed; NaN without one).
     """
     skyline = skylines(compare)
-    grid = [(e["layer_a"], e["layer_b"]) for e in compare["pairs"]]
+    grid = [(e["hook_a"], e["hook_b"]) for e in compare["pairs"]]
     short = dict(zip(grid, grid_labels(grid)))
     rows = []
     for measure in HEADLINE_MEASURES:
@@ -34,13 +34,13 @@ def headline_rows(compare: dict) -> list[dict]:
             continue
         values = [num(sc["observed"]) for _, sc in cells]
         entry, best = max(cells, key=lambda c: num(c[1]["observed"]))
-        sky = _control_score(skyline.get(entry["layer_a"]), measure)
+        sky = _control_score(skyline.get(entry["hook_a"]), measure)
         sky_value = num((sky or {}).get("observed"))
         ratio = num(best["observed"]) / sky_value if math.isfinite(sky_value) and sky_value > 0 else math.nan
         rows.append(
             {
                 "measure": measure,
-                "layers": short[entry["layer_a"], entry["layer_b"]],
+                "layers": short[entry["hook_a"], entry["hook_b"]],
                 "best": best,
                 "low": min(values),
                 "high": max(values),

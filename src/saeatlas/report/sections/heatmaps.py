@@ -20,12 +20,12 @@ SPACES = (("decoder", "Decoder rows of the matched latents"), ("activations", "A
 # ---------------------------------------------------------------- data
 def layer_grid(compare: dict, get) -> np.ndarray:
     """[n_layers_a, n_layers_b] of get(entry) over the layer grid (NaN where a layer pair is missing)."""
-    cells = {(e["layer_a"], e["layer_b"]): e for e in compare.get("pairs") or []}
+    cells = {(e["hook_a"], e["hook_b"]): e for e in compare.get("pairs") or []}
     values = [
-        [num(get(cells[(a, b)])) if (a, b) in cells else math.nan for b in compare["layers_b"]]
-        for a in compare["layers_a"]
+        [num(get(cells[(a, b)])) if (a, b) in cells else math.nan for b in compare["hooks_b"]]
+        for a in compare["hooks_a"]
     ]
-    return np.array(values, dtype=float).reshape(len(compare["layers_a"]), len(compare["layers_b"]))
+    return np.array(values, dtype=float).reshape(len(compare["hooks_a"]), len(compare["hooks_b"]))
 
 
 def measure_score(space: str, measure: str):
@@ -46,22 +46,22 @@ def measure_grids(compare: dict, space: str, measure: str) -> dict[str, np.ndarr
 def measure_rows(compare: dict, space: str, measure: str) -> list[dict]:
     """Per layer pair ('3 × 5'): the score dict of one measure."""
     score = measure_score(space, measure)
-    labels = grid_labels([(e["layer_a"], e["layer_b"]) for e in compare["pairs"]])
+    labels = grid_labels([(e["hook_a"], e["hook_b"]) for e in compare["pairs"]])
     return [{"layers": label, **score(entry)} for entry, label in zip(compare["pairs"], labels)]
 
 
 def present(compare: dict) -> np.ndarray:
     """[n_layers_a, n_layers_b] True where the comparison has the layer pair."""
-    pairs = {(e["layer_a"], e["layer_b"]) for e in compare.get("pairs") or []}
-    here = [[(a, b) in pairs for b in compare["layers_b"]] for a in compare["layers_a"]]
-    return np.array(here, dtype=bool).reshape(len(compare["layers_a"]), len(compare["layers_b"]))
+    pairs = {(e["hook_a"], e["hook_b"]) for e in compare.get("pairs") or []}
+    here = [[(a, b) in pairs for b in compare["hooks_b"]] for a in compare["hooks_a"]]
+    return np.array(here, dtype=bool).reshape(len(compare["hooks_a"]), len(compare["hooks_b"]))
 
 
 # ---------------------------------------------------------------- markup
 def _heatmap(compare: dict, labels: tuple[str, str], values: np.ndarray, title: str, text=None, diverging=False) -> str:
     """A layer-grid heatmap of values [n_layers_a, n_layers_b]: A's layers as rows, B's as columns."""
-    rows, kind_a = short_hooks(compare["layers_a"])
-    cols, kind_b = short_hooks(compare["layers_b"])
+    rows, kind_a = short_hooks(compare["hooks_a"])
+    cols, kind_b = short_hooks(compare["hooks_b"])
     cell = max(48, min(72, 400 // max(len(cols), len(rows), 1)))
     return heatmap_svg(
         values,

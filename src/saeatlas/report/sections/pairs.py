@@ -15,7 +15,7 @@ def card_groups(cards: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
     """((layer_a, layer_b), its cards) in the order the layer pairs first appear."""
     groups: dict[tuple, list] = {}
     for card in cards:
-        groups.setdefault((card.get("layer_a"), card.get("layer_b")), []).append(card)
+        groups.setdefault((card.get("hook_a"), card.get("hook_b")), []).append(card)
     return list(groups.items())
 
 
@@ -23,8 +23,8 @@ def card_groups(cards: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
 def _card(card: dict, labels: tuple[str, str], number: int) -> str:
     sides = []
     for side, label, layer, idx in (
-        ("a", labels[0], card.get("layer_a"), card.get("idx_a")),
-        ("b", labels[1], card.get("layer_b"), card.get("idx_b")),
+        ("a", labels[0], card.get("hook_a"), card.get("idx_a")),
+        ("b", labels[1], card.get("hook_b"), card.get("idx_b")),
     ):
         contexts = card.get(side) or []
         items = "".join(context_html(c) for c in contexts) or '<li class="none note">no activating context</li>'

@@ -10,10 +10,10 @@ ID, TITLE = "saes", "SAE quality"
 
 # ---------------------------------------------------------------- data
 def sae_rows(results: dict) -> list[dict]:
-    """One record per SAE: its settings (label, hook, role, arch, k, width, seed), held-out metrics (l0, fvu,
+    """One record per SAE: its settings (label, hook, role, arch, k, d_sae, seed), held-out metrics (l0, fvu,
     explained_variance, cosine, dead_fraction, dense_fraction) and downstream figures (ce_loss_recovered,
     delta_lm_loss, kl_div); missing ones absent."""
-    keys = ("label", "hook", "arch", "k", "width", "seed")
+    keys = ("label", "hook", "arch", "k", "d_sae", "seed")
     return [
         {
             **(s.get("metrics") or {}),
@@ -36,7 +36,7 @@ COLUMNS = [
     ("role", "role", as_is),
     ("arch", "arch", as_is),
     ("k", "k", fmt_int),
-    ("width", "width", fmt_int),
+    ("d_sae", "d_sae", fmt_int),
     ("seed", "seed", fmt_int),
     ("L0", "l0", _fixed(".1f")),
     ("FVU", "fvu", fmt),

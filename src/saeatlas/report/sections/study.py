@@ -10,7 +10,7 @@ ID, TITLE = "study", "The study"
 
 # ---------------------------------------------------------------- data
 def model_rows(results: dict) -> list[dict]:
-    """One record per model: label, spec, name, d_model, corpus, n_tokens and its hooks (joined)."""
+    """One record per model: label, model, name, d_model, corpus, n_tokens and its hooks (joined)."""
     return [{**m, "hooks": ", ".join(m.get("hooks") or [])} for m in results.get("models") or []]
 
 
@@ -45,8 +45,8 @@ def stage_rows(results: dict) -> list[dict]:
 # ---------------------------------------------------------------- markup
 MODEL_COLUMNS = [
     ("label", "label", as_is),
-    ("spec", "spec", as_is),
-    ("model", "name", as_is),
+    ("model", "model", as_is),
+    ("name", "name", as_is),
     ("d_model", "d_model", fmt_int),
     ("corpus", "corpus", as_is),
     ("tokens", "n_tokens", fmt_int),
