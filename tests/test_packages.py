@@ -60,7 +60,8 @@ def test_a_failing_pip_is_one_line(monkeypatch, capsys):
 def test_models_lists_models_and_corpora_and_refuses_an_unknown_name(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == [*PACKAGED_MODELS, *corpus_names()]
+    assert [line.split()[0] for line in lines[2:]] == [*PACKAGED_MODELS, *corpus_names()]  # under the header
+    assert all(len(line) <= 80 for line in lines) and lines[2].split()[-1] == "yes"
     assert main(["models", "--install", "gpt-5"]) == 2
     assert "no package carries 'gpt-5': use one of gemma-3-270m" in capsys.readouterr().err
 

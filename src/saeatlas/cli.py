@@ -50,12 +50,11 @@ def _extract(args) -> int:
     with token_progress(f"extract {cfg.model}", total=cfg.tokens, enabled=not args.quiet) as advance:
         result = run_extract(cfg, args.out, progress=advance)
     if result.n_tokens_written == 0:
-        print(f"{args.out}: already complete ({result.n_tokens} tokens); nothing to do")
+        _say([f"{args.out}:", f"already complete ({result.n_tokens} tokens);", "nothing to do"])
     else:
-        print(
-            f"{args.out}: wrote {result.n_tokens_written} tokens x {len(cfg.hooks)} hooks in "
-            f"{result.seconds:.1f} s ({result.tokens_per_second:.0f} tokens/s); store holds {result.n_tokens} tokens"
-        )
+        _say([f"{args.out}:", f"wrote {result.n_tokens_written} tokens x {len(cfg.hooks)} hooks",
+              f"in {result.seconds:.1f} s ({result.tokens_per_second:.0f} tokens/s);",
+              f"store holds {result.n_tokens} tokens"])
     return 0
 
 
@@ -111,15 +110,22 @@ def _train(args) -> int:
     with step_progress(label, total=cfg.steps, enabled=not args.quiet) as on_step:
         result = train_to_folder(cfg, data, args.out, on_step=on_step)
     sae = result.config.sae
-    print(f"{args.out}: {sae.arch} SAE, {sae.d_sae} latents on d_in {sae.d_in}; " + _metric_line(result.metrics))
+    _say([f"{args.out}:", f"{sae.arch} SAE,", f"{sae.d_sae} latents on d_in {sae.d_in};", *_metric_phrases(result.metrics)])
     return 0
 
 
-def _metric_line(m: dict) -> str:
-    return (
-        f"L0 {m['l0']:.1f}, FVU {m['fvu']:.3f}, cosine {m['cosine']:.3f}, dead {m['dead_fraction']:.1%}, "
-        f"dense {m['dense_fraction']:.1%} (on {m['n_tokens']} tokens)"
-    )
+def _say(phrases: list[str]) -> None:
+    """Print phrases as one paragraph, wrapped between phrases at the terminal's width (80 in a pipe)."""
+    from rich.console import Console
+
+    from .report.text import say
+
+    say(Console(highlight=False, markup=False, soft_wrap=True), phrases)
+
+
+def _metric_phrases(m: dict) -> list[str]:
+    return [f"L0 {m['l0']:.1f},", f"FVU {m['fvu']:.3f},", f"cosine {m['cosine']:.3f},",
+            f"dead {m['dead_fraction']:.1%},", f"dense {m['dense_fraction']:.1%}", f"(on {m['n_tokens']} tokens)"]
 
 
 def _eval_flags(p) -> dict[str, list[str]]:
@@ -147,17 +153,17 @@ def _eval(args) -> int:
         result = run_eval(cfg, args.sae, data, progress=advance)
     if result.metrics is not None:
         m = result.metrics
-        print(f"{args.sae}: " + _metric_line(m))
+        _say([f"{args.sae}:", *_metric_phrases(m)])
         hist = m["density_histogram"]
         bins = zip(hist["log10_edges"], hist["log10_edges"][1:], hist["counts"], strict=False)
-        print("firing frequency (log10) histogram: " + ", ".join(f"[{lo:g},{hi:g}): {c}" for lo, hi, c in bins if c)
-              + f"; dead: {hist['dead']}")
+        _say(["firing frequency (log10) histogram:", *(f"[{lo:g},{hi:g}): {c}," for lo, hi, c in bins if c),
+              f"dead: {hist['dead']}"])
     if result.downstream is not None:
         d = result.downstream
-        print(f"spliced into {cfg.model} at {result.hook} on {d['corpus']}, {d['n_predictions']} predictions: "
-              f"CE clean {d['ce_clean']:.3f}, with SAE {d['ce_sae']:.3f}, zero-ablated {d['ce_zero_ablation']:.3f}; "
-              f"CE-loss recovered {d['ce_loss_recovered']:.3f}, delta LM loss {d['delta_lm_loss']:.3f}, "
-              f"KL {d['kl_div']:.3f}")
+        _say([f"spliced into {cfg.model} at {result.hook}", f"on {d['corpus']},", f"{d['n_predictions']} predictions:",
+              f"CE clean {d['ce_clean']:.3f},", f"with SAE {d['ce_sae']:.3f},",
+              f"zero-ablated {d['ce_zero_ablation']:.3f};", f"CE-loss recovered {d['ce_loss_recovered']:.3f},",
+              f"delta LM loss {d['delta_lm_loss']:.3f},", f"KL {d['kl_div']:.3f}"])
     return 0
 
 
@@ -194,7 +200,7 @@ def _compare(args) -> int:
         results = job(cfg, progress=advance)
     written = write(results, args.out)
     print_comparison(results)
-    print(f"wrote {len(written)} files to {args.out} ({written[0].name}, {written[1].name}, heatmaps)")
+    _say([f"wrote {len(written)} files to {args.out}", f"({written[0].name}, {written[1].name}, heatmaps)"])
     return 0
 
 
@@ -217,7 +223,7 @@ def _absorption(args) -> int:
     results = run_absorption(AbsorptionConfig(**given(args, AbsorptionConfig)), progress=not args.quiet)
     written = write_absorption(results, args.out)
     print_absorption(results)
-    print(f"wrote {len(written)} files to {args.out} (absorption.json, probes.csv, a CSV and an SVG per SAE)")
+    _say([f"wrote {len(written)} files to {args.out}", "(absorption.json, probes.csv, a CSV and an SVG per SAE)"])
     return 0
 
 

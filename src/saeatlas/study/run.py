@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from ..errors import SaeAtlasError
 from ..fileio import jsonable, write_bytes_atomic, write_json_atomic
@@ -203,13 +202,12 @@ def _toml_value(v) -> str:
 
 def print_status(study: Study, out: str | Path, console: Console | None = None) -> None:
     """`saeatlas status`: each stage, its state and key, one line each."""
-    console = console or Console(highlight=False, soft_wrap=True)
-    table = Table(title=f"study '{study.name}' in {out}", show_edge=False)
-    for column in ("stage", "state", "key"):
-        table.add_column(column)
-    for row in study_status(study, out):
-        table.add_row(row["name"], row["state"], row["key"])
-    console.print(table)
+    from ..report.text import Col, print_table, say
+
+    console = console or Console(highlight=False, markup=False, soft_wrap=True)
+    say(console, [f"study '{study.name}'", f"in {out}:"])
+    rows = [[row["name"], row["state"], row["key"]] for row in study_status(study, out)]
+    print_table([Col("stage"), Col("state"), Col("key")], rows, console=console)
 
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
