@@ -73,3 +73,27 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return jsonable(x.tolist())
     return x
+
+
+def read_json(path: Path, missing: str, fix: str, error: type[Exception] | None = None) -> Any:
+    """The JSON document in `path`.  A missing file raises `error` (default SaeAtlasError) with `missing`; an
+    unreadable one (not UTF-8, not JSON) says so, naming the file, followed by `fix`."""
+    from .errors import SaeAtlasError
+
+    error = error or SaeAtlasError
+    path = Path(path)
+    if not path.is_file():
+        raise error(missing)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise error(f"{path} is not valid JSON ({str(exc).splitlines()[0]}): {fix}") from None
+
+
+def read_json_or_none(path: Path) -> Any | None:
+    """The JSON document in `path`, or None if there is none or it is damaged (for records a rerun rewrites:
+    stage markers, caches)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None

@@ -14,6 +14,7 @@ import numpy as np
 from ..data.store import ActivationStore
 from ..errors import SaeAtlasError
 from ..memory import reuse_freed_memory
+from ..report.format import fmt
 from ..sae.formats import sae_folder
 from .align import align_stores, tokenizer_for_store
 from .codes import top_positions
@@ -88,7 +89,7 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
                 hook_a,
                 hook_b,
                 entry["sae"]["n_pairs"],
-                _fmt(entry["sae"]["decoder"].get("svcca", {}).get("observed")),
+                fmt(entry["sae"]["decoder"].get("svcca", {}).get("observed"), missing="nan"),
             )
             pairs.append(entry)
     skyline = []
@@ -226,6 +227,3 @@ def _store_facts(store: ActivationStore) -> dict:
         "n_tokens": store.n_tokens,
     }
 
-
-def _fmt(x) -> str:
-    return "nan" if x is None or not math.isfinite(x) else f"{x:.3f}"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import StoreError
-from ..fileio import sha256_file
+from ..fileio import read_json, sha256_file
 from .tokens import EXCLUDED_BY_DEFAULT
 
 MANIFEST = "manifest.json"
@@ -79,12 +79,8 @@ def from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
 def read_manifest(path: Path) -> dict:
     """The manifest of the store at `path`; StoreError if there is none or it is unreadable."""
     file = Path(path) / MANIFEST
-    if not file.is_file():
-        raise StoreError(f"'{path}' is not an activation store (no {MANIFEST}): run `saeatlas extract` first")
-    try:
-        manifest = json.loads(file.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{file} is corrupt ({exc}): delete the store and extract again") from None
+    manifest = read_json(file, f"'{path}' is not an activation store (no {MANIFEST}): run `saeatlas extract` first",
+                         "delete the store and extract again", StoreError)
     if manifest.get("format") != FORMAT:
         raise StoreError(f"{file} is not a saeatlas activation store manifest")
     if manifest.get("version") != FORMAT_VERSION:

@@ -9,7 +9,6 @@ take seconds and a damaged cache is noticed and rebuilt.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HubUnavailableError, SaeAtlasError, UnknownModelError
-from ..fileio import cache_dir, sha256_file, write_json_atomic
+from ..fileio import cache_dir, read_json_or_none, sha256_file, write_json_atomic
 from .architectures import architecture_for
 from .handle import ModelHandle
 from .registry import PACKAGED_MODELS, PackagedModel, packaged_model
@@ -170,14 +169,8 @@ def _cached_conversion(key: str, source_sha: str, locate_gguf) -> Path:
 
 
 def _cache_is_valid(folder: Path, source_sha: str) -> bool:
-    marker = folder / CACHE_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        record = json.loads(marker.read_text())
-    except ValueError:
-        return False
-    if record.get("source_sha256") != source_sha:
+    record = read_json_or_none(folder / CACHE_MARKER)
+    if not isinstance(record, dict) or record.get("source_sha256") != source_sha:
         return False
     return all((folder / n).is_file() and sha256_file(folder / n) == h for n, h in record["files"].items())
 

@@ -13,13 +13,12 @@ are stable (the tests look for them): #glance, #study, #saes, #heatmaps, #correl
 from __future__ import annotations
 
 import functools
-import json
 from importlib.resources import files
 from pathlib import Path
 
 from .. import __version__
 from ..errors import SaeAtlasError
-from ..fileio import write_bytes_atomic
+from ..fileio import read_json, write_bytes_atomic
 from .format import fmt, short_hooks  # noqa: F401  (short_hooks: public here as before; it lives in format.py)
 from .markup import e
 from .sections import MODULES
@@ -64,12 +63,8 @@ def write_report(out_dir: str | Path) -> Path:
     """Read OUT_DIR/results.json and write OUT_DIR/report.html (atomically); returns the report's path."""
     out_dir = Path(out_dir)
     source = out_dir / "results.json"
-    if not source.is_file():
-        raise SaeAtlasError(f"no results.json in '{out_dir}': run `saeatlas run` to make the study first")
-    try:
-        results = json.loads(source.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SaeAtlasError(f"{source} is not valid JSON ({exc}): run `saeatlas run` again to rewrite it") from None
+    results = read_json(source, f"no results.json in '{out_dir}': run `saeatlas run` to make the study first",
+                        "run `saeatlas run` again to rewrite it")
     if results.get("kind") != "study":
         raise SaeAtlasError(
             f"{source} holds '{results.get('kind')}' results, not a study's: give the output folder of `saeatlas run`"

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil
@@ -21,7 +20,7 @@ import torch
 
 from ..config import pick
 from ..errors import SaeAtlasError
-from ..fileio import write_json_atomic
+from ..fileio import read_json, write_json_atomic
 from ..models.hooks import canonical_hook, hook_spellings, transformer_lens_name
 from .config import SAEConfig
 from .model import SparseAutoencoder
@@ -126,12 +125,8 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise SaeAtlasError(f"{path} is missing: an SAE folder needs its config next to the weights")
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SaeAtlasError(f"{path} is not valid JSON ({exc})") from None
+    return read_json(path, f"{path} is missing: an SAE folder needs its config next to the weights",
+                     "fix or replace the SAE's config")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

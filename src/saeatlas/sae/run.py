@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import SaeAtlasError
-from ..fileio import write_json_atomic
+from ..fileio import read_json_or_none, write_json_atomic
 from .config import EvalConfig, TrainConfig
 from .data_source import StoreSource, TensorSource, load_matrix
 from .formats import load_sae, read_metadata, save_saelens
@@ -120,9 +120,8 @@ def _checkpoint_folder(folder: Path, cfg: TrainConfig, source) -> Path:
     settings = {"sae": cfg.sae.to_dict(), "train": cfg.optimisation(), "source": source.name}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     if folder.exists():
-        record = folder / "settings.json"
-        previous = json.loads(record.read_text()) if record.is_file() else {}
-        if previous.get("sha256") != digest:
+        previous = read_json_or_none(folder / "settings.json")
+        if not isinstance(previous, dict) or previous.get("sha256") != digest:
             raise SaeAtlasError(f"'{folder}' holds an unfinished run with other settings: delete it or train "
                                 "into another folder")
     else:

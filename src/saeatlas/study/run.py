@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import SaeAtlasError
-from ..fileio import jsonable, write_bytes_atomic, write_json_atomic
+from ..fileio import jsonable, read_json, write_bytes_atomic, write_json_atomic
 from .config import Study
 from .plan import plan
 from .stages import Stage, run_stage
@@ -24,7 +24,8 @@ RESULTS_VERSION = 2
 
 
 def _read_json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A stage's results document, or None when the stage was not part of the study."""
+    return read_json(path, "", "rerun the study to make it again") if path.is_file() else None
 
 
 def _model_facts(study: Study, stages: list[Stage]) -> list[dict]:
@@ -215,6 +216,6 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     from ..report.text import print_study_summary, say
 
     console = console or Console(highlight=False, markup=False, soft_wrap=True)
-    results = json.loads(Path(summary["results"]).read_text())
+    results = read_json(summary["results"], f"{summary['results']} is missing", "rerun the study")
     print_study_summary(summary["stages"], results, console)
     say(console, [f"total {summary['seconds']:.1f} s;", f"results {summary['results']};", f"report {summary['report']}"])

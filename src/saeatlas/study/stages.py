@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from ..fileio import jsonable, write_json_atomic
+from ..fileio import jsonable, read_json_or_none, write_json_atomic
 
 log = logging.getLogger("saeatlas.study")
 State = Literal["done", "stale", "partial", "missing"]
@@ -112,10 +112,8 @@ class Stage:
 
 
 def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    record = read_json_or_none(path)
+    return record if isinstance(record, dict) else None
 
 
 def _clear(stage: Stage) -> None:
