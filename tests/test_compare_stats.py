@@ -70,8 +70,8 @@ def test_both_cka_null_paths_equal_naive(path):
 @pytest.mark.parametrize("measure, path", [("rsa", None), ("linear_cka", "gram")])
 def test_large_gram_nulls_equal_naive_with_and_without_the_native_kernel(measure, path, native, monkeypatch):
     """From NATIVE_MIN_POINTS points on the RSA / CKA nulls run in the compiled kernel (float32 matrices)."""
+    from saeatlas import native as native_module
     from saeatlas.compare import stats
-    from saeatlas.sae import native as native_module
 
     monkeypatch.setenv("SAEATLAS_NATIVE", native)
     native_module.library.cache_clear()

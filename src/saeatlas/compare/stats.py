@@ -104,7 +104,7 @@ def _gram_null(A: np.ndarray, B: np.ndarray, M: int, seed: int) -> np.ndarray:
     float32 copies (2 x 16 MB at n = 2000, which stay in the CPU's cache; about 1e-7 relative off float64).
     Below that the float64 path runs: it is cheap there, and it keeps the exact ties that permutations
     among repeated rows produce in small sets (e.g. a concept's few pairs)."""
-    from ..sae import native
+    from .. import native
 
     n = len(A)
     if n >= NATIVE_MIN_POINTS and native.library() is not None:
