@@ -108,8 +108,9 @@ def _gram_null(A: np.ndarray, B: np.ndarray, M: int, seed: int) -> np.ndarray:
 
     n = len(A)
     if n >= NATIVE_MIN_POINTS and native.library() is not None:
-        A32, B32 = A.astype(np.float32), B.astype(np.float32)
-        return np.concatenate([native.permuted_gram_dots(A32, B32, P) for P in permutations(n, M, seed, 64)])
+        A32, B32 = np.ascontiguousarray(A, dtype=np.float32), np.ascontiguousarray(B, dtype=np.float32)
+        nulls = [native.permuted_gram_dots(A32, B32, P.astype(np.int32)) for P in permutations(n, M, seed, 64)]
+        return np.concatenate(nulls)
     blocks = _UpperBlocks(A)
     return np.array([_permuted_gram_dot(blocks, B, p) for P in permutations(n, M, seed, 64) for p in P])
 
