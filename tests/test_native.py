@@ -1,13 +1,18 @@
-"""The native kernels' ctypes wrappers refuse arguments that would make C read the wrong memory."""
+"""Native kernels: the ctypes wrappers refuse arguments that would make C read the wrong memory, and the
+compiled library is cached under a key that includes the CPU's instruction set."""
 
 from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from saeatlas import native
-from saeatlas.native import wrappers
+from saeatlas.native import loader, wrappers
 
 
 def _codes(m=12, n=4, n_latents=5, d=3):
@@ -218,3 +223,70 @@ def test_wrappers_agree_with_torch_and_numpy():
     Pm = np.stack([np.random.default_rng(i).permutation(6) for i in range(3)]).astype(np.int32)
     expected = [float((A.astype(np.float64) * Bm[np.ix_(p, p)]).sum()) for p in Pm]
     np.testing.assert_allclose(native.permuted_gram_dots(A, Bm, Pm), expected, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- the library's cache key
+def _fake_compiler(monkeypatch, isa: str, version: str = "cc (test) 12.2.0") -> None:
+    monkeypatch.setattr(loader, "_compiler_identity", lambda cc: version)
+    monkeypatch.setattr(loader, "isa_description", lambda cc: isa)
+
+
+def test_library_key_changes_with_the_instruction_set(monkeypatch):
+    _fake_compiler(monkeypatch, "macros: __AVX2__ __FMA__ __znver3__")
+    avx2 = loader.library_key("cc")
+    assert loader.library_key("cc") == avx2 and len(avx2) == 16
+    _fake_compiler(monkeypatch, "macros: __AVX2__ __AVX512F__ __FMA__ __znver4__")
+    assert loader.library_key("cc") != avx2
+    _fake_compiler(monkeypatch, "macros: __AVX2__ __FMA__ __znver3__", version="cc (test) 13.1.0")
+    assert loader.library_key("cc") != avx2
+    _fake_compiler(monkeypatch, "macros: __AVX2__ __FMA__ __znver3__")
+    assert loader.library_key("cc") == avx2
+
+
+def test_isa_description_is_what_march_native_adds(monkeypatch):
+    """The macros -march=native adds or changes, sorted; those it removes or leaves alone are not listed."""
+    default = ["#define __SSE2__ 1", "#define __k8 1", "#define __BIGGEST_ALIGNMENT__ 16", "#define __STDC__ 1"]
+    native_ = ["#define __SSE2__ 1", "#define __BIGGEST_ALIGNMENT__ 64", "#define __STDC__ 1"]
+    native_ += ["#define __AVX2__ 1", "#define __AMX_BF16__ 1", "#define __znver4__ 1"]
+    outputs = {False: "\n".join(default), True: "\n".join(native_)}
+    monkeypatch.setattr(loader, "_run", lambda args: outputs["-march=native" in args])
+    loader.isa_description.cache_clear()
+    try:
+        assert loader.isa_description("cc") == "macros: __AMX_BF16__ __AVX2__ __BIGGEST_ALIGNMENT__=64 __znver4__"
+        monkeypatch.setattr(loader, "_run", lambda args: None)  # a compiler that cannot list its macros
+        assert loader.isa_description("cc") == "macros: __AMX_BF16__ __AVX2__ __BIGGEST_ALIGNMENT__=64 __znver4__"
+        loader.isa_description.cache_clear()
+        assert loader.isa_description("cc").startswith(("cpuinfo: ", "processor: "))
+    finally:
+        loader.isa_description.cache_clear()
+
+
+def test_the_same_machine_gets_the_same_key():
+    cc = shutil.which("cc")
+    if cc is None or not loader._compiler_identity(cc):
+        pytest.skip("no C compiler")
+    loader.isa_description.cache_clear()
+    try:
+        first, key = loader.isa_description(cc), loader.library_key(cc)
+        loader.isa_description.cache_clear()  # asked again, not just cached
+        assert loader.isa_description(cc) == first and loader.library_key(cc) == key
+    finally:
+        loader.isa_description.cache_clear()
+    assert first.startswith("macros: ")
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() == "x86_64" and cpuinfo.is_file() and " avx2 " in cpuinfo.read_text():
+        assert "__AVX2__" in first.split()
+
+
+def test_each_instruction_set_gets_its_own_library(tmp_path, monkeypatch):
+    cc = shutil.which("cc")
+    if cc is None or not loader._compiler_identity(cc):
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("SAEATLAS_CACHE", str(tmp_path))
+    monkeypatch.setattr(loader, "isa_description", lambda cc: "macros: __AVX2__")
+    avx2 = loader._build(cc)
+    assert avx2 == tmp_path / "native" / f"saeatlas-kernels-{loader.library_key(cc)}.so" and avx2.is_file()
+    monkeypatch.setattr(loader, "isa_description", lambda cc: "macros: __AVX2__ __AVX512F__")
+    avx512 = loader._build(cc)
+    assert avx512 != avx2 and avx512.is_file()
+    assert sorted(p.name for p in (tmp_path / "native").iterdir()) == sorted([avx2.name, avx512.name])
