@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import scipy.stats
 
 from ..errors import SaeAtlasError
 from .similarity import (
@@ -306,17 +307,11 @@ def summarize(observed: float, null) -> dict:
 
 def benjamini_hochberg(p_values) -> np.ndarray:
     """q-values of p-values (any shape; the same shape back): Benjamini & Hochberg 1995 step-up,
-    q_(i) = min over j >= i of m p_(j) / j, capped at 1."""
+    q_(i) = min over j >= i of m p_(j) / j, capped at 1 (scipy.stats.false_discovery_control)."""
     p = np.asarray(p_values, dtype=np.float64)
-    flat = p.ravel()
-    if not (np.isfinite(flat).all() and ((flat >= 0) & (flat <= 1)).all()):
+    if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
         raise SaeAtlasError("p-values must be finite numbers in [0, 1]; drop the NaN cells before correcting")
-    order = np.argsort(flat, kind="stable")
-    m = flat.size
-    scaled = flat[order] * m / np.arange(1, m + 1)
-    q = np.empty(m)
-    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    return q.reshape(p.shape)
+    return np.array(scipy.stats.false_discovery_control(p.ravel(), method="bh"), dtype=np.float64).reshape(p.shape)
 
 
 def bootstrap_counts(n_groups: int, n_boot: int, seed: int) -> np.ndarray:
