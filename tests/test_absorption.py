@@ -111,6 +111,44 @@ def test_probes_separate_planted_classes_and_scores_match_sklearn():
     assert np.isclose(np.linalg.norm(probes.direction(2)), 1.0)
 
 
+def _scores_by_hand(predicted: np.ndarray, actual: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall and F1 = 2pr / (p + r) from the counts, 0 where a denominator is 0 (the formulas
+    classification_scores used before it called scikit-learn)."""
+    tp = (predicted & actual).sum(0).astype(np.float64)
+    fp, fn = (predicted & ~actual).sum(0), (~predicted & actual).sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_classification_scores_equal_the_counts_formulas(seed):
+    """Random labels with a class lacking positives, one lacking predictions and one lacking both: precision
+    and recall equal the count formulas exactly, F1 to the last bit (scikit-learn divides 2 tp by
+    2 tp + fp + fn in one step, the formula above goes through p and r)."""
+    rng = np.random.default_rng(seed)
+    n, n_classes = int(rng.integers(20, 400)), 8
+    actual = rng.random((n, n_classes)) < rng.uniform(0.05, 0.6, n_classes)
+    predicted = rng.random((n, n_classes)) < rng.uniform(0.05, 0.6, n_classes)
+    actual[:, 0] = False  # no positives
+    predicted[:, 1] = False  # no predictions
+    actual[:, 2] = predicted[:, 2] = False  # neither
+    scores, expected = classification_scores(predicted, actual), _scores_by_hand(predicted, actual)
+    np.testing.assert_array_equal(scores["precision"], expected["precision"])
+    np.testing.assert_array_equal(scores["recall"], expected["recall"])
+    np.testing.assert_allclose(scores["f1"], expected["f1"], rtol=1e-15, atol=0)
+    with np.errstate(invalid="ignore"):
+        exact = np.nan_to_num(2 * expected["tp"] / (2 * expected["tp"] + expected["fp"] + expected["fn"]))
+    np.testing.assert_array_equal(scores["f1"], exact)
+    assert (scores["f1"][:3] == 0).all() and (scores["precision"][[1, 2]] == 0).all()
+    np.testing.assert_array_equal(scores["true_positives"], expected["tp"].astype(np.int64))
+    np.testing.assert_array_equal(scores["positives"], actual.sum(0))
+    one = classification_scores(predicted[:, 3:4], actual[:, 3:4])  # a single class, as toy.py asks
+    assert {k: v.tolist() for k, v in one.items()} == {k: v[3:4].tolist() for k, v in scores.items()}
+
+
 # ------------------------------------------------------------------ splitting
 def _split_codes(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """Latent 0 fires on all positives of class 0 (one latent); class 1 is split over latents 1 and 2."""

@@ -70,8 +70,8 @@ def test_both_cka_null_paths_equal_naive(path):
 @pytest.mark.parametrize("measure, path", [("rsa", None), ("linear_cka", "gram")])
 def test_large_gram_nulls_equal_naive_with_and_without_the_native_kernel(measure, path, native, monkeypatch):
     """From NATIVE_MIN_POINTS points on the RSA / CKA nulls run in the compiled kernel (float32 matrices)."""
+    from saeatlas import native as native_module
     from saeatlas.compare import stats
-    from saeatlas.sae import native as native_module
 
     monkeypatch.setenv("SAEATLAS_NATIVE", native)
     native_module.library.cache_clear()
@@ -181,6 +181,44 @@ def test_benjamini_hochberg_ties_and_bounds():
         benjamini_hochberg([0.1, np.nan])
     with pytest.raises(SaeAtlasError, match="in \\[0, 1\\]"):
         benjamini_hochberg([0.1, 1.5])
+
+
+def _benjamini_hochberg_by_hand(p: np.ndarray) -> np.ndarray:
+    """The step-up q-values written out (saeatlas' own implementation before it called SciPy)."""
+    flat = np.asarray(p, dtype=np.float64).ravel()
+    order = np.argsort(flat, kind="stable")
+    m = flat.size
+    scaled = flat[order] * m / np.arange(1, m + 1)
+    q = np.empty(m)
+    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q.reshape(np.shape(p))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_benjamini_hochberg_equals_the_step_up_by_hand(seed):
+    """Random p-values with ties and ones: the same q-values as the formula written out, up to the last bit
+    (SciPy scales p by m / i, the formula by m then / i)."""
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(2, 300))
+    p = rng.uniform(size=m) ** rng.uniform(0.5, 4)
+    p[rng.random(m) < 0.2] = 1.0
+    p[: m // 3] = np.round(p[: m // 3], 2)  # ties
+    q = benjamini_hochberg(p)
+    np.testing.assert_allclose(q, _benjamini_hochberg_by_hand(p), rtol=1e-15, atol=0)
+    assert (q[p == 1.0] == 1.0).all()
+    for value in np.unique(p):
+        assert len(np.unique(q[p == value])) == 1  # tied p-values share their q-value
+    grid = p[: (m // 6) * 6].reshape(2, 3, -1)
+    np.testing.assert_array_equal(benjamini_hochberg(grid), benjamini_hochberg(grid.ravel()).reshape(grid.shape))
+
+
+@pytest.mark.parametrize("p", [[0.0], [0.37], [1.0], [], [0.2, 0.2], [1.0, 1.0, 1.0], [0.05, 1.0]])
+def test_benjamini_hochberg_small_cases_equal_the_step_up_by_hand(p):
+    p = np.array(p, dtype=np.float64)
+    q = benjamini_hochberg(p)
+    assert q.shape == p.shape and q.dtype == np.float64
+    np.testing.assert_array_equal(q, _benjamini_hochberg_by_hand(p))
+    assert not np.shares_memory(q, p)
 
 
 # ---------------------------------------------------------------- bootstrap

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saeatlas.sae import SAEConfig, SparseAutoencoder, TrainConfig, native
+from saeatlas import native
+from saeatlas.sae import SAEConfig, SparseAutoencoder, TrainConfig
 from saeatlas.sae.activations import batch_topk, topk
 from saeatlas.sae.sparse import SparseCodes, decode_sparse, fast_topk
 from saeatlas.sae.trainer import aux_k_loss, sparse_losses

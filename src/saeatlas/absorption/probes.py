@@ -1,6 +1,6 @@
 """Linear probes: one-vs-rest logistic regressions trained together, and their scores.
 
-The recipe of the absorption paper (spec: absorption.md): BCE with pos_weight = #neg / #pos per class, Adam,
+The recipe of "A is for Absorption" (Chanin et al. 2024, arXiv:2409.14507): BCE with pos_weight = #neg / #pos per class, Adam,
 lr 1e-2 decaying exponentially to 1e-5 over 50 epochs, weight decay 1e-4; an optional L1 penalty on the
 weights (the sparse probe that ranks SAE latents).  Positive = score > 0.
 """
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.metrics import precision_recall_fscore_support
 
 from ..memory import one_torch_thread
 
@@ -94,15 +95,18 @@ def _train_probes(x: np.ndarray, targets: np.ndarray, recipe: ProbeRecipe) -> Pr
 
 
 def classification_scores(predicted: np.ndarray, actual: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-class precision, recall, F1 and counts of two [n, n_classes] bool arrays."""
+    """Per-class precision, recall, F1 and counts of two [n, n_classes] bool arrays; a score whose
+    denominator is 0 (no predictions, no positives) is 0, as in `splitting.py`'s f1_score."""
     predicted, actual = np.asarray(predicted, bool), np.asarray(actual, bool)
-    tp = (predicted & actual).sum(0).astype(np.float64)
-    fp = (predicted & ~actual).sum(0)
-    fn = (~predicted & actual).sum(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    per_class = [
+        precision_recall_fscore_support(
+            actual[:, c], predicted[:, c], average="binary", pos_label=True, zero_division=0.0
+        )[:3]
+        for c in range(actual.shape[1])
+    ]
+    scores = np.array(per_class, dtype=np.float64).reshape(-1, 3)  # [n_classes, (precision, recall, f1)]
+    precision, recall, f1 = (scores[:, i].copy() for i in range(3))
+    tp = (predicted & actual).sum(0)
     return {
         "precision": precision,
         "recall": recall,

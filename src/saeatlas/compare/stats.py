@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import scipy.stats
 
 from ..errors import SaeAtlasError
 from .similarity import (
@@ -104,12 +105,13 @@ def _gram_null(A: np.ndarray, B: np.ndarray, M: int, seed: int) -> np.ndarray:
     float32 copies (2 x 16 MB at n = 2000, which stay in the CPU's cache; about 1e-7 relative off float64).
     Below that the float64 path runs: it is cheap there, and it keeps the exact ties that permutations
     among repeated rows produce in small sets (e.g. a concept's few pairs)."""
-    from ..sae import native
+    from .. import native
 
     n = len(A)
     if n >= NATIVE_MIN_POINTS and native.library() is not None:
-        A32, B32 = A.astype(np.float32), B.astype(np.float32)
-        return np.concatenate([native.permuted_gram_dots(A32, B32, P) for P in permutations(n, M, seed, 64)])
+        A32, B32 = np.ascontiguousarray(A, dtype=np.float32), np.ascontiguousarray(B, dtype=np.float32)
+        nulls = [native.permuted_gram_dots(A32, B32, P.astype(np.int32)) for P in permutations(n, M, seed, 64)]
+        return np.concatenate(nulls)
     blocks = _UpperBlocks(A)
     return np.array([_permuted_gram_dot(blocks, B, p) for P in permutations(n, M, seed, 64) for p in P])
 
@@ -305,17 +307,11 @@ def summarize(observed: float, null) -> dict:
 
 def benjamini_hochberg(p_values) -> np.ndarray:
     """q-values of p-values (any shape; the same shape back): Benjamini & Hochberg 1995 step-up,
-    q_(i) = min over j >= i of m p_(j) / j, capped at 1."""
+    q_(i) = min over j >= i of m p_(j) / j, capped at 1 (scipy.stats.false_discovery_control)."""
     p = np.asarray(p_values, dtype=np.float64)
-    flat = p.ravel()
-    if not (np.isfinite(flat).all() and ((flat >= 0) & (flat <= 1)).all()):
+    if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
         raise SaeAtlasError("p-values must be finite numbers in [0, 1]; drop the NaN cells before correcting")
-    order = np.argsort(flat, kind="stable")
-    m = flat.size
-    scaled = flat[order] * m / np.arange(1, m + 1)
-    q = np.empty(m)
-    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    return q.reshape(p.shape)
+    return np.array(scipy.stats.false_discovery_control(p.ravel(), method="bh"), dtype=np.float64).reshape(p.shape)
 
 
 def bootstrap_counts(n_groups: int, n_boot: int, seed: int) -> np.ndarray:

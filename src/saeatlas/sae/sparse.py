@@ -5,7 +5,7 @@ matmul is sparse: the decoder is an `embedding_bag` over the k decoder rows,
 and the encoder's backward only needs the k selected pre-activations per token
 (a sparse-dense product instead of a second dense matmul).  The one dense
 operation left is the encoder matmul, done in bfloat16 when asked.  The top-k
-and the sparse products of the backward run in compiled kernels (`native.py`)
+and the sparse products of the backward run in compiled kernels (`saeatlas.native`)
 where a C compiler is at hand, and in torch operators otherwise.
 
 Codes are kept as `SparseCodes`: for each token (row) its latent indices and
@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import native
+from .. import native
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 

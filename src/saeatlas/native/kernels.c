@@ -1,4 +1,4 @@
-/* Native loops of sparse SAE training and of permutation nulls (loaded by native.py through ctypes).
+/* Native loops of sparse SAE training and of permutation nulls (loaded by loader.py, called through wrappers.py).
  *
  * Plain C11 + OpenMP, compiled on the user's machine with -O3 -march=native.
  * Every output element is written by one thread and every sum runs in a fixed
