@@ -229,7 +229,7 @@ def test_group_sums_rejects_bad_groups_and_pairs():
 @pytest.mark.parametrize("arch", ["topk", "relu"])  # topk: straight to CSR via the top-k kernel; relu: dense chunks
 def test_encode_sparse_keeps_exactly_the_nonzeros_of_encode(arch):
     torch.manual_seed(0)
-    sae = SparseAutoencoder(SAEConfig(arch, d_in=12, d_sae=40, k=5), torch.Generator().manual_seed(0)).eval()
+    sae = SparseAutoencoder(SAEConfig(arch=arch, d_in=12, d_sae=40, k=5), torch.Generator().manual_seed(0)).eval()
     x = torch.randn(70, 12)
     codes = encode_sparse(sae, x.split(16))
     assert isinstance(codes, sp.csr_array) and codes.dtype == np.float32 and codes.shape == (70, 40)

@@ -142,15 +142,16 @@ def train_toy_sae(
     best, best_loss = None, float("inf")
     for r in range(restarts):
         train = TrainConfig(
+            sae=cfg,
             steps=steps,
             batch_size=batch_size,
             lr=lr,
             warmup_steps=50,
             checkpoint_every=0,
             seed=1000 * seed + r,
-            dtype="float32",
+            compute_dtype="float32",
         )
-        sae, _ = train_sae(cfg, source, train)
+        sae, _ = train_sae(train, source)
         loss = relu_objective(sae, source.x)
         if loss < best_loss:
             best, best_loss = sae, loss

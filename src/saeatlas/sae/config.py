@@ -67,7 +67,7 @@ class SAEConfig(Config):
               "target_l0", self.target_l0, "use a positive L0, or leave it unset (then k)")
         check_float(self, "l0_coefficient", 0)
         check_float(self, "jump_bandwidth", 0, low_open=True)
-        check_int(self, "gba_groups", 1, self.d_sae if isinstance(self.d_sae, int) else None)
+        check_int(self, "gba_groups", 1, 1 << 16)
         check_float(self, "gba_freq_high", 0, 1, low_open=True, high_open=True)
         check_float(self, "gba_freq_low", 0, self.gba_freq_high, low_open=True,
                     allowed=f"use a frequency in (0, gba_freq_high = {self.gba_freq_high}]")

@@ -53,10 +53,11 @@ def recovery_run(
     from .trainer import train_sae
 
     x, features = planted_features(n_samples, n_features=512, d=64, active=5, noise=0.01, seed=data_seed)
-    cfg = SAEConfig(arch=arch, d_in=x.shape[1], d_sae=1024, k=5, **RECOVERY_SPARSITY.get(arch, {}))
+    cfg = SAEConfig(arch=arch, d_sae=1024, k=5, **RECOVERY_SPARSITY.get(arch, {}))
     steps = steps or RECOVERY_STEPS.get(arch, 1500)
-    train = TrainConfig(steps=steps, batch_size=512, lr=2e-3, warmup_steps=50, checkpoint_every=0, seed=seed)
-    sae, _ = train_sae(cfg, TensorSource(x), train)
+    train = TrainConfig(sae=cfg, steps=steps, batch_size=512, lr=2e-3, warmup_steps=50, checkpoint_every=0,
+                        seed=seed)
+    sae, _ = train_sae(train, TensorSource(x))
     cosines = best_cosines(sae.W_dec.detach(), features)
     metrics = evaluate(sae, [x[i : i + 4096] for i in range(0, min(len(x), 16384), 4096)])
     return {
