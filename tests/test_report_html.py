@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from report_fixture import HOOKS_A, HOOKS_B, TRICKY, _compare_cfg, build_study_results
-from test_compare_align import tiny_other  # noqa: F401  (fixture)
 
 from saeatlas.cli import main
 from saeatlas.compare.run import compare_grid
@@ -26,7 +25,7 @@ from saeatlas.sae import SAEConfig, SparseAutoencoder, load_sae
 
 
 @pytest.fixture(scope="module")
-def built(tiny_llama, tiny_other, tmp_path_factory):  # noqa: F811
+def built(tiny_llama, tiny_other, tmp_path_factory):
     root = tmp_path_factory.mktemp("report-study")
     return root, build_study_results(root, tiny_llama, tiny_other)
 
@@ -68,7 +67,7 @@ def test_heatmaps_show_every_measure_with_significance_and_z(study, page):
     compare = study["compare"]
     first = compare["pairs"][0]["sae"]
     for space in ("decoder", "activations"):
-        for measure, score in first[space].items():
+        for measure in first[space]:
             for stat in ("value", "z"):
                 assert len(re.findall(f'data-measure="{measure}" data-space="{space}" data-stat="{stat}"', s)) == 1
     assert s.count('<figure class="heatmap"') == 2 * (len(first["decoder"]) + len(first["activations"])) + 2

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TEXTS
 
 from saeatlas.cli import main
 from saeatlas.config import ExtractConfig
@@ -26,18 +27,18 @@ HOOKS = ["resid_pre.1", "resid_post.2"]
 
 
 def _cfg(model: Path, corpus: Path, **kw) -> ExtractConfig:
-    settings = dict(
-        model=str(model),
-        hooks=HOOKS,
-        corpus=str(corpus),
-        tokens=600,
-        split="all",
-        context=32,
-        batch_size=4,
-        shard_windows=5,
-        dtype="float32",
-        model_dtype="float32",
-    )
+    settings = {
+        "model": str(model),
+        "hooks": HOOKS,
+        "corpus": str(corpus),
+        "tokens": 600,
+        "split": "all",
+        "context": 32,
+        "batch_size": 4,
+        "shard_windows": 5,
+        "dtype": "float32",
+        "model_dtype": "float32",
+    }
     settings.update(kw)
     return ExtractConfig(**settings)
 
@@ -292,8 +293,6 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 def test_killed_extract_resumes_to_a_byte_identical_store(tiny_gemma, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
-    from conftest import TEXTS
-
     corpus.write_text(
         "".join(json.dumps({"text": " ".join(TEXTS[i % 5 :] + TEXTS[: i % 5])}) + "\n" for i in range(20))
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_compare_align import tiny_other  # noqa: F401  (fixture)
+from helpers import TEXTS
 
 from saeatlas.cli import main
 from saeatlas.study.config import StudyError, default_study_text, load_study, parse_study
@@ -113,8 +113,6 @@ def test_an_interrupted_stage_resumes_and_a_stale_product_is_deleted(tmp_path):
 # ---------------------------------------------------------------- a whole study on tiny models
 @pytest.fixture(scope="module")
 def study_corpus(tmp_path_factory) -> Path:
-    from conftest import TEXTS
-
     folder = tmp_path_factory.mktemp("study-corpus")
     for i in range(40):
         (folder / f"doc{i:02d}.txt").write_text(" ".join(TEXTS[(i + j) % len(TEXTS)] for j in range(2 + i % 5)))
