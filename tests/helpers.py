@@ -7,7 +7,12 @@ here on a few sentences and the model weights are random (seeded).
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from pathlib import Path
+
+import pytest
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. A second sentence follows here.",
@@ -115,3 +120,23 @@ def build_tiny_other_model(folder: Path) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------- kill -9 at a known step
+STOP_AFTER = Path(__file__).with_name("stop_after.py")
+"""Runner for the kill -9 tests: runs the saeatlas CLI and SIGSTOPs itself after the N-th shard or checkpoint."""
+
+
+def stop_after_command(unit: str, n: int, cli_args: list[str]) -> list[str]:
+    """The command that runs `saeatlas CLI_ARGS...` and stops itself right after the `n`-th `unit`."""
+    return [sys.executable, str(STOP_AFTER), unit, str(n), "--", *cli_args]
+
+
+def kill_when_stopped(proc) -> None:
+    """Wait until `proc` (a Popen of `stop_after_command`) has stopped itself, then kill -9 it and reap it."""
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    if not os.WIFSTOPPED(status):  # it ended instead: reaped here, so tell Popen its status
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        pytest.fail(f"the child ended (status {proc.returncode}) before the step it should stop at", pytrace=False)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
