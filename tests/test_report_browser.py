@@ -22,6 +22,8 @@ from report_fixture import build_study_results
 
 from saeatlas.report.html import SECTIONS, write_report
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = os.environ.get("SAEATLAS_CHROMIUM", "/usr/bin/chromium")
 VIEWPORT = {"width": 1360, "height": 900}
 

@@ -23,6 +23,10 @@ from saeatlas.report.contexts import top_contexts
 from saeatlas.report.html import SECTIONS, _token_html, render_report, write_report
 from saeatlas.sae import SAEConfig, SparseAutoencoder, load_sae
 
+# Every test here reads the module fixture `built`: a whole tiny study (two stores, seven SAEs, compare, concepts,
+# absorption), 9-18 s on this 2-core machine.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def built(tiny_llama, tiny_other, tmp_path_factory):

@@ -297,6 +297,7 @@ def test_saelens_options_as_sae_lens_computes_them(tmp_path):
     assert torch.allclose(load_sae(tmp_path / "c").encode(x), pre.relu() * (pre > thr), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_cli_train_resumes_to_identical_sae(tmp_path):
     """kill -9 during `saeatlas train`, rerun the same command: the SAE folder is byte-identical."""
     import os

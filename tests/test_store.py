@@ -287,6 +287,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_killed_extract_resumes_to_a_byte_identical_store(tiny_gemma, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(

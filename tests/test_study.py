@@ -164,6 +164,7 @@ def _states(summary: dict) -> dict[str, str]:
     return {t["name"]: t["state"] for t in summary["stages"]}
 
 
+@pytest.mark.slow
 def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_change_touches(
     tiny_llama, tiny_other, study_corpus, tmp_path, monkeypatch, capsys
 ):
