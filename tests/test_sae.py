@@ -72,7 +72,7 @@ def test_saelens_round_trip_encodes_identically(arch, tmp_path):
     from safetensors import safe_open
 
     with safe_open(tmp_path / "sae/sae_weights.safetensors", "pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (a safetensors handle, not a dict)
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (safe_open, not a dict)
     expected = {"W_enc": (16, 48), "W_dec": (48, 16), "b_enc": (48,), "b_dec": (16,)}
     if arch in ("jumprelu", "batchtopk", "gba"):
         expected["threshold"] = (48,)
