@@ -42,8 +42,8 @@ test: $(STAMP) $(SL_STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # The quick loop: leaves out the slow tests and those needing Chromium, .venv-saelens or the real models.
-# One OpenMP / BLAS thread: the tiny models gain nothing from a second one, and while another job used
-# both cores torch's two spinning threads made this run 62-93 s instead of 24 s.
+# One OpenMP / BLAS thread: the tiny models gain nothing from a second one (idle: 16.8 s vs 17.0 s), and
+# while another job used both cores torch's two spinning threads made the same run 61.6 s instead of 23.5 s.
 FAST := not slow and not browser and not saelens and not real
 
 test-fast: $(STAMP)

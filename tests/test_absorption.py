@@ -82,7 +82,6 @@ def test_prompts_follow_the_template_and_the_word_position_comes_from_the_tokeni
             assert row[pos + 1 :] == tail
 
 
-@pytest.mark.slow
 def test_task_activations_are_the_hook_activations_at_the_word_token(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("SAEATLAS_CACHE", str(tmp_path))
     task = task_activations(tiny, "resid_post.1", n_words=40, seed=1, batch_size=7)

@@ -52,7 +52,6 @@ def _args(model, saes, out, *extra):
     ]
 
 
-@pytest.mark.slow
 def test_absorption_cli_writes_tables_charts_and_json(tiny_gemma, saes, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SAEATLAS_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
@@ -82,7 +81,6 @@ def test_absorption_cli_writes_tables_charts_and_json(tiny_gemma, saes, tmp_path
     assert "absorption fraction" in printed and "mean probe F1" in printed
 
 
-@pytest.mark.slow
 def test_absorption_cli_rejects_bad_input_with_one_line(tiny_gemma, saes, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SAEATLAS_CACHE", str(tmp_path / "cache"))
     cases = [

@@ -12,9 +12,6 @@ from saeatlas.cli import main
 from saeatlas.config import ExtractConfig
 from saeatlas.data.extract import extract
 
-# Every test here reads the module fixture `setup`: two stores and four SAEs trained through the CLI.
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def setup(tiny_llama, tiny_other, long_corpus, tmp_path_factory):

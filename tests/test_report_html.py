@@ -24,7 +24,7 @@ from saeatlas.report.html import SECTIONS, _token_html, render_report, write_rep
 from saeatlas.sae import SAEConfig, SparseAutoencoder, load_sae
 
 # Every test here reads the module fixture `built`: a whole tiny study (two stores, seven SAEs, compare, concepts,
-# absorption), 9-18 s on this 2-core machine.
+# absorption): 3-4 s on this 2-core machine when idle, 9-18 s while another job ran.
 pytestmark = pytest.mark.slow
 
 
