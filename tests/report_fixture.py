@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from conftest import TEXTS
+from helpers import TEXTS
 
 HOOKS = {"a": ["resid_post.1", "resid_post.2"], "b": ["resid_post.0", "resid_post.1"]}
 HOOKS_A, HOOKS_B = HOOKS["a"], HOOKS["b"]

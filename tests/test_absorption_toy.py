@@ -118,6 +118,7 @@ def toy(co_occur: bool, seed: int, p_child: float = 0.01) -> dict:
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_toy_with_co_occurrence_reports_the_parent_absorbed_on_the_childs_inputs(seed):
     r = toy(True, seed)
@@ -135,6 +136,7 @@ def test_toy_with_co_occurrence_reports_the_parent_absorbed_on_the_childs_inputs
     assert r["absorber_share"] >= 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_toy_without_co_occurrence_reports_no_absorption(seed):
     r = toy(False, seed)
@@ -149,6 +151,7 @@ def test_toy_without_co_occurrence_reports_no_absorption(seed):
     assert toy(True, seed)["child_fraction"] - r["child_fraction"] >= 0.9
 
 
+@pytest.mark.slow
 def test_a_frequent_child_is_reported_as_a_split_not_an_absorber():
     # At the spec's sketch (f1 marginal 0.05, a fifth of the parent) the SAE still merges the child into the
     # parent, but the merged latent lifts the k-sparse F1 from ~0.88 to 1.0 (> 0.03): the F1-jump rule makes it

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_compare_align import HOOK, long_corpus, tiny_other  # noqa: F401  (fixtures)
+from helpers import HOOK
 
 from saeatlas.cli import main
 from saeatlas.data.config import ExtractConfig
@@ -14,7 +14,7 @@ from saeatlas.data.extract import run_extract
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_llama, tiny_other, long_corpus, tmp_path_factory):  # noqa: F811
+def setup(tiny_llama, tiny_other, long_corpus, tmp_path_factory):
     """Two stores (different tokenizers, windows by characters) and a TopK SAE per store."""
     root = tmp_path_factory.mktemp("compare-cli")
     for name, model in (("a", tiny_llama), ("b", tiny_other)):

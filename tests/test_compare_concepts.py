@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TEXTS, _train_tokenizer
+from helpers import TEXTS, train_tokenizer
 
 from saeatlas.compare.concepts import concept_membership, keyword_sequences, load_concepts
 from saeatlas.data.tokens import pack_windows, tokenize_text
@@ -17,7 +17,7 @@ PAPER = ["Time", "Calendar", "People/Roles", "Nature", "Emotions", "MonthNames",
 
 @pytest.fixture(scope="module")
 def tok():
-    return _train_tokenizer(add_bos=True)
+    return train_tokenizer(add_bos=True)
 
 
 def _store_arrays(tok, text: str, context: int = 64):

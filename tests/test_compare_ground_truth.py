@@ -22,6 +22,8 @@ from saeatlas.compare.synthetic import feature_of_latent, matching_precision_rec
 from saeatlas.sae import SAEConfig, TrainConfig, train_sae
 from saeatlas.sae.data_source import TensorSource
 
+pytestmark = pytest.mark.slow  # trains four TopK SAEs of 384 latents for 1500 steps
+
 
 def _sae(x: torch.Tensor, seed: int):
     cfg = SAEConfig(arch="topk", d_sae=384, k=5)

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import _train_tokenizer
+from helpers import train_other_tokenizer, train_tokenizer
 from scipy.optimize import linear_sum_assignment
 
 from saeatlas.compare.codes import top_positions
@@ -206,32 +206,12 @@ def test_max_weight_matching_leaves_vertices_unmatched_when_that_is_better():
 
 
 # ---------------------------------------------------------------- junk tokens
-def train_metaspace_tokenizer():
-    """A small SentencePiece-style (Metaspace "▁") BPE, trained here."""
-    from conftest import TEXTS
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
-        initial_alphabet=[chr(c) for c in range(32, 127)],
-    )
-    tok.train_from_iterator(TEXTS * 20, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
-    )
-
-
 JUNK_TEXT = {".", "\n", " ", "-", ",", "!", "?"}
 
 
 @pytest.mark.parametrize("kind", ["byte-level", "metaspace"])
 def test_junk_token_ids_are_the_papers_junk_tokens(kind):
-    tok = _train_tokenizer(add_bos=True) if kind == "byte-level" else train_metaspace_tokenizer()
+    tok = train_tokenizer(add_bos=True) if kind == "byte-level" else train_other_tokenizer()
     ids = junk_token_ids(tok)
     assert ids.dtype == np.int64 and np.all(np.diff(ids) > 0)
     special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
@@ -250,7 +230,7 @@ def test_junk_token_ids_are_the_papers_junk_tokens(kind):
 
 
 def test_junk_latents_flag_latents_with_a_junk_token_among_their_top_rows():
-    tok = _train_tokenizer(add_bos=True)
+    tok = train_tokenizer(add_bos=True)
     junk = junk_token_ids(tok)
     dot, word = tok.convert_tokens_to_ids("."), tok.encode("fox", add_special_tokens=False)[0]
     token_at_row = np.array([word, word, dot, word, word, tok.bos_token_id])

@@ -86,7 +86,7 @@ def test_variance_fraction_picks_the_fewest_directions_reaching_it():
 
 def test_pwcca_hand_value_on_planted_data():
     """Canonical directions = X's principal axes, so the weights are X's singular values 10, 9, 8."""
-    X, Y, sa = _principal_planted()
+    X, Y, _ = _principal_planted()
     expected = (10 * 0.9 + 9 * 0.6 + 8 * 0.3) / 27
     assert pwcca(X, Y, k=3) == pytest.approx(expected, abs=1e-9)
     assert pwcca(X, Y) == pytest.approx(expected, abs=1e-9)

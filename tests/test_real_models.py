@@ -6,6 +6,7 @@ The first run converts each GGUF to a bf16 safetensors folder in the cache
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -106,7 +107,7 @@ def test_extract_and_info_on_real_models(which, hooks, request, tmp_path, capsys
     # Rebuild the writer's first batch (8 windows, right-padded) and run a plain forward on it.
     index = store.index(0)
     starts = list(np.flatnonzero(index["position"] == 0)[:9])
-    windows = [index["token_id"][a:b].astype(np.int64) for a, b in zip(starts, starts[1:])]
+    windows = [index["token_id"][a:b].astype(np.int64) for a, b in itertools.pairwise(starts)]
     ids = torch.zeros((8, max(map(len, windows))), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, w in enumerate(windows):

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 from report_fixture import build_study_results
-from test_compare_align import tiny_other  # noqa: F401  (fixture)
 
 from saeatlas.report.html import SECTIONS, write_report
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("SAEATLAS_CHROMIUM", "/usr/bin/chromium")
 VIEWPORT = {"width": 1360, "height": 900}
@@ -47,7 +48,7 @@ def _browser_or_fail():
 
 
 @pytest.fixture(scope="module")
-def report(tiny_llama, tiny_other, tmp_path_factory):  # noqa: F811
+def report(tiny_llama, tiny_other, tmp_path_factory):
     """report.html of a study of two tiny models, and its results."""
     import json
 

@@ -8,7 +8,6 @@ import json
 
 import pytest
 from report_fixture import build_study_results
-from test_compare_align import tiny_other  # noqa: F401  (fixture)
 
 from saeatlas.report.files import (
     CSV_COLUMNS,
@@ -21,7 +20,7 @@ from saeatlas.report.files import (
 
 
 @pytest.fixture(scope="module")
-def study(tiny_llama, tiny_other, tmp_path_factory) -> dict:  # noqa: F811
+def study(tiny_llama, tiny_other, tmp_path_factory) -> dict:
     return build_study_results(tmp_path_factory.mktemp("files-study"), tiny_llama, tiny_other)
 
 

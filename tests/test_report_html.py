@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from report_fixture import HOOKS_A, HOOKS_B, TRICKY, _compare_cfg, build_study_results
-from test_compare_align import tiny_other  # noqa: F401  (fixture)
 
 from saeatlas.cli import main
 from saeatlas.compare.contexts import top_contexts
@@ -25,9 +24,13 @@ from saeatlas.report.html import SECTIONS, render_report, write_report
 from saeatlas.report.markup import token_html
 from saeatlas.sae import SAEConfig, SparseAutoencoder, load_sae
 
+# Every test here reads the module fixture `built`: a whole tiny study (two stores, seven SAEs, compare, concepts,
+# absorption): 3-4 s on this 2-core machine when idle, 9-18 s while another job ran.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def built(tiny_llama, tiny_other, tmp_path_factory):  # noqa: F811
+def built(tiny_llama, tiny_other, tmp_path_factory):
     root = tmp_path_factory.mktemp("report-study")
     return root, build_study_results(root, tiny_llama, tiny_other)
 

@@ -11,7 +11,6 @@ import re
 import pytest
 from report_fixture import LABELS, build_study_results
 from rich.console import Console
-from test_compare_align import tiny_other  # noqa: F401  (fixture)
 
 from saeatlas.data.store import ActivationStore
 from saeatlas.report.format import pair_label
@@ -28,7 +27,7 @@ WIDTH = 80
 
 
 @pytest.fixture(scope="module")
-def built(tiny_llama, tiny_other, tmp_path_factory):  # noqa: F811
+def built(tiny_llama, tiny_other, tmp_path_factory):
     root = tmp_path_factory.mktemp("text-study")
     return root, build_study_results(root, tiny_llama, tiny_other)
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import kill_when_stopped, stop_after_command
 
 from saeatlas.cli import main
 from saeatlas.errors import SaeAtlasError
@@ -71,7 +72,7 @@ def test_saelens_round_trip_encodes_identically(arch, tmp_path):
     from safetensors import safe_open
 
     with safe_open(tmp_path / "sae/sae_weights.safetensors", "pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (safe_open, not a dict)
     expected = {"W_enc": (16, 48), "W_dec": (48, 16), "b_enc": (48,), "b_dec": (16,)}
     if arch in ("jumprelu", "batchtopk", "gba"):
         expected["threshold"] = (48,)
@@ -299,13 +300,12 @@ def test_saelens_options_as_sae_lens_computes_them(tmp_path):
     assert torch.allclose(load_sae(tmp_path / "c").encode(x), pre.relu() * (pre > thr), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_cli_train_resumes_to_identical_sae(tmp_path):
     """kill -9 during `saeatlas train`, rerun the same command: the SAE folder is byte-identical."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     x, _ = planted_features(8192, n_features=64, d=16, active=3, seed=2)
@@ -315,11 +315,8 @@ def test_killed_cli_train_resumes_to_identical_sae(tmp_path):
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
     }
 
-    def command(out):
+    def args(out):
         return [
-            sys.executable,
-            "-m",
-            "saeatlas.cli",
             "train",
             "--activations",
             str(tmp_path / "x.npy"),
@@ -342,19 +339,17 @@ def test_killed_cli_train_resumes_to_identical_sae(tmp_path):
             "--quiet",
         ]
 
-    subprocess.run(command(tmp_path / "reference"), check=True, env=env)
+    cli = [sys.executable, "-m", "saeatlas.cli"]
+    subprocess.run([*cli, *args(tmp_path / "reference")], check=True, env=env)
     killed = tmp_path / "killed"
     checkpoint = tmp_path / "killed.partial" / "checkpoint.pt"
-    proc = subprocess.Popen(command(killed), env=env)
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # The child stops itself right after its 3rd checkpoint (step 75 of 800); then it gets kill -9.
+    proc = subprocess.Popen(stop_after_command("checkpoints", 3, args(killed)), env=env)
+    kill_when_stopped(proc)
     assert checkpoint.exists() and not killed.exists(), "the run was not killed mid-training"
     step = torch.load(checkpoint, weights_only=True)["state"]["step"]
     assert 0 < step < 800
-    subprocess.run(command(killed), check=True, env=env)
+    subprocess.run([*cli, *args(killed)], check=True, env=env)
     assert not (tmp_path / "killed.partial").exists()
     for name in ("sae_weights.safetensors", "cfg.json"):
         assert (killed / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name

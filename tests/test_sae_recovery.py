@@ -16,6 +16,8 @@ import pytest
 
 from saeatlas.sae.synthetic import recovery_run
 
+pytestmark = pytest.mark.slow  # each run trains an SAE of 1024 latents: a minute or more on 2 cores
+
 SEEDS = ((0, 0), (1, 0), (2, 1))
 """(training seed, data seed)"""
 

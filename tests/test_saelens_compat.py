@@ -21,6 +21,8 @@ import torch
 
 from saeatlas.sae import SAEConfig, SparseAutoencoder, load_sae, save_saelens
 
+pytestmark = pytest.mark.saelens
+
 ROOT = Path(__file__).parents[1]
 SIDE_PYTHON = ROOT / ".venv-saelens/bin/python"
 SIDE_STAMP = ROOT / ".venv-saelens/.installed"

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import TEXTS, kill_when_stopped, stop_after_command
 
 from saeatlas.cli import main
 from saeatlas.data import ActivationStore
@@ -26,18 +25,18 @@ HOOKS = ["resid_pre.1", "resid_post.2"]
 
 
 def _cfg(model: Path, corpus: Path, **kw) -> ExtractConfig:
-    settings = dict(
-        model=str(model),
-        hooks=HOOKS,
-        corpus=str(corpus),
-        tokens=600,
-        split="all",
-        context=32,
-        batch_size=4,
-        shard_windows=5,
-        store_dtype="float32",
-        model_dtype="float32",
-    )
+    settings = {
+        "model": str(model),
+        "hooks": HOOKS,
+        "corpus": str(corpus),
+        "tokens": 600,
+        "split": "all",
+        "context": 32,
+        "batch_size": 4,
+        "shard_windows": 5,
+        "store_dtype": "float32",
+        "model_dtype": "float32",
+    }
     settings.update(kw)
     return ExtractConfig(**settings)
 
@@ -259,11 +258,9 @@ def test_cli_info_on_corrupt_and_missing_stores(tiny_llama, text_corpus, tmp_pat
 
 
 # ---------------------------------------------------------------- kill -9 and resume
-def _extract_command(model: Path, corpus: Path, out: Path) -> list[str]:
+def _extract_args(model: Path, corpus: Path, out: Path) -> list[str]:
+    """`saeatlas extract` arguments: one window per shard, so a kill lands between many shards."""
     return [
-        sys.executable,
-        "-m",
-        "saeatlas.cli",
         "extract",
         "--model",
         str(model),
@@ -291,10 +288,9 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_killed_extract_resumes_to_a_byte_identical_store(tiny_gemma, tmp_path):
     corpus = tmp_path / "corpus.jsonl"
-    from conftest import TEXTS
-
     corpus.write_text(
         "".join(json.dumps({"text": " ".join(TEXTS[i % 5 :] + TEXTS[: i % 5])}) + "\n" for i in range(20))
     )
@@ -303,25 +299,17 @@ def test_killed_extract_resumes_to_a_byte_identical_store(tiny_gemma, tmp_path):
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
     }
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    subprocess.run(_extract_command(tiny_gemma, corpus, reference), check=True, env=env)
+    cli = [sys.executable, "-m", "saeatlas.cli"]
+    subprocess.run([*cli, *_extract_args(tiny_gemma, corpus, reference)], check=True, env=env)
     n_shards = len(json.loads((reference / "manifest.json").read_text())["shards"])
     assert n_shards > 50
 
-    proc = subprocess.Popen(_extract_command(tiny_gemma, corpus, resumed), env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            shards = json.loads((resumed / "manifest.json").read_text())["shards"]
-        except (FileNotFoundError, ValueError):
-            shards = []
-        if len(shards) >= 10:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # The child stops itself right after the manifest lists its 10th shard; then it gets kill -9.
+    proc = subprocess.Popen(stop_after_command("shards", 10, _extract_args(tiny_gemma, corpus, resumed)), env=env)
+    kill_when_stopped(proc)
     partial = json.loads((resumed / "manifest.json").read_text())
     assert not partial["complete"] and 10 <= len(partial["shards"]) < n_shards
-    subprocess.run(_extract_command(tiny_gemma, corpus, resumed), check=True, env=env)
+    subprocess.run([*cli, *_extract_args(tiny_gemma, corpus, resumed)], check=True, env=env)
     assert _tree(resumed) == _tree(reference)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_compare_align import tiny_other  # noqa: F401  (fixture)
+from helpers import TEXTS
 
 from saeatlas.cli import main
 from saeatlas.study.config import StudyError, default_study_text, load_study, parse_study
@@ -123,8 +123,6 @@ def test_an_interrupted_stage_resumes_and_a_stale_product_is_deleted(tmp_path):
 # ---------------------------------------------------------------- a whole study on tiny models
 @pytest.fixture(scope="module")
 def study_corpus(tmp_path_factory) -> Path:
-    from conftest import TEXTS
-
     folder = tmp_path_factory.mktemp("study-corpus")
     for i in range(40):
         (folder / f"doc{i:02d}.txt").write_text(" ".join(TEXTS[(i + j) % len(TEXTS)] for j in range(2 + i % 5)))
@@ -176,6 +174,7 @@ def _states(summary: dict) -> dict[str, str]:
     return {t["name"]: t["state"] for t in summary["stages"]}
 
 
+@pytest.mark.slow
 def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_change_touches(
     tiny_llama, tiny_other, study_corpus, tmp_path, monkeypatch, capsys
 ):

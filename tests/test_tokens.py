@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TEXTS
+from helpers import TEXTS, train_other_tokenizer
 
 from saeatlas.data.tokens import FLAG_FIRST, FLAG_SPECIAL, pack_windows, text_cuts, token_pieces, tokenize_text
 from saeatlas.models import load_model
@@ -41,7 +41,7 @@ def test_windows_hold_one_document_and_repeat_the_bos(gemma_handle):
         assert (w.flags[1:] == 0).all() and (w.char_spans[0] == 0).all()
         per_doc.setdefault(int(w.doc_ids[0]), []).append(w)
     for doc_id, text in _docs():
-        ids, spans = tokenize_text(tok, text)
+        ids, _ = tokenize_text(tok, text)
         joined = np.concatenate([w.token_ids[1:] for w in per_doc[doc_id]])
         assert np.array_equal(joined, ids)  # every token once, in order
         assert all(len(w) == 16 for w in per_doc[doc_id][:-1])  # only the last window is short
@@ -71,24 +71,6 @@ def test_context_too_small_for_specials(gemma_handle):
 
 
 # ---------------------------------------------------------------- windows cut at characters
-def train_other_tokenizer():
-    """A second small BPE unlike conftest's: SentencePiece-style Metaspace pre-tokenizer, 300 tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    alphabet = [chr(c) for c in range(32, 127)]
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"], initial_alphabet=alphabet
-    )
-    tok.train_from_iterator(TEXTS * 20, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
-    )
-
-
 def _long_docs():
     return [(i, " ".join(TEXTS[(i + j) % 5] for j in range(3 + 2 * i))) for i in range(6)]
 

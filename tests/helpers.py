@@ -1,0 +1,142 @@
+"""Helpers shared by several test modules: the texts, the two small tokenizers, the tiny models.
+
+Not a test module.  Test modules import from here (`from helpers import TEXTS`), never from each other;
+the fixtures built from these live in conftest.py.  No network: the tokenizers are small BPEs trained
+here on a few sentences and the model weights are random (seeded).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. A second sentence follows here.",
+    "In the beginning God created the heaven and the earth. And the earth was without form.",
+    "Sparse autoencoders find features in the residual stream of language models.",
+    "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.",
+    "Hundreds of people have been forced to vacate their homes as strong winds pushed a fire.",
+]
+
+HOOK = "resid_post.1"
+"""The hook the cross-model tests (alignment, compare CLI) extract."""
+
+
+def train_tokenizer(add_bos: bool):
+    """A small byte-level BPE (400 tokens) trained on TEXTS; `add_bos` prepends <bos> like Gemma's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(TEXTS * 20, trainer=trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+        )
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def train_other_tokenizer():
+    """A second small BPE unlike `train_tokenizer`'s: SentencePiece-style Metaspace pre-tokenizer, 300 tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    alphabet = [chr(c) for c in range(32, 127)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"], initial_alphabet=alphabet
+    )
+    tok.train_from_iterator(TEXTS * 20, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def build_tiny_model(folder: Path, family: str) -> Path:
+    """Save a tiny random `family` ('llama' or 'gemma3') model + tokenizer to `folder`."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(add_bos=family == "gemma3")
+    common = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        config = Gemma3TextConfig(
+            **common, head_dim=8, sliding_window=16, layer_types=["sliding_attention"] * 3 + ["full_attention"]
+        )
+        model = Gemma3ForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_other_model(folder: Path) -> Path:
+    """Save a tiny random Llama with `train_other_tokenizer`'s tokenizer (2 layers, d_model 24, no BOS)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    tokenizer = train_other_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------- kill -9 at a known step
+STOP_AFTER = Path(__file__).with_name("stop_after.py")
+"""Runner for the kill -9 tests: runs the saeatlas CLI and SIGSTOPs itself after the N-th shard or checkpoint."""
+
+
+def stop_after_command(unit: str, n: int, cli_args: list[str]) -> list[str]:
+    """The command that runs `saeatlas CLI_ARGS...` and stops itself right after the `n`-th `unit`."""
+    return [sys.executable, str(STOP_AFTER), unit, str(n), "--", *cli_args]
+
+
+def kill_when_stopped(proc) -> None:
+    """Wait until `proc` (a Popen of `stop_after_command`) has stopped itself, then kill -9 it and reap it."""
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    if not os.WIFSTOPPED(status):  # it ended instead: reaped here, so tell Popen its status
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        pytest.fail(f"the child ended (status {proc.returncode}) before the step it should stop at", pytrace=False)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
