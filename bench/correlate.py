@@ -186,7 +186,9 @@ def worker(tool: str, folder: str) -> None:
 
 
 def run_tool(tool: str, folder: Path) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--worker", tool, str(folder)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", tool, str(folder)], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         sys.exit(f"bench: {tool} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

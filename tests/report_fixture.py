@@ -101,33 +101,38 @@ def _study(root: Path, models: dict[str, Path]) -> dict:
     )
     from saeatlas.study.run import study_settings
 
-    return study_settings(Study(
-        name="tiny-report",
-        out=str(root),
-        models=[ModelSettings(label=LABELS[s], model=str(models[s]), hooks=HOOKS[s]) for s in ("a", "b")],
-        data=DataSettings(corpus=str(root / "corpus"), tokens=100_000, window_chars=60, context=32, heldout_tokens=0),
-        sae=SAESettings(train=TrainConfig(sae=SAEConfig(arch="topk", k=4, d_sae=48), steps=60, batch_size=64),
-                        ce_tokens=512),
-        compare=CompareSettings(
-            label_a=LABELS["a"],
-            label_b=LABELS["b"],
-            threshold=0.0,
-            n_permutations=50,
-            n_bootstrap=5,
-            controls=CONTROLS,
-            concepts=[str(root / "concepts.json")],
-            pair_cards=3,
-        ),
-        absorption=AbsorptionSettings(
-            label=LABELS["a"],
-            hook="resid_post.1",
-            k_values=[4, 8],
-            variant="both",
-            words=300,
-            min_probe_f1=0.0,
-            min_letters=5,
-        ),
-    ))
+    return study_settings(
+        Study(
+            name="tiny-report",
+            out=str(root),
+            models=[ModelSettings(label=LABELS[s], model=str(models[s]), hooks=HOOKS[s]) for s in ("a", "b")],
+            data=DataSettings(
+                corpus=str(root / "corpus"), tokens=100_000, window_chars=60, context=32, heldout_tokens=0
+            ),
+            sae=SAESettings(
+                train=TrainConfig(sae=SAEConfig(arch="topk", k=4, d_sae=48), steps=60, batch_size=64), ce_tokens=512
+            ),
+            compare=CompareSettings(
+                label_a=LABELS["a"],
+                label_b=LABELS["b"],
+                threshold=0.0,
+                n_permutations=50,
+                n_bootstrap=5,
+                controls=CONTROLS,
+                concepts=[str(root / "concepts.json")],
+                pair_cards=3,
+            ),
+            absorption=AbsorptionSettings(
+                label=LABELS["a"],
+                hook="resid_post.1",
+                k_values=[4, 8],
+                variant="both",
+                words=300,
+                min_probe_f1=0.0,
+                min_letters=5,
+            ),
+        )
+    )
 
 
 def _extract_and_train(root: Path, models: dict[str, Path], clock: _Clock) -> None:

@@ -1,6 +1,6 @@
 """Ground truth for absorption: the projection formula by hand, and the parent/child toy model end to end.
 
-The toy (spec: absorption.md, reference observations; `saeatlas.absorption.toy`): four orthonormal features in
+The toy (after Chanin et al. 2024, arXiv:2409.14507, section on toy models; `saeatlas.absorption.toy`): four orthonormal features in
 50 dimensions, the parent f0 fires on 25 % of inputs, the child f1 on 1 %, f2 and f3 on 5 %.  When the child
 only fires with the parent, a ReLU SAE merges them into one latent with decoder (f0 + f1) / sqrt(2) and the
 parent's latent goes silent on the child's inputs; saeatlas, measuring as it measures a real model, must
@@ -153,7 +153,7 @@ def test_toy_without_co_occurrence_reports_no_absorption(seed):
 
 @pytest.mark.slow
 def test_a_frequent_child_is_reported_as_a_split_not_an_absorber():
-    # At the spec's sketch (f1 marginal 0.05, a fifth of the parent) the SAE still merges the child into the
+    # At the toy's other setting (f1 marginal 0.05, a fifth of the parent) the SAE still merges the child into the
     # parent, but the merged latent lifts the k-sparse F1 from ~0.88 to 1.0 (> 0.03): the F1-jump rule makes it
     # a main latent of the parent, and projection absorption is then 0 by definition.
     r = toy(True, 0, p_child=0.05)

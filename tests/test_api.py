@@ -10,8 +10,9 @@ import saeatlas as sa
 
 def test_the_readme_example_runs_on_tiny_models(tiny_llama, tiny_gemma, text_corpus, tmp_path):
     common = {"corpus": str(text_corpus), "split": "all", "tokens": 3000, "context": 32, "window_chars": 60}
-    llama = sa.run_extract(sa.ExtractConfig(model=str(tiny_llama), hooks=["blocks.1.hook_resid_post"], **common),
-                           tmp_path / "llama")
+    llama = sa.run_extract(
+        sa.ExtractConfig(model=str(tiny_llama), hooks=["blocks.1.hook_resid_post"], **common), tmp_path / "llama"
+    )
     gemma = sa.run_extract(sa.ExtractConfig(model=str(tiny_gemma), hooks=[2], **common), tmp_path / "gemma")
     assert isinstance(llama, sa.ExtractResult) and llama.store.hooks == ["resid_post.1"]
     assert gemma.store.hooks == ["resid_post.2"]
@@ -22,18 +23,29 @@ def test_the_readme_example_runs_on_tiny_models(tiny_llama, tiny_gemma, text_cor
         assert result.metrics["l0"] == 4.0 and result.metadata["hook_name"] == hook
         folder = sa.write_sae(result, tmp_path / "saes" / store.path.name / hook)
         assert sa.load_sae(folder).cfg == result.config.sae
-        assert json.loads((folder / "cfg.json").read_text())["metadata"]["hook_name"] == f"blocks.{hook[-1]}.hook_resid_post"
+        assert (
+            json.loads((folder / "cfg.json").read_text())["metadata"]["hook_name"]
+            == f"blocks.{hook[-1]}.hook_resid_post"
+        )
 
-    evaluated = sa.run_eval(sa.EvalConfig(tokens=512), tmp_path / "saes" / "llama" / "resid_post.1",
-                            sa.StoreSource(llama.store.path, 1))
+    evaluated = sa.run_eval(
+        sa.EvalConfig(tokens=512), tmp_path / "saes" / "llama" / "resid_post.1", sa.StoreSource(llama.store.path, 1)
+    )
     assert isinstance(evaluated, sa.EvalResult) and evaluated.hook == "resid_post.1" and evaluated.downstream is None
     assert evaluated.metrics["n_tokens"] == 512
 
-    cfg = sa.CompareConfig(store_a=str(llama.store.path), store_b=str(gemma.store.path),
-                           saes_a=str(tmp_path / "saes" / "llama" / "{hook}"),
-                           saes_b=str(tmp_path / "saes" / "gemma"),  # a folder of one folder per hook
-                           hooks_a=[1], hooks_b=["model.layers.2"], n_permutations=20, n_bootstrap=0, controls=[],
-                           threshold=0.0)
+    cfg = sa.CompareConfig(
+        store_a=str(llama.store.path),
+        store_b=str(gemma.store.path),
+        saes_a=str(tmp_path / "saes" / "llama" / "{hook}"),
+        saes_b=str(tmp_path / "saes" / "gemma"),  # a folder of one folder per hook
+        hooks_a=[1],
+        hooks_b=["model.layers.2"],
+        n_permutations=20,
+        n_bootstrap=0,
+        controls=[],
+        threshold=0.0,
+    )
     results = sa.run_compare(cfg)
     (pair,) = results["pairs"]
     assert (pair["hook_a"], pair["hook_b"]) == ("resid_post.1", "resid_post.2")

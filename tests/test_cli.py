@@ -18,8 +18,14 @@ from saeatlas.data.config import ExtractConfig
 from saeatlas.flags import flag
 from saeatlas.sae.config import EvalConfig, SAEConfig, TrainConfig
 
-VERB_CONFIGS = {"extract": ExtractConfig, "train": TrainConfig, "eval": EvalConfig, "compare": CompareConfig,
-                "concepts": ConceptsConfig, "absorption": AbsorptionConfig}
+VERB_CONFIGS = {
+    "extract": ExtractConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "compare": CompareConfig,
+    "concepts": ConceptsConfig,
+    "absorption": AbsorptionConfig,
+}
 OWN_FLAG = {("absorption", "saes"): "--sae"}
 
 
@@ -89,26 +95,37 @@ def test_the_python_api_names_the_field_not_a_flag():
     with pytest.raises(ConfigError, match=r"^bad k = 0: use an integer from 1 to d_sae \(4096\)$"):
         SAEConfig(k=0)
     with pytest.raises(ConfigError, match=r"^bad n_permutations = 0"):
-        CompareConfig(store_a="a", store_b="b", saes_a="x", saes_b="y", hooks_a=["3"], hooks_b=["4"],
-                      n_permutations=0)
-    cfg = CompareConfig(store_a="a", store_b="b", saes_a="x", saes_b="y", hooks_a=[3, "blocks.4.hook_resid_pre"],
-                        hooks_b=["model.layers.2"])
+        CompareConfig(store_a="a", store_b="b", saes_a="x", saes_b="y", hooks_a=["3"], hooks_b=["4"], n_permutations=0)
+    cfg = CompareConfig(
+        store_a="a",
+        store_b="b",
+        saes_a="x",
+        saes_b="y",
+        hooks_a=[3, "blocks.4.hook_resid_pre"],
+        hooks_b=["model.layers.2"],
+    )
     assert (cfg.hooks_a, cfg.hooks_b) == (["resid_post.3", "resid_pre.4"], ["resid_post.2"])
 
 
 def test_a_bad_input_shows_no_progress_bar_first(tmp_path, capsys):
     """Inputs are checked before a bar opens: without --quiet, a bad input is still one line."""
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32))
-    assert main(["train", "--activations", str(tmp_path / "x.npy"), "--batch-size", "4096", "--out",
-                 str(tmp_path / "sae")]) == 2
+    assert (
+        main(
+            ["train", "--activations", str(tmp_path / "x.npy"), "--batch-size", "4096", "--out", str(tmp_path / "sae")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fewer than one batch" in err[0]
 
 
 def test_import_saeatlas_is_quick_and_exposes_the_jobs():
-    code = ("import sys, saeatlas; assert 'torch' not in sys.modules; "
-            "names = ['run_extract', 'run_train', 'write_sae', 'run_eval', 'run_compare', 'write_compare', "
-            "'run_concepts', 'write_concepts', 'run_absorption', 'write_absorption', 'run_study', 'load_study', "
-            "'ExtractConfig', 'TrainConfig', 'SAEConfig', 'CompareConfig', 'AbsorptionConfig']; "
-            "missing = [n for n in names if not callable(getattr(saeatlas, n))]; assert not missing, missing")
+    code = (
+        "import sys, saeatlas; assert 'torch' not in sys.modules; "
+        "names = ['run_extract', 'run_train', 'write_sae', 'run_eval', 'run_compare', 'write_compare', "
+        "'run_concepts', 'write_concepts', 'run_absorption', 'write_absorption', 'run_study', 'load_study', "
+        "'ExtractConfig', 'TrainConfig', 'SAEConfig', 'CompareConfig', 'AbsorptionConfig']; "
+        "missing = [n for n in names if not callable(getattr(saeatlas, n))]; assert not missing, missing"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

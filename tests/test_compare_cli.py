@@ -151,7 +151,7 @@ def test_concepts_scores_each_concept(setup, tmp_path):
         (("--hooks-a", "blocks.1.hook_resid_mid"), "bad hook point 'blocks.1.hook_resid_mid'"),
         (("--measures", "svcca,bogus"), "bad --measures = 'bogus'"),
         (("--method", "greedy"), "bad --method = 'greedy'"),
-        (("--svcca-k", "0"), "bad --svcca-k = 0: use a number of directions >= 1, or \"variance\""),
+        (("--svcca-k", "0"), 'bad --svcca-k = 0: use a number of directions >= 1, or "variance"'),
         (("--permutations", "0"), "bad --permutations = 0"),
         (("--max-positions", "0"), "bad --max-positions = 0"),
         (("--k", "3"), "unrecognized arguments: --k 3"),

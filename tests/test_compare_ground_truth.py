@@ -1,4 +1,4 @@
-"""Ground truth of the comparison (issue 4, item 8): two synthetic models that share features.
+"""Ground truth of the comparison: two synthetic models that share features.
 
 128 shared features (intrinsic directions in 40 dimensions) embedded by
 different random linear maps into 64 and 48 dimensions, plus 64 features of

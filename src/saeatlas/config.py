@@ -43,12 +43,23 @@ def check_int(cfg, field: str, low: int, high: int | None = None, allowed: str =
     """cfg.<field> is an int in [low, high] (high None: no upper bound)."""
     value = getattr(cfg, field)
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    check(ok, field, value, allowed or (f"use an integer from {low} to {high}" if high is not None
-                                        else f"use an integer >= {low}"))
+    check(
+        ok,
+        field,
+        value,
+        allowed or (f"use an integer from {low} to {high}" if high is not None else f"use an integer >= {low}"),
+    )
 
 
-def check_float(cfg, field: str, low: float, high: float | None = None, allowed: str = "",
-                low_open: bool = False, high_open: bool = False) -> None:
+def check_float(
+    cfg,
+    field: str,
+    low: float,
+    high: float | None = None,
+    allowed: str = "",
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """cfg.<field> is a finite number in the range given (open ends where asked)."""
     value = getattr(cfg, field)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -94,8 +105,11 @@ def non_default(cfg, skip: tuple[str, ...] = ()) -> dict:
     for f in dataclasses.fields(cfg):
         if f.name in skip:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        )
         value = getattr(cfg, f.name)
         if default is dataclasses.MISSING or value != default:
             out[f.name] = value
@@ -122,9 +136,13 @@ def field_docs(cls) -> dict[str, str]:
             continue
         body = tree.body[0].body
         for node, after in itertools.pairwise(body):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                    and isinstance(after.value.value, str)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
                 docs[node.target.id] = " ".join(after.value.value.split())
     return docs
 

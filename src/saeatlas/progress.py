@@ -49,8 +49,16 @@ def count_progress(label: str, total: int, unit: str, enabled: bool = True) -> I
     if not enabled:
         yield lambda n: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with _lazy(label, total, columns, {"rate": ""}) as lazy:
 
         def advance(n: int) -> None:
@@ -77,14 +85,23 @@ def step_progress(label: str, total: int, enabled: bool = True) -> Iterator[Call
     if not enabled:
         yield lambda metrics: None
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-               TextColumn("{task.fields[live]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TextColumn("{task.fields[live]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with _lazy(label, total, columns, {"live": ""}) as lazy:
 
         def on_step(m: dict | None) -> None:
             bar = lazy.start()
             if m is not None:
-                bar.update(lazy.task, completed=m["step"] + 1,
-                           live=f"L0 {m['l0']:.1f} FVU {m['fvu']:.3f} dead {m['dead']:.1%}")
+                bar.update(
+                    lazy.task, completed=m["step"] + 1, live=f"L0 {m['l0']:.1f} FVU {m['fvu']:.3f} dead {m['dead']:.1%}"
+                )
 
         yield on_step

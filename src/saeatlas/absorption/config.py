@@ -50,9 +50,13 @@ class AbsorptionOptions(Config):
 
     def _validate(self) -> None:
         check_choice(self, "variant", VARIANTS)
-        check(self.words == "all" or (isinstance(self.words, int) and not isinstance(self.words, bool)
-                                      and 100 <= self.words <= 10**7),
-              "words", self.words, 'use at least 100 (about 4000 for stable per-letter figures), or "all"')
+        check(
+            self.words == "all"
+            or (isinstance(self.words, int) and not isinstance(self.words, bool) and 100 <= self.words <= 10**7),
+            "words",
+            self.words,
+            'use at least 100 (about 4000 for stable per-letter figures), or "all"',
+        )
         check_int(self, "seed", 0)
         check_int(self, "split_seed", 0)
         check_float(self, "test_fraction", 0.05, 0.5)
@@ -84,7 +88,11 @@ class AbsorptionConfig(AbsorptionOptions):
     """SAE folders (SAELens, sparsify or dictionary_learning layout) trained at `hook`."""
 
     def _validate(self) -> None:
-        check(isinstance(self.model, str) and bool(self.model.strip()), "model", self.model,
-              "name a packaged model, a Hugging Face folder, a .gguf file or a hub id")
+        check(
+            isinstance(self.model, str) and bool(self.model.strip()),
+            "model",
+            self.model,
+            "name a packaged model, a Hugging Face folder, a .gguf file or a hub id",
+        )
         self.hook = canonical_hook(self.hook)
         check(isinstance(self.saes, list) and bool(self.saes), "saes", self.saes, "give at least one SAE folder")

@@ -72,17 +72,25 @@ class CompareOptions(Config):
             check_subset(self, name, tuple(MEASURES))
         check(bool(self.measures), "measures", self.measures, f"name at least one of {', '.join(MEASURES)}")
         check_int(self, "activation_positions", 3, 10**6)
-        check(self.svcca_k == "variance" or (isinstance(self.svcca_k, int) and not isinstance(self.svcca_k, bool)
-                                              and 1 <= self.svcca_k <= 10**5),
-              "svcca_k", self.svcca_k, 'use a number of directions >= 1, or "variance"')
+        check(
+            self.svcca_k == "variance"
+            or (isinstance(self.svcca_k, int) and not isinstance(self.svcca_k, bool) and 1 <= self.svcca_k <= 10**5),
+            "svcca_k",
+            self.svcca_k,
+            'use a number of directions >= 1, or "variance"',
+        )
         check_float(self, "svcca_variance", 0, 1, low_open=True)
         check_int(self, "max_points", 3, 10**6)
         check_int(self, "top_m", 1, 1000)
         check_int(self, "n_permutations", 1, 10**7, "use at least 1 (1000 for p-values)")
         check_int(self, "n_bootstrap", 0, 10**6, "use 0 (none) or more")
         check_subset(self, "controls", CONTROLS)
-        check(self.max_positions is None or (isinstance(self.max_positions, int) and self.max_positions >= 1),
-              "max_positions", self.max_positions, "use a positive number of positions, or leave it unset")
+        check(
+            self.max_positions is None or (isinstance(self.max_positions, int) and self.max_positions >= 1),
+            "max_positions",
+            self.max_positions,
+            "use a positive number of positions, or leave it unset",
+        )
         check_int(self, "seed", 0)
 
 
@@ -112,8 +120,12 @@ class CompareConfig(CompareOptions):
             check(isinstance(hooks, list) and bool(hooks), name, hooks, "name at least one hook, e.g. resid_post.3")
             setattr(self, name, [canonical_hook(h) for h in hooks])
             check(len(set(getattr(self, name))) == len(hooks), name, hooks, "name each hook once")
-        check("skyline" not in self.controls or bool(self.skyline_saes_a), "skyline_saes_a", self.skyline_saes_a,
-              "the skyline control needs SAEs of model A trained with another seed")
+        check(
+            "skyline" not in self.controls or bool(self.skyline_saes_a),
+            "skyline_saes_a",
+            self.skyline_saes_a,
+            "the skyline control needs SAEs of model A trained with another seed",
+        )
 
 
 @dataclass(kw_only=True)
@@ -125,5 +137,9 @@ class ConceptsConfig(CompareConfig):
     {name: [words]}."""
 
     def _validate(self) -> None:
-        check(isinstance(self.concepts, list) and bool(self.concepts), "concepts", self.concepts,
-              'name at least one source: "builtin" or a TOML / JSON file {name: [words]}')
+        check(
+            isinstance(self.concepts, list) and bool(self.concepts),
+            "concepts",
+            self.concepts,
+            'name at least one source: "builtin" or a TOML / JSON file {name: [words]}',
+        )

@@ -30,12 +30,10 @@ RESULTS_VERSION = 2
 """Version of the results.json schema (README, "Comparison results"); 2: hooks named `hooks_a`, `hook_a`."""
 
 
-
 def n_comparisons(cfg: CompareConfig) -> int:
     """How many sides pairs `compare_grid` scores: each layer pair and its controls, and A's skyline layers."""
     controls = [c for c in cfg.controls if c != "skyline"]
     return len(cfg.hooks_a) * len(cfg.hooks_b) * (1 + len(controls)) + ("skyline" in cfg.controls) * len(cfg.hooks_a)
-
 
 
 def _open_inputs(cfg: CompareConfig) -> tuple[ActivationStore, ActivationStore]:
@@ -126,12 +124,10 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
     }
 
 
-
 def _store_tokens(store: ActivationStore) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and window positions of every stored token, [n_tokens] each (shards concatenated)."""
     index = [store.index(s) for s in range(store.n_shards)]
     return np.concatenate([i["token_id"] for i in index]), np.concatenate([i["position"] for i in index])
-
 
 
 def n_concept_cells(cfg: ConceptsConfig) -> int:
@@ -216,7 +212,6 @@ def run_concepts(cfg: ConceptsConfig, progress: Callable[[int], None] | None = N
     }
 
 
-
 def _store_facts(store: ActivationStore) -> dict:
     m = store.manifest
     return {
@@ -226,4 +221,3 @@ def _store_facts(store: ActivationStore) -> dict:
         "corpus": m["corpus"]["spec"],
         "n_tokens": store.n_tokens,
     }
-

@@ -22,6 +22,7 @@ from .stats import basic_interval, benjamini_hochberg, bootstrap_counts, permuta
 MIN_PAIRS = 5
 """Fewer matched pairs than this: no similarity scores (NaN), the pair count says why."""
 
+
 def _measure_kwargs(cfg: CompareOptions, measure: str, n: int) -> dict:
     """Options of `measure` on n data points (the null draws its own seed)."""
     if measure in ("svcca", "pwcca"):
@@ -31,9 +32,11 @@ def _measure_kwargs(cfg: CompareOptions, measure: str, n: int) -> dict:
         return {"max_points": cfg.max_points}
     return {}
 
+
 QUADRATIC = ("linear_cka", "mutual_knn")
 """Measures whose null costs n^2 per permutation, scored on at most `max_points` sampled rows (RSA samples
 its own rows, with the same rule)."""
+
 
 def _sample_rows(X: np.ndarray, Y: np.ndarray, measure: str, cfg: CompareOptions) -> tuple[np.ndarray, np.ndarray]:
     if measure not in QUADRATIC or len(X) <= cfg.max_points:
@@ -41,11 +44,13 @@ def _sample_rows(X: np.ndarray, Y: np.ndarray, measure: str, cfg: CompareOptions
     rows = np.sort(np.random.default_rng(cfg.seed).choice(len(X), size=cfg.max_points, replace=False))
     return X[rows], Y[rows]
 
+
 def measure_value(cfg: CompareOptions, measure: str, X: np.ndarray, Y: np.ndarray) -> float:
     """One measure of X [n, d_a] vs Y [n, d_b] with the configured options."""
     extra = {"seed": cfg.seed} if measure == "rsa" else {}
     X, Y = _sample_rows(X, Y, measure, cfg)
     return MEASURES[measure](X, Y, **_measure_kwargs(cfg, measure, len(X)), **extra)
+
 
 def _no_score(n_permutations: int) -> dict:
     return {
@@ -56,6 +61,7 @@ def _no_score(n_permutations: int) -> dict:
         "p": math.nan,
         "n_permutations": n_permutations,
     }
+
 
 def score_spaces(X: np.ndarray, Y: np.ndarray, measures: list[str], cfg: CompareOptions) -> dict:
     """Each measure of X [n, d_a] vs Y [n, d_b] with its random-pairing null: observed, null mean/std, z, p."""
@@ -81,13 +87,16 @@ def score_spaces(X: np.ndarray, Y: np.ndarray, measures: list[str], cfg: Compare
         out[measure] = summarize(observed, null)
     return out
 
+
 def _activation_sample(side: Side, positions: np.ndarray, latents: np.ndarray) -> np.ndarray:
     """[n_sample, n_pairs] activations of the matched latents at the sampled positions."""
     rows = side.codes[positions]
     return (rows[:, latents].toarray() if sp.issparse(rows) else rows[:, latents]).astype(np.float64)
 
+
 def _rematch(result: CorrelationResult, corr_a_for_b: np.ndarray, corr_b_for_a: np.ndarray) -> CorrelationResult:
     """`result` with the candidates' correlations replaced (a bootstrap replicate); bests from the candidates."""
+
     def best(cands, corr):
         safe = np.where(np.isfinite(corr), corr, -np.inf)
         pick = safe.argmax(1)
@@ -108,6 +117,7 @@ def _rematch(result: CorrelationResult, corr_a_for_b: np.ndarray, corr_b_for_a: 
         best_corr_for_a=best_corr_for_a,
         matrix=None,
     )
+
 
 def bootstrap_scores(
     a: Side,
@@ -142,6 +152,7 @@ def bootstrap_scores(
     # Replicates are independent and mostly small LAPACK calls: side by side on the cores.
     values = np.array(parallel_map(replicate, bootstrap_counts(n_groups, cfg.n_bootstrap, cfg.seed)))
     return {mm: basic_interval(values[:, i], observed[mm]) for i, mm in enumerate(measures)}
+
 
 def score_pair(a: Side, b: Side, cfg: CompareOptions, groups: np.ndarray, n_groups: int, control: bool = False) -> dict:
     """Correlate, match and score one pair of sides.  The main comparison gets every measure on decoder rows
@@ -185,6 +196,7 @@ def score_pair(a: Side, b: Side, cfg: CompareOptions, groups: np.ndarray, n_grou
     row["pairs"] = {"idx_a": pairs.idx_a.tolist(), "idx_b": pairs.idx_b.tolist(), "corr": pairs.corr.tolist()}
     row["seconds"] = time.perf_counter() - t0
     return row
+
 
 def add_q(cells: list[dict]) -> None:
     """Benjamini-Hochberg q-values across `cells` (SCOREs of one measure), into each cell's "q"; cells without

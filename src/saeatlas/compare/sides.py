@@ -33,6 +33,7 @@ class Side:
     junk: np.ndarray | None = None
     """[n_latents] bool: a top activating token is a junk token."""
 
+
 def sae_side(
     label: str,
     store: ActivationStore,
@@ -52,15 +53,18 @@ def sae_side(
         junk = junk_latents(top_positions(codes, 5), token_ids, junk_ids)
     return Side(label, codes, sae.W_dec.detach().float().numpy(), junk)
 
+
 def neuron_side(label: str, store: ActivationStore, hook: str, rows: np.ndarray) -> Side:
     """The raw activations (neurons) at `rows` as dense codes, with identity decoder rows."""
     acts = torch.cat(list(gather_rows(store, hook, rows))).numpy()
     return Side(label, acts, np.eye(acts.shape[1], dtype=np.float32))
 
+
 def correlate(a: Side, b: Side, top_m: int) -> CorrelationResult:
     if isinstance(a.codes, np.ndarray):
         return pearson_dense(a.codes, b.codes, top_m=top_m)
     return pearson_sparse(a.codes, b.codes, top_m=top_m)
+
 
 class SideCache:
     """Sides built once and reused across the grid (codes are the expensive part)."""
@@ -103,6 +107,7 @@ class SideCache:
         self._cache[key] = side
         return side
 
+
 def limit_positions(align: Alignment, max_positions: int | None) -> Alignment:
     """The first `max_positions` aligned positions (all of them for None)."""
     if max_positions is None or len(align.rows_a) <= max_positions:
@@ -116,6 +121,7 @@ def limit_positions(align: Alignment, max_positions: int | None) -> Alignment:
         token_a=align.token_a[:n],
         token_b=align.token_b[:n],
     )
+
 
 def control_pair(kind: str, sides: SideCache, hook_a: str, hook_b: str) -> tuple[Side, Side]:
     """The two sides a control compares in place of the real pair (hook_a, hook_b)."""

@@ -33,12 +33,20 @@ class TextConfig(Config):
     """Seed of the document order shuffle."""
 
     def _validate(self) -> None:
-        check(isinstance(self.corpus, str) and bool(self.corpus.strip()), "corpus", self.corpus,
-              "name a corpus (wiki, news, shakespeare, kjv), a path or hf:<dataset>")
+        check(
+            isinstance(self.corpus, str) and bool(self.corpus.strip()),
+            "corpus",
+            self.corpus,
+            "name a corpus (wiki, news, shakespeare, kjv), a path or hf:<dataset>",
+        )
         check_int(self, "tokens", 1, MAX_TOKENS, "give a positive token budget")
         check_int(self, "context", 2, 1 << 20, "use at least 2 tokens per window")
-        check(self.window_chars is None or (isinstance(self.window_chars, int) and self.window_chars >= 1),
-              "window_chars", self.window_chars, "use a positive number of characters (about 4 per token)")
+        check(
+            self.window_chars is None or (isinstance(self.window_chars, int) and self.window_chars >= 1),
+            "window_chars",
+            self.window_chars,
+            "use a positive number of characters (about 4 per token)",
+        )
         check_int(self, "seed", 0)
 
 
@@ -68,10 +76,18 @@ class ExtractConfig(TextConfig):
     """Free-form notes stored in the manifest (not used by the extractor)."""
 
     def _validate(self) -> None:
-        check(isinstance(self.model, str) and bool(self.model.strip()), "model", self.model,
-              "name a packaged model, a Hugging Face folder, a .gguf file or a hub id")
-        check(isinstance(self.hooks, list) and bool(self.hooks), "hooks", self.hooks,
-              "name at least one hook point, e.g. resid_post.3")
+        check(
+            isinstance(self.model, str) and bool(self.model.strip()),
+            "model",
+            self.model,
+            "name a packaged model, a Hugging Face folder, a .gguf file or a hub id",
+        )
+        check(
+            isinstance(self.hooks, list) and bool(self.hooks),
+            "hooks",
+            self.hooks,
+            "name at least one hook point, e.g. resid_post.3",
+        )
         self.hooks = [canonical_hook(h) for h in self.hooks]
         check(len(set(self.hooks)) == len(self.hooks), "hooks", self.hooks, "name each hook once")
         check_choice(self, "split", SPLITS)
@@ -80,8 +96,12 @@ class ExtractConfig(TextConfig):
         check_int(self, "shard_windows", 1, 1 << 24)
         check_choice(self, "store_dtype", STORE_DTYPES)
         check_choice(self, "model_dtype", STORE_DTYPES)
-        check(self.window_chars is None or not self.pack_documents, "window_chars", self.window_chars,
-              "windows cut at characters hold one document each: drop pack_documents")
+        check(
+            self.window_chars is None or not self.pack_documents,
+            "window_chars",
+            self.window_chars,
+            "windows cut at characters hold one document each: drop pack_documents",
+        )
 
     def manifest_settings(self) -> dict:
         """The settings as a store's manifest records them (store format 1: the storage dtype is `dtype`;

@@ -71,7 +71,9 @@ def _package_file(package: Package, relative: str) -> Path:
     """A data file inside an installed package, or MissingPackageError if it is absent."""
     path = _package_dir(package) / relative
     if not path.is_file():
-        raise MissingPackageError(f"package '{package.distribution}' lacks {relative}; reinstall it with `{package.pip}`")
+        raise MissingPackageError(
+            f"package '{package.distribution}' lacks {relative}; reinstall it with `{package.pip}`"
+        )
     return path
 
 

@@ -79,8 +79,12 @@ def from_storage(array: np.ndarray, dtype: str) -> torch.Tensor:
 def read_manifest(path: Path) -> dict:
     """The manifest of the store at `path`; StoreError if there is none or it is unreadable."""
     file = Path(path) / MANIFEST
-    manifest = read_json(file, f"'{path}' is not an activation store (no {MANIFEST}): run `saeatlas extract` first",
-                         "delete the store and extract again", StoreError)
+    manifest = read_json(
+        file,
+        f"'{path}' is not an activation store (no {MANIFEST}): run `saeatlas extract` first",
+        "delete the store and extract again",
+        StoreError,
+    )
     if manifest.get("format") != FORMAT:
         raise StoreError(f"{file} is not a saeatlas activation store manifest")
     if manifest.get("version") != FORMAT_VERSION:

@@ -86,7 +86,9 @@ def patched(handle: ModelHandle, point: HookPoint, fn):
 
         hook = handle.layers[point.layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
     else:
-        hook = _sublayer(handle, point).register_forward_hook(lambda mod, args, output: _replace(output, fn(_hidden(output))))
+        hook = _sublayer(handle, point).register_forward_hook(
+            lambda mod, args, output: _replace(output, fn(_hidden(output)))
+        )
     try:
         yield
     finally:

@@ -95,7 +95,9 @@ def _packaged_folder(entry: PackagedModel) -> tuple[Path, str, str]:
     if entry.relative_path:
         gguf = package_dir / entry.relative_path
         if not gguf.is_file():
-            raise SaeAtlasError(f"the package of '{entry.name}' lacks {gguf.name}: reinstall it with `{entry.package.pip}`")
+            raise SaeAtlasError(
+                f"the package of '{entry.name}' lacks {gguf.name}: reinstall it with `{entry.package.pip}`"
+            )
         sha = sha256_file(gguf)
         return (
             _cached_conversion(f"{entry.name}-{sha[:16]}", sha, lambda: gguf),

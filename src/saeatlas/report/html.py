@@ -63,8 +63,11 @@ def write_report(out_dir: str | Path) -> Path:
     """Read OUT_DIR/results.json and write OUT_DIR/report.html (atomically); returns the report's path."""
     out_dir = Path(out_dir)
     source = out_dir / "results.json"
-    results = read_json(source, f"no results.json in '{out_dir}': run `saeatlas run` to make the study first",
-                        "run `saeatlas run` again to rewrite it")
+    results = read_json(
+        source,
+        f"no results.json in '{out_dir}': run `saeatlas run` to make the study first",
+        "run `saeatlas run` again to rewrite it",
+    )
     if results.get("kind") != "study":
         raise SaeAtlasError(
             f"{source} holds '{results.get('kind')}' results, not a study's: give the output folder of `saeatlas run`"

@@ -57,20 +57,39 @@ class SAEConfig(Config):
 
     def _validate(self) -> None:
         check_choice(self, "arch", ARCHITECTURES)
-        check(self.d_in is None or (isinstance(self.d_in, int) and 1 <= self.d_in <= MAX_D_SAE), "d_in", self.d_in,
-              "use a positive width")
+        check(
+            self.d_in is None or (isinstance(self.d_in, int) and 1 <= self.d_in <= MAX_D_SAE),
+            "d_in",
+            self.d_in,
+            "use a positive width",
+        )
         check_int(self, "d_sae", 1, MAX_D_SAE)
-        check_int(self, "k", 1, self.d_sae if isinstance(self.d_sae, int) else None,
-                  f"use an integer from 1 to d_sae ({self.d_sae})")
+        check_int(
+            self,
+            "k",
+            1,
+            self.d_sae if isinstance(self.d_sae, int) else None,
+            f"use an integer from 1 to d_sae ({self.d_sae})",
+        )
         check_float(self, "l1_coefficient", 0)
-        check(self.target_l0 is None or (isinstance(self.target_l0, (int, float)) and self.target_l0 > 0),
-              "target_l0", self.target_l0, "use a positive L0, or leave it unset (then k)")
+        check(
+            self.target_l0 is None or (isinstance(self.target_l0, (int, float)) and self.target_l0 > 0),
+            "target_l0",
+            self.target_l0,
+            "use a positive L0, or leave it unset (then k)",
+        )
         check_float(self, "l0_coefficient", 0)
         check_float(self, "jump_bandwidth", 0, low_open=True)
         check_int(self, "gba_groups", 1, 1 << 16)
         check_float(self, "gba_freq_high", 0, 1, low_open=True, high_open=True)
-        check_float(self, "gba_freq_low", 0, self.gba_freq_high, low_open=True,
-                    allowed=f"use a frequency in (0, gba_freq_high = {self.gba_freq_high}]")
+        check_float(
+            self,
+            "gba_freq_low",
+            0,
+            self.gba_freq_high,
+            low_open=True,
+            allowed=f"use a frequency in (0, gba_freq_high = {self.gba_freq_high}]",
+        )
         check_float(self, "gba_gamma", 0, low_open=True)
         check_int(self, "gba_every", 1)
         check_float(self, "mp_tolerance", 0)
@@ -112,13 +131,22 @@ class TrainConfig(Config):
         check(isinstance(self.sae, SAEConfig), "sae", self.sae, "give an SAEConfig")
         check_int(self, "steps", 1, 10**9)
         check_int(self, "batch_size", 1, 1 << 24)
-        check(self.lr is None or (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool)
-                                  and 0 < self.lr <= 1), "lr", self.lr, "use a learning rate in (0, 1]")
+        check(
+            self.lr is None
+            or (isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and 0 < self.lr <= 1),
+            "lr",
+            self.lr,
+            "use a learning rate in (0, 1]",
+        )
         check_int(self, "warmup_steps", 0)
         check_float(self, "decay_fraction", 0, 1)
-        check(self.sparsity_warmup_steps is None or (isinstance(self.sparsity_warmup_steps, int)
-                                                     and self.sparsity_warmup_steps >= 1),
-              "sparsity_warmup_steps", self.sparsity_warmup_steps, "use at least 1 step, or leave it unset")
+        check(
+            self.sparsity_warmup_steps is None
+            or (isinstance(self.sparsity_warmup_steps, int) and self.sparsity_warmup_steps >= 1),
+            "sparsity_warmup_steps",
+            self.sparsity_warmup_steps,
+            "use at least 1 step, or leave it unset",
+        )
         check_float(self, "grad_clip", 0, low_open=True)
         check_float(self, "aux_k_coefficient", 0)
         check_int(self, "dead_after_tokens", 1)

@@ -27,12 +27,23 @@ from .model import SparseAutoencoder
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_CFG = "cfg.json"
-SAVED_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu",
-                      "gba": "jumprelu", "mp": "mp"}
+SAVED_ARCHITECTURE = {
+    "relu": "standard",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+    "gba": "jumprelu",
+    "mp": "mp",
+}
 """Our architecture -> the SAELens `architecture` it is saved as.  BatchTopK is saved as JumpReLU with its
 learned global threshold, GBA as JumpReLU with its adapted thresholds (the paper's bias, negated)."""
-LOADED_ARCHITECTURE = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu",
-                       "batchtopk": "batchtopk"}
+LOADED_ARCHITECTURE = {
+    "standard": "relu",
+    "relu": "relu",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "batchtopk": "batchtopk",
+}
 """A SAELens `architecture` (of an SAE not written by saeatlas) -> the architecture it is loaded as."""
 
 
@@ -46,16 +57,20 @@ def sae_folder(template: str | Path, hook: str) -> Path:
         try:
             path = Path(template.format(hook=hook, layer=hook.rsplit(".", 1)[1]))
         except (KeyError, IndexError, ValueError) as exc:
-            raise SaeAtlasError(f"bad SAE folder template {template!r} ({type(exc).__name__}: {exc}): use "
-                                "{hook} and/or {layer}, e.g. runs/saes/{hook}") from None
+            raise SaeAtlasError(
+                f"bad SAE folder template {template!r} ({type(exc).__name__}: {exc}): use "
+                "{hook} and/or {layer}, e.g. runs/saes/{hook}"
+            ) from None
         candidates = [path]
     else:
         candidates = [Path(template) / name for name in hook_spellings(hook)]
     for path in candidates:
         if path.is_dir():
             return path
-    raise SaeAtlasError(f"no SAE for {hook}: '{candidates[0]}' does not exist (give a folder template with "
-                        "{hook} or {layer}, or a folder holding one SAE folder per hook)")
+    raise SaeAtlasError(
+        f"no SAE for {hook}: '{candidates[0]}' does not exist (give a folder template with "
+        "{hook} or {layer}, or a folder holding one SAE folder per hook)"
+    )
 
 
 def save_saelens(
@@ -125,8 +140,11 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
 
 
 def _read_json(path: Path) -> dict:
-    return read_json(path, f"{path} is missing: an SAE folder needs its config next to the weights",
-                     "fix or replace the SAE's config")
+    return read_json(
+        path,
+        f"{path} is missing: an SAE folder needs its config next to the weights",
+        "fix or replace the SAE's config",
+    )
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -177,7 +195,9 @@ def _load_saelens(folder: Path) -> SparseAutoencoder:
     if ours:
         cfg = SAEConfig(**pick(SAEConfig, ours))
     elif arch_name in LOADED_ARCHITECTURE:
-        cfg = SAEConfig(arch=LOADED_ARCHITECTURE[arch_name], d_in=d_in, d_sae=d_sae, k=int(raw.get("k") or min(32, d_sae)))
+        cfg = SAEConfig(
+            arch=LOADED_ARCHITECTURE[arch_name], d_in=d_in, d_sae=d_sae, k=int(raw.get("k") or min(32, d_sae))
+        )
     else:
         raise SaeAtlasError(
             f"{folder}: SAELens architecture '{arch_name}' is not supported (use standard, topk, jumprelu)"

@@ -32,8 +32,9 @@ Data = TensorSource | StoreSource | torch.Tensor | np.ndarray
 """Training or evaluation activations: a [n_tokens, d_in] matrix, or a source (`StoreSource(store, hook)`)."""
 
 
-def activation_source(activations: str | Path | None = None, store: str | Path | None = None,
-                      hook: str | None = None) -> TensorSource | StoreSource:
+def activation_source(
+    activations: str | Path | None = None, store: str | Path | None = None, hook: str | None = None
+) -> TensorSource | StoreSource:
     """The activations the `train` and `eval` verbs name: a .npy / .safetensors matrix, or one hook of a store."""
     if bool(activations) == bool(store):
         raise SaeAtlasError("give exactly one of --activations FILE or --store DIR --hook HOOK")
@@ -52,8 +53,10 @@ def as_source(data: Data) -> TensorSource | StoreSource:
         data = torch.from_numpy(np.asarray(data, dtype=np.float32))
     if isinstance(data, torch.Tensor):
         return TensorSource(data)
-    raise SaeAtlasError(f"cannot read activations from a {type(data).__name__}: give a [n_tokens, d_in] matrix "
-                        "or a StoreSource(store, hook)")
+    raise SaeAtlasError(
+        f"cannot read activations from a {type(data).__name__}: give a [n_tokens, d_in] matrix "
+        "or a StoreSource(store, hook)"
+    )
 
 
 def _metadata(source) -> dict:
@@ -97,14 +100,19 @@ class TrainResult:
     """Where the activations came from (model, hook, context, dataset), for the SAE's cfg.json."""
 
 
-def run_train(cfg: TrainConfig, data: Data, checkpoint: str | Path | None = None,
-              on_step: Callable[[dict | None], None] | None = None) -> TrainResult:
+def run_train(
+    cfg: TrainConfig,
+    data: Data,
+    checkpoint: str | Path | None = None,
+    on_step: Callable[[dict | None], None] | None = None,
+) -> TrainResult:
     """Train `cfg.sae` on `data` with `cfg`'s optimisation; `checkpoint` is a folder for resumable checkpoints
     (None: none).  `on_step(None)` is called once the inputs are checked, then `on_step(metrics)` every step."""
     source = as_source(data)
     if source.n_tokens < cfg.batch_size:
-        raise SaeAtlasError(f"the activations hold {source.n_tokens} tokens, fewer than one batch "
-                            f"({cfg.batch_size}): lower batch_size")
+        raise SaeAtlasError(
+            f"the activations hold {source.n_tokens} tokens, fewer than one batch ({cfg.batch_size}): lower batch_size"
+        )
     cfg = dataclasses.replace(cfg, sae=sae_config_for(cfg.sae, source.d_in))
     checkpoint_file = None
     if checkpoint is not None:
@@ -122,8 +130,9 @@ def _checkpoint_folder(folder: Path, cfg: TrainConfig, source) -> Path:
     if folder.exists():
         previous = read_json_or_none(folder / "settings.json")
         if not isinstance(previous, dict) or previous.get("sha256") != digest:
-            raise SaeAtlasError(f"'{folder}' holds an unfinished run with other settings: delete it or train "
-                                "into another folder")
+            raise SaeAtlasError(
+                f"'{folder}' holds an unfinished run with other settings: delete it or train into another folder"
+            )
     else:
         folder.mkdir(parents=True)
         write_json_atomic(folder / "settings.json", {"sha256": digest, **settings})
@@ -136,8 +145,9 @@ def write_sae(result: TrainResult, out: str | Path) -> Path:
     return save_saelens(result.sae, out, metadata=result.metadata, extra=extra)
 
 
-def train_to_folder(cfg: TrainConfig, data: Data, out: str | Path,
-                    on_step: Callable[[dict | None], None] | None = None) -> TrainResult:
+def train_to_folder(
+    cfg: TrainConfig, data: Data, out: str | Path, on_step: Callable[[dict | None], None] | None = None
+) -> TrainResult:
     """Train (or resume, from `<out>.partial/`) and write the SAE folder `out`; it must not exist yet."""
     out = Path(out)
     if out.exists():
@@ -161,8 +171,12 @@ class EvalResult:
     """The SAE spliced into `config.model` (`saeatlas.sae.splice.spliced_metrics`); None without a model."""
 
 
-def run_eval(cfg: EvalConfig, sae: str | Path | SparseAutoencoder, data: Data | None = None,
-             progress: Callable[[int], None] | None = None) -> EvalResult:
+def run_eval(
+    cfg: EvalConfig,
+    sae: str | Path | SparseAutoencoder,
+    data: Data | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EvalResult:
     """Metrics of an SAE (a folder or a loaded SAE) on `data` and, with `cfg.model`, spliced into the model.
     `progress(n)` counts the steps done: 0 once the inputs are checked, 1 per metric group."""
     from ..models import load_model
@@ -172,8 +186,10 @@ def run_eval(cfg: EvalConfig, sae: str | Path | SparseAutoencoder, data: Data | 
     folder = sae if not isinstance(sae, SparseAutoencoder) else "the SAE"
     sae = sae if isinstance(sae, SparseAutoencoder) else load_sae(sae)
     if data is None and not cfg.model:
-        raise SaeAtlasError("give activations to evaluate on (--activations FILE or --store DIR --hook HOOK) "
-                            "and/or a model to splice into (--model)")
+        raise SaeAtlasError(
+            "give activations to evaluate on (--activations FILE or --store DIR --hook HOOK) "
+            "and/or a model to splice into (--model)"
+        )
     hook = cfg.hook or meta.get("hook_name")
     source = as_source(data) if data is not None else None
     if source is not None and source.d_in != sae.cfg.d_in:
@@ -194,4 +210,3 @@ def run_eval(cfg: EvalConfig, sae: str | Path | SparseAutoencoder, data: Data | 
         downstream = spliced_metrics(handle, sae, hook, corpus=corpus, n_tokens=cfg.ce_tokens)
         progress(1)
     return EvalResult(hook, metrics, downstream)
-

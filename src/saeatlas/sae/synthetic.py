@@ -55,8 +55,7 @@ def recovery_run(
     x, features = planted_features(n_samples, n_features=512, d=64, active=5, noise=0.01, seed=data_seed)
     cfg = SAEConfig(arch=arch, d_sae=1024, k=5, **RECOVERY_SPARSITY.get(arch, {}))
     steps = steps or RECOVERY_STEPS.get(arch, 1500)
-    train = TrainConfig(sae=cfg, steps=steps, batch_size=512, lr=2e-3, warmup_steps=50, checkpoint_every=0,
-                        seed=seed)
+    train = TrainConfig(sae=cfg, steps=steps, batch_size=512, lr=2e-3, warmup_steps=50, checkpoint_every=0, seed=seed)
     sae, _ = train_sae(train, TensorSource(x))
     cosines = best_cosines(sae.W_dec.detach(), features)
     metrics = evaluate(sae, [x[i : i + 4096] for i in range(0, min(len(x), 16384), 4096)])

@@ -33,8 +33,9 @@ def pair_cards(results_path: Path, per_layer_pair: int, n_contexts: int = 3) -> 
     from ..data.store import ActivationStore
     from ..sae.formats import load_sae, sae_folder
 
-    results = read_json(results_path, f"no comparison results at {results_path}: run the comparison first",
-                        "run the comparison again")
+    results = read_json(
+        results_path, f"no comparison results at {results_path}: run the comparison first", "run the comparison again"
+    )
     cfg = results["config"]
     stores = {"a": ActivationStore(cfg["store_a"]), "b": ActivationStore(cfg["store_b"])}
     chosen = [(entry, strongest_pairs(entry["sae"], per_layer_pair)) for entry in results["pairs"]]

@@ -90,8 +90,12 @@ class SAESettings(Config):
 class CompareSettings(CompareOptions):
     """[compare]: which two models, and how their SAEs are matched and scored."""
 
-    RENAMED: ClassVar[dict[str, str]] = {"a": "label_a", "b": "label_b", "permutations": "n_permutations",
-                                         "bootstrap": "n_bootstrap"}
+    RENAMED: ClassVar[dict[str, str]] = {
+        "a": "label_a",
+        "b": "label_b",
+        "permutations": "n_permutations",
+        "bootstrap": "n_bootstrap",
+    }
 
     label_a: str
     """Label of model A."""
@@ -126,8 +130,12 @@ class AbsorptionSettings(AbsorptionOptions):
 
     def _validate(self) -> None:
         self.hook = canonical_hook(self.hook)
-        check(bool(self.k_values) and all(isinstance(k, int) and k >= 1 for k in self.k_values), "k_values",
-              self.k_values, "give one or more k >= 1")
+        check(
+            bool(self.k_values) and all(isinstance(k, int) and k >= 1 for k in self.k_values),
+            "k_values",
+            self.k_values,
+            "give one or more k >= 1",
+        )
 
 
 @dataclass(kw_only=True)
@@ -178,7 +186,11 @@ def _migrate(cls, data: dict, where: str) -> dict:
         if old in data and new not in data:
             log.warning("study: '%s%s' is now '%s%s'; the old name is read until saeatlas 0.3", where, old, where, new)
             data[new] = data.pop(old)
-    sentinels = {("svcca_k", 0): "variance", ("concepts", "none"): [], ("concepts", BUILTIN_CONCEPTS): [BUILTIN_CONCEPTS]}
+    sentinels = {
+        ("svcca_k", 0): "variance",
+        ("concepts", "none"): [],
+        ("concepts", BUILTIN_CONCEPTS): [BUILTIN_CONCEPTS],
+    }
     for (key, old), new in sentinels.items():
         if key in data and data[key] == old and type(data[key]) is type(old):
             log.warning("study: '%s%s = %r' is now written %r", where, key, old, new)
@@ -246,8 +258,9 @@ def validate(study: Study) -> Study:
     _check(len(set(labels)) == len(labels), "models.label", labels, "give each model its own label")
     if (c := study.compare) is not None:
         for key in ("label_a", "label_b"):
-            _check(getattr(c, key) in labels, f"compare.{key}", getattr(c, key),
-                   f"use a model label: {', '.join(labels)}")
+            _check(
+                getattr(c, key) in labels, f"compare.{key}", getattr(c, key), f"use a model label: {', '.join(labels)}"
+            )
     if (a := study.absorption) is not None:
         _check(a.label in labels, "absorption.label", a.label, f"use a model label: {', '.join(labels)}")
     return study
@@ -257,7 +270,9 @@ def parse_study(text: str, source: str = "study") -> Study:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise StudyError(f"{source} is not valid TOML ({exc}): fix the file or start again with `saeatlas init`") from None
+        raise StudyError(
+            f"{source} is not valid TOML ({exc}): fix the file or start again with `saeatlas init`"
+        ) from None
     return validate(_build(Study, data, ""))
 
 
@@ -272,5 +287,7 @@ def load_study(path: str | Path | None) -> Study:
         return parse_study(default_study_text(), "the built-in study")
     path = Path(path)
     if not path.is_file():
-        raise StudyError(f"study file '{path}' does not exist: check the path, or write one with `saeatlas init {path}`")
+        raise StudyError(
+            f"study file '{path}' does not exist: check the path, or write one with `saeatlas init {path}`"
+        )
     return parse_study(path.read_text(), str(path))

@@ -37,8 +37,11 @@ def _settings(cfg, always: tuple[str, ...]) -> dict:
     (a setting added after a product was made leaves its key alone until it is used)."""
     defaults = flat_defaults(type(cfg))
     derived = {n for n, (_, f, _) in flat_fields(type(cfg)).items() if f.metadata.get("setting") is False}
-    return {name: value for name, value in flat_values(cfg).items()
-            if name not in derived and (name in always or value != defaults.get(name, object()))}
+    return {
+        name: value
+        for name, value in flat_values(cfg).items()
+        if name not in derived and (name in always or value != defaults.get(name, object()))
+    }
 
 
 # ---------------------------------------------------------------- actions
@@ -113,8 +116,11 @@ def _compare_config(stage: Stage, concepts: bool = False):
     s = stage.settings
     stores = {st.label: st.folder for st in stage.inputs if st.kind == "extract"}
     cls = ConceptsConfig if concepts else CompareConfig
-    return cls(store_a=str(stores[s["label_a"]]), store_b=str(stores[s["label_b"]]),
-               **pick(cls, {k: v for k, v in s.items() if k not in ("label_a", "label_b")}))
+    return cls(
+        store_a=str(stores[s["label_a"]]),
+        store_b=str(stores[s["label_b"]]),
+        **pick(cls, {k: v for k, v in s.items() if k not in ("label_a", "label_b")}),
+    )
 
 
 def _compare(stage: Stage, progress: bool) -> dict:
@@ -155,8 +161,9 @@ def _absorption(stage: Stage, progress: bool) -> dict:
     from ..report.files import write_absorption
 
     s = stage.settings
-    cfg = AbsorptionConfig(model=s["model"], hook=s["hook"], saes=[str(i.folder) for i in stage.inputs],
-                           **pick(AbsorptionOptions, s))
+    cfg = AbsorptionConfig(
+        model=s["model"], hook=s["hook"], saes=[str(i.folder) for i in stage.inputs], **pick(AbsorptionOptions, s)
+    )
     results = run_absorption(cfg, progress=progress)
     write_absorption(results, stage.folder)
     return {"seconds": results["seconds"]}
@@ -196,16 +203,37 @@ class _Planner:
 def _plan_extract(p: _Planner) -> None:
     d = p.study.data
     for m in p.study.models:
-        common = {"model": m.model, "hooks": p.hooks(m.label), "corpus": d.corpus, "context": d.context,
-                  "seed": d.seed, "label": m.label}
-        p.stores[m.label] = p.add(Stage("extract", f"extract {m.label}", p.out / "stores" / m.label,
-                                        {**common, "tokens": d.tokens, "window_chars": d.window_chars}, _extract,
-                                        label=m.label, role="train"))
+        common = {
+            "model": m.model,
+            "hooks": p.hooks(m.label),
+            "corpus": d.corpus,
+            "context": d.context,
+            "seed": d.seed,
+            "label": m.label,
+        }
+        p.stores[m.label] = p.add(
+            Stage(
+                "extract",
+                f"extract {m.label}",
+                p.out / "stores" / m.label,
+                {**common, "tokens": d.tokens, "window_chars": d.window_chars},
+                _extract,
+                label=m.label,
+                role="train",
+            )
+        )
         if d.heldout_tokens:
-            p.heldout[m.label] = p.add(Stage("extract", f"extract {m.label} held-out",
-                                             p.out / "stores" / f"{m.label}-heldout",
-                                             {**common, "tokens": d.heldout_tokens, "split": "eval"}, _extract,
-                                             label=m.label, role="heldout"))
+            p.heldout[m.label] = p.add(
+                Stage(
+                    "extract",
+                    f"extract {m.label} held-out",
+                    p.out / "stores" / f"{m.label}-heldout",
+                    {**common, "tokens": d.heldout_tokens, "split": "eval"},
+                    _extract,
+                    label=m.label,
+                    role="heldout",
+                )
+            )
 
 
 def _train_stage(p: _Planner, label: str, hook: str, seed: int, k: int, role: Role) -> Stage:
@@ -216,8 +244,19 @@ def _train_stage(p: _Planner, label: str, hook: str, seed: int, k: int, role: Ro
         base = p.study.sae.train
         cfg = dataclasses.replace(base, seed=seed, sae=dataclasses.replace(base.sae, k=k))
         settings = {"hook": hook, **_settings(cfg, TRAIN_SETTINGS)}
-        p.trained[key] = p.add(Stage("train", f"train {label} {hook} seed {seed} k {k}", p.out / "saes" / folder / hook,
-                                     settings, _train, [p.stores[label]], label=label, hook=hook, role=role))
+        p.trained[key] = p.add(
+            Stage(
+                "train",
+                f"train {label} {hook} seed {seed} k {k}",
+                p.out / "saes" / folder / hook,
+                settings,
+                _train,
+                [p.stores[label]],
+                label=label,
+                hook=hook,
+                role=role,
+            )
+        )
     return p.trained[key]
 
 
@@ -231,9 +270,18 @@ def _plan_saes(p: _Planner) -> None:
         for hook in m.hooks:
             if m.saes:
                 folder = sae_folder(m.saes, hook)
-                p.main[m.label][hook] = p.add(Stage("pretrained", f"pretrained {m.label} {hook}", folder,
-                                                    {"folder": str(folder), "files": _file_fingerprint(folder)},
-                                                    _pretrained, label=m.label, hook=hook, role="pretrained"))
+                p.main[m.label][hook] = p.add(
+                    Stage(
+                        "pretrained",
+                        f"pretrained {m.label} {hook}",
+                        folder,
+                        {"folder": str(folder), "files": _file_fingerprint(folder)},
+                        _pretrained,
+                        label=m.label,
+                        hook=hook,
+                        role="pretrained",
+                    )
+                )
             else:
                 p.main[m.label][hook] = _train_stage(p, m.label, hook, s.seed, s.sae.k, "main")
 
@@ -245,23 +293,41 @@ def _plan_compare(p: _Planner) -> None:
         return
     k = p.study.sae.train.sae.k
     a, b = p.study.model(c.label_a), p.study.model(c.label_b)
-    skyline = [_train_stage(p, a.label, hook, c.skyline_seed, k, "skyline") for hook in a.hooks] \
-        if "skyline" in c.controls else []
+    skyline = (
+        [_train_stage(p, a.label, hook, c.skyline_seed, k, "skyline") for hook in a.hooks]
+        if "skyline" in c.controls
+        else []
+    )
     template = {m.label: m.saes or str(p.out / "saes" / m.label / "{hook}") for m in (a, b)}
     skyline_template = str(p.out / "saes" / f"{a.label}-seed{c.skyline_seed}" / "{hook}") if skyline else None
-    settings = {"label_a": a.label, "label_b": b.label, "hooks_a": a.hooks, "hooks_b": b.hooks,
-                "saes_a": template[a.label], "saes_b": template[b.label], "skyline_saes_a": skyline_template,
-                **_settings(CompareOptions(**pick(CompareOptions, vars(c))), COMPARE_SETTINGS)}
+    settings = {
+        "label_a": a.label,
+        "label_b": b.label,
+        "hooks_a": a.hooks,
+        "hooks_b": b.hooks,
+        "saes_a": template[a.label],
+        "saes_b": template[b.label],
+        "skyline_saes_a": skyline_template,
+        **_settings(CompareOptions(**pick(CompareOptions, vars(c))), COMPARE_SETTINGS),
+    }
     inputs = [p.stores[a.label], p.stores[b.label], *p.main[a.label].values(), *p.main[b.label].values()]
     # version 3: results name hooks `hook_a` / `hooks_a` (2: bootstrap intervals are basic intervals)
     compare = p.add(Stage("compare", "compare", p.out / "compare", settings, _compare, inputs + skyline, version=3))
     if c.concepts:
-        concept_settings = {**settings, "controls": [], "n_bootstrap": 0, "skyline_saes_a": None,
-                            "concepts": c.concepts}
+        concept_settings = {
+            **settings,
+            "controls": [],
+            "n_bootstrap": 0,
+            "skyline_saes_a": None,
+            "concepts": c.concepts,
+        }
         p.add(Stage("concepts", "concepts", p.out / "concepts", concept_settings, _concepts, inputs, version=2))
     if c.pair_cards:
-        p.add(Stage("pair cards", "pair cards", p.out / "cards", {"pair_cards": c.pair_cards}, _cards, [compare],
-                    version=2))
+        p.add(
+            Stage(
+                "pair cards", "pair cards", p.out / "cards", {"pair_cards": c.pair_cards}, _cards, [compare], version=2
+            )
+        )
 
 
 def _plan_absorption(p: _Planner) -> None:
@@ -270,12 +336,19 @@ def _plan_absorption(p: _Planner) -> None:
     if a is None:
         return
     m, s = p.study.model(a.label), p.study.sae.train
-    inputs = [p.main[m.label][a.hook] if k == s.sae.k and a.hook in p.main[m.label] and not m.saes
-              else _train_stage(p, m.label, a.hook, s.seed, k, "sparsity sweep") for k in a.k_values]
+    inputs = [
+        p.main[m.label][a.hook]
+        if k == s.sae.k and a.hook in p.main[m.label] and not m.saes
+        else _train_stage(p, m.label, a.hook, s.seed, k, "sparsity sweep")
+        for k in a.k_values
+    ]
     options = AbsorptionOptions(**pick(AbsorptionOptions, vars(a)))
     settings = {"model": m.model, "hook": a.hook, "k_values": a.k_values, **_settings(options, ABSORPTION_SETTINGS)}
-    p.add(Stage("absorption", "absorption", p.out / "absorption", settings, _absorption, inputs, label=m.label,
-                hook=a.hook))
+    p.add(
+        Stage(
+            "absorption", "absorption", p.out / "absorption", settings, _absorption, inputs, label=m.label, hook=a.hook
+        )
+    )
 
 
 def _plan_evaluate(p: _Planner) -> None:
@@ -286,12 +359,27 @@ def _plan_evaluate(p: _Planner) -> None:
     for m in p.study.models:
         main = p.main[m.label]
         others = [st for (label, *_), st in p.trained.items() if label == m.label and st not in main.values()]
-        entries = [{"hook": hook, "splice": True} for hook in main] + [{"hook": st.hook, "splice": False}
-                                                                      for st in others]
-        settings = {"model": m.model, "saes": entries, "heldout_tokens": d.heldout_tokens,
-                    "ce_tokens": p.study.sae.ce_tokens, "corpus": d.corpus}
-        p.add(Stage("evaluate", f"evaluate {m.label} SAEs", p.out / "evals" / m.label, settings, _evaluate,
-                    [p.heldout[m.label], *main.values(), *others], label=m.label))
+        entries = [{"hook": hook, "splice": True} for hook in main] + [
+            {"hook": st.hook, "splice": False} for st in others
+        ]
+        settings = {
+            "model": m.model,
+            "saes": entries,
+            "heldout_tokens": d.heldout_tokens,
+            "ce_tokens": p.study.sae.ce_tokens,
+            "corpus": d.corpus,
+        }
+        p.add(
+            Stage(
+                "evaluate",
+                f"evaluate {m.label} SAEs",
+                p.out / "evals" / m.label,
+                settings,
+                _evaluate,
+                [p.heldout[m.label], *main.values(), *others],
+                label=m.label,
+            )
+        )
 
 
 def plan(study: Study, out: Path) -> list[Stage]:

@@ -35,9 +35,17 @@ def _model_facts(study: Study, stages: list[Stage]) -> list[dict]:
     for m in study.models:
         stage = next(s for s in stages if s.kind == "extract" and s.label == m.label and s.role == "train")
         store = ActivationStore(stage.folder)
-        facts.append({"label": m.label, "model": m.model, "name": store.manifest["model"].get("name", m.model),
-                      "d_model": store.d_model, "corpus": study.data.corpus, "n_tokens": store.n_tokens,
-                      "hooks": store.hooks})
+        facts.append(
+            {
+                "label": m.label,
+                "model": m.model,
+                "name": store.manifest["model"].get("name", m.model),
+                "d_model": store.d_model,
+                "corpus": study.data.corpus,
+                "n_tokens": store.n_tokens,
+                "hooks": store.hooks,
+            }
+        )
     return facts
 
 
@@ -56,12 +64,22 @@ def _sae_facts(stages: list[Stage]) -> list[dict]:
         sae = load_sae(stage.folder)
         record = stage.record() or {}
         figures = evals.get(str(stage.folder))
-        facts.append({"label": stage.label, "hook": stage.hook, "seed": stage.settings.get("seed"),
-                      "arch": sae.cfg.arch, "k": sae.cfg.k, "d_sae": sae.cfg.d_sae, "folder": str(stage.folder),
-                      "role": stage.role, "trained_at": read_metadata(stage.folder).get("hook_name"),
-                      "train_metrics": (record.get("summary") or {}).get("metrics"),
-                      "metrics": figures["metrics"] if figures else None,
-                      "downstream": figures["downstream"] if figures else None})
+        facts.append(
+            {
+                "label": stage.label,
+                "hook": stage.hook,
+                "seed": stage.settings.get("seed"),
+                "arch": sae.cfg.arch,
+                "k": sae.cfg.k,
+                "d_sae": sae.cfg.d_sae,
+                "folder": str(stage.folder),
+                "role": stage.role,
+                "trained_at": read_metadata(stage.folder).get("hook_name"),
+                "train_metrics": (record.get("summary") or {}).get("metrics"),
+                "metrics": figures["metrics"] if figures else None,
+                "downstream": figures["downstream"] if figures else None,
+            }
+        )
     return facts
 
 
@@ -105,7 +123,9 @@ def _log_to(out: Path) -> logging.Handler:
     return handler
 
 
-def run_study(study: Study, out: str | Path | None = None, progress: bool = True, console: Console | None = None) -> dict:
+def run_study(
+    study: Study, out: str | Path | None = None, progress: bool = True, console: Console | None = None
+) -> dict:
     """Run every stage not yet done (in `out`, default the study's own); returns {stages: [...], report: path,
     results: path, seconds}.  `progress`: live bars and a rule line per stage on stderr."""
     out = Path(out if out is not None else study.out)
@@ -168,8 +188,15 @@ def study_settings(study: Study) -> dict:
         derived = {n for n, (_, f, _) in flat_fields(type(section)).items() if f.metadata.get("setting") is False}
         return {k: v for k, v in flat_values(section).items() if k not in derived}
 
-    return {"name": study.name, "out": study.out, "data": flat(study.data), "models": [flat(m) for m in study.models],
-            "sae": flat(study.sae), "compare": flat(study.compare), "absorption": flat(study.absorption)}
+    return {
+        "name": study.name,
+        "out": study.out,
+        "data": flat(study.data),
+        "models": [flat(m) for m in study.models],
+        "sae": flat(study.sae),
+        "compare": flat(study.compare),
+        "absorption": flat(study.absorption),
+    }
 
 
 def _study_toml(study: Study) -> str:
@@ -218,4 +245,6 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     console = console or Console(highlight=False, markup=False, soft_wrap=True)
     results = read_json(summary["results"], f"{summary['results']} is missing", "rerun the study")
     print_study_summary(summary["stages"], results, console)
-    say(console, [f"total {summary['seconds']:.1f} s;", f"results {summary['results']};", f"report {summary['report']}"])
+    say(
+        console, [f"total {summary['seconds']:.1f} s;", f"results {summary['results']};", f"report {summary['report']}"]
+    )

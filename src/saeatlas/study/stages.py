@@ -24,16 +24,24 @@ from ..fileio import jsonable, read_json_or_none, write_json_atomic
 
 log = logging.getLogger("saeatlas.study")
 State = Literal["done", "stale", "partial", "missing"]
-Kind = Literal["extract", "train", "pretrained", "evaluate", "compare", "concepts", "pair cards", "absorption",
-               "report"]
+Kind = Literal[
+    "extract", "train", "pretrained", "evaluate", "compare", "concepts", "pair cards", "absorption", "report"
+]
 Role = Literal["train", "heldout", "main", "skyline", "sparsity sweep", "pretrained"]
 
 KEY_NAMES: dict[str, dict[str, str]] = {
     "train": {"d_sae": "width"},
     "evaluate": {"model": "spec"},
     "absorption": {"model": "spec"},
-    "compare": {"label_a": "a", "label_b": "b", "hooks_a": "layers_a", "hooks_b": "layers_b", "saes_a": "sae_a",
-                "saes_b": "sae_b", "skyline_saes_a": "skyline_sae_a"},
+    "compare": {
+        "label_a": "a",
+        "label_b": "b",
+        "hooks_a": "layers_a",
+        "hooks_b": "layers_b",
+        "saes_a": "sae_a",
+        "saes_b": "sae_b",
+        "skyline_saes_a": "skyline_sae_a",
+    },
 }
 """Settings renamed since saeatlas 0.1 enter a stage's key under their 0.1 name (per stage kind), so products
 made by 0.1 keep their keys and are not made again for a rename."""
