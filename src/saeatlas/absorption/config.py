@@ -4,20 +4,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from ..config import Config, check, check_choice, check_float, check_int
 from ..models.hooks import canonical_hook
 
-VARIANTS: tuple[str, ...] = ("projection", "ablation", "both")
-MODEL_DTYPES: tuple[str, ...] = ("bfloat16", "float32")
+Variant = Literal["projection", "ablation", "both"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+ModelDtype = Literal["bfloat16", "float32"]
+MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
 
 
 @dataclass(kw_only=True)
 class AbsorptionOptions(Config):
     """How the first-letter task is built and scored: shared by `absorption` and the study's [absorption]."""
 
-    variant: Literal["projection", "ablation", "both"] = "projection"
+    variant: Variant = "projection"
     """projection (fast, no gradients; SAEBench's), ablation (integrated gradients through the model; the
     paper's) or both."""
     words: int | Literal["all"] = 4000
@@ -43,7 +45,7 @@ class AbsorptionOptions(Config):
     paper's value for Gemma-2-2B, whose letter logits differ by ten or more; small models differ by a few)."""
     max_candidates: int = 200
     """Ablation variant: at most this many candidates per letter (a seeded sample; counts rescaled)."""
-    model_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    model_dtype: ModelDtype = "bfloat16"
     """Compute dtype of the model for the projection variant (the ablation variant runs in float32)."""
     batch_size: int = 32
     """Prompts per forward pass when reading the task's activations."""

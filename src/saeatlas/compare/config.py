@@ -8,9 +8,9 @@ from typing import Literal
 
 from ..config import Config, check, check_choice, check_float, check_int, check_subset
 from ..models.hooks import canonical_hook
+from .match import METHODS, Method
 from .similarity import MEASURES
 
-METHODS: tuple[str, ...] = ("many_to_one", "legacy_first", "mutual", "assignment")
 CONTROLS: tuple[str, ...] = ("random_init", "neurons", "shifted", "skyline")
 DEFAULT_MEASURES: tuple[str, ...] = ("svcca", "pwcca", "rsa", "linear_cka", "mutual_knn", "svcca_legacy")
 """Measures scored by default.  `procrustes` is on request: its null needs a d_a x d_b SVD per permutation
@@ -23,7 +23,7 @@ BUILTIN_CONCEPTS = "builtin"
 class CompareOptions(Config):
     """How latents are matched and scored: shared by `compare`, `concepts` and the study's [compare] table."""
 
-    method: Literal["many_to_one", "legacy_first", "mutual", "assignment"] = "many_to_one"
+    method: Method = "many_to_one"
     """Matching rule: each B latent to its best A latent (the paper's), the paper's first-occurrence 1-1
     (legacy: kept only to reproduce it), mutual nearest neighbours, or an optimal 1-1 assignment."""
     threshold: float = 0.1

@@ -19,6 +19,7 @@ how many pairs were left after each stage, in the order the stages ran.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,7 +28,8 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from ..errors import SaeAtlasError
 from .correlate import CorrelationResult
 
-METHODS: tuple[str, ...] = ("many_to_one", "legacy_first", "mutual", "assignment")
+Method = Literal["many_to_one", "legacy_first", "mutual", "assignment"]
+METHODS: tuple[str, ...] = get_args(Method)
 JUNK_TEXTS: tuple[str, ...] = (".", "\n", " ", "-", ",", "!", "?")
 """The paper's junk tokens that are text (`. \\n space - , ! ?`)."""
 JUNK_SPECIAL: tuple[str, ...] = ("<bos>", "<|endoftext|>", "<pad>", "<s>", "</s>", "<eos>")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from ..config import Config, check, check_choice, check_float, check_int
 from ..models.hooks import canonical_hook
-from .corpus import SPLITS
+from .corpus import SPLITS, Split
 
 StoreDtype = Literal["bfloat16", "float32"]
-STORE_DTYPES: tuple[str, ...] = ("bfloat16", "float32")
+STORE_DTYPES: tuple[str, ...] = get_args(StoreDtype)
 MAX_TOKENS = 10**12
 """Token budgets above this can only be a typo."""
 
@@ -58,7 +58,7 @@ class ExtractConfig(TextConfig):
     """Packaged model name, Hugging Face folder, .gguf file or hub id."""
     hooks: list[str]
     """Hook points, e.g. ["resid_post.3", "resid_post.9"] (any spelling `saeatlas.models.canonical_hook` takes)."""
-    split: Literal["train", "eval", "all"] = "train"
+    split: Split = "train"
     """Document-level split of the corpus to read."""
     eval_fraction: float = 0.1
     """Share of documents (by hash of their key) that form the eval split."""

@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from ..errors import CorpusError, HubUnavailableError, MissingPackageError
 from ..packages import Package, package_for
@@ -53,7 +54,8 @@ _KJV_FILE = "data/kjv.jsonl"
 _WIKI_MIN_CHARS = 200
 
 _EXTENSIONS = (".txt", ".jsonl", ".parquet")
-SPLITS = ("train", "eval", "all")
+Split = Literal["train", "eval", "all"]
+SPLITS: tuple[str, ...] = get_args(Split)
 """Document-level splits: train, eval (a share of documents chosen by a hash of their key), or all."""
 _HF_PREFIX = "hf:"
 _JSONL_HINT = 'each line must be a JSON object with a "text" field'

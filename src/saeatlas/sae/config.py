@@ -7,13 +7,14 @@ line and the study file show the nested fields flat (`--k`, `sae.k`), since no n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from ..config import DERIVED, FLATTEN, Config, check, check_choice, check_float, check_int
 
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gba", "mp"]
-ARCHITECTURES: tuple[str, ...] = ("relu", "topk", "batchtopk", "jumprelu", "gba", "mp")
-COMPUTE_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+ComputeDtype = Literal["auto", "float32", "bfloat16"]
+COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 MAX_D_SAE = 1 << 24
 """More latents than this (16.7M, the largest SAEs published) can only be a typo."""
 
@@ -121,7 +122,7 @@ class TrainConfig(Config):
     """A latent that has not fired for this many tokens counts as dead (AuxK, metrics)."""
     seed: int = 0
     """Seed of initialisation and data order."""
-    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    compute_dtype: ComputeDtype = "auto"
     """Compute dtype of the matmuls (master weights stay float32).  auto: bfloat16 for the TopK family where
     the CPU has native bfloat16 matmuls, float32 otherwise."""
     checkpoint_every: int = 500

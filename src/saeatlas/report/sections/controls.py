@@ -9,14 +9,11 @@ from .common import COMPARISONS, comparison_bodies, grid_comparison
 
 ID, TITLE = "controls", "Controls"
 
-DEFAULT_MEASURES = ["svcca", "rsa", "linear_cka"]
-"""The measures the controls are scored with when the comparison's config does not say."""
-
 
 # ---------------------------------------------------------------- data
 def control_measures(compare: dict) -> list[str]:
-    """The measures the controls were scored with."""
-    return list((compare.get("config") or {}).get("control_measures") or DEFAULT_MEASURES)
+    """The measures the controls were scored with (compare writes its whole config)."""
+    return list(compare["config"]["control_measures"])
 
 
 def has_controls(compare: dict) -> bool:
