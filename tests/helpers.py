@@ -122,6 +122,18 @@ def build_tiny_other_model(folder: Path) -> Path:
     return folder
 
 
+# ---------------------------------------------------------------- stores
+def tiny_store(model: Path, corpus: Path, out: Path, **settings) -> Path:
+    """Extract a float32 store of `model` (at HOOK) over every document of `corpus` into `out`; `settings`
+    override ExtractConfig's fields (its defaults otherwise, e.g. context 128)."""
+    from saeatlas.data.config import ExtractConfig
+    from saeatlas.data.extract import run_extract
+
+    settings = {"hooks": [HOOK], "split": "all", "store_dtype": "float32", "model_dtype": "float32"} | settings
+    run_extract(ExtractConfig(model=str(model), corpus=str(corpus), **settings), out)
+    return out
+
+
 # ---------------------------------------------------------------- kill -9 at a known step
 STOP_AFTER = Path(__file__).with_name("stop_after.py")
 """Runner for the kill -9 tests: runs the saeatlas CLI and SIGSTOPs itself after the N-th shard or checkpoint."""

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from helpers import TEXTS
+from helpers import TEXTS, tiny_store
 
 HOOKS = {"a": ["resid_post.1", "resid_post.2"], "b": ["resid_post.0", "resid_post.1"]}
 HOOKS_A, HOOKS_B = HOOKS["a"], HOOKS["b"]
@@ -137,26 +137,19 @@ def _study(root: Path, models: dict[str, Path]) -> dict:
 
 def _extract_and_train(root: Path, models: dict[str, Path], clock: _Clock) -> None:
     from saeatlas.cli import main
-    from saeatlas.data.config import ExtractConfig
-    from saeatlas.data.extract import run_extract
 
     for side in ("a", "b"):
         store = root / "stores" / side
         with clock.stage(f"extract {LABELS[side]}"):
-            run_extract(
-                ExtractConfig(
-                    model=str(models[side]),
-                    hooks=HOOKS[side],
-                    corpus=str(root / "corpus"),
-                    tokens=100_000,
-                    split="all",
-                    context=32,
-                    window_chars=60,
-                    batch_size=8,
-                    store_dtype="float32",
-                    model_dtype="float32",
-                ),
+            tiny_store(
+                models[side],
+                root / "corpus",
                 store,
+                hooks=HOOKS[side],
+                tokens=100_000,
+                context=32,
+                window_chars=60,
+                batch_size=8,
             )
         for hook, seed, k, folder, _ in sae_runs(side):
             with clock.stage(f"train {LABELS[side]} {folder}"):

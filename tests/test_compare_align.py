@@ -7,12 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import HOOK, train_tokenizer
+from helpers import HOOK, tiny_store, train_tokenizer
 
 from saeatlas.compare.align import Alignment, align_stores, gather_rows, tokenizer_for_store
 from saeatlas.data import ActivationStore
-from saeatlas.data.config import ExtractConfig
-from saeatlas.data.extract import run_extract
 from saeatlas.data.tokens import EXCLUDED_BY_DEFAULT, FLAG_FIRST, FLAG_SPECIAL
 from saeatlas.errors import SaeAtlasError, StoreError
 
@@ -24,20 +22,16 @@ def stores(tiny_llama, tiny_gemma, tiny_other, long_corpus, tmp_path_factory):
     out = {}
     for name, model in (("llama", tiny_llama), ("gemma", tiny_gemma), ("other", tiny_other)):
         for mode, kw in (("tokens", {}), ("chars", {"window_chars": 60})):
-            cfg = ExtractConfig(
-                model=str(model),
-                hooks=[HOOK],
-                corpus=str(long_corpus),
+            tiny_store(
+                model,
+                long_corpus,
+                root / f"{name}-{mode}",
                 tokens=100_000,
-                split="all",
                 context=32,
                 batch_size=8,
                 shard_windows=7,
-                store_dtype="float32",
-                model_dtype="float32",
                 **kw,
             )
-            run_extract(cfg, root / f"{name}-{mode}")
             out[f"{name}-{mode}"] = ActivationStore(root / f"{name}-{mode}")
     return out
 
@@ -175,35 +169,14 @@ def test_shift_pairs_a_with_the_b_token_s_later_in_its_window(stores, shift):
 def test_alignment_errors_name_both_stores(stores, tiny_llama, tiny_gemma, long_corpus, tmp_path):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "elsewhere.txt").write_text("Completely different words live in this one file.")
-    cfg = ExtractConfig(
-        model=str(tiny_llama),
-        hooks=[HOOK],
-        corpus=str(tmp_path / "corpus"),
-        tokens=1000,
-        split="all",
-        store_dtype="float32",
-        model_dtype="float32",
-    )
-    run_extract(cfg, tmp_path / "elsewhere")
+    tiny_store(tiny_llama, tmp_path / "corpus", tmp_path / "elsewhere", tokens=1000)
     lonely = ActivationStore(tmp_path / "elsewhere")
     with pytest.raises(SaeAtlasError, match=r"share no document.*--window-chars") as err:
         align_stores(stores["llama-chars"], lonely)
     assert str(lonely.path) in str(err.value) and str(stores["llama-chars"].path) in str(err.value)
     # Windows of 2: Llama's hold tokens (2k, 2k+1), Gemma's <bos> + token j; no window start and end agree.
     for name, model in (("pairs", tiny_llama), ("singles", tiny_gemma)):
-        run_extract(
-            ExtractConfig(
-                model=str(model),
-                hooks=[HOOK],
-                corpus=str(long_corpus),
-                tokens=200,
-                split="all",
-                context=2,
-                store_dtype="float32",
-                model_dtype="float32",
-            ),
-            tmp_path / name,
-        )
+        tiny_store(model, long_corpus, tmp_path / name, tokens=200, context=2)
     with pytest.raises(SaeAtlasError, match=r"no position .* aligns .*windows that start elsewhere.*--window-chars"):
         align_stores(ActivationStore(tmp_path / "pairs"), ActivationStore(tmp_path / "singles"))
     with pytest.raises(SaeAtlasError, match="out of its window"):
@@ -236,16 +209,7 @@ def test_tokenizer_for_store_loads_the_recorded_tokenizer(stores, tiny_other, tm
     # The recorded model folder later holds another tokenizer: refused, not silently used.
     moved = tmp_path / "model"
     shutil.copytree(tiny_other, moved)
-    cfg = ExtractConfig(
-        model=str(moved),
-        hooks=[HOOK],
-        corpus=str(long_corpus),
-        tokens=200,
-        split="all",
-        store_dtype="float32",
-        model_dtype="float32",
-    )
-    run_extract(cfg, tmp_path / "store")
+    tiny_store(moved, long_corpus, tmp_path / "store", tokens=200)
     train_tokenizer(add_bos=False).save_pretrained(moved)
     with pytest.raises(SaeAtlasError, match="different tokenizer"):
         tokenizer_for_store(ActivationStore(tmp_path / "store"))
@@ -292,18 +256,5 @@ def test_window_chars_is_part_of_the_store_identity(tiny_llama, long_corpus, tmp
     assert (index["char_start"][index["position"] == 0] > 0).sum() > 2  # windows start inside documents
     assert main(args + ["--window-chars", "60"]) == 0  # same settings: complete, nothing to do
     with pytest.raises(StoreError, match="holds a different run"):
-        run_extract(
-            ExtractConfig(
-                model=str(tiny_llama),
-                hooks=[HOOK],
-                corpus=str(long_corpus),
-                tokens=300,
-                split="all",
-                context=32,
-                store_dtype="float32",
-                model_dtype="float32",
-                window_chars=61,
-            ),
-            tmp_path / "s",
-        )
+        tiny_store(tiny_llama, long_corpus, tmp_path / "s", tokens=300, context=32, window_chars=61)
     assert main(args + ["--window-chars", "60", "--pack-documents"]) == 2  # refused with a one-line message

@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import HOOK
+from helpers import HOOK, tiny_store
 
 from saeatlas.cli import main
-from saeatlas.data.config import ExtractConfig
-from saeatlas.data.extract import run_extract
 
 
 @pytest.fixture(scope="module")
@@ -18,19 +16,7 @@ def setup(tiny_llama, tiny_other, long_corpus, tmp_path_factory):
     """Two stores (different tokenizers, windows by characters) and a TopK SAE per store."""
     root = tmp_path_factory.mktemp("compare-cli")
     for name, model in (("a", tiny_llama), ("b", tiny_other)):
-        cfg = ExtractConfig(
-            model=str(model),
-            hooks=[HOOK],
-            corpus=str(long_corpus),
-            tokens=100_000,
-            split="all",
-            context=32,
-            window_chars=60,
-            batch_size=8,
-            store_dtype="float32",
-            model_dtype="float32",
-        )
-        run_extract(cfg, root / name)
+        tiny_store(model, long_corpus, root / name, tokens=100_000, context=32, window_chars=60, batch_size=8)
         for tag, seed in (("", 0), ("seed1-", 1)):
             assert (
                 main(
@@ -172,20 +158,7 @@ def test_bad_input_is_one_line_and_exit_2(setup, tmp_path, capsys, change, messa
 
 def test_stores_of_different_texts_are_refused(setup, tiny_llama, tmp_path, capsys, text_corpus):
     other = tmp_path / "other-text"
-    run_extract(
-        ExtractConfig(
-            model=str(tiny_llama),
-            hooks=[HOOK],
-            corpus=str(text_corpus),
-            tokens=2000,
-            split="all",
-            context=32,
-            window_chars=60,
-            store_dtype="float32",
-            model_dtype="float32",
-        ),
-        other,
-    )
+    tiny_store(tiny_llama, text_corpus, other, tokens=2000, context=32, window_chars=60)
     args = _args(setup, tmp_path / "out", "--controls", "")
     args[args.index("--store-b") + 1] = str(other)
     assert main(["compare", *args]) == 2

@@ -9,13 +9,12 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_store
 from report_fixture import HOOKS_A, HOOKS_B, TRICKY, _compare_cfg, build_study_results
 
 from saeatlas.cli import main
 from saeatlas.compare.contexts import top_contexts
 from saeatlas.compare.grid import run_compare
-from saeatlas.data.config import ExtractConfig
-from saeatlas.data.extract import run_extract
 from saeatlas.data.store import ActivationStore
 from saeatlas.data.tokens import EXCLUDED_BY_DEFAULT
 from saeatlas.errors import SaeAtlasError
@@ -284,19 +283,14 @@ def test_contexts_of_markup_text_with_bos_render_escaped(tiny_gemma, study, tmp_
     tokenizer and never a focus; the text tokens join up to the document's text; the report escapes them."""
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "tricky.txt").write_text(f"{TRICKY} {TRICKY}")
-    run_extract(
-        ExtractConfig(
-            model=str(tiny_gemma),
-            hooks=["resid_post.1"],
-            corpus=str(tmp_path / "corpus"),
-            tokens=3000,
-            split="all",
-            context=16,
-            batch_size=8,
-            store_dtype="float32",
-            model_dtype="float32",
-        ),
+    tiny_store(
+        tiny_gemma,
+        tmp_path / "corpus",
         tmp_path / "store",
+        hooks=["resid_post.1"],
+        tokens=3000,
+        context=16,
+        batch_size=8,
     )
     store = ActivationStore(tmp_path / "store")
     text = store.documents()[0]["text"]

@@ -69,6 +69,12 @@ def check_float(
     check(ok, field, value, allowed or f"use a number in {lo}{low}, {'inf' if high is None else high}{hi}")
 
 
+def check_text(cfg, field: str, allowed: str) -> None:
+    """cfg.<field> is a string with something besides white space."""
+    value = getattr(cfg, field)
+    check(isinstance(value, str) and bool(value.strip()), field, value, allowed)
+
+
 def check_choice(cfg, field: str, allowed: tuple[str, ...]) -> None:
     """cfg.<field> is one of `allowed`."""
     check(getattr(cfg, field) in allowed, field, getattr(cfg, field), f"use one of {', '.join(allowed)}")

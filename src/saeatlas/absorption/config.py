@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from ..config import Config, check, check_choice, check_float, check_int
+from ..config import Config, check, check_choice, check_float, check_int, check_text
 from ..models.hooks import canonical_hook
 
 Variant = Literal["projection", "ablation", "both"]
@@ -90,11 +90,6 @@ class AbsorptionConfig(AbsorptionOptions):
     """SAE folders (SAELens, sparsify or dictionary_learning layout) trained at `hook`."""
 
     def _validate(self) -> None:
-        check(
-            isinstance(self.model, str) and bool(self.model.strip()),
-            "model",
-            self.model,
-            "name a packaged model, a Hugging Face folder, a .gguf file or a hub id",
-        )
+        check_text(self, "model", "name a packaged model, a Hugging Face folder, a .gguf file or a hub id")
         self.hook = canonical_hook(self.hook)
         check(isinstance(self.saes, list) and bool(self.saes), "saes", self.saes, "give at least one SAE folder")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from ..config import Config, check, check_choice, check_float, check_int
+from ..config import Config, check, check_choice, check_float, check_int, check_text
 from ..models.hooks import canonical_hook
 from .corpus import SPLITS, Split
 
@@ -33,12 +33,7 @@ class TextConfig(Config):
     """Seed of the document order shuffle."""
 
     def _validate(self) -> None:
-        check(
-            isinstance(self.corpus, str) and bool(self.corpus.strip()),
-            "corpus",
-            self.corpus,
-            "name a corpus (wiki, news, shakespeare, kjv), a path or hf:<dataset>",
-        )
+        check_text(self, "corpus", "name a corpus (wiki, news, shakespeare, kjv), a path or hf:<dataset>")
         check_int(self, "tokens", 1, MAX_TOKENS, "give a positive token budget")
         check_int(self, "context", 2, 1 << 20, "use at least 2 tokens per window")
         check(
@@ -76,12 +71,7 @@ class ExtractConfig(TextConfig):
     """Free-form notes stored in the manifest (not used by the extractor)."""
 
     def _validate(self) -> None:
-        check(
-            isinstance(self.model, str) and bool(self.model.strip()),
-            "model",
-            self.model,
-            "name a packaged model, a Hugging Face folder, a .gguf file or a hub id",
-        )
+        check_text(self, "model", "name a packaged model, a Hugging Face folder, a .gguf file or a hub id")
         check(
             isinstance(self.hooks, list) and bool(self.hooks),
             "hooks",
