@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from ..config import Config, check, check_choice, check_float, check_int, check_text
+from ..data.config import DTYPES, Dtype
 from ..models.hooks import canonical_hook
 
 Variant = Literal["projection", "ablation", "both"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
-ModelDtype = Literal["bfloat16", "float32"]
-MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
 
 
 @dataclass(kw_only=True)
@@ -45,7 +44,7 @@ class AbsorptionOptions(Config):
     paper's value for Gemma-2-2B, whose letter logits differ by ten or more; small models differ by a few)."""
     max_candidates: int = 200
     """Ablation variant: at most this many candidates per letter (a seeded sample; counts rescaled)."""
-    model_dtype: ModelDtype = "bfloat16"
+    model_dtype: Dtype = "bfloat16"
     """Compute dtype of the model for the projection variant (the ablation variant runs in float32)."""
     batch_size: int = 32
     """Prompts per forward pass when reading the task's activations."""
@@ -69,7 +68,7 @@ class AbsorptionOptions(Config):
         check_int(self, "ig_steps", 1, 1000, "use at least 1 (the paper uses 6)")
         check_float(self, "ig_gap", 0, allowed="use a logit difference >= 0 (the paper uses 1.0)")
         check_int(self, "max_candidates", 1)
-        check_choice(self, "model_dtype", MODEL_DTYPES)
+        check_choice(self, "model_dtype", DTYPES)
         check_int(self, "batch_size", 1, 1 << 16)
 
     @property

@@ -9,8 +9,9 @@ from ..config import Config, check, check_choice, check_float, check_int, check_
 from ..models.hooks import canonical_hook
 from .corpus import SPLITS, Split
 
-StoreDtype = Literal["bfloat16", "float32"]
-STORE_DTYPES: tuple[str, ...] = get_args(StoreDtype)
+Dtype = Literal["bfloat16", "float32"]
+"""The dtypes a model runs in and a store keeps."""
+DTYPES: tuple[str, ...] = get_args(Dtype)
 MAX_TOKENS = 10**12
 """Token budgets above this can only be a typo."""
 
@@ -63,9 +64,9 @@ class ExtractConfig(TextConfig):
     """Windows per forward pass."""
     shard_windows: int = 512
     """Windows per shard; a shard is the unit of resume and of hashing."""
-    store_dtype: StoreDtype = "bfloat16"
+    store_dtype: Dtype = "bfloat16"
     """Storage dtype of the activations."""
-    model_dtype: StoreDtype = "bfloat16"
+    model_dtype: Dtype = "bfloat16"
     """Compute dtype of the model (bfloat16 is 3-4x faster on CPUs with AMX / avx512_bf16)."""
     extra: dict = field(default_factory=dict)
     """Free-form notes stored in the manifest (not used by the extractor)."""
@@ -84,8 +85,8 @@ class ExtractConfig(TextConfig):
         check_float(self, "eval_fraction", 0, 1, high_open=True)
         check_int(self, "batch_size", 1, 1 << 16)
         check_int(self, "shard_windows", 1, 1 << 24)
-        check_choice(self, "store_dtype", STORE_DTYPES)
-        check_choice(self, "model_dtype", STORE_DTYPES)
+        check_choice(self, "store_dtype", DTYPES)
+        check_choice(self, "model_dtype", DTYPES)
         check(
             self.window_chars is None or not self.pack_documents,
             "window_chars",
