@@ -85,3 +85,47 @@ def top_positions(codes: sp.sparray, k: int = 5) -> np.ndarray:
     out = np.full((d_sae, k), -1, dtype=np.int64)
     out[column[keep], rank[keep]] = csc.indices[order[keep]]
     return out
+
+
+def random_like(cfg, x: torch.Tensor, l0: float, mean_code: float, generator: torch.Generator):
+    """A random-init SAE of config `cfg` (the `random_init` control) that fires like the real one: on
+    activations x [n, d_in] (a sample of those the real SAE encodes) it keeps `l0` latents per row on average
+    with mean nonzero code `mean_code`, the real SAE's figures on the same activations.
+
+    It starts as the trainer starts an SAE (`sae.trainer.init_sae`): random tied weights, b_dec at the
+    geometric median of x.  relu / jumprelu / gba then get one threshold for every latent, the value that
+    l0 x n of the n x d_sae pre-activations exceed (relu: as the bias -threshold); untouched, about half of
+    the latents fire on every token (2044 of 4096), with codes ~ |x| / sqrt(d_in).  topk / batchtopk / mp keep
+    k per row by construction.  Last, the encoder (with the bias and thresholds) is scaled so that the mean
+    nonzero code is `mean_code` (not for mp, whose codes come from the decoder).  Returns it in eval mode.
+    """
+    from ..sae.model import SparseAutoencoder
+    from ..sae.trainer import geometric_median
+
+    sae = SparseAutoencoder(cfg, generator).eval()
+    x = x.float()
+    with torch.no_grad():
+        sae.b_dec.copy_(geometric_median(x))
+        if cfg.arch in ("relu", "jumprelu", "gba"):
+            flat = sae.pre_activations(x).reshape(-1)  # b_enc is zero
+            n_fire = round(l0 * len(x))
+            if n_fire <= 0:
+                threshold = float(flat.max()) + 1.0
+            elif n_fire >= flat.numel():
+                threshold = float(flat.min()) - 1.0
+            else:
+                top = flat.topk(n_fire + 1).values  # descending
+                threshold = float(top[-2] + top[-1]) / 2
+            if cfg.arch == "relu":
+                sae.b_enc.fill_(-threshold)
+            else:
+                sae.threshold.fill_(threshold)
+        if cfg.arch != "mp" and mean_code > 0:
+            codes = sae.encode(x)
+            current = float(codes[codes != 0].abs().mean()) if bool((codes != 0).any()) else 0.0
+            if current > 0:
+                factor = mean_code / current
+                sae.W_enc_T.mul_(factor)
+                sae.b_enc.mul_(factor)
+                sae.threshold.mul_(factor)
+    return sae

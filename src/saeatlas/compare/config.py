@@ -29,7 +29,11 @@ class CompareOptions(Config):
     threshold: float = 0.1
     """Pairs need a correlation above this."""
     junk_filter: bool = True
-    """Drop pairs whose latents' top activating tokens include a junk token (the paper's filter)."""
+    """Drop pairs whose latents' top activating tokens include a junk token (the paper's filter; with
+    legacy_first, the paper's exact junk strings)."""
+    overlap_filter: bool = False
+    """Drop pairs whose two latents' 5 top activating tokens share no token (the paper's filter, compared as
+    decoded strings; always on with legacy_first)."""
     measures: list[str] = field(default_factory=lambda: list(DEFAULT_MEASURES))
     """Similarity measures of the matched decoder rows."""
     activation_measures: list[str] = field(default_factory=lambda: ["svcca", "linear_cka"])

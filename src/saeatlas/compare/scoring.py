@@ -14,8 +14,7 @@ from ..errors import SaeAtlasError
 from ..threads import parallel_map
 from .config import CompareOptions
 from .correlate import CorrelationResult, group_sums, weighted_correlations
-from .match import match
-from .sides import Side, correlate
+from .sides import Side, correlate, match_sides
 from .similarity import MEASURES
 from .stats import basic_interval, benjamini_hochberg, bootstrap_counts, permutation_null, summarize
 
@@ -145,7 +144,7 @@ def bootstrap_scores(
     def replicate(counts: np.ndarray) -> list[float]:
         corr = np.where(valid, weighted_correlations(sums, counts), np.nan)
         rematched = _rematch(result, corr[:n_first].reshape(d_b, m), corr[n_first:].reshape(d_a, -1))
-        pairs = match(rematched, cfg.method, cfg.threshold, a.junk, b.junk)
+        pairs = match_sides(rematched, a, b, cfg)
         X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
         return [measure_value(cfg, mm, X, Y) if len(X) >= MIN_PAIRS else math.nan for mm in measures]
 
@@ -160,8 +159,7 @@ def score_pair(a: Side, b: Side, cfg: CompareOptions, groups: np.ndarray, n_grou
     on activations for neurons, whose decoder rows are just the identity)."""
     t0 = time.perf_counter()
     result = correlate(a, b, cfg.top_m)
-    use_junk = cfg.junk_filter and a.junk is not None and b.junk is not None
-    pairs = match(result, cfg.method, cfg.threshold, a.junk if use_junk else None, b.junk if use_junk else None)
+    pairs = match_sides(result, a, b, cfg)
     X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
     alive_b = ~result.dead_b
     row = {

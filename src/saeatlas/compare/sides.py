@@ -15,10 +15,18 @@ from ..errors import SaeAtlasError
 from ..sae.formats import load_sae, sae_folder
 from ..sae.model import SparseAutoencoder
 from .align import Alignment, align_stores, gather_rows, tokenizer_for_store
-from .codes import encode_sparse, top_positions
-from .config import CompareConfig
+from .codes import encode_sparse, random_like, top_positions
+from .config import CompareConfig, CompareOptions
 from .correlate import CorrelationResult, pearson_dense, pearson_sparse
-from .match import junk_latents, junk_token_ids
+from .match import (
+    Matches,
+    junk_latents,
+    junk_token_ids,
+    match,
+    paper_junk_latents,
+    shared_token_keys,
+    top_token_texts,
+)
 
 
 @dataclass
@@ -32,6 +40,9 @@ class Side:
     """[n_latents, d_model] decoder rows (the identity for neurons)."""
     junk: np.ndarray | None = None
     """[n_latents] bool: a top activating token is a junk token."""
+    top_tokens: np.ndarray | None = None
+    """[n_latents, 5] object: the decoded strings of its 5 top activating tokens (None past the last position it
+    fires on), for the top-token overlap filter; None when that filter is off."""
 
 
 def sae_side(
@@ -43,21 +54,43 @@ def sae_side(
     token_ids: np.ndarray,
     junk_ids: np.ndarray | None,
     chunk: int = 8192,
+    tokenizer=None,
+    paper_junk: bool = False,
 ) -> Side:
-    """Encode the activations at `rows` of `store` with `sae` (sparse), with the junk mask of its latents."""
+    """Encode the activations at `rows` of `store` with `sae` (sparse), with the junk mask of its latents.
+
+    junk_ids: the junk token ids (None: no junk mask).  tokenizer: decode the 5 top activating tokens of each
+    latent (`Side.top_tokens`, for the overlap filter).  paper_junk: the junk mask from those strings and the
+    paper's list instead of `junk_ids` (the legacy mode; needs `tokenizer`)."""
     if sae.cfg.d_in != store.d_model:
         raise SaeAtlasError(f"{label}: the SAE has d_in {sae.cfg.d_in} but {store.path} holds d_model {store.d_model}")
     codes = encode_sparse(sae, gather_rows(store, hook, rows, chunk))
+    top = top_positions(codes, 5)
+    texts = None if tokenizer is None else top_token_texts(top, token_ids, tokenizer.decode)
     junk = None
-    if junk_ids is not None:
-        junk = junk_latents(top_positions(codes, 5), token_ids, junk_ids)
-    return Side(label, codes, sae.W_dec.detach().float().numpy(), junk)
+    if paper_junk:
+        junk = paper_junk_latents(texts)
+    elif junk_ids is not None:
+        junk = junk_latents(top, token_ids, junk_ids)
+    return Side(label, codes, sae.W_dec.detach().float().numpy(), junk, texts)
 
 
 def neuron_side(label: str, store: ActivationStore, hook: str, rows: np.ndarray) -> Side:
     """The raw activations (neurons) at `rows` as dense codes, with identity decoder rows."""
     acts = torch.cat(list(gather_rows(store, hook, rows))).numpy()
     return Side(label, acts, np.eye(acts.shape[1], dtype=np.float32))
+
+
+def match_sides(result: CorrelationResult, a: Side, b: Side, cfg: CompareOptions) -> Matches:
+    """Match the latents of a and b (`result`: their correlations) with `cfg.method` and `cfg.threshold`,
+    dropping junk pairs (`cfg.junk_filter`) and pairs whose latents share no top token (legacy_first, or
+    `cfg.overlap_filter`).  Sides without junk masks / top tokens (neurons) are not filtered."""
+    use_junk = cfg.junk_filter and a.junk is not None and b.junk is not None
+    tokens_a = tokens_b = None
+    if (cfg.method == "legacy_first" or cfg.overlap_filter) and a.top_tokens is not None and b.top_tokens is not None:
+        tokens_a, tokens_b = shared_token_keys(a.top_tokens, b.top_tokens)
+    junk_a, junk_b = (a.junk, b.junk) if use_junk else (None, None)
+    return match(result, cfg.method, cfg.threshold, junk_a, junk_b, tokens_a, tokens_b)
 
 
 def correlate(a: Side, b: Side, top_m: int) -> CorrelationResult:
@@ -71,8 +104,13 @@ class SideCache:
 
     def __init__(self, cfg: CompareConfig, store_a: ActivationStore, store_b: ActivationStore, align: Alignment):
         self.cfg, self.store_a, self.store_b, self.align = cfg, store_a, store_b, align
-        self.junk_a = junk_token_ids(tokenizer_for_store(store_a)) if cfg.junk_filter else None
-        self.junk_b = junk_token_ids(tokenizer_for_store(store_b)) if cfg.junk_filter else None
+        legacy = cfg.method == "legacy_first"
+        # The legacy mode judges junk from the decoded top tokens with the paper's strings, not from token ids.
+        self.paper_junk = legacy and cfg.junk_filter
+        self.top_tokens = legacy or cfg.overlap_filter
+        ids = cfg.junk_filter and not legacy
+        self.junk_a = junk_token_ids(tokenizer_for_store(store_a)) if ids else None
+        self.junk_b = junk_token_ids(tokenizer_for_store(store_b)) if ids else None
         self._cache: dict[tuple, Side] = {}
         self._shifted: Alignment | None = None
 
@@ -99,13 +137,27 @@ class SideCache:
             sae = load_sae(sae_folder(template, hook))
             label = f"{name} {hook}"
             if kind == "random_init":
-                sae = SparseAutoencoder(sae.cfg, torch.Generator().manual_seed(cfg.seed + 1)).eval()
+                sae = self._random_like(sae, which, hook, store, rows)
                 label += " random-init SAE"
             elif kind == "skyline":
                 label = f"A {hook} SAE of another seed"
-            side = sae_side(label, store, hook, sae, rows, tokens, junk)
+            tokenizer = tokenizer_for_store(store) if self.top_tokens else None
+            side = sae_side(
+                label, store, hook, sae, rows, tokens, junk, tokenizer=tokenizer, paper_junk=self.paper_junk
+            )
         self._cache[key] = side
         return side
+
+    def _random_like(self, sae: SparseAutoencoder, which: str, hook: str, store, rows: np.ndarray):
+        """A random-init SAE of `sae`'s architecture with the real SAE's L0 and code scale on these rows,
+        calibrated on a seeded sample of them (at most 2^24 pre-activations)."""
+        real = self.get("sae", which, hook).codes  # [n, d_sae] sparse
+        l0 = real.nnz / max(real.shape[0], 1)
+        mean_code = float(np.abs(real.data).mean()) if real.nnz else 0.0
+        n = min(len(rows), max(256, 2**24 // sae.cfg.d_sae))
+        sample = np.sort(np.random.default_rng(self.cfg.seed).choice(len(rows), size=n, replace=False))
+        x = torch.cat(list(gather_rows(store, hook, rows[sample])))
+        return random_like(sae.cfg, x, l0, mean_code, torch.Generator().manual_seed(self.cfg.seed + 1))
 
 
 def limit_positions(align: Alignment, max_positions: int | None) -> Alignment:
