@@ -240,3 +240,41 @@ def test_top_token_texts_decode_each_distinct_id_once_and_pad_with_none():
     texts = top_token_texts(top, tokens, decode)
     assert texts.tolist() == [[" cat", "cat", None], ["cat", "cat", " cat"]]
     assert sorted(calls) == sorted({VOCAB.index("cat"), VOCAB.index(" cat")})
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def stores(tiny_llama, long_corpus, tmp_path_factory):
+    """One tiny store and two TopK SAEs of it (seeds 0 and 1) as models A and B."""
+    from helpers import HOOK, tiny_store
+
+    from saeatlas.cli import main
+
+    root = tmp_path_factory.mktemp("legacy")
+    tiny_store(tiny_llama, long_corpus, root / "store", tokens=30_000, context=32, batch_size=8)
+    for name, seed in (("a", 0), ("b", 1)):
+        args = ["train", "--store", str(root / "store"), "--hook", HOOK, "--arch", "topk", "--k", "4"]
+        args += ["--width", "64", "--steps", "100", "--batch-size", "64", "--seed", str(seed), "--quiet"]
+        assert main([*args, "--out", str(root / f"sae-{name}-{HOOK}")]) == 0
+    return root
+
+
+def test_compare_in_legacy_mode_applies_the_overlap_filter(stores, tmp_path):
+    import json
+
+    from saeatlas.cli import main
+
+    def run(out, *extra):
+        args = ["compare", "--store-a", str(stores / "store"), "--store-b", str(stores / "store")]
+        args += ["--saes-a", str(stores / "sae-a-{hook}"), "--saes-b", str(stores / "sae-b-{hook}")]
+        args += ["--hooks-a", "1", "--hooks-b", "1", "--n-permutations", "20", "--n-bootstrap", "0"]
+        assert main([*args, "--controls", "", "--out", str(out), *extra]) == 0
+        return json.loads((out / "results.json").read_text())["pairs"][0]["sae"]["match_counts"]
+
+    legacy = run(tmp_path / "legacy", "--method", "legacy_first")
+    stages = ["candidates", "after_dead", "after_junk", "after_overlap", "after_first", "after_threshold", "final"]
+    assert set(legacy) == set(stages)
+    assert legacy["after_junk"] > legacy["after_overlap"] > legacy["after_first"] > 0
+    assert "after_overlap" not in run(tmp_path / "m21", "--method", "many_to_one")
+    optional = run(tmp_path / "m21-overlap", "--method", "many_to_one", "--overlap-filter")
+    assert optional["after_overlap"] < optional["after_junk"]
