@@ -150,11 +150,11 @@ class SideCache:
 
     def _random_like(self, sae: SparseAutoencoder, which: str, hook: str, store, rows: np.ndarray):
         """A random-init SAE of `sae`'s architecture with the real SAE's L0 and code scale on these rows,
-        calibrated on a seeded sample of them (at most 2^24 pre-activations)."""
+        calibrated on a seeded sample of them (at most 16384 rows and 2^24 pre-activations)."""
         real = self.get("sae", which, hook).codes  # [n, d_sae] sparse
         l0 = real.nnz / max(real.shape[0], 1)
         mean_code = float(np.abs(real.data).mean()) if real.nnz else 0.0
-        n = min(len(rows), max(256, 2**24 // sae.cfg.d_sae))
+        n = min(len(rows), 16384, max(256, 2**24 // sae.cfg.d_sae))
         sample = np.sort(np.random.default_rng(self.cfg.seed).choice(len(rows), size=n, replace=False))
         x = torch.cat(list(gather_rows(store, hook, rows[sample])))
         return random_like(sae.cfg, x, l0, mean_code, torch.Generator().manual_seed(self.cfg.seed + 1))
