@@ -64,6 +64,8 @@ def sae_side(
     paper's list instead of `junk_ids` (the legacy mode; needs `tokenizer`)."""
     if sae.cfg.d_in != store.d_model:
         raise SaeAtlasError(f"{label}: the SAE has d_in {sae.cfg.d_in} but {store.path} holds d_model {store.d_model}")
+    if paper_junk and tokenizer is None:
+        raise ValueError("sae_side: paper_junk needs the tokenizer that decodes the top tokens")
     codes = encode_sparse(sae, gather_rows(store, hook, rows, chunk))
     top = top_positions(codes, 5)
     texts = None if tokenizer is None else top_token_texts(top, token_ids, tokenizer.decode)
