@@ -193,7 +193,7 @@ def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_chang
     printed = capsys.readouterr().out
     assert "report" in printed and str(out / "report.html") in printed
     results = json.loads((out / "results.json").read_text())
-    assert results["version"] == 2 and results["kind"] == "study" and not results["legacy"]
+    assert results["version"] == 3 and results["kind"] == "study" and not results["legacy"]
     names = [t["name"] for t in results["stages"]]
     assert names[:4] == ["extract a", "extract a held-out", "extract b", "extract b held-out"]
     assert {"compare", "concepts", "pair cards", "absorption", "evaluate a SAEs"} <= set(names)
@@ -202,6 +202,10 @@ def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_chang
     assert ("a", "resid_post.1", "skyline", 4) in roles and ("a", "resid_post.1", "sparsity sweep", 2) in roles
     evaluated = [s for s in results["saes"] if s["role"] == "main"]
     assert len(evaluated) == 3 and all(s["metrics"]["l0"] > 0 and s["downstream"] is not None for s in evaluated)
+    # both models (different tokenizers) are spliced on the same held-out documents, each figure with its SE
+    downstream = [s["downstream"] for s in evaluated]
+    assert len({tuple(d["documents"]) for d in downstream}) == 1 and downstream[0]["n_documents"] >= 2
+    assert all(d["ce_loss_recovered_se"] is not None and d["ce_clean_se"] > 0 for d in downstream)
     others = [s for s in results["saes"] if s["role"] != "main"]  # held-out metrics, not spliced into the model
     assert others and all(s["metrics"]["l0"] > 0 and s["downstream"] is None for s in others)
     assert [(p["hook_a"], p["hook_b"]) for p in results["compare"]["pairs"]] == [
@@ -319,7 +323,8 @@ def test_the_study_file_and_the_cli_allow_the_same_values():
 
 # The 0.1 keys of the built-in study's stages (planned into `runs/study`): products whose content this
 # release does not change keep them, so a study made by 0.1 is not made again.  compare, concepts and pair
-# cards name hooks `hook_a` now (a new code version: new keys); the report changed with them.
+# cards name hooks `hook_a` now (a new code version: new keys); the report changed with them.  The evaluate
+# stages splice on windows spread over every held-out document, with standard errors (version 2: new keys).
 KEYS_0_1 = {
     "extract gemma": "7f5fab6a9db55b08",
     "extract gemma held-out": "b7cfdf8aa0996fd2",
@@ -334,9 +339,8 @@ KEYS_0_1 = {
     "train gemma resid_post.3 seed 0 k 16": "5c985ec2211cf5f4",
     "train gemma resid_post.3 seed 0 k 64": "4597e5b8bc1ab08a",
     "absorption": "40b28651611762cb",
-    "evaluate gemma SAEs": "a73b5dbfd22ae7a4",
-    "evaluate smol SAEs": "51e506905af9740a",
 }
+EVALUATE_KEYS_0_1 = {"evaluate gemma SAEs": "a73b5dbfd22ae7a4", "evaluate smol SAEs": "51e506905af9740a"}
 
 
 def test_the_built_in_study_keeps_the_stage_keys_of_0_1():
@@ -344,7 +348,12 @@ def test_the_built_in_study_keeps_the_stage_keys_of_0_1():
 
     stages = {s.name: s for s in plan(load_study(None), Path("runs/study"))}
     assert {name: stages[name].key for name in KEYS_0_1} == KEYS_0_1
-    assert {s.name for s in stages.values()} == set(KEYS_0_1) | {"compare", "concepts", "pair cards"}
+    assert {s.name for s in stages.values()} == set(KEYS_0_1) | set(EVALUATE_KEYS_0_1) | {
+        "compare",
+        "concepts",
+        "pair cards",
+    }
+    assert all(stages[name].key != key for name, key in EVALUATE_KEYS_0_1.items())
     # typed stage records: label, hook and role, without parsing names
     sweep = stages["train gemma resid_post.3 seed 0 k 64"]
     assert (sweep.kind, sweep.label, sweep.hook, sweep.role) == ("train", "gemma", "resid_post.3", "sparsity sweep")

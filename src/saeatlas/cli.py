@@ -188,16 +188,23 @@ def _eval(args) -> int:
             [
                 f"spliced into {cfg.model} at {result.hook}",
                 f"on {d['corpus']},",
-                f"{d['n_predictions']} predictions:",
-                f"CE clean {d['ce_clean']:.3f},",
-                f"with SAE {d['ce_sae']:.3f},",
-                f"zero-ablated {d['ce_zero_ablation']:.3f};",
-                f"CE-loss recovered {d['ce_loss_recovered']:.3f},",
-                f"delta LM loss {d['delta_lm_loss']:.3f},",
-                f"KL {d['kl_div']:.3f}",
+                f"{d['n_predictions']} predictions in {d['n_documents']} of {d['documents_available']} documents",
+                "(mean over documents ± standard error):",
+                f"CE clean {_with_se(d, 'ce_clean')},",
+                f"with SAE {_with_se(d, 'ce_sae')},",
+                f"zero-ablated {_with_se(d, 'ce_zero_ablation')};",
+                f"CE-loss recovered {_with_se(d, 'ce_loss_recovered')},",
+                f"delta LM loss {_with_se(d, 'delta_lm_loss')},",
+                f"KL {_with_se(d, 'kl_div', '.4f')}",
             ]
         )
     return 0
+
+
+def _with_se(figures: dict, name: str, spec: str = ".3f") -> str:
+    """'0.912 ± 0.004': a spliced figure and its standard error over documents (the value alone without one)."""
+    se = figures.get(f"{name}_se")
+    return format(figures[name], spec) + ("" if se is None else f" ± {format(se, spec)}")
 
 
 # ---------------------------------------------------------------- compare, concepts

@@ -176,7 +176,8 @@ class EvalConfig(Config):
     corpus: str | None = None
     """Held-out text for the spliced metrics (default: the SAE's dataset, eval split; else wiki)."""
     ce_tokens: int = 8192
-    """Tokens of held-out text for the spliced metrics."""
+    """Tokens of held-out text for the spliced metrics (about: windows fixed in characters, spread over every
+    held-out document)."""
 
     def _validate(self) -> None:
         from ..models.hooks import canonical_hook

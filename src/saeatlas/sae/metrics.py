@@ -68,3 +68,46 @@ def evaluate(sae: SparseAutoencoder, batches: Iterable[torch.Tensor]) -> dict:
             "dead": int((freq == 0).sum()),
         },
     }
+
+
+# ---------------------------------------------------------------- per-document figures and their standard errors
+def mean_se(values: np.ndarray) -> tuple[float, float | None]:
+    """Mean of per-document values [D] and its standard error sd / sqrt(D) (None with fewer than 2)."""
+    v = np.asarray(values, dtype=np.float64)
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) >= 2 else None
+    return float(v.mean()), se
+
+
+def ratio_se(numerator: np.ndarray, denominator: np.ndarray) -> tuple[float, float | None]:
+    """mean(numerator) / mean(denominator) over documents [D] and its delta-method standard error.
+
+    With R = mean(a) / mean(b), the linearisation a_d - R b_d has the variance of R * mean(b), so
+    SE(R) = sd(a - R b) / (sqrt(D) |mean(b)|) (the ratio estimator of survey sampling: Cochran, "Sampling Techniques", 1977, ch. 6).
+    """
+    a, b = (np.asarray(x, dtype=np.float64) for x in (numerator, denominator))
+    ratio = float(a.mean() / b.mean())
+    if len(a) < 2:
+        return ratio, None
+    return ratio, float((a - ratio * b).std(ddof=1) / (np.sqrt(len(a)) * abs(b.mean())))
+
+
+def downstream_figures(clean: np.ndarray, sae: np.ndarray, zero: np.ndarray, kl: np.ndarray) -> dict:
+    """The spliced figures as means over documents, each with `<name>_se`, its standard error over documents.
+
+    clean, sae, zero, kl: [D] per-document mean next-token CE clean / with the SAE / zero-ablated and mean
+    KL(clean || spliced).  CE-loss recovered = (zero - sae) / (zero - clean) of the means, its SE by the delta
+    method (`ratio_se`); delta LM loss = sae - clean, its SE from the paired differences.
+    """
+    clean, sae, zero, kl = (np.asarray(x, dtype=np.float64) for x in (clean, sae, zero, kl))
+    figures = {
+        "ce_clean": mean_se(clean),
+        "ce_sae": mean_se(sae),
+        "ce_zero_ablation": mean_se(zero),
+        "ce_loss_recovered": ratio_se(zero - sae, zero - clean),
+        "delta_lm_loss": mean_se(sae - clean),
+        "kl_div": mean_se(kl),
+    }
+    out: dict = {}
+    for name, (value, se) in figures.items():
+        out[name], out[f"{name}_se"] = value, se
+    return out

@@ -99,7 +99,16 @@ def _evaluate(stage: Stage, progress: bool) -> dict:
             metrics = evaluate(sae, eval_batches(StoreSource(heldout, hook), s["heldout_tokens"]))
             metrics.pop("density_histogram", None)
             downstream = (
-                spliced_metrics(handle, sae, hook, corpus=s["corpus"], n_tokens=s["ce_tokens"])
+                spliced_metrics(
+                    handle,
+                    sae,
+                    hook,
+                    corpus=s["corpus"],
+                    n_tokens=s["ce_tokens"],
+                    context=s["context"],
+                    window_chars=s["window_chars"],
+                    seed=s["seed"],
+                )
                 if handle and entry["splice"]
                 else None
             )
@@ -352,7 +361,8 @@ def _plan_absorption(p: _Planner) -> None:
 
 
 def _plan_evaluate(p: _Planner) -> None:
-    """Every SAE of a model on its held-out store; CE-loss recovered for the main ones."""
+    """Every SAE of a model on its held-out store; CE-loss recovered for the main ones, on windows that
+    `saeatlas.sae.splice.choose_windows` picks from the texts alone (the same for every model of the study)."""
     d = p.study.data
     if not d.heldout_tokens:
         return
@@ -368,6 +378,9 @@ def _plan_evaluate(p: _Planner) -> None:
             "heldout_tokens": d.heldout_tokens,
             "ce_tokens": p.study.sae.ce_tokens,
             "corpus": d.corpus,
+            "context": d.context,
+            "window_chars": d.window_chars,
+            "seed": d.seed,
         }
         p.add(
             Stage(
@@ -378,6 +391,9 @@ def _plan_evaluate(p: _Planner) -> None:
                 _evaluate,
                 [p.heldout[m.label], *main.values(), *others],
                 label=m.label,
+                # version 2: the spliced text is windows spread over every held-out document, the same text for
+                # every model; the figures are means over documents with their standard errors (`<name>_se`)
+                version=2,
             )
         )
 

@@ -19,8 +19,10 @@ from .config import Study
 from .plan import plan
 from .stages import Stage, run_stage
 
-RESULTS_VERSION = 2
-"""Version of the study's results.json (README, \"Study results\"); 2: `d_sae` and `model` as everywhere else."""
+RESULTS_VERSION = 3
+"""Version of the study's results.json (README, \"Study results\"); 2: `d_sae` and `model` as everywhere else;
+3: each SAE's `downstream` figures are means over held-out documents with `<name>_se`, and say which documents
+(`n_documents`, `documents`, `n_windows`, `documents_available`)."""
 
 
 def _read_json(path: Path):
