@@ -319,7 +319,8 @@ def test_the_study_file_and_the_cli_allow_the_same_values():
 
 # The 0.1 keys of the built-in study's stages (planned into `runs/study`): products whose content this
 # release does not change keep them, so a study made by 0.1 is not made again.  compare, concepts and pair
-# cards name hooks `hook_a` now (a new code version: new keys); the report changed with them.
+# cards name hooks `hook_a` now (a new code version: new keys); the report changed with them.  absorption has
+# code version 2 (absorption.json version 2: SAEBench's num_split_features, a warning for few letters).
 KEYS_0_1 = {
     "extract gemma": "7f5fab6a9db55b08",
     "extract gemma held-out": "b7cfdf8aa0996fd2",
@@ -333,7 +334,6 @@ KEYS_0_1 = {
     "train gemma resid_post.8 seed 1 k 32": "e5b1d06616db3385",
     "train gemma resid_post.3 seed 0 k 16": "5c985ec2211cf5f4",
     "train gemma resid_post.3 seed 0 k 64": "4597e5b8bc1ab08a",
-    "absorption": "40b28651611762cb",
     "evaluate gemma SAEs": "a73b5dbfd22ae7a4",
     "evaluate smol SAEs": "51e506905af9740a",
 }
@@ -344,7 +344,7 @@ def test_the_built_in_study_keeps_the_stage_keys_of_0_1():
 
     stages = {s.name: s for s in plan(load_study(None), Path("runs/study"))}
     assert {name: stages[name].key for name in KEYS_0_1} == KEYS_0_1
-    assert {s.name for s in stages.values()} == set(KEYS_0_1) | {"compare", "concepts", "pair cards"}
+    assert {s.name for s in stages.values()} == set(KEYS_0_1) | {"compare", "concepts", "pair cards", "absorption"}
     # typed stage records: label, hook and role, without parsing names
     sweep = stages["train gemma resid_post.3 seed 0 k 64"]
     assert (sweep.kind, sweep.label, sweep.hook, sweep.role) == ("train", "gemma", "resid_post.3", "sparsity sweep")
