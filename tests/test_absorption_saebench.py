@@ -4,7 +4,9 @@ and a layer where few letters are readable."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,3 +214,21 @@ def test_a_layer_where_few_letters_qualify_is_reported_with_a_warning(
     assert f"warning: only {n} of 26 letters" in printed and f"over {n} letters with probe F1 > 0.25" in printed
     html = render({"absorption": results})
     assert "Warning:" in html and f"only {n} of 26 letters" in html and f"{n} of 26 letters qualify" in html
+
+
+def _bench(name: str):
+    """A script of bench/ as a module."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_with_a_few_thousand_words_only_saeatlas_recipe_ranks_the_planted_main_latents_first():
+    """bench/probe_recipe.py, small: why saeatlas's recipe is the default.  With 3200 training words SAEBench's
+    batches of 4096 make one Adam step per epoch, and the L1 probe's ranking misses the planted main latents."""
+    bench = _bench("probe_recipe")
+    ours, saebench = (bench.one_run(r, n_train=3200, d_sae=512, seed=0) for r in ("saeatlas", "saebench"))
+    assert ours["top"] >= 0.9 and ours["count"] >= 0.9
+    assert saebench["top"] <= 0.5
