@@ -231,8 +231,6 @@ def run_absorption(cfg: AbsorptionConfig, progress: bool = True) -> dict:
     warning = few_letters_warning(qualified, cfg.min_letters, cfg.min_probe_f1, float(table["f1"].mean()))
     if warning and not qualified:
         raise SaeAtlasError(f"at {point.name} of {handle.name}, {warning}")
-    if warning:
-        log.warning("%s %s: %s", handle.name, point.name, warning)
     results_saes, names = [], _unique_names([folder for folder, _ in saes])
     for (folder, sae), name in zip(saes, names):
         scored = score_sae(cfg, task, probes, table, train, test, sae, handle, progress)
