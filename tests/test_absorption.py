@@ -168,9 +168,9 @@ def test_k_sparse_probing_finds_one_main_latent_or_the_split_pair():
     train, test = np.arange(2400), np.arange(2400, 3000)
     ranked = rank_latents(codes[train], one_hot(labels[train], 3))
     whole = split_feature(ranked[0], codes[train], labels[train] == 0, codes[test], labels[test] == 0)
-    assert whole.main == [0] and whole.n_split == 0 and whole.f1 > 0.99
+    assert whole.main == [0] and whole.num_split_features == 1 and whole.f1 > 0.99
     split = split_feature(ranked[1], codes[train], labels[train] == 1, codes[test], labels[test] == 1)
-    assert sorted(split.main) == [1, 2] and split.n_split == 1 and split.f1 > 0.99
+    assert sorted(split.main) == [1, 2] and split.num_split_features == 2 and split.f1 > 0.99
     assert split.f1_by_k[0] < 0.8  # one half alone misses half the positives
     assert np.array_equal(split.predicted_test, labels[test] == 1)
 

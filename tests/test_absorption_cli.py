@@ -57,7 +57,7 @@ def test_absorption_cli_writes_tables_charts_and_json(tiny_gemma, saes, tmp_path
     out = tmp_path / "out"
     assert main(_args(tiny_gemma, saes, out, "--variant", "both", "--max-candidates", "3")) == 0
     results = json.loads((out / "absorption.json").read_text())
-    assert results["kind"] == "absorption" and results["version"] == 1 and results["hook"] == "resid_post.1"
+    assert results["kind"] == "absorption" and results["version"] == 2 and results["hook"] == "resid_post.1"
     # 300 words asked, fewer in the tiny vocabulary: all of them
     vocabulary = alphabetic_vocabulary(load_tokenizer(str(tiny_gemma)))
     assert results["n_prompts"] + results["n_dropped"] == len(vocabulary) < 300
@@ -70,7 +70,7 @@ def test_absorption_cli_writes_tables_charts_and_json(tiny_gemma, saes, tmp_path
         if row["n_true_positives"]:
             assert 0 <= row["absorption_fraction"] <= 1 and 0 <= row["full_absorption_rate"] <= 1
             assert row["ablation_scored"] <= min(3, row["ablation_candidates"])
-        assert row["n_split"] == len(row["main_latents"]) - 1
+        assert row["num_split_features"] == len(row["main_latents"]) >= 1
     with open(out / "topk.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["letter"] for r in rows] == [chr(ord("A") + i) for i in range(26)]
@@ -86,7 +86,7 @@ def test_absorption_cli_rejects_bad_input_with_one_line(tiny_gemma, saes, tmp_pa
     cases = [
         (["--sae", str(saes / "wide")], "d_in 48"),
         (["--sae", str(tmp_path / "missing")], "does not exist"),
-        (["--min-letters", "26", "--min-probe-f1", "0.99"], "letters have a probe F1"),
+        (["--min-probe-f1", "0.99"], "no letter has a probe F1 above 0.99"),
         (["--variant", "gradient"], "bad --variant = 'gradient': use one of projection, ablation, both"),
         (["--words", "50"], "bad --words = 50"),
         (["--words", "some"], "argument --words: invalid integer or all value: 'some'"),

@@ -120,7 +120,9 @@ def test_absorption_letters_and_means(study):
     assert not any(cells(line)[:1] == ["letter"] for line in lines)
     for sae in absorption["saes"]:
         s = sae["summary"]
-        on_its_line(lines, (sae["name"],), f"{s['mean_n_split']:.3f}", f"{s['mean_absorption_fraction']:.3f}")
+        on_its_line(
+            lines, (sae["name"],), f"{s['mean_num_split_features']:.3f}", f"{s['mean_absorption_fraction']:.3f}"
+        )
         on_its_line(lines, (sae["name"],), f"{s['mean_full_absorption_rate']:.3f}")
 
 

@@ -9,6 +9,7 @@ from typing import Literal, get_args
 from ..config import Config, check, check_choice, check_float, check_int, check_text
 from ..data.config import DTYPES, Dtype
 from ..models.hooks import canonical_hook
+from .probes import RECIPE_NAMES, RecipeName
 
 Variant = Literal["projection", "ablation", "both"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
@@ -32,7 +33,14 @@ class AbsorptionOptions(Config):
     min_probe_f1: float = 0.6
     """Letters count in the means only where the probe's test F1 exceeds this."""
     min_letters: int = 20
-    """Fewer qualifying letters than this is an error (the layer does not carry the letter)."""
+    """With fewer qualifying letters than this the figures are still reported, over those letters, with a
+    warning (SAEBench's min_feats_for_eval, 20, below which SAEBench reports nothing); none at all is an error."""
+    probe_recipe: RecipeName = "saeatlas"
+    """How the probes train: saeatlas (the default: letter probes and the sparse probe that ranks latents in
+    batches of 64, weight decay 1e-4) or saebench (SAEBench's, to reproduce its numbers: the sparse probe in
+    batches of 4096 with weight decay 1e-6, the letter probes as saeatlas's; SAEBench's lr schedule and
+    initialisation).  saeatlas's is the default because with batches of 4096 a sample of a few thousand words
+    gives the sparse probe one step per epoch, 50 in all (README, absorption)."""
     tau: float = 0.03
     """k-sparse probing: k grows while F1(k) exceeds the best so far by more than this."""
     max_k: int = 10
@@ -63,6 +71,7 @@ class AbsorptionOptions(Config):
         check_float(self, "test_fraction", 0.05, 0.5)
         check_float(self, "min_probe_f1", 0, 1, high_open=True)
         check_int(self, "min_letters", 1, 26)
+        check_choice(self, "probe_recipe", RECIPE_NAMES)
         check_float(self, "tau", 0)
         check_int(self, "max_k", 1, 1000)
         check_int(self, "ig_steps", 1, 1000, "use at least 1 (the paper uses 6)")

@@ -3,17 +3,31 @@
 The recipe of "A is for Absorption" (Chanin et al. 2024, arXiv:2409.14507): BCE with pos_weight = #neg / #pos per class, Adam,
 lr 1e-2 decaying exponentially to 1e-5 over 50 epochs, weight decay 1e-4; an optional L1 penalty on the
 weights (the sparse probe that ranks SAE latents).  Positive = score > 0.
+
+Two recipes (`PROBE_RECIPES`), named by `AbsorptionOptions.probe_recipe`:
+
+- saeatlas: both probes in batches of 64 with weight decay 1e-4; the learning rate reaches 1e-5 at the last
+  epoch; weights start N(0, 1/d), bias 0.
+- saebench: SAEBench's (adamkarvonen/SAEBench, sae_bench/evals/absorption/): the letter probes as above
+  (common.py train_and_save_probes passes batch 64 to probing.py train_linear_probe_for_task, weight decay
+  1e-4); the sparse probe in batches of 4096 with weight decay 1e-6 (k_sparse_probing.py
+  train_sparse_multi_probe, as in lasr-spelling/sae-spelling); for both, gamma = (1e-5 / 1e-2)^(1 / epochs),
+  so the last epoch runs at 1e-2 * gamma^49, and torch.nn.Linear's default uniform initialisation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
 from ..memory import one_torch_thread
+
+RecipeName = Literal["saeatlas", "saebench"]
+RECIPE_NAMES: tuple[str, ...] = get_args(RecipeName)
 
 
 @dataclass(frozen=True)
@@ -23,12 +37,32 @@ class ProbeRecipe:
     epochs: int = 50
     lr: float = 1e-2
     end_lr: float = 1e-5
-    """The learning rate decays exponentially from `lr` to this over the epochs."""
+    """The learning rate decays exponentially from `lr` towards this over the epochs."""
     weight_decay: float = 1e-4
     batch_size: int = 64
     l1: float = 0.0
     """L1 penalty on the weights (0.01 for the sparse probe over SAE latents)."""
     seed: int = 42
+    reach_end_lr: bool = True
+    """True: the last epoch runs at `end_lr` (gamma = (end_lr / lr)^(1 / (epochs - 1))); False: SAEBench's
+    gamma = (end_lr / lr)^(1 / epochs), which stops one decay step short of it."""
+    init: Literal["normal", "uniform"] = "normal"
+    """normal: weights N(0, 1/d), bias 0; uniform: torch.nn.Linear's default (weights and bias U(+-1/sqrt(d)))."""
+
+
+PROBE_RECIPES: dict[str, dict[str, ProbeRecipe]] = {
+    "saeatlas": {"letters": ProbeRecipe(), "sparse": ProbeRecipe(l1=0.01)},
+    "saebench": {
+        "letters": ProbeRecipe(reach_end_lr=False, init="uniform"),
+        "sparse": ProbeRecipe(l1=0.01, batch_size=4096, weight_decay=1e-6, reach_end_lr=False, init="uniform"),
+    },
+}
+"""Recipe name -> the letter probes' and the sparse (latent-ranking) probe's recipe (module docstring)."""
+
+
+def probe_recipe(name: str, which: Literal["letters", "sparse"], seed: int = 42) -> ProbeRecipe:
+    """The `which` probe's recipe of recipe `name` ("saeatlas" or "saebench"), seeded."""
+    return replace(PROBE_RECIPES[name][which], seed=seed)
 
 
 @dataclass
@@ -54,6 +88,13 @@ class Probes:
         return w / np.linalg.norm(w)
 
 
+def learning_rates(recipe: ProbeRecipe) -> np.ndarray:
+    """[epochs] learning rate of each epoch: exponential decay from `recipe.lr` towards `recipe.end_lr`."""
+    steps = max(recipe.epochs - 1, 1) if recipe.reach_end_lr else recipe.epochs
+    gamma = (recipe.end_lr / recipe.lr) ** (1.0 / steps)
+    return recipe.lr * gamma ** np.arange(recipe.epochs, dtype=np.float64)
+
+
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """[n] int -> [n, n_classes] bool."""
     return np.eye(n_classes, dtype=bool)[np.asarray(labels)]
@@ -74,13 +115,18 @@ def _train_probes(x: np.ndarray, targets: np.ndarray, recipe: ProbeRecipe) -> Pr
     pos_weight = (n - positives) / positives.clamp_min(1.0)
     layer = torch.nn.Linear(d, Y.shape[1])
     with torch.no_grad():
-        layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) / d**0.5)
-        layer.bias.zero_()
+        if recipe.init == "uniform":
+            bound = 1.0 / d**0.5
+            layer.weight.copy_((torch.rand(layer.weight.shape, generator=gen) * 2 - 1) * bound)
+            layer.bias.copy_((torch.rand(layer.bias.shape, generator=gen) * 2 - 1) * bound)
+        else:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) / d**0.5)
+            layer.bias.zero_()
     opt = torch.optim.Adam(layer.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    gamma = (recipe.end_lr / recipe.lr) ** (1.0 / max(recipe.epochs - 1, 1))
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    for _ in range(recipe.epochs):
+    for lr in learning_rates(recipe):
+        for group in opt.param_groups:
+            group["lr"] = float(lr)
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
@@ -90,7 +136,6 @@ def _train_probes(x: np.ndarray, targets: np.ndarray, recipe: ProbeRecipe) -> Pr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        sched.step()
     return Probes(layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy())
 
 

@@ -21,12 +21,15 @@ from ..sae.formats import load_sae, read_metadata
 from ..sae.model import SparseAutoencoder
 from .attribution import integrated_gradients, is_absorption, letter_token_ids
 from .config import AbsorptionConfig
-from .probes import Probes, classification_scores, one_hot, train_probes
+from .probes import Probes, classification_scores, one_hot, probe_recipe, train_probes
 from .projection import EPS, decoder_probe_geometry, projection_absorption
 from .splitting import rank_latents, split_feature
 from .task import LETTERS, TaskActivations, task_activations, tokenize_prompts
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
+"""2: projection scores on unit-norm decoder rows (SAEBench's; equal to version 1's figures), splitting as
+SAEBench's num_split_features (main latents, was n_split = main - 1), n_letters_qualified and a warning
+instead of an error when few letters qualify, the probe recipe in the config."""
 log = logging.getLogger(__name__)
 
 
@@ -88,7 +91,11 @@ def score_sae(
     letters = task.letters
     codes = encode_all(sae, task.acts)  # [n, d_sae]
     W_dec = sae.W_dec.detach().double().numpy()
-    ranked = rank_latents(codes[train], one_hot(letters[train], len(LETTERS)), seed=cfg.split_seed)
+    ranked = rank_latents(
+        codes[train],
+        one_hot(letters[train], len(LETTERS)),
+        recipe=probe_recipe(cfg.probe_recipe, "sparse", cfg.split_seed),
+    )
     qualifying = table["f1"] > cfg.min_probe_f1
     rows, splits, true_positives = [], [], []
     for c, letter in enumerate(LETTERS):
@@ -106,7 +113,7 @@ def score_sae(
             "n_test": int(y_test.sum()),
             "n_true_positives": len(tp),
             "main_latents": split.main,
-            "n_split": split.n_split,
+            "num_split_features": split.num_split_features,
             "k_sparse_f1": split.f1,
             "f1_by_k": split.f1_by_k,
         }
@@ -117,8 +124,8 @@ def score_sae(
     if cfg.variant in ("ablation", "both"):
         ablation_rates(cfg, handle, sae, task, codes, W_dec, probes, splits, true_positives, test, rows, progress)
     summary = {
-        "n_qualifying_letters": int(qualifying.sum()),
-        "mean_n_split": _letter_mean(np.array([r["n_split"] for r in rows], float), qualifying),
+        "n_letters_qualified": int(qualifying.sum()),
+        "mean_num_split_features": _letter_mean(np.array([r["num_split_features"] for r in rows], float), qualifying),
         "mean_k_sparse_f1": _letter_mean(np.array([r["k_sparse_f1"] for r in rows]), qualifying),
     }
     for key in ("absorption_fraction", "full_absorption_rate", "ablation_absorption_rate"):
@@ -213,16 +220,17 @@ def run_absorption(cfg: AbsorptionConfig, progress: bool = True) -> dict:
     letters = task.letters
     t = time.perf_counter()
     train, test = split_indices(letters, cfg.test_fraction, cfg.split_seed)
-    probes = train_probes(task.acts[train], one_hot(letters[train], len(LETTERS)))
+    probes = train_probes(
+        task.acts[train],
+        one_hot(letters[train], len(LETTERS)),
+        probe_recipe(cfg.probe_recipe, "letters", cfg.split_seed),
+    )
     table = probe_table(probes, task.acts, letters, test)
     timings["probes"] = time.perf_counter() - t
-    qualifying = int((table["f1"] > cfg.min_probe_f1).sum())
-    if qualifying < cfg.min_letters:
-        raise SaeAtlasError(
-            f"only {qualifying} of 26 letters have a probe F1 above {cfg.min_probe_f1} at {point.name} of "
-            f"{handle.name} (mean F1 {table['f1'].mean():.2f}; {cfg.min_letters} needed): the letter is not "
-            "readable at the word token here; use an earlier layer or more words"
-        )
+    qualified = int((table["f1"] > cfg.min_probe_f1).sum())
+    warning = few_letters_warning(qualified, cfg.min_letters, cfg.min_probe_f1, float(table["f1"].mean()))
+    if warning and not qualified:
+        raise SaeAtlasError(f"at {point.name} of {handle.name}, {warning}")
     results_saes, names = [], _unique_names([folder for folder, _ in saes])
     for (folder, sae), name in zip(saes, names):
         scored = score_sae(cfg, task, probes, table, train, test, sae, handle, progress)
@@ -260,9 +268,27 @@ def run_absorption(cfg: AbsorptionConfig, progress: bool = True) -> dict:
             for c, L in enumerate(LETTERS)
         ],
         "mean_probe_f1": float(table["f1"].mean()),
+        "n_letters_qualified": qualified,
+        "warning": warning,
         "saes": results_saes,
         "seconds": timings,
     }
+
+
+def few_letters_warning(qualified: int, min_letters: int, min_probe_f1: float, mean_f1: float) -> str | None:
+    """None when at least `min_letters` letters have a probe F1 above `min_probe_f1`; else one line saying how
+    many do, and that the means are over them only (SAEBench, main.py, refuses below its min_feats_for_eval, 20)."""
+    if qualified >= min_letters:
+        return None
+    if not qualified:
+        return (
+            f"no letter has a probe F1 above {min_probe_f1} (mean F1 {mean_f1:.2f}): the letter is not readable at "
+            "the word token here; use an earlier layer or more words"
+        )
+    return (
+        f"only {qualified} of 26 letters have a probe F1 above {min_probe_f1} (mean F1 {mean_f1:.2f}; "
+        f"{min_letters} expected): the means are over these {qualified} letters only"
+    )
 
 
 def _unique_names(folders: list[str]) -> list[str]:

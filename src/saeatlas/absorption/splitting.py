@@ -2,8 +2,11 @@
 
 An L1-regularised probe over all latents ranks them per class (largest signed weight first).  A balanced
 logistic regression on the top-k latents is fitted for k = 1, 2, ...; k is accepted while
-F1(k) > best F1 so far + tau (0.03).  The accepted latents are the class's main latents; splitting = their
-number - 1.
+F1(k) > best F1 so far + tau (0.03).  The accepted latents are the class's main latents; splitting is
+reported as their number, `num_split_features` (1 = no splitting), SAEBench's quantity under SAEBench's
+name (adamkarvonen/SAEBench, sae_bench/evals/absorption/main.py: num_split_features = len(split_feats) in
+eval_output.AbsorptionResultDetail; its k_sparse_probing.py keeps a column of the same name that is one
+less, which the eval output does not use).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from .probes import ProbeRecipe, Probes, train_probes
+from .probes import ProbeRecipe, Probes, probe_recipe, train_probes
 
 
 @dataclass
@@ -31,18 +34,23 @@ class SplitResult:
     """[n_test] bool: that probe's predictions on the test split."""
 
     @property
-    def n_split(self) -> int:
-        """Number of split latents: main latents beyond the first."""
-        return len(self.main) - 1
+    def num_split_features(self) -> int:
+        """SAEBench's split-feature count: the number of main latents (1 = no splitting)."""
+        return len(self.main)
 
 
-def rank_latents(codes_train: np.ndarray, targets_train: np.ndarray, l1: float = 0.01, seed: int = 42) -> np.ndarray:
+def rank_latents(
+    codes_train: np.ndarray, targets_train: np.ndarray, seed: int = 42, recipe: ProbeRecipe | None = None
+) -> np.ndarray:
     """[n_classes, d_sae] latent ids, each row by the sparse probe's weight for that class, largest first.
 
-    Latents that never fire on the training set get no weight and rank last.
+    codes_train [n, d_sae], targets_train [n, n_classes] bool; `recipe`: the sparse probe's (default:
+    saeatlas's, `probe_recipe("saeatlas", "sparse", seed)`).  Latents that never fire on the training set get
+    no weight and rank last.
     """
+    recipe = recipe or probe_recipe("saeatlas", "sparse", seed)
     alive = np.flatnonzero((np.asarray(codes_train) != 0).any(axis=0))
-    probes: Probes = train_probes(codes_train[:, alive], targets_train, ProbeRecipe(l1=l1, seed=seed))
+    probes: Probes = train_probes(codes_train[:, alive], targets_train, recipe)
     order = np.argsort(-probes.weight, axis=1, kind="stable")  # [n_classes, n_alive]
     dead = np.setdiff1d(np.arange(codes_train.shape[1]), alive)
     return np.concatenate([alive[order], np.broadcast_to(dead, (order.shape[0], len(dead)))], axis=1)

@@ -49,7 +49,7 @@ LETTER_COLUMNS = [
     "probe_recall",
     "n_test",
     "n_true_positives",
-    "n_split",
+    "num_split_features",
     "main_latents",
     "k_sparse_f1",
     "absorption_fraction",

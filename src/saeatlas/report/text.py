@@ -254,13 +254,13 @@ def print_comparison(results: dict, console: Console | None = None, measures=("s
 # ---------------------------------------------------------------- absorption
 ABSORPTION_KEYS = ("absorption_fraction", "full_absorption_rate", "ablation_absorption_rate")
 """Per-letter absorption measures, in table order (those the results have)."""
-MEAN_KEYS = ("mean_n_split", "mean_k_sparse_f1", *(f"mean_{k}" for k in ABSORPTION_KEYS))
+MEAN_KEYS = ("mean_num_split_features", "mean_k_sparse_f1", *(f"mean_{k}" for k in ABSORPTION_KEYS))
 """An SAE's means over the qualifying letters, in table order (those the results have)."""
 HEADERS = {
     "absorption_fraction": "absorption\nfraction",
     "full_absorption_rate": "full\nabsorption",
     "ablation_absorption_rate": "ablation\nabsorption",
-    "n_split": "split",
+    "num_split_features": "split\nfeatures",
     "k_sparse_f1": "k-sparse\nF1",
 }
 """Column headers of per-letter figures and (with 'mean_') of the means."""
@@ -273,7 +273,7 @@ def _latents(ids: list, n: int = 5) -> str:
 
 def letter_rows(sae: dict) -> list[list[str]]:
     """One row per letter of one absorption SAE: letter ('†': the probe does not qualify), probe F1, its true
-    positives, the main latents, split, k-sparse F1, then each absorption measure."""
+    positives, the main latents, their number (num_split_features), k-sparse F1, then each absorption measure."""
     keys = [k for k in ABSORPTION_KEYS if k in sae["letters"][0]]
     return [
         [
@@ -281,7 +281,7 @@ def letter_rows(sae: dict) -> list[list[str]]:
             _num(r["probe_f1"]),
             str(r["n_true_positives"]),
             _latents(r["main_latents"]),
-            str(r["n_split"]),
+            str(r["num_split_features"]),
             _num(r["k_sparse_f1"]),
             *(_num(r[k]) for k in keys),
         ]
@@ -320,6 +320,8 @@ def print_absorption(results: dict, console: Console | None = None, per_letter: 
         ],
     )
     min_f1 = results["config"]["min_probe_f1"]
+    if results.get("warning"):
+        say(console, f"warning: {results['warning']}")
     for sae in results["saes"]:
         if per_letter:
             console.print()
@@ -330,7 +332,7 @@ def print_absorption(results: dict, console: Console | None = None, per_letter: 
             )
             keys = [k for k in ABSORPTION_KEYS if k in sae["letters"][0]]
             cols = [Col("letter"), Col("probe\nF1", True), Col("TPs", True), Col("main\nlatents")]
-            cols += [Col(HEADERS[k], True) for k in ("n_split", "k_sparse_f1", *keys)]
+            cols += [Col(HEADERS[k], True) for k in ("num_split_features", "k_sparse_f1", *keys)]
             print_table(cols, letter_rows(sae), console=console)
             if not all(r["qualifies"] for r in sae["letters"]):
                 say(console, f"† probe F1 not above {min_f1}: the letter does not count in the means")
@@ -340,7 +342,7 @@ def print_absorption(results: dict, console: Console | None = None, per_letter: 
             console,
             [
                 f"{sae['name']}:",
-                f"over {s['n_qualifying_letters']} letters with probe F1 > {min_f1}:",
+                f"over {s['n_letters_qualified']} letters with probe F1 > {min_f1}:",
                 *(m + "," for m in means[:-1]),
                 *means[-1:],
                 f"({sae['seconds']:.1f} s)",

@@ -353,9 +353,19 @@ def _plan_absorption(p: _Planner) -> None:
     ]
     options = AbsorptionOptions(**pick(AbsorptionOptions, vars(a)))
     settings = {"model": m.model, "hook": a.hook, "k_values": a.k_values, **_settings(options, ABSORPTION_SETTINGS)}
+    # version 2: absorption.json version 2 (num_split_features = main latents, n_letters_qualified and a warning
+    # where version 1 refused, the probe recipe)
     p.add(
         Stage(
-            "absorption", "absorption", p.out / "absorption", settings, _absorption, inputs, label=m.label, hook=a.hook
+            "absorption",
+            "absorption",
+            p.out / "absorption",
+            settings,
+            _absorption,
+            inputs,
+            label=m.label,
+            hook=a.hook,
+            version=2,
         )
     )
 

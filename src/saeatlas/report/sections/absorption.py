@@ -7,7 +7,7 @@ import math
 import string
 
 from ..format import fmt, fmt_int, num
-from ..markup import as_is, figure, not_run, record_table, section, table
+from ..markup import as_is, e, figure, not_run, record_table, section, table
 from ..svg import bar_chart_svg
 
 ID, TITLE = "absorption", "Absorption and splitting"
@@ -19,7 +19,7 @@ CHARTS = [
     ("absorption_fraction", "absorption fraction"),
     ("full_absorption_rate", "full absorption rate"),
     ("ablation_absorption_rate", "ablation absorption rate"),
-    ("n_split", "splitting (main latents - 1)"),
+    ("num_split_features", "split features (main latents)"),
 ]
 """(per-letter key, chart title) of the bar charts."""
 
@@ -67,8 +67,8 @@ SUMMARY_COLUMNS = [
     ("k", "k", fmt_int),
     ("d_sae", "d_sae", fmt_int),
     ("L0 on task", "l0_on_task", lambda v: fmt(v, ".1f")),
-    ("letters", "n_qualifying_letters", fmt_int),
-    ("mean split", "mean_n_split", lambda v: fmt(v, ".2f")),
+    ("letters", "n_letters_qualified", fmt_int),
+    ("split features", "mean_num_split_features", lambda v: fmt(v, ".2f")),
     ("k-sparse F1", "mean_k_sparse_f1", fmt),
     ("absorption fraction", "mean_absorption_fraction", fmt),
     ("full absorption", "mean_full_absorption_rate", fmt),
@@ -85,7 +85,7 @@ def _charts(absorption: dict) -> str:
         finite = [v for s in series.values() for v in s if math.isfinite(v)]
         if not finite:
             continue
-        y_max = max(1.0, max(finite)) if key == "n_split" else 1.0
+        y_max = max(1.0, max(finite)) if key == "num_split_features" else 1.0
         figs.append(
             figure(bar_chart_svg(list(LETTERS), series, title, y_max=y_max, bar=bar), "", "bar-chart", {"measure": key})
         )
@@ -96,7 +96,7 @@ def _letters_table(absorption: dict) -> str:
     """One row per letter: the probe, then per SAE its splitting and absorption (header grouped by SAE)."""
     saes = absorption.get("saes") or []
     ablation = has_ablation(absorption)
-    per_sae = ["split", "absorption", "full"] + (["ablation"] if ablation else []) + ["main latents"]
+    per_sae = ["split features", "absorption", "full"] + (["ablation"] if ablation else []) + ["main latents"]
     headers = ["letter", "F1", "precision", "recall", "test words"] + per_sae * len(saes)
     groups = [("", 1), ("probe", 4)] + [(s["name"], len(per_sae)) for s in saes]
     rows = []
@@ -111,7 +111,7 @@ def _letters_table(absorption: dict) -> str:
         ]
         for r in record["per_sae"]:
             row += [
-                fmt_int(r.get("n_split")) + ("" if r.get("qualifies", True) else " †"),
+                fmt_int(r.get("num_split_features")) + ("" if r.get("qualifies", True) else " †"),
                 fmt(r.get("absorption_fraction")),
                 fmt(r.get("full_absorption_rate")),
             ]
@@ -125,9 +125,16 @@ def _intro(a: dict) -> str:
     return (
         f"First-letter task on {a.get('model')} {a.get('hook')}: {fmt_int(a.get('n_prompts'))} words "
         f"({fmt_int(a.get('n_dropped'))} dropped), probes trained on {fmt_int(a.get('n_train'))} and tested on "
-        f"{fmt_int(a.get('n_test'))}, mean probe F1 {fmt(a.get('mean_probe_f1'))}. "
-        "Letters whose probe F1 is too low († in the table) do not count and are left out of the charts."
+        f"{fmt_int(a.get('n_test'))}, mean probe F1 {fmt(a.get('mean_probe_f1'))}; "
+        f"{fmt_int(a.get('n_letters_qualified'))} of 26 letters qualify. "
+        "Letters whose probe F1 is too low († in the table) do not count and are left out of the charts. "
+        "Split features: a letter's main latents (SAEBench's num_split_features, 1 = no splitting)."
     )
+
+
+def _warning(a: dict) -> str:
+    """The run's warning (few letters qualify: the means are over them only), as a paragraph; '' if none."""
+    return f'<p class="absorption-warning"><b>Warning:</b> {e(a["warning"])}</p>' if a.get("warning") else ""
 
 
 def render(results: dict) -> str:
@@ -135,7 +142,7 @@ def render(results: dict) -> str:
     if not absorption or not absorption.get("saes"):
         return not_run(ID, TITLE, "absorption was not part of this study")
     body = (
-        f"<h3>Per SAE</h3>{record_table(SUMMARY_COLUMNS, summary_rows(absorption), 'absorption-summary')}"
+        f"{_warning(absorption)}<h3>Per SAE</h3>{record_table(SUMMARY_COLUMNS, summary_rows(absorption), 'absorption-summary')}"
         f"<h3>Per letter</h3>{_charts(absorption)}{_letters_table(absorption)}"
     )
     return section(ID, TITLE, body, _intro(absorption))

@@ -125,12 +125,14 @@ def _sae_line(metrics: dict[str, list[float]]) -> str:
 
 def _absorption_line(means: list[dict]) -> str:
     items = [
-        f"{e(s['name'])} (k {fmt_int(s['k'])}): split {fmt(s.get('mean_n_split'), '.2f')}, "
+        f"{e(s['name'])} (k {fmt_int(s['k'])}): split features {fmt(s.get('mean_num_split_features'), '.2f')}, "
         f"absorption fraction {fmt(s.get('mean_absorption_fraction'))}, "
         f"full absorption {fmt(s.get('mean_full_absorption_rate'))}"
         for s in means
     ]
-    return f'<p class="glance-line"><b>Absorption</b> (means over letters): {"; ".join(items)}.</p>'
+    n = {s.get("n_letters_qualified") for s in means}
+    over = f"means over {fmt_int(n.pop())} letters" if len(n) == 1 else "means over letters"
+    return f'<p class="glance-line"><b>Absorption</b> ({over}): {"; ".join(items)}.</p>'
 
 
 INTRO = (
