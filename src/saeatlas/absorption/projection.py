@@ -34,7 +34,7 @@ EPS = 1e-8
 
 @dataclass(frozen=True)
 class ProjectionThresholds:
-    """The evaluation suite's thresholds (spec: absorption.md, projection variant)."""
+    """SAEBench's thresholds (feature_absorption_calculator.py, cited above)."""
 
     absorber_cos: float = 0.1
     """Latents outside the main set count as absorbers from this cosine with the probe."""

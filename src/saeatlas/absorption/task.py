@@ -1,6 +1,7 @@
 """The first-letter task: vocabulary, in-context prompts, the target word's position, activations.
 
-Prompt (spec: absorption.md): ten in-context examples, then the target, one per line,
+Prompt (Chanin et al. 2024, arXiv:2409.14507; lasr-spelling/sae-spelling sae_spelling/prompting.py): ten
+in-context examples, then the target, one per line,
 `"{word} has the first letter:"` with answer `" " + UPPER(first letter)`:
 
     tartan has the first letter: T

@@ -1,4 +1,4 @@
-"""A parent/child toy model with ground truth for absorption (spec: absorption.md, reference observations).
+"""A parent/child toy model with ground truth for absorption (after Chanin et al. 2024, arXiv:2409.14507).
 
 Four orthonormal features in 50 dimensions, magnitude 1 each; f0 (the parent) fires on a quarter of the
 inputs, f2 and f3 on 5 %, the child f1 rarely.  With `co_occur` the child only ever fires together with the
