@@ -8,12 +8,15 @@ folder.  What builds them lives in helpers.py; every fixture used by more than o
 from __future__ import annotations
 
 import os
+
+# Before anything loads torch: passive OpenMP waiting (see saeatlas/__init__.py), no hub lookups.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from pathlib import Path
 
 import pytest
 from helpers import TEXTS, build_tiny_model, build_tiny_other_model
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ hidden 0.1 aliases, errors that name what the user typed, --quiet everywhere, a 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -129,3 +130,13 @@ def test_import_saeatlas_is_quick_and_exposes_the_jobs():
         "missing = [n for n in names if not callable(getattr(saeatlas, n))]; assert not missing, missing"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_import_saeatlas_makes_openmp_wait_passively_unless_told(given, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, saeatlas; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == expected
