@@ -1,6 +1,7 @@
-"""The first-letter task, probes, k-sparse splitting and the ablation variant's attribution.
+"""The first-letter task, probes and k-sparse splitting.
 
-The projection metric and the parent/child toy model (the ground truth) are in test_absorption_toy.py.
+The projection metric and the parent/child toy model (the ground truth) are in test_absorption_toy.py, the ablation
+variant's decision rule and integrated-gradients path in test_absorption_rules.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import pytest
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
-from saeatlas.absorption.attribution import integrated_gradients, is_absorption, letter_token_ids
 from saeatlas.absorption.probes import ProbeRecipe, classification_scores, one_hot, train_probes
 from saeatlas.absorption.splitting import rank_latents, split_feature
 from saeatlas.absorption.task import (
@@ -24,7 +24,6 @@ from saeatlas.absorption.task import (
     tokenize_prompts,
 )
 from saeatlas.models import capture, load_model, parse_hook
-from saeatlas.sae import SAEConfig, SparseAutoencoder
 
 
 @pytest.fixture(scope="module")
@@ -173,45 +172,6 @@ def test_k_sparse_probing_finds_one_main_latent_or_the_split_pair():
     assert sorted(split.main) == [1, 2] and split.num_split_features == 2 and split.f1 > 0.99
     assert split.f1_by_k[0] < 0.8  # one half alone misses half the positives
     assert np.array_equal(split.predicted_test, labels[test] == 1)
-
-
-# ------------------------------------------------------------------ ablation variant
-def test_integrated_gradients_is_complete_on_a_tiny_model(tiny):
-    torch.manual_seed(0)
-    sae = SparseAutoencoder(SAEConfig(arch="relu", d_in=tiny.d_model, d_sae=64))
-    with torch.no_grad():
-        sae.W_enc_T.mul_(3.0)  # enough active latents to matter
-    vocab = alphabetic_vocabulary(tiny.tokenizer)
-    prompt = build_prompts(vocab, 30, seed=0)[0]
-    ids, positions, _ = tokenize_prompts(tiny.tokenizer, [prompt])
-    point = parse_hook("resid_post.1", tiny.n_layers)
-    answers = letter_token_ids(tiny.tokenizer)
-    fine = integrated_gradients(tiny, sae, point, ids[0], int(positions[0]), prompt.letter, answers, steps=64)
-    assert (fine.scores != 0).sum() > 3
-    # completeness: attributions sum to metric(all latents) - metric(no latents)
-    assert fine.scores.sum() == pytest.approx(fine.metric - fine.metric_baseline, rel=0.02, abs=1e-4)
-    coarse = integrated_gradients(tiny, sae, point, ids[0], int(positions[0]), prompt.letter, answers, steps=6)
-    assert coarse.metric == pytest.approx(fine.metric, abs=1e-5)
-    # the spliced model at alpha 1 is the clean model
-    with torch.no_grad():
-        hidden = tiny.base(input_ids=torch.tensor(ids), use_cache=False).last_hidden_state[0, -1]
-        logits = hidden @ tiny.model.get_output_embeddings().weight[answers].T
-    clean = float(logits[prompt.letter] - torch.cat([logits[: prompt.letter], logits[prompt.letter + 1 :]]).mean())
-    assert fine.metric == pytest.approx(clean, abs=1e-4)
-
-
-@pytest.mark.parametrize(
-    "scores, cos, main, expected",
-    [
-        ([0.1, 3.0, 0.5, 0.0], [0.0, 0.2, 0.0, 0.5], [3], (True, 1)),  # latent 1 carries the letter
-        ([0.1, 3.0, 2.5, 0.0], [0.0, 0.2, 0.0, 0.5], [3], (False, 1)),  # gap to the second < 1
-        ([0.1, 3.0, 0.5, 0.0], [0.0, 0.01, 0.0, 0.5], [3], (False, 1)),  # not aligned with the probe
-        ([0.1, 3.0, 0.5, 0.0], [0.0, 0.2, 0.0, 0.5], [1], (False, 1)),  # it is a main latent
-        ([-2.0, -0.5, -3.0, -4.0], [0.3, 0.3, 0.3, 0.3], [], (False, 1)),  # nothing raises the metric
-    ],
-)
-def test_absorption_rule(scores, cos, main, expected):
-    assert is_absorption(np.array(scores), np.array(cos), main) == expected
 
 
 # ------------------------------------------------------------------ the real model

@@ -1,20 +1,30 @@
 """Absorption, ablation variant (the paper's): integrated-gradients attribution of SAE latents.
 
-The SAE is spliced in at the hook, at the target word's position only, with its error term kept so the
-model sees its clean activation at full scale: act = decode(alpha * z) + (a - decode(z)).  The metric is
-logit(" Y") - mean of the other 25 capital-letter logits at the last position; latent i's attribution is
-z_i * mean over alpha of d metric / d z_i, alpha at the midpoints of `steps` intervals (zero baseline).
-IG is complete: the attributions sum to metric(alpha=1) - metric(alpha=0) as steps grow.
+The SAE is spliced in at the hook, at the target word's position only: act = decode(alpha * z) + beta * error,
+where error = a - decode(z), so alpha = beta = 1 is the clean model.  The metric is logit(" Y") - mean of the
+other 25 capital-letter logits at the last position; latent i's attribution is z_i * mean over the path's
+points of d metric / d (alpha z_i) (zero baseline).  Two paths (`IgPath`):
 
-An absorption (spec: absorption.md) is a candidate whose top latent by ablation effect (effect = minus the
-attribution: what removing the latent does to the metric) lowers the metric (effect <= 0) by at least
-`gap` more than the second latent, lies outside the main set, and has cosine >= 0.025 with the probe.
+- "paper" (sae-spelling, the default): the error term is scaled to zero together with the latents
+  (beta = alpha), at alpha = 1 - i/steps, i = 0..steps-1 (the clean end included, the zero end left out;
+  lasr-spelling/sae-spelling sae_spelling/feature_attribution.py, `_get_interpolation_acts` and
+  `calculate_integrated_gradient_attribution_patching`).  The error gets an attribution of its own, and the
+  latents' and the error's attributions together sum to metric(clean) - metric(word token at b_dec) as the
+  steps grow (completeness).
+- "error_kept": the error stays at full scale (beta = 1), alpha at the midpoints of `steps` intervals.  Only the
+  latents move, so their attributions alone sum to metric(clean) - metric(latents off, error kept); the midpoint
+  rule is the more accurate one at few steps.  Not the paper's numbers: its top latents can differ.
+
+A latent's ablation effect is minus its attribution (what removing it does to the metric; sae-spelling's
+"ablation score").  `is_absorption` is sae-spelling's decision rule on one word.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -22,7 +32,11 @@ import torch
 from ..models import ModelHandle, patched
 from ..models.hooks import HookPoint
 from ..sae.model import SparseAutoencoder
+from .projection import EPS
 from .task import LETTERS
+
+IgPath = Literal["paper", "error_kept"]
+IG_PATHS: tuple[str, ...] = get_args(IgPath)
 
 
 def letter_token_ids(tokenizer) -> list[int]:
@@ -53,11 +67,82 @@ class Attribution:
     """IG result for one prompt."""
 
     scores: np.ndarray
-    """[d_sae] attribution of each latent (0 for latents that are off)."""
+    """[d_sae] attribution of each latent (0 for latents that are off); its ablation effect is minus this."""
+    error_score: float
+    """Attribution of the SAE error term ("paper" path; 0 on "error_kept", where the error does not move)."""
+    activations: np.ndarray
+    """[d_sae] the latents' activations z at the word token."""
     metric: float
     """The metric with the SAE spliced in at full scale (alpha = 1, i.e. the clean model)."""
     metric_baseline: float
-    """The metric with every latent at 0 (the error term and b_dec kept)."""
+    """The metric at the path's zero end: every latent at 0, and the error term too on the "paper" path (the word
+    token is then decode(0) = b_dec); the error kept on "error_kept"."""
+
+
+def path_alphas(steps: int, path: IgPath) -> torch.Tensor:
+    """[steps] the latents' scale at the points whose gradients are averaged (see the module docstring)."""
+    i = torch.arange(steps, dtype=torch.float64)
+    alphas = 1 - i / steps if path == "paper" else (i + 0.5) / steps
+    return alphas.float()
+
+
+@dataclass
+class _PathPoints:
+    """The leaves of one IG run over rows = [zero end, clean end, path points...] (the clean end is the first path
+    point on the "paper" path, so it is not repeated there)."""
+
+    z: torch.Tensor  # [d_sae]
+    error: torch.Tensor  # [d_model]
+    scaled: torch.Tensor  # [rows, d_sae] alpha * z, a leaf
+    scaled_error: torch.Tensor  # [rows, d_model] beta * error, a leaf
+    first_point: int  # rows[first_point:] are the path points
+    error_moves: bool  # the error is scaled along the path ("paper"), so it has an attribution
+
+
+def _path_points(sae: SparseAutoencoder, a: torch.Tensor, steps: int, path: IgPath) -> tuple[_PathPoints, torch.Tensor]:
+    """a: [d_model] clean activation -> (the leaves, [rows, d_model] the spliced activations)."""
+    alphas = path_alphas(steps, path)
+    first_point = 1 if path == "paper" else 2  # "paper": alphas[0] == 1 is the clean end
+    ends = torch.tensor([0.0] if path == "paper" else [0.0, 1.0])
+    alpha = torch.cat([ends, alphas])  # [rows]
+    beta = alpha if path == "paper" else torch.ones_like(alpha)
+    with torch.no_grad():
+        z = sae.encode(a[None])[0]  # [d_sae]
+        error = a - sae.decode(z[None])[0]
+    scaled = (alpha[:, None] * z).requires_grad_(True)
+    scaled_error = (beta[:, None] * error).requires_grad_(True)
+    points = _PathPoints(z, error, scaled, scaled_error, first_point, error_moves=path == "paper")
+    return points, sae.decode(scaled) + scaled_error
+
+
+def _attribution(points: _PathPoints, metric: torch.Tensor) -> Attribution:
+    """metric: [rows] on the spliced rows of `_path_points` -> the attributions (mean gradient x activation)."""
+    grad_z, grad_error = torch.autograd.grad(metric[points.first_point :].sum(), (points.scaled, points.scaled_error))
+    first = points.first_point
+    scores = points.z * grad_z[first:].mean(dim=0)
+    error_score = points.error @ grad_error[first:].mean(dim=0) if points.error_moves else torch.zeros(())
+    ends = metric.detach()
+    return Attribution(
+        scores=scores.detach().numpy().astype(np.float64),
+        error_score=float(error_score),
+        activations=points.z.detach().numpy().astype(np.float64),
+        metric=float(ends[1]),
+        metric_baseline=float(ends[0]),
+    )
+
+
+def path_attribution(
+    metric_of: Callable[[torch.Tensor], torch.Tensor],
+    sae: SparseAutoencoder,
+    a: torch.Tensor,
+    steps: int = 6,
+    path: IgPath = "paper",
+) -> Attribution:
+    """IG of any differentiable metric of the spliced activation: metric_of maps [rows, d_model] -> [rows].
+    a: [d_model] the clean activation.  `integrated_gradients` is this with the model as the metric."""
+    with torch.enable_grad():
+        points, spliced = _path_points(sae, a.float(), steps, path)
+        return _attribution(points, metric_of(spliced))
 
 
 def _cache_argument(handle: ModelHandle) -> str:
@@ -79,33 +164,29 @@ def integrated_gradients(
     letter: int,
     letter_ids: list[int],
     steps: int = 6,
+    path: IgPath = "paper",
 ) -> Attribution:
     """IG attribution of every latent at `position` of one prompt (token_ids with special tokens).
 
     The tokens before `position` do not see the splice: they run once, and their key/value cache is shared by
-    the 2 + `steps` rows (alpha 0, 1 and the midpoints) that run the rest of the prompt.
+    the rows (the zero end, the clean end and the path's points) that run the rest of the prompt.
     """
     handle.model.requires_grad_(False)
-    alphas = torch.tensor([0.0, 1.0] + [(s + 0.5) / steps for s in range(steps)])  # rows 0, 1: the ends
-    rows = len(alphas)
+    rows = steps + (1 if path == "paper" else 2)
     ids = torch.tensor([token_ids])
     with torch.no_grad():
         cache = _prefix_cache(handle, ids[:, :position]) if position else None
     if cache is not None:
         cache.batch_repeat_interleave(rows)
     suffix = ids[:, position:].expand(rows, -1)
-    held: dict[str, torch.Tensor] = {}
+    held: dict[str, _PathPoints] = {}
 
     def splice(act: torch.Tensor) -> torch.Tensor:  # [rows, suffix, d_model]; the word is suffix position 0
-        a = act[0, 0].float()  # every row is the same prompt: identical up to the hook
-        with torch.no_grad():
-            z = sae.encode(a[None])  # [1, d_sae]
-            error = a - sae.decode(z)[0]
-        scaled = (alphas[:, None] * z).requires_grad_(True)  # [rows, d_sae]
-        held["z"], held["scaled"] = z, scaled
-        new = sae.decode(scaled) + error  # [rows, d_model]
+        # every row is the same prompt: identical up to the hook
+        points, spliced = _path_points(sae, act[0, 0].detach().float(), steps, path)
+        held["points"] = points
         out = act.clone()
-        out[:, 0] = new.to(act.dtype)
+        out[:, 0] = spliced.to(act.dtype)
         return out
 
     with torch.enable_grad(), patched(handle, point, splice):
@@ -113,22 +194,33 @@ def integrated_gradients(
             input_ids=suffix, use_cache=cache is not None, **{_cache_argument(handle): cache}
         ).last_hidden_state
         metric = letter_metric(_letter_logits(handle, hidden[:, -1].float(), letter_ids), letter)  # [rows]
-        (grads,) = torch.autograd.grad(metric[2:].sum(), held["scaled"])
-    scores = (held["z"][0] * grads[2:].mean(dim=0)).detach().numpy().astype(np.float64)
-    ends = metric.detach()
-    return Attribution(scores, float(ends[1]), float(ends[0]))
+        return _attribution(held["points"], metric)
 
 
 def is_absorption(
-    scores: np.ndarray, cos: np.ndarray, main: list[int] | np.ndarray, gap: float = 1.0, cos_min: float = 0.025
+    scores: np.ndarray,
+    activations: np.ndarray,
+    cos: np.ndarray,
+    main: list[int] | np.ndarray,
+    gap: float = 1.0,
+    cos_min: float = 0.025,
 ) -> tuple[bool, int]:
-    """The paper's rule on one candidate: (absorbed?, top latent).  scores, cos: [d_sae]."""
+    """sae-spelling's rule on one word: (absorbed?, top latent).  scores, activations, cos: [d_sae].
+
+    With effect = -scores (the ablation effect), latents are ranked by effect, most negative first; the word is an
+    absorption when every main latent is off (activation < 1e-8), the top latent's effect is not positive,
+    |top effect| - |second effect| >= gap, and the top latent's decoder cosine with the probe is >= cos_min.
+    (lasr-spelling/sae-spelling sae_spelling/feature_absorption_calculator.py, `_is_absorption` and the ranking
+    `(-1 * ig_scores).topk(...)` in `calculate_absorption_sampled`.  An earlier commit of that file, fd88f73,
+    ranked by |effect| instead; the paper's final code, 1d3cc80, ranks by signed effect.)
+    """
     effect = -np.asarray(scores, dtype=np.float64)
     first, second = np.argsort(effect, kind="stable")[:2]
+    main = np.asarray(main, dtype=np.int64)
     absorbed = (
-        effect[first] <= 0
-        and effect[second] - effect[first] >= gap
+        bool((np.asarray(activations)[main] < EPS).all())
+        and not effect[first] > 0
+        and abs(effect[first]) - abs(effect[second]) >= gap
         and cos[first] >= cos_min
-        and int(first) not in {int(m) for m in main}
     )
     return bool(absorbed), int(first)

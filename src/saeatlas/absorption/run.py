@@ -183,7 +183,9 @@ def ablation_rates(
                 attribution = integrated_gradients(
                     handle, sae, point, ids[i], int(positions[i]), c, answer_ids, cfg.ig_steps
                 )
-                hit, top = is_absorption(attribution.scores, cos, splits[c].main, gap=cfg.ig_gap)
+                hit, top = is_absorption(
+                    attribution.scores, attribution.activations, cos, splits[c].main, gap=cfg.ig_gap
+                )
                 if hit:
                     absorbed.append({"word": task.prompts[i].word, "latent": top})
                 advance(1)
