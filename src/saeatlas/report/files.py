@@ -36,6 +36,9 @@ CSV_COLUMNS = [
     "q",
     "ci_lo",
     "ci_hi",
+    "k",
+    "p_controls",
+    "q_controls",
 ]
 """Columns of results.csv and concepts.csv (for concepts, `comparison` is the concept)."""
 SCORE_COLUMNS = CSV_COLUMNS[7:]
