@@ -171,6 +171,8 @@ class Selection:
     pairs: Matches
     n_above_chance: int | None
     """B latents with a candidate partner above both latents' chance thresholds (None without them)."""
+    mean_max_corr: float
+    """Mean over alive B latents of their best correlation with any A latent (before any threshold)."""
 
 
 def select_pairs(a: Side, b: Side, cfg: CompareOptions, rows: np.ndarray | None = None) -> Selection:
@@ -178,6 +180,8 @@ def select_pairs(a: Side, b: Side, cfg: CompareOptions, rows: np.ndarray | None 
     (`cfg.chance_shifts`), then match and filter (`cfg.method`, `cfg.threshold`, junk)."""
     ca, cb = _codes_rows(a.codes, rows), _codes_rows(b.codes, rows)
     result = correlate_codes(ca, cb, cfg.top_m)
+    alive_b = ~result.dead_b
+    mean_max = float(np.nanmean(result.best_corr_for_b[alive_b])) if alive_b.any() else math.nan
     n_above = None
     if cfg.chance_shifts:
         thr_a, thr_b = chance_thresholds(ca, cb, cfg.chance_shifts, cfg.seed + 101)
@@ -185,7 +189,7 @@ def select_pairs(a: Side, b: Side, cfg: CompareOptions, rows: np.ndarray | None 
         n_above = int(np.isfinite(result.best_corr_for_b).sum())
     use_junk = cfg.junk_filter and a.junk is not None and b.junk is not None
     pairs = match(result, cfg.method, cfg.threshold, a.junk if use_junk else None, b.junk if use_junk else None)
-    return Selection(result, pairs, n_above)
+    return Selection(result, pairs, n_above, mean_max)
 
 
 def _activation_sample(side: Side, positions: np.ndarray, latents: np.ndarray) -> np.ndarray:
@@ -282,7 +286,6 @@ def score_pair(
     sel = selection or select_pairs(a, b, cfg)
     result, pairs = sel.result, sel.pairs
     X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
-    alive_b = ~result.dead_b
     row = {
         "a": a.label,
         "b": b.label,
@@ -291,7 +294,7 @@ def score_pair(
         "n_latents_b": int(b.decoder.shape[0]),
         "dead_a": int(result.dead_a.sum()),
         "dead_b": int(result.dead_b.sum()),
-        "mean_max_corr": float(np.nanmean(result.best_corr_for_b[alive_b])) if alive_b.any() else math.nan,
+        "mean_max_corr": sel.mean_max_corr,
         "n_above_chance": sel.n_above_chance,
         "n_pairs": len(pairs.idx_a),
         "matched_corr_mean": float(pairs.corr.mean()) if len(pairs.corr) else math.nan,

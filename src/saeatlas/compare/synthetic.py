@@ -210,11 +210,13 @@ def calibration_replicate(seed: int, related: bool, cfg) -> dict:
     """One replicate of the calibration bench: two oracle-SAE sides of `BENCH_DATA` that share features
     (`related`) or not, scored as `compare` scores a layer pair; the controls are B with its documents permuted
     (two seeds, standing for random_init and shifted: under "unrelated" they are exchangeable with the real
-    pair, so the headline test's null holds exactly).
+    pair, so the headline test's null holds exactly); with `related`, random_init is B's activations read by a
+    TopK "SAE" of random directions (an untrained SAE), and shifted is B with its documents permuted.
 
     Returns {"pairing": {space: {measure: p}}, "circular": {measure: p} (the old activation rule), "versus":
     {measure: {control: p}}, "p_controls": {measure: p}, "n_pairs", "mean_max_corr"}."""
     from .scoring import HEADLINE_CONTROLS, _safe_value, headline_scores, score_pair, select_pairs
+    from .sides import Side
 
     data = two_model_data(**BENCH_DATA, unrelated=not related, seed=seed)
     a, b = bench_sides(data, seed)
@@ -229,6 +231,11 @@ def calibration_replicate(seed: int, related: bool, cfg) -> dict:
     comps = {"sae": (a, b, data.doc)}
     for i, kind in enumerate(HEADLINE_CONTROLS):
         comps[kind] = (a, permute_documents(b, data.doc, seed * 7919 + i + 1), data.doc)
+    if related:  # B's activations read by a TopK "SAE" with random directions, like an untrained SAE
+        g = torch.Generator().manual_seed(seed + 555)
+        random_rows = _directions(len(data.shared_b) + len(data.own_b), data.x_b.shape[1], g)
+        codes, dec = oracle_sae(data.x_b, random_rows, seed=seed + 2, **BENCH_ORACLE)
+        comps["random_init"] = (a, Side("B random-init", codes, dec), data.doc)
     measures = [m for m in cfg.bootstrap_measures if m in cfg.measures]
     observed = {}
     for kind, (sa, sb, _) in comps.items():
