@@ -104,6 +104,18 @@ def coverage_table(model_seeds: list[int], n_samples: int, cfg: CompareOptions) 
     ]
 
 
+def _print_rejections(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}", flush=True)
+    print(f"{'test':36} {'space':12} {'measure':11} {'rate':>6} {'scored':>8}")
+    for r in rows:
+        print(f"{r['test']:36} {r['space']:12} {r['measure']:11} {r['rate']:6.3f} {r['scored']:4d}/{r['n']:<3d}")
+
+
+def _save(out: dict) -> None:
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--unrelated", type=int, default=100, help="replicates on unrelated pairs (FPR)")
@@ -116,42 +128,45 @@ def main() -> None:
     cfg = options()
     t0 = time.perf_counter()
     out = {"sizes": dict(synthetic.BENCH_DATA), "oracle": synthetic.BENCH_ORACLE, "config": cfg.to_dict()}
+    print(f"sizes {out['sizes']}, oracle SAEs {out['oracle']}; alpha {ALPHA}", flush=True)
+    if args.coverage:
+        out["coverage"] = coverage_table([int(m) for m in args.models.split(",")], args.coverage, cfg)
+        print("\ncoverage of the 95% half-sample intervals (truth: 10x the positions)")
+        for c in out["coverage"]:
+            print(
+                f"  {c['measure']:11} {c['coverage']:.3f} of {c['n']} (mean width {c['mean_width']:.3f}, "
+                f"observed - truth {c['mean_error_of_observed']:+.3f})",
+                flush=True,
+            )
+        _save(out)
+    related = [synthetic.calibration_replicate(1000 + s, True, cfg) for s in range(args.related)]
+    out["power"] = rejection_table(related)
+    _print_rejections(f"power on planted shared features ({args.related} replicates)", out["power"])
+    _save(out)
     unrelated = [synthetic.calibration_replicate(s, False, cfg) for s in range(args.unrelated)]
     out["fpr"] = rejection_table(unrelated)
     out["unrelated_pairs"] = float(np.mean([r["n_pairs"] for r in unrelated]))
     out["unrelated_mean_max_corr"] = float(np.mean([r["mean_max_corr"] for r in unrelated]))
+    _print_rejections(
+        f"false-positive rate on unrelated pairs, default settings ({args.unrelated} replicates; "
+        f"{out['unrelated_pairs']:.1f} pairs, mean max r {out['unrelated_mean_max_corr']:.3f})",
+        out["fpr"],
+    )
+    _save(out)
     # The same without the chance threshold (the fixed 0.1 only): hundreds of chance pairs, so every test
     # is scored and the cross-fitting and the headline test carry the calibration on their own.
     fixed = dataclasses.replace(cfg, chance_shifts=0)
     unrelated_fixed = [synthetic.calibration_replicate(s, False, fixed) for s in range(args.unrelated)]
     out["fpr_fixed_threshold"] = rejection_table(unrelated_fixed)
     out["unrelated_pairs_fixed_threshold"] = float(np.mean([r["n_pairs"] for r in unrelated_fixed]))
-    related = [synthetic.calibration_replicate(1000 + s, True, cfg) for s in range(args.related)]
-    out["power"] = rejection_table(related)
-    out["coverage"] = (
-        coverage_table([int(m) for m in args.models.split(",")], args.coverage, cfg) if args.coverage else []
+    _print_rejections(
+        f"false-positive rate on unrelated pairs, fixed threshold 0.1 only ({args.unrelated} replicates; "
+        f"{out['unrelated_pairs_fixed_threshold']:.1f} pairs)",
+        out["fpr_fixed_threshold"],
     )
     out["seconds"] = time.perf_counter() - t0
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1))
-    print(f"{args.unrelated} unrelated / {args.related} related replicates, {out['sizes']}; alpha {ALPHA}")
-    print(
-        f"unrelated pairs: {out['unrelated_pairs']:.1f} pairs, mean max correlation {out['unrelated_mean_max_corr']:.3f}"
-    )
-    print(f"without the chance threshold: {out['unrelated_pairs_fixed_threshold']:.1f} pairs")
-    head = f"{'test':36} {'space':12} {'measure':11} {'FPR':>6} {'scored':>8} {'FPR 0.1':>8} {'scored':>8}"
-    print(head + f" {'power':>6} {'scored':>8}")
-    for f, f0, p in zip(out["fpr"], out["fpr_fixed_threshold"], out["power"], strict=True):
-        print(
-            f"{f['test']:36} {f['space']:12} {f['measure']:11} {f['rate']:6.3f} {f['scored']:4d}/{f['n']:<3d} "
-            f"{f0['rate']:8.3f} {f0['scored']:4d}/{f0['n']:<3d} {p['rate']:6.3f} {p['scored']:4d}/{p['n']:<3d}"
-        )
-    for c in out["coverage"]:
-        print(
-            f"coverage {c['measure']:11} {c['coverage']:.3f} of {c['n']} (mean width {c['mean_width']:.3f}, "
-            f"observed - truth {c['mean_error_of_observed']:+.3f})"
-        )
-    print(f"{out['seconds']:.0f} s")
+    _save(out)
+    print(f"\n{out['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

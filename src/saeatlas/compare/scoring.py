@@ -109,7 +109,7 @@ def score_spaces(X: np.ndarray, Y: np.ndarray, measures: list[str], cfg: Compare
         try:
             observed = measure_value(cfg, measure, X, Y)
             null = _null(cfg, measure, X, Y, cfg.seed)
-        except SaeAtlasError as exc:  # degenerate pairs (e.g. every pair on one latent): no score, say why
+        except (SaeAtlasError, np.linalg.LinAlgError) as exc:  # degenerate pairs: no score, say why
             out[measure] = {**_no_score(0), "note": str(exc)}
             continue
         out[measure] = _with_k(cfg, measure, len(X), summarize(observed, null))
@@ -139,13 +139,12 @@ def chance_thresholds(codes_a, codes_b, n_shifts: int, seed: int) -> tuple[np.nd
     n = codes_a.shape[0]
     rng = np.random.default_rng(seed)
     offsets = rng.choice(np.arange(n // 4, max(n // 4 + 1, 3 * n // 4)), size=n_shifts, replace=n < 2 * n_shifts)
-    # All shifted copies side by side, one correlation: B's best over the stack is its max over the shifts.
-    copies = [codes_a[np.roll(np.arange(n), int(off))] for off in offsets]
-    stack = np.hstack(copies) if isinstance(codes_a, np.ndarray) else sp.hstack(copies, format="csr")
-    res = correlate_codes(stack, codes_b, 1)
-    best_a = np.where(np.isfinite(res.best_corr_for_a), res.best_corr_for_a, -np.inf)
-    best_b = np.where(np.isfinite(res.best_corr_for_b), res.best_corr_for_b, -np.inf)
-    return best_a.reshape(n_shifts, codes_a.shape[1]).max(0), best_b
+    thr_a, thr_b = np.full(codes_a.shape[1], -np.inf), np.full(codes_b.shape[1], -np.inf)
+    for off in offsets:  # one shift at a time: a copy of the codes each (stacking them all costs 19 copies)
+        res = correlate_codes(codes_a[np.roll(np.arange(n), int(off))], codes_b, 1)
+        thr_a = np.fmax(thr_a, np.where(np.isfinite(res.best_corr_for_a), res.best_corr_for_a, -np.inf))
+        thr_b = np.fmax(thr_b, np.where(np.isfinite(res.best_corr_for_b), res.best_corr_for_b, -np.inf))
+    return thr_a, thr_b
 
 
 def _apply_thresholds(result: CorrelationResult, thr_a: np.ndarray, thr_b: np.ndarray) -> CorrelationResult:
@@ -261,7 +260,7 @@ def crossfit_scores(
         try:
             observed = float(np.mean([measure_value(cfg, measure, X, Y) for X, Y, _ in folds]))
             null = np.mean([_null(cfg, measure, X, Y, cfg.seed + f) for f, (X, Y, _) in enumerate(folds)], axis=0)
-        except SaeAtlasError as exc:
+        except (SaeAtlasError, np.linalg.LinAlgError) as exc:
             out[measure] = {**_no_score(0), "note": str(exc), "n_pairs_folds": n_fold_pairs}
             continue
         out[measure] = _with_k(cfg, measure, min(n for _, _, n in folds), summarize(observed, null))
@@ -346,7 +345,7 @@ def _safe_value(cfg: CompareOptions, measure: str, X: np.ndarray, Y: np.ndarray)
         return math.nan
     try:
         return measure_value(cfg, measure, X, Y)
-    except SaeAtlasError:
+    except (SaeAtlasError, np.linalg.LinAlgError):
         return math.nan
 
 
