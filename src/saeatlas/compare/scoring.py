@@ -389,7 +389,7 @@ def difference_test(real_reps, control_reps, real: float, control: float, level:
 
     Unlike `half_sample_interval` no bias is removed: when nothing is shared the scores are all selection
     noise, a half-sample selects other chance pairs than the full sample, and 2 observed - mean(replicates)
-    then has about twice the spread the replicates show (bench/calibration.py: FPR 0.2 at alpha 0.05).
+    then has about twice the spread the replicates show (unrelated synthetic codes came out at p 0.005).
     Without the correction the test is calibrated there and conservative where the real pair's score is
     biased low (noisier matching on fewer positions)."""
     d = np.asarray(real_reps, dtype=np.float64) - np.asarray(control_reps, dtype=np.float64)
