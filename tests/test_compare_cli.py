@@ -93,7 +93,7 @@ def test_compare_writes_scores_nulls_controls_and_heatmaps(setup, tmp_path, caps
         == 0
     )
     results = json.loads((out / "results.json").read_text())
-    assert results["version"] == 2 and results["kind"] == "compare"
+    assert results["version"] == 3 and results["kind"] == "compare"
     assert results["hooks_a"] == results["hooks_b"] == ["resid_post.1"]
     assert results["alignment"]["method"] == "char_offset" and results["alignment"]["n_positions"] > 100
     (entry,) = results["pairs"]
@@ -103,7 +103,14 @@ def test_compare_writes_scores_nulls_controls_and_heatmaps(setup, tmp_path, caps
     svcca = main_cmp["decoder"]["svcca"]
     assert 0 <= svcca["observed"] <= 1 and svcca["n_permutations"] == 50
     assert 1 / 51 <= svcca["p"] <= 1 and svcca["q"] is not None
-    assert svcca["ci_lo"] <= svcca["ci_hi"]
+    assert svcca["k"] == results["svcca_k"]
+    assert not any("ci_lo" in s for s in main_cmp["decoder"].values())  # no calibrated interval: none given
+    for control in ("random_init", "shifted"):
+        versus = svcca[f"versus_{control}"]
+        assert versus["lo"] <= versus["observed"] <= versus["hi"] and 0 < versus["p"] < 1
+    assert svcca["p_controls"] == max(svcca["versus_random_init"]["p"], svcca["versus_shifted"]["p"])
+    assert 0 < svcca["q_controls"] <= 1
+    assert all(len(s["n_pairs_folds"]) == 2 for s in main_cmp["activations"].values())
     assert set(main_cmp["decoder"]) == {"svcca", "pwcca", "rsa", "linear_cka", "mutual_knn", "svcca_legacy"}
     assert set(main_cmp["activations"]) == {"svcca", "linear_cka"}
     assert len(main_cmp["pairs"]["idx_a"]) == main_cmp["n_pairs"]

@@ -28,6 +28,12 @@ class CompareOptions(Config):
     (legacy: kept only to reproduce it), mutual nearest neighbours, or an optimal 1-1 assignment."""
     threshold: float = 0.1
     """Pairs need a correlation above this."""
+    chance_shifts: int = 19
+    """Circular shifts of A's positions that set each B latent's chance threshold (0: none): a pair also needs
+    a correlation above the B latent's best correlation with a shifted A, over these shifts, so a latent with
+    no partner passes with chance 1 / (chance_shifts + 1).  For sparse codes the fixed `threshold` is no chance
+    filter (unrelated codes: 1349 of 2000 B latents pass 0.1); each shift costs one more correlation.  Not
+    applied with legacy_first, which reproduces the paper's rule (the fixed threshold only)."""
     junk_filter: bool = True
     """Drop pairs whose latents' top activating tokens include a junk token (the paper's filter; with
     legacy_first, the paper's exact junk strings)."""
@@ -54,10 +60,13 @@ class CompareOptions(Config):
     """Candidate partners kept per latent (assignment graph, bootstrap re-matching)."""
     n_permutations: int = 1000
     """Random pairings in each null."""
-    n_bootstrap: int = 100
-    """Resamples of documents for the confidence intervals (0: none)."""
-    bootstrap_measures: list[str] = field(default_factory=lambda: ["svcca", "linear_cka"])
-    """Measures that get a bootstrap confidence interval."""
+    n_bootstrap: int = 20
+    """Random halves of the documents on which the real pair and its controls are re-selected (correlation,
+    threshold, matching) and re-scored: the intervals and the test of the real pair against its controls
+    (0: neither).  Each costs one correlation per comparison on half of the positions."""
+    bootstrap_measures: list[str] = field(default_factory=lambda: ["svcca", "rsa", "linear_cka"])
+    """Measures tested against the controls on the half-samples (the headline test), with an interval where
+    the measure's interval is calibrated (scoring.INTERVAL_MEASURES)."""
     control_measures: list[str] = field(default_factory=lambda: ["svcca", "rsa", "linear_cka"])
     """Measures of the controls (decoder rows; activations too for neurons, which have no decoder)."""
     controls: list[str] = field(default_factory=lambda: ["random_init", "neurons", "shifted"])
@@ -87,7 +96,8 @@ class CompareOptions(Config):
         check_int(self, "max_points", 3, 10**6)
         check_int(self, "top_m", 1, 1000)
         check_int(self, "n_permutations", 1, 10**7, "use at least 1 (1000 for p-values)")
-        check_int(self, "n_bootstrap", 0, 10**6, "use 0 (none) or more")
+        check_int(self, "n_bootstrap", 0, 10**6, "use 0 (none) or more (20 for intervals and tests)")
+        check_int(self, "chance_shifts", 0, 1000, "use 0 (no chance threshold) or more, e.g. 19")
         check_subset(self, "controls", CONTROLS)
         check(
             self.max_positions is None or (isinstance(self.max_positions, int) and self.max_positions >= 1),

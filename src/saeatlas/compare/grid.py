@@ -21,13 +21,27 @@ from .codes import top_positions
 from .concepts import concept_membership, load_concept_sources
 from .config import CompareConfig, ConceptsConfig
 from .match import match
-from .scoring import add_q, add_q_values, score_pair, score_spaces
-from .sides import Side, SideCache, control_pair, correlate, limit_positions
+from .scoring import (
+    HEADLINE_CONTROLS,
+    _safe_value,
+    add_q,
+    add_q_values,
+    correlate_codes,
+    grid_svcca_k,
+    headline_scores,
+    score_pair,
+    score_spaces,
+    select_pairs,
+)
+from .sides import Side, SideCache, control_pair, limit_positions
 
 log = logging.getLogger("saeatlas")
 
-RESULTS_VERSION = 2
-"""Version of the results.json schema (README, "Comparison results"); 2: hooks named `hooks_a`, `hook_a`."""
+RESULTS_VERSION = 3
+"""Version of the results.json schema (README, "Comparison results"); 2: hooks named `hooks_a`, `hook_a`;
+3: activation scores cross-fitted over halves of the documents, the headline test against the controls
+(versus_random_init / versus_shifted / p_controls / q_controls), half-sample intervals (ci_lo, ci_hi, estimate,
+se), SVCCA's k fixed per grid and reported ("k", "svcca_k"), n_above_chance."""
 
 
 def n_comparisons(cfg: CompareConfig) -> int:
@@ -67,21 +81,37 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
     progress(0)
     log.info("aligned %d positions of %s and %s (%s)", len(align.rows_a), store_a.path, store_b.path, align.counts)
     sides = SideCache(cfg, store_a, store_b, align)
+    kinds = ["sae", *(k for k in cfg.controls if k != "skyline")]
+
+    def comparison(kind: str, hook_a: str, hook_b: str) -> tuple[Side, Side, np.ndarray]:
+        if kind == "sae":
+            a, b = sides.get("sae", "a", hook_a), sides.get("sae", "b", hook_b)
+        else:
+            a, b = control_pair(kind, sides, hook_a, hook_b)
+        return a, b, sides.shifted().doc if kind == "shifted" else align.doc
+
+    # Pairs first, for every cell: SVCCA's number of directions is then fixed for the whole grid.
+    selections = {
+        (hook_a, hook_b, kind): select_pairs(*comparison(kind, hook_a, hook_b)[:2], cfg)
+        for hook_a in hooks_a
+        for hook_b in hooks_b
+        for kind in kinds
+    }
+    sky_selections = {}
+    if "skyline" in cfg.controls:
+        for hook_a in hooks_a:
+            sky_selections[hook_a] = select_pairs(sides.get("sae", "a", hook_a), sides.get("skyline", "a", hook_a), cfg)
+    scfg = grid_svcca_k(cfg, [len(s.pairs.idx_a) for s in [*selections.values(), *sky_selections.values()]])
     pairs = []
     for hook_a in hooks_a:
         for hook_b in hooks_b:
             entry = {"hook_a": hook_a, "hook_b": hook_b}
-            entry["sae"] = score_pair(
-                sides.get("sae", "a", hook_a), sides.get("sae", "b", hook_b), cfg, align.doc, align.n_groups
-            )
-            progress(1)
-            for kind in cfg.controls:
-                if kind == "skyline":
-                    continue
-                a, b = control_pair(kind, sides, hook_a, hook_b)
-                groups = sides.shifted().doc if kind == "shifted" else align.doc
-                entry[kind] = score_pair(a, b, cfg, groups, align.n_groups, control=True)
+            comps = {kind: comparison(kind, hook_a, hook_b) for kind in kinds}
+            for kind, (a, b, groups) in comps.items():
+                sel = selections[hook_a, hook_b, kind]
+                entry[kind] = score_pair(a, b, scfg, groups, align.n_groups, control=kind != "sae", selection=sel)
                 progress(1)
+            _add_headline(entry, comps, align.n_groups, scfg)
             log.info(
                 "%s x %s: %d pairs, SVCCA %s",
                 hook_a,
@@ -91,17 +121,16 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
             )
             pairs.append(entry)
     skyline = []
-    if "skyline" in cfg.controls:
-        for hook_a in hooks_a:
-            a, b = sides.get("sae", "a", hook_a), sides.get("skyline", "a", hook_a)
-            skyline.append(
-                {
-                    "hook_a": hook_a,
-                    "hook_b": hook_a,
-                    "skyline": score_pair(a, b, cfg, align.doc, align.n_groups, control=True),
-                }
-            )
-            progress(1)
+    for hook_a, sel in sky_selections.items():
+        a, b = sides.get("sae", "a", hook_a), sides.get("skyline", "a", hook_a)
+        skyline.append(
+            {
+                "hook_a": hook_a,
+                "hook_b": hook_a,
+                "skyline": score_pair(a, b, scfg, align.doc, align.n_groups, control=True, selection=sel),
+            }
+        )
+        progress(1)
     add_q_values(pairs)
     add_q_values(skyline)
     return {
@@ -115,6 +144,7 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
             "n_documents": int(align.n_groups),
             **{k: v for k, v in align.counts.items()},
         },
+        "svcca_k": scfg.svcca_k,
         "legacy": {"method": cfg.method == "legacy_first", "svcca_legacy_reported": "svcca_legacy" in cfg.measures},
         "hooks_a": hooks_a,
         "hooks_b": hooks_b,
@@ -122,6 +152,33 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
         "skyline": skyline,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _add_headline(entry: dict, comps: dict, n_groups: int, cfg: CompareConfig) -> None:
+    """The headline test of one layer pair: the real pair against its random-init and shifted controls on
+    half-samples of the documents (`headline_scores`), into the real pair's decoder scores: ci_lo / ci_hi /
+    estimate / se (calibrated measures only), versus_<control> {observed, estimate, lo, hi, se, p}, p_controls."""
+    measures = [m for m in cfg.bootstrap_measures if m in cfg.measures]
+    real = entry["sae"]["decoder"]
+    if not cfg.n_bootstrap or not measures or not math.isfinite(real.get(measures[0], {}).get("observed", math.nan)):
+        return
+    comps = {kind: c for kind, c in comps.items() if kind == "sae" or kind in HEADLINE_CONTROLS}
+    observed = {kind: {m: s.get("observed", math.nan) for m, s in entry[kind]["decoder"].items()} for kind in comps}
+    for kind, (a, b, _) in comps.items():  # a control scored without one of the tested measures: score it now
+        missing = [m for m in measures if m not in observed[kind]]
+        idx = entry[kind]["pairs"]
+        X, Y = a.decoder[idx["idx_a"]], b.decoder[idx["idx_b"]]
+        observed[kind].update({m: _safe_value(cfg, m, X, Y) for m in missing})
+    for m, body in headline_scores(comps, observed, n_groups, cfg, measures).items():
+        score = real[m]
+        if "interval" in body:
+            ci = body["interval"]
+            score.update(ci_lo=ci["lo"], ci_hi=ci["hi"], estimate=ci["estimate"], se=ci["se"])
+            score["n_resamples"] = ci["n_resamples"]
+        for kind, test in body["versus"].items():
+            score[f"versus_{kind}"] = test
+        if body["versus"]:
+            score["p_controls"] = body["p"]
 
 
 def _store_tokens(store: ActivationStore) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +214,7 @@ def run_concepts(cfg: ConceptsConfig, progress: Callable[[int], None] | None = N
         store_rows = np.where(top >= 0, rows[which][np.maximum(top, 0)], -1)
         return concept_membership(*tokens[which], store_rows, tokenizers[which], concepts)
 
-    entries = []
+    entries, matched = [], []
     for hook_a in hooks_a:
         for hook_b in hooks_b:
             a, b = sides.get("sae", "a", hook_a), sides.get("sae", "b", hook_b)
@@ -175,7 +232,7 @@ def run_concepts(cfg: ConceptsConfig, progress: Callable[[int], None] | None = N
                 if len(ia) and len(ib):
                     sub_a = Side(a.label, a.codes[:, ia], a.decoder[ia], None if a.junk is None else a.junk[ia])
                     sub_b = Side(b.label, b.codes[:, ib], b.decoder[ib], None if b.junk is None else b.junk[ib])
-                    result = correlate(sub_a, sub_b, min(cfg.top_m, len(ia), len(ib)))
+                    result = correlate_codes(sub_a.codes, sub_b.codes, min(cfg.top_m, len(ia), len(ib)))
                     pairs = match(result, cfg.method, cfg.threshold)
                     X, Y = sub_a.decoder[pairs.idx_a], sub_b.decoder[pairs.idx_b]
                     entry.update(
@@ -184,23 +241,29 @@ def run_concepts(cfg: ConceptsConfig, progress: Callable[[int], None] | None = N
                         latents_b=ib[pairs.idx_b].tolist(),
                         matched_corr_mean=float(pairs.corr.mean()) if len(X) else math.nan,
                     )
-                    entry["decoder"] = score_spaces(X, Y, cfg.measures, cfg)
+                    matched.append((X, Y))
                 else:
-                    entry["decoder"] = score_spaces(np.zeros((0, 1)), np.zeros((0, 1)), cfg.measures, cfg)
+                    matched.append((np.zeros((0, 1)), np.zeros((0, 1))))
                 entries.append(entry)
-                progress(1)
             log.info(
                 "concepts %s x %s: %s",
                 hook_a,
                 hook_b,
                 ", ".join(f"{e['concept']} {e['n_pairs']}" for e in entries[-len(concepts) :]),
             )
+    # Scored once every cell is matched: SVCCA's number of directions is fixed for the whole grid (concept cells
+    # have few pairs, and min(50, n / 10) would otherwise differ between them).
+    scfg = grid_svcca_k(cfg, [len(X) for X, _ in matched])
+    for entry, (X, Y) in zip(entries, matched, strict=True):
+        entry["decoder"] = score_spaces(X, Y, cfg.measures, scfg)
+        progress(1)
     for measure in cfg.measures:
         add_q([e["decoder"][measure] for e in entries])
     return {
         "version": RESULTS_VERSION,
         "kind": "concepts",
         "config": cfg.to_dict(),
+        "svcca_k": scfg.svcca_k,
         "concepts": concepts,
         "store_a": _store_facts(store_a),
         "store_b": _store_facts(store_b),

@@ -17,7 +17,7 @@ from ..sae.model import SparseAutoencoder
 from .align import Alignment, align_stores, gather_rows, tokenizer_for_store
 from .codes import encode_sparse, random_like, top_positions
 from .config import CompareConfig, CompareOptions
-from .correlate import CorrelationResult, pearson_dense, pearson_sparse
+from .correlate import CorrelationResult
 from .match import (
     Matches,
     junk_latents,
@@ -93,12 +93,6 @@ def match_sides(result: CorrelationResult, a: Side, b: Side, cfg: CompareOptions
         tokens_a, tokens_b = shared_token_keys(a.top_tokens, b.top_tokens)
     junk_a, junk_b = (a.junk, b.junk) if use_junk else (None, None)
     return match(result, cfg.method, cfg.threshold, junk_a, junk_b, tokens_a, tokens_b)
-
-
-def correlate(a: Side, b: Side, top_m: int) -> CorrelationResult:
-    if isinstance(a.codes, np.ndarray):
-        return pearson_dense(a.codes, b.codes, top_m=top_m)
-    return pearson_sparse(a.codes, b.codes, top_m=top_m)
 
 
 class SideCache:

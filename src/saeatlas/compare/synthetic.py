@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 
@@ -66,11 +67,14 @@ def two_model_data(
     doc_length: int = 200,
     unrelated: bool = False,
     seed: int = 0,
+    sample_seed: int | None = None,
 ) -> TwoModelData:
     """Positions of two models reading "the same text": shared sources drive both, own sources each side.
 
     With `unrelated`, B's shared sources are drawn independently of A's (same
-    statistics, no common cause).
+    statistics, no common cause).  `seed` draws the models (feature directions) and, without
+    `sample_seed`, the positions too; with it, the positions come from `sample_seed`: the same two models on
+    another sample of text.
     """
     g = torch.Generator().manual_seed(seed)
     intrinsic = _directions(n_shared, d_shared, g)  # [n_shared, d_shared]
@@ -78,6 +82,8 @@ def two_model_data(
     shared_b = intrinsic @ torch.randn(d_shared, d_b, generator=g)
     shared_a, shared_b = shared_a / shared_a.norm(dim=1, keepdim=True), shared_b / shared_b.norm(dim=1, keepdim=True)
     own_a, own_b = _directions(n_own, d_a, g), _directions(n_own, d_b, g)
+    if sample_seed is not None:
+        g = torch.Generator().manual_seed(10**6 + sample_seed)
     shared = _sources(n, n_shared, active_shared, g)
     shared_for_b = _sources(n, n_shared, active_shared, g) if unrelated else shared
     x_a = shared @ shared_a + _sources(n, n_own, active_own, g) @ own_a + noise * torch.randn(n, d_a, generator=g)
@@ -114,4 +120,159 @@ def matching_precision_recall(
         "recall": float(len(found) / max(1, len(recoverable))),
         "recoverable": len(recoverable),
         "recall_of_all": float(len(found) / n_shared),
+    }
+
+
+def oracle_sae(
+    x: torch.Tensor,
+    features: torch.Tensor,
+    n_extra: int = 32,
+    k: int = 6,
+    cosine: float = 0.9,
+    n_rare: int = 0,
+    rare_rate: float = 1e-3,
+    seed: int = 0,
+    sample_seed: int | None = None,
+) -> tuple[sp.csr_array, np.ndarray]:
+    """A TopK "SAE" without training: decoder rows are the true features [n_features, d] tilted to about
+    `cosine` with their feature, plus `n_extra` random unit rows; the encoder is the decoder (tied).  Codes
+    [n, n_features + n_extra] = the top-k of relu(x dec^T) per position (sparse), then `n_rare` latents that
+    fire independently at a `rare_rate` of the positions (random directions): the long tail of rare latents
+    of a real SAE, whose chance coincidences give large correlations (one shared firing of two latents that
+    fire 8 times each is r ~ 0.12).  A cheap stand-in for a trained SAE with imperfect recovery, for
+    calibration benches (seconds instead of minutes).  `seed` draws the decoder, `sample_seed` (default: seed)
+    the rare latents' firings."""
+    g = torch.Generator().manual_seed(seed)
+    d = x.shape[1]
+    rows = features / features.norm(dim=1, keepdim=True)
+    tilt = _directions(len(rows), d, g)
+    tilt = tilt - (tilt * rows).sum(1, keepdim=True) * rows  # orthogonal to the feature
+    tilt = tilt / tilt.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    dec = torch.cat([cosine * rows + (1 - cosine**2) ** 0.5 * tilt, _directions(n_extra, d, g)])
+    pre = torch.relu(x @ dec.T)
+    top = pre.topk(k, dim=1)
+    codes = torch.zeros_like(pre).scatter_(1, top.indices, top.values)
+    if n_rare:
+        dec = torch.cat([dec, _directions(n_rare, d, g)])
+        key = [seed, 0 if sample_seed is None else sample_seed + 1]
+        gs = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        fire = torch.rand(len(x), n_rare, generator=gs) < rare_rate
+        codes = torch.cat([codes, fire * (0.5 + 1.5 * torch.rand(len(x), n_rare, generator=gs))], dim=1)
+    return sp.csr_array(codes.numpy()), dec.numpy()
+
+
+# ---------------------------------------------------------------- calibration of the comparison's statistics
+BENCH_DATA = {"n": 2000, "n_shared": 64, "n_own": 16, "doc_length": 50}
+"""Sizes of the calibration benches (small, so that hundreds of replicates run on two CPU cores): 2000
+positions in 40 documents, 64 shared and 16 own features per model."""
+BENCH_ORACLE = {"n_extra": 0, "k": 6, "n_rare": 200, "rare_rate": 4e-3}
+"""The oracle SAEs of the benches: 80 feature latents plus 200 rare latents firing ~8 times each (which make
+unrelated codes look correlated, as trained SAEs' do: mean max correlation ~0.2)."""
+
+
+def bench_sides(data: TwoModelData, seed: int, sample_seed: int | None = None):
+    """The two oracle-SAE `Side`s of `data` (decoders drawn from `seed`)."""
+    from .sides import Side
+
+    ca, da = oracle_sae(
+        data.x_a, torch.cat([data.shared_a, data.own_a]), seed=seed, sample_seed=sample_seed, **BENCH_ORACLE
+    )
+    cb, db = oracle_sae(
+        data.x_b, torch.cat([data.shared_b, data.own_b]), seed=seed + 1, sample_seed=sample_seed, **BENCH_ORACLE
+    )
+    return Side("A", ca, da), Side("B", cb, db)
+
+
+def permute_documents(side, doc: np.ndarray, seed: int):
+    """`side` with its positions moved document by document to other documents (seeded; documents of equal
+    length): a partner with the same statistics and no event shared with any other side."""
+    from .sides import Side
+
+    n_docs = int(doc.max()) + 1
+    length = len(doc) // n_docs
+    order = np.random.default_rng(seed).permutation(n_docs)
+    rows = (order[:, None] * length + np.arange(length)).ravel()
+    return Side(side.label + " (documents permuted)", side.codes[rows], side.decoder, side.junk)
+
+
+def _circular_activation_p(a, b, cfg, measures: list[str]) -> dict[str, float]:
+    """The old activation-space rule: pairs selected on all positions, scored on a sample of the same ones."""
+    from .scoring import _activation_sample, score_spaces, select_pairs
+
+    pairs = select_pairs(a, b, cfg).pairs
+    n = a.codes.shape[0]
+    sample = np.sort(np.random.default_rng(cfg.seed).choice(n, size=min(cfg.activation_positions, n), replace=False))
+    X, Y = _activation_sample(a, sample, pairs.idx_a), _activation_sample(b, sample, pairs.idx_b)
+    return {m: s["p"] for m, s in score_spaces(X, Y, measures, cfg).items()}
+
+
+def calibration_replicate(seed: int, related: bool, cfg) -> dict:
+    """One replicate of the calibration bench: two oracle-SAE sides of `BENCH_DATA` that share features
+    (`related`) or not, scored as `compare` scores a layer pair; the controls are B with its documents permuted
+    (two seeds, standing for random_init and shifted: under "unrelated" they are exchangeable with the real
+    pair, so the headline test's null holds exactly); with `related`, random_init is B's activations read by a
+    TopK "SAE" of random directions (an untrained SAE), and shifted is B with its documents permuted.
+
+    Returns {"pairing": {space: {measure: p}}, "circular": {measure: p} (the old activation rule), "versus":
+    {measure: {control: p}}, "p_controls": {measure: p}, "n_pairs", "mean_max_corr"}."""
+    from .scoring import HEADLINE_CONTROLS, _safe_value, headline_scores, score_pair, select_pairs
+    from .sides import Side
+
+    data = two_model_data(**BENCH_DATA, unrelated=not related, seed=seed)
+    a, b = bench_sides(data, seed)
+    n_groups = int(data.doc.max()) + 1
+    row = score_pair(a, b, cfg, data.doc, n_groups)
+    out = {
+        "pairing": {space: {m: s["p"] for m, s in row[space].items()} for space in ("decoder", "activations")},
+        "circular": _circular_activation_p(a, b, cfg, cfg.activation_measures),
+        "n_pairs": row["n_pairs"],
+        "mean_max_corr": row["mean_max_corr"],
+    }
+    comps = {"sae": (a, b, data.doc)}
+    for i, kind in enumerate(HEADLINE_CONTROLS):
+        comps[kind] = (a, permute_documents(b, data.doc, seed * 7919 + i + 1), data.doc)
+    if related:  # B's activations read by a TopK "SAE" with random directions, like an untrained SAE
+        g = torch.Generator().manual_seed(seed + 555)
+        random_rows = _directions(len(data.shared_b) + len(data.own_b), data.x_b.shape[1], g)
+        codes, dec = oracle_sae(data.x_b, random_rows, seed=seed + 2, **BENCH_ORACLE)
+        comps["random_init"] = (a, Side("B random-init", codes, dec), data.doc)
+    measures = [m for m in cfg.bootstrap_measures if m in cfg.measures]
+    observed = {}
+    for kind, (sa, sb, _) in comps.items():
+        pairs = select_pairs(sa, sb, cfg).pairs
+        X, Y = sa.decoder[pairs.idx_a], sb.decoder[pairs.idx_b]
+        observed[kind] = {m: _safe_value(cfg, m, X, Y) for m in measures}
+    heads = headline_scores(comps, observed, n_groups, cfg, measures)
+    out["versus"] = {m: {k: v["p"] for k, v in h["versus"].items()} for m, h in heads.items()}
+    out["p_controls"] = {m: h["p"] for m, h in heads.items()}
+    return out
+
+
+def true_scores(model_seed: int, cfg, measures: list[str], scale: int = 10) -> dict[str, float]:
+    """The planted pair's scores on `scale` times BENCH_DATA's positions (the "true" score the intervals of
+    smaller samples should cover; the bias of a matched score falls like 1 / n)."""
+    from .scoring import _safe_value, select_pairs
+
+    sizes = {**BENCH_DATA, "n": BENCH_DATA["n"] * scale}
+    data = two_model_data(**sizes, seed=model_seed, sample_seed=10**5)
+    a, b = bench_sides(data, model_seed, sample_seed=10**5)
+    pairs = select_pairs(a, b, cfg).pairs
+    X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
+    return {m: _safe_value(cfg, m, X, Y) for m in measures}
+
+
+def coverage_replicate(model_seed: int, sample_seed: int, cfg, measures: list[str]) -> dict[str, dict]:
+    """measure -> the half-sample interval (`half_sample_interval`) of the planted pair on one sample of
+    BENCH_DATA's size from the fixed models of `model_seed`."""
+    from .scoring import _safe_value, half_sample_interval, half_sample_replicates, select_pairs
+
+    data = two_model_data(**BENCH_DATA, seed=model_seed, sample_seed=sample_seed)
+    a, b = bench_sides(data, model_seed, sample_seed=sample_seed)
+    pairs = select_pairs(a, b, cfg).pairs
+    X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
+    n_groups = int(data.doc.max()) + 1
+    reps = half_sample_replicates({"sae": (a, b, data.doc)}, n_groups, cfg, measures)["sae"]
+    return {
+        m: {**half_sample_interval(reps[:, i], _safe_value(cfg, m, X, Y)), "observed": _safe_value(cfg, m, X, Y)}
+        for i, m in enumerate(measures)
     }

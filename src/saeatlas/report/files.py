@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import jsonable, write_bytes_atomic, write_json_atomic
-from .format import fmt, significance_stars
+from .format import fmt, significance_stars, star_q
 from .svg import bar_chart_svg, heatmap_svg
 
 CSV_COLUMNS = [
@@ -36,6 +36,9 @@ CSV_COLUMNS = [
     "q",
     "ci_lo",
     "ci_hi",
+    "k",
+    "p_controls",
+    "q_controls",
 ]
 """Columns of results.csv and concepts.csv (for concepts, `comparison` is the concept)."""
 SCORE_COLUMNS = CSV_COLUMNS[7:]
@@ -144,8 +147,11 @@ def grid_heatmaps(results: dict) -> dict[str, str]:
     for measure in results["config"]["measures"]:
         scores = [[cell[(a, b)]["decoder"][measure] for b in lb] for a in la]
         values = np.array([[s["observed"] for s in row] for row in scores])
-        text = [[_nan_fmt(s["observed"]) + significance_stars(s.get("q")) for s in row] for row in scores]
-        title = f"{measure} of matched decoder rows (* q<.05, ** q<.01, *** q<.001)"
+        text = [[_nan_fmt(s["observed"]) + significance_stars(star_q(s)) for s in row] for row in scores]
+        test = (
+            "beats random-init and shifted" if any("p_controls" in s for r in scores for s in r) else "random pairing"
+        )
+        title = f"{measure} of matched decoder rows ({test}: * q<.05, ** q<.01, *** q<.001)"
         out[f"heatmap-{measure}.svg"] = heatmap_svg(values, la, lb, title, text, **axes)
         zs = np.array([[s["z"] for s in row] for row in scores])
         out[f"heatmap-{measure}-z.svg"] = heatmap_svg(

@@ -68,6 +68,15 @@ def significance_stars(q) -> str:
     return "***" if q < 0.001 else "**" if q < 0.01 else "*" if q < 0.05 else ""
 
 
+def star_q(score: dict | None):
+    """The q-value that sets a score's stars: the headline test's (the real pair beats its random-init and
+    shifted controls, "q_controls") where the score has one, else the random-pairing test's ("q"), the only
+    test of controls, activations and concepts."""
+    if not score:
+        return None
+    return score.get("q_controls") if "p_controls" in score else score.get("q")
+
+
 def score_text(stats: dict | None, missing: str = "-", width: int = 0) -> str:
     """One measure's score in a line of text: '0.612 (z 41, q<.001)' (q: the BH q-value, else p); the
     observed value right-aligned in `width` characters."""

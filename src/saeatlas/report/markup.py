@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from html import escape
 
-from .format import DASH, fmt, num, significance_stars
+from .format import DASH, fmt, num, significance_stars, star_q
 
 
 class Html(str):
@@ -88,20 +88,36 @@ def not_run(sid: str, title: str, why: str) -> str:
     return section(sid, title, f'<p class="not-run">not run: {e(why)}</p>')
 
 
-def score(s: dict | None) -> Html:
-    """'0.612 (z 41.2) ***' with the null, p, q and interval in a tooltip; `NONE` without an observed value."""
+def score(s: dict | None, stars: bool = True) -> Html:
+    """'0.612 (pairing z 41.2) ***' with the tests and interval in a tooltip; `NONE` without an observed value.
+
+    Stars: the headline test (the real pair beats its random-init and shifted controls, q_controls) where the
+    score has it, else the random-pairing test (q); `stars=False` for none (a control beside the real pair,
+    whose random-pairing stars would read as evidence)."""
     if not s or not math.isfinite(num(s.get("observed"))):
         return NONE
     tip = (
-        f"null {fmt(s.get('null_mean'))} ± {fmt(s.get('null_std'))}, p {fmt(s.get('p'), '.3g')}, "
+        f"random pairing: null {fmt(s.get('null_mean'))} ± {fmt(s.get('null_std'))}, p {fmt(s.get('p'), '.3g')}, "
         f"q {fmt(s.get('q'), '.3g')}"
     )
+    if s.get("k") is not None:
+        tip += f"; k {s['k']} directions"
+    for control in ("random_init", "shifted"):
+        v = s.get(f"versus_{control}")
+        if v:
+            tip += (
+                f"; minus {control}: {fmt(v.get('observed'))} [{fmt(v.get('lo'))}, {fmt(v.get('hi'))}], "
+                f"p {fmt(v.get('p'), '.3g')}"
+            )
+    if "p_controls" in s:
+        tip += f"; beats both controls: p {fmt(s.get('p_controls'), '.3g')}, q {fmt(s.get('q_controls'), '.3g')}"
     if s.get("ci_lo") is not None:
-        tip += f", 95% CI {fmt(s.get('ci_lo'))} to {fmt(s.get('ci_hi'))}"
+        tip += f"; 95% CI {fmt(s.get('ci_lo'))} to {fmt(s.get('ci_hi'))}"
+    q = star_q(s) if stars else None
     return Html(
         f'<span class="score" title="{e(tip)}">{fmt(s["observed"])} '
-        f'<span class="z">(z {fmt(s.get("z"), ".1f")})</span> '
-        f'<span class="stars">{significance_stars(s.get("q"))}</span></span>'
+        f'<span class="z">(pairing z {fmt(s.get("z"), ".1f")})</span> '
+        f'<span class="stars">{significance_stars(q)}</span></span>'
     )
 
 

@@ -320,8 +320,9 @@ def _plan_compare(p: _Planner) -> None:
         **_settings(CompareOptions(**pick(CompareOptions, vars(c))), COMPARE_SETTINGS),
     }
     inputs = [p.stores[a.label], p.stores[b.label], *p.main[a.label].values(), *p.main[b.label].values()]
-    # version 3: results name hooks `hook_a` / `hooks_a` (2: bootstrap intervals are basic intervals)
-    compare = p.add(Stage("compare", "compare", p.out / "compare", settings, _compare, inputs + skyline, version=3))
+    # version 4: activation scores cross-fitted, chance threshold, SVCCA k per grid, the headline test against the
+    # controls and half-sample intervals (3: results name hooks `hook_a` / `hooks_a`; 2: basic intervals)
+    compare = p.add(Stage("compare", "compare", p.out / "compare", settings, _compare, inputs + skyline, version=4))
     if c.concepts:
         concept_settings = {
             **settings,
@@ -330,11 +331,13 @@ def _plan_compare(p: _Planner) -> None:
             "skyline_saes_a": None,
             "concepts": c.concepts,
         }
-        p.add(Stage("concepts", "concepts", p.out / "concepts", concept_settings, _concepts, inputs, version=2))
+        # version 3: SVCCA k fixed for the whole concept grid and reported (results version 3)
+        p.add(Stage("concepts", "concepts", p.out / "concepts", concept_settings, _concepts, inputs, version=3))
     if c.pair_cards:
+        # version 3: the pairs come from the chance-thresholded matching of compare version 4
         p.add(
             Stage(
-                "pair cards", "pair cards", p.out / "cards", {"pair_cards": c.pair_cards}, _cards, [compare], version=2
+                "pair cards", "pair cards", p.out / "cards", {"pair_cards": c.pair_cards}, _cards, [compare], version=3
             )
         )
 

@@ -40,7 +40,7 @@ def control_rows(compare: dict, measure: str) -> list[dict]:
                     "observed": num(s.get("observed")),
                     "null_mean": num(s.get("null_mean")),
                     "null_std": num(s.get("null_std")),
-                    "note": f"z {fmt(s.get('z'), '.1f')} {significance_stars(s.get('q'))}",
+                    "note": f"pairing z {fmt(s.get('z'), '.1f')} {significance_stars(s.get('q'))}",
                     "colour": COMPARISONS[kind][2],
                 }
             )
@@ -49,7 +49,8 @@ def control_rows(compare: dict, measure: str) -> list[dict]:
 
 def comparison_rows(compare: dict, measures: list[str]) -> list[dict]:
     """One record per (layer pair, comparison): layers, comparison (its label), space (raw neurons have no
-    decoder: activations), n_pairs, mean_max_corr, matched_corr_mean and the score dict of each measure."""
+    decoder: activations), n_pairs, n_above_chance, mean_max_corr, matched_corr_mean, real (the real pair) and
+    the score dict of each measure."""
     rows = []
     for entry in compare["pairs"]:
         for kind, body in comparison_bodies(compare, entry):
@@ -63,6 +64,8 @@ def comparison_rows(compare: dict, measures: list[str]) -> list[dict]:
                     "mean_max_corr": body.get("mean_max_corr"),
                     "matched_corr_mean": body.get("matched_corr_mean"),
                     "scores": {m: (body.get(space) or {}).get(m) for m in measures},
+                    "real": kind == "sae",
+                    "n_above_chance": body.get("n_above_chance"),
                 }
             )
     return rows
@@ -76,20 +79,25 @@ def _controls_table(rows: list[dict], measures: list[str]) -> str:
             r["comparison"],
             r["space"],
             fmt_int(r["n_pairs"]),
+            fmt_int(r["n_above_chance"]),
             fmt(r["mean_max_corr"]),
             fmt(r["matched_corr_mean"]),
-            *(score(r["scores"][m]) for m in measures),
+            *(score(r["scores"][m], stars=r["real"]) for m in measures),
         ]
         for r in rows
     ]
-    headers = ["layer pair", "comparison", "space", "pairs", "mean max r", "matched r", *measures]
+    headers = ["layer pair", "comparison", "space", "pairs", "above chance", "mean max r", "matched r", *measures]
     return table(headers, cells, "controls-table")
 
 
 INTRO = (
     "The real SAE pair beside its controls, scored the same way: dots are observed scores, grey bars "
-    "their random-pairing null (mean ± 2 sd), stars BH q-values. Raw neurons have no decoder, so they "
-    "(and the real pair beside them) are scored on activations."
+    "their random-pairing null (mean ± 2 sd) with the pairing z and its BH stars, which only say that a "
+    "matching beats a random one (controls do too). In the table the real pair's stars are the headline test "
+    "(more alike than both random-init and shifted controls); controls get none. Pairs, the latents with a "
+    "partner above their chance threshold and the mean max correlation are shown for every comparison: read "
+    "them against the shifted control's, never alone. Raw neurons have no decoder, so they (and the real pair "
+    "beside them) are scored on activations, cross-fitted over halves of the documents."
 )
 
 

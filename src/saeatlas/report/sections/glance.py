@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ..format import fmt, fmt_int, fmt_pct, fmt_span, grid_labels, num
+from ..format import fmt, fmt_int, fmt_pct, fmt_span, grid_labels, num, star_q
 from ..markup import e, not_run, score, section, table
 from .common import grid_comparison, model_labels, skylines
 
@@ -21,7 +21,10 @@ def headline_rows(compare: dict) -> list[dict]:
     the number of significant cells over the grid, that pair's controls and its A layer's skyline.
 
     Each row: measure, layers ('3 × 5'), best / random_init / shifted / skyline (score dicts or None),
-    low, high, n_significant (q < .05), n_cells, of_skyline (best / skyline observed; NaN without one).
+    low, high, n_significant (q < .05 in the headline test: the real pair beats its random-init and shifted
+    controls; the random-pairing q where a cell has no such test), n_cells, of_skyline (best / skyline observed;
+    NaN without one), matching: (comparison label, n_pairs, mean_max_corr) of the real pair and its shifted
+    control (a pair count or correlation level means nothing beside no control).
     """
     skyline = skylines(compare)
     grid = [(e["hook_a"], e["hook_b"]) for e in compare["pairs"]]
@@ -44,12 +47,17 @@ def headline_rows(compare: dict) -> list[dict]:
                 "best": best,
                 "low": min(values),
                 "high": max(values),
-                "n_significant": sum(num(sc.get("q")) < 0.05 for _, sc in cells),
+                "n_significant": sum(num(star_q(sc)) < 0.05 for _, sc in cells),
                 "n_cells": len(cells),
                 "random_init": _control_score(entry.get("random_init"), measure),
                 "shifted": _control_score(entry.get("shifted"), measure),
                 "skyline": sky,
                 "of_skyline": ratio,
+                "matching": [
+                    (kind, (entry.get(kind) or {}).get("n_pairs"), (entry.get(kind) or {}).get("mean_max_corr"))
+                    for kind in ("sae", "shifted")
+                    if entry.get(kind)
+                ],
             }
         )
     return rows
@@ -86,6 +94,20 @@ def absorption_means(results: dict) -> list[dict]:
 
 
 # ---------------------------------------------------------------- markup
+def _difference(best: dict, control: str) -> str:
+    """'0.094 [0.061, 0.127]': the real pair minus a control with its 95% interval, '–' without the test."""
+    v = (best or {}).get(f"versus_{control}")
+    if not v or not math.isfinite(num(v.get("observed"))):
+        return "–"
+    return f"{fmt(v['observed'], '+.3f')} [{fmt(v.get('lo'), '+.3f')}, {fmt(v.get('hi'), '+.3f')}]"
+
+
+def _matching(r: dict) -> str:
+    """'1203 pairs, r 0.214 (shifted: 845, 0.163)'."""
+    parts = [f"{fmt_int(n)}, r {fmt(mmc)}" for _, n, mmc in r["matching"]]
+    return parts[0] + (f" (shifted: {parts[1]})" if len(parts) > 1 else "") if parts else "–"
+
+
 def _headline_table(rows: list[dict], labels: tuple[str, str]) -> str:
     a, b = labels
     cells = [
@@ -93,10 +115,13 @@ def _headline_table(rows: list[dict], labels: tuple[str, str]) -> str:
             r["measure"],
             r["layers"],
             score(r["best"]),
+            _difference(r["best"], "random_init"),
+            _difference(r["best"], "shifted"),
             f"{fmt(r['low'])} to {fmt(r['high'])}",
             f"{r['n_significant']} of {r['n_cells']}",
-            *(score(r[k]) for k in ("random_init", "shifted", "skyline")),
+            *(score(r[k], stars=False) for k in ("random_init", "shifted", "skyline")),
             fmt(r["of_skyline"], ".0%"),
+            _matching(r),
         ]
         for r in rows
     ]
@@ -104,12 +129,15 @@ def _headline_table(rows: list[dict], labels: tuple[str, str]) -> str:
         "measure",
         "best layers",
         f"{a} x {b}",
+        "minus random-init",
+        "minus shifted",
         "all layer pairs",
         "q < .05",
         "random-init B",
         "B shifted",
         f"skyline ({a} seeds)",
         "of skyline",
+        "pairs, mean max r",
     ]
     return table(headers, cells, "headline-table")
 
@@ -136,10 +164,14 @@ def _absorption_line(means: list[dict]) -> str:
 
 
 INTRO = (
-    "The headline figures. Similarity of the matched SAE decoder rows: the best layer pair's score "
-    "(z against the random-pairing null, BH stars), the range over the grid and how many layer pairs "
-    "reach q < .05; beside it that layer pair's controls and the same-model skyline of its A layer "
-    "(hover a score for its null, p, q and interval). Details in the sections below."
+    "The headline figures. Similarity of the matched SAE decoder rows: the best layer pair's score; its "
+    "stars and the count of layer pairs at q < .05 test whether the real pair is more alike than BOTH its "
+    "controls (real minus random-init SAE and real minus B shifted, each re-matched on random halves of the "
+    "documents; BH across the grid), with the two differences and their 95% intervals beside it. The z in "
+    "brackets is against random pairings of the same matched latents: it tests only that the matching beats "
+    "a random one, which an untrained SAE also does. Then the range over the grid, the controls' own scores "
+    "and the same-model skyline, and the pair count and mean max correlation of the real pair beside those of "
+    "the shifted control (neither means anything alone). Hover a score for its tests and interval."
 )
 
 

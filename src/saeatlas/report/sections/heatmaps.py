@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ..format import fmt, fmt_int, grid_labels, num, short_hooks, significance_stars
+from ..format import fmt, fmt_int, grid_labels, num, short_hooks, significance_stars, star_q
 from ..markup import e, figure, not_run, section, table
 from ..svg import heatmap_svg
 from .common import grid_comparison, model_labels
@@ -34,11 +34,12 @@ def measure_score(space: str, measure: str):
 
 
 def measure_grids(compare: dict, space: str, measure: str) -> dict[str, np.ndarray]:
-    """observed, q and z of one measure over the layer grid, each [n_layers_a, n_layers_b] (NaN: no score)."""
+    """observed, q (of the stars: `star_q`) and z (random pairing) of one measure over the layer grid, each
+    [n_layers_a, n_layers_b] (NaN: no score)."""
     score = measure_score(space, measure)
     return {
         "observed": layer_grid(compare, lambda entry: score(entry).get("observed")),
-        "q": layer_grid(compare, lambda entry: score(entry).get("q")),
+        "q": layer_grid(compare, lambda entry: star_q(score(entry))),
         "z": layer_grid(compare, lambda entry: score(entry).get("z")),
     }
 
@@ -76,12 +77,24 @@ def _heatmap(compare: dict, labels: tuple[str, str], values: np.ndarray, title: 
     )
 
 
+def _versus(s: dict, control: str) -> str:
+    v = s.get(f"versus_{control}")
+    if not v or not math.isfinite(num(v.get("observed"))):
+        return "–"
+    return f"{fmt(v['observed'], '+.3f')} [{fmt(v.get('lo'), '+.3f')}, {fmt(v.get('hi'), '+.3f')}] p {fmt(v.get('p'), '.2g')}"
+
+
 def _measure_numbers(rows: list[dict]) -> str:
-    """observed, null, z, p, q and the bootstrap interval of one measure, one row per layer pair."""
+    """One measure, one row per layer pair: observed (and SVCCA's k), the headline test (minus each control with
+    its interval, q of beating both), the random-pairing null, z, p, q, and the 95% interval where the measure
+    has a calibrated one."""
     cells = [
         [
             s["layers"],
-            fmt(s.get("observed")),
+            fmt(s.get("observed")) + (f" (k {s['k']})" if s.get("k") is not None else ""),
+            _versus(s, "random_init"),
+            _versus(s, "shifted"),
+            fmt(s.get("q_controls"), ".3g") if "p_controls" in s else "–",
             f"{fmt(s.get('null_mean'))} ± {fmt(s.get('null_std'))}",
             fmt(s.get("z"), ".1f"),
             fmt(s.get("p"), ".3g"),
@@ -90,7 +103,19 @@ def _measure_numbers(rows: list[dict]) -> str:
         ]
         for s in rows
     ]
-    return table(["layers", "observed", "null", "z", "p", "q", "95% CI"], cells, "measure-table")
+    headers = [
+        "layers",
+        "observed",
+        "minus random-init",
+        "minus shifted",
+        "q beats both",
+        "random-pairing null",
+        "pairing z",
+        "pairing p",
+        "pairing q",
+        "95% CI",
+    ]
+    return table(headers, cells, "measure-table")
 
 
 def _measure_figures(compare: dict, labels: tuple[str, str], space: str, measure: str) -> str:
@@ -105,7 +130,7 @@ def _measure_figures(compare: dict, labels: tuple[str, str], space: str, measure
         _heatmap(compare, labels, grids["observed"], measure, text), "", "heatmap", {**data, "stat": "value"}
     )
     z_fig = figure(
-        _heatmap(compare, labels, grids["z"], f"{measure}: z", z_text, diverging=True),
+        _heatmap(compare, labels, grids["z"], f"{measure}: z vs random pairing", z_text, diverging=True),
         "",
         "heatmap",
         {**data, "stat": "z"},
@@ -132,10 +157,18 @@ def _matching_figures(compare: dict, labels: tuple[str, str]) -> str:
 def _intro(results: dict, labels: tuple[str, str], cfg: dict) -> str:
     intro = (
         f"Each cell is one layer of {labels[0]} (rows) against one layer of {labels[1]} (columns). Per measure: "
-        "the score with Benjamini-Hochberg stars across the grid (* q<.05, ** q<.01, *** q<.001), its z-score "
-        f"against {fmt_int(cfg.get('n_permutations'))} random pairings of the same latents, and the numbers "
-        "(95% CI: basic bootstrap interval over documents, i.e. how stable the matching is; it corrects "
-        "for the resamples' bias, so it can sit beside the score rather than around it)."
+        "the score with Benjamini-Hochberg stars across the grid (* q<.05, ** q<.01, *** q<.001). On decoder "
+        "rows the stars test whether the real pair is more alike than both its random-init and shifted "
+        f"controls ({fmt_int(cfg.get('n_bootstrap'))} random halves of the documents, each re-matched from "
+        "scratch; the differences and their 95% intervals are in the table). On activations (cross-fitted: "
+        "latents matched on one half of the documents, scored on the other) and in the z heatmap the test is "
+        f"against {fmt_int(cfg.get('n_permutations'))} random pairings of the same latents, which only says "
+        "that the matching beats a random one. SVCCA and PWCCA use the same number of directions k in every "
+        "cell. 95% CI: printed only for measures whose intervals covered a planted true score in at least 90% "
+        "of samples (bench/calibration.py), and at present none does (38-53% at nominal 95%): the matched "
+        "pairs, and so the score, change with the number of positions, and the scores of independent samples "
+        "spread about twice as much as any resampling of one sample shows. Read a score as the score of this "
+        "many positions, and compare cells through the test against the controls."
     )
     if results.get("legacy"):
         intro += " LEGACY MODE: matched with legacy_first (see the banner)."
