@@ -122,6 +122,23 @@ def build_tiny_other_model(folder: Path) -> Path:
     return folder
 
 
+# ---------------------------------------------------------------- SAEs
+def identity_sae(d: int):
+    """A ReLU SAE of 2d latents with relu(x) - relu(-x) = x: a perfect reconstruction of d dimensions."""
+    import torch
+
+    from saeatlas.sae import SAEConfig, SparseAutoencoder
+
+    sae = SparseAutoencoder(SAEConfig(arch="relu", d_in=d, d_sae=2 * d, k=1))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae.eval()
+
+
 # ---------------------------------------------------------------- stores
 def tiny_store(model: Path, corpus: Path, out: Path, **settings) -> Path:
     """Extract a float32 store of `model` (at HOOK) over every document of `corpus` into `out`; `settings`

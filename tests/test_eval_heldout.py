@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import identity_sae
 
 from saeatlas.data.corpus import Document, load_documents
 from saeatlas.data.tokens import FLAG_SPECIAL, text_cuts
 from saeatlas.models import load_model
-from saeatlas.sae import SAEConfig, SparseAutoencoder
 from saeatlas.sae.metrics import downstream_figures, mean_se, ratio_se
 from saeatlas.sae.splice import allocate_windows, choose_windows, document_windows, spliced_metrics
 
@@ -92,18 +92,6 @@ def test_choose_windows_reads_every_document_whatever_their_order():
     assert len(few) == 1 and 1 < len(more) < len(docs) and set(few) < set(more)
 
 
-def _identity_sae(d: int) -> SparseAutoencoder:
-    """relu(x) - relu(-x) = x: a perfect reconstruction with 2d latents."""
-    sae = SparseAutoencoder(SAEConfig(arch="relu", d_in=d, d_sae=2 * d, k=1))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae.eval()
-
-
 @pytest.fixture(scope="module")
 def handles(tiny_gemma, tiny_other):
     return [load_model(str(m), dtype="float32") for m in (tiny_gemma, tiny_other)]
@@ -114,7 +102,7 @@ def test_two_tokenizers_read_the_same_text_from_every_document(handles, long_cor
     documents; a perfect SAE recovers all the loss on every document, so its SE is 0 while CE clean's is not."""
     results = [
         spliced_metrics(
-            h, _identity_sae(h.d_model), "resid_post.1", corpus=str(long_corpus), split="all", n_tokens=600, context=32
+            h, identity_sae(h.d_model), "resid_post.1", corpus=str(long_corpus), split="all", n_tokens=600, context=32
         )
         for h in handles
     ]
@@ -140,7 +128,7 @@ def test_eval_verb_prints_each_spliced_figure_with_its_standard_error(tiny_gemma
     from saeatlas.cli import main
     from saeatlas.sae.formats import save_saelens
 
-    sae = _identity_sae(32)
+    sae = identity_sae(32)
     with torch.no_grad():
         sae.W_dec.mul_(0.5)  # half the activation: some loss, a nonzero error
     folder = save_saelens(sae, tmp_path / "sae", metadata={"hook_name": "resid_post.1"})

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import identity_sae
 
 from saeatlas.models import load_model, parse_hook, patched
-from saeatlas.sae import SAEConfig, SparseAutoencoder
 from saeatlas.sae.splice import spliced_metrics
-
-
-def _identity_sae(d: int) -> SparseAutoencoder:
-    """relu(x) - relu(-x) = x: a perfect reconstruction with 2d latents."""
-    sae = SparseAutoencoder(SAEConfig(arch="relu", d_in=d, d_sae=2 * d, k=1))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae.eval()
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +17,12 @@ def handle(tiny_gemma):
 
 def test_perfect_sae_recovers_all_loss_and_zero_sae_none(handle, text_corpus):
     perfect = spliced_metrics(
-        handle, _identity_sae(32), "resid_post.1", corpus=str(text_corpus), split="all", n_tokens=400, context=32
+        handle, identity_sae(32), "resid_post.1", corpus=str(text_corpus), split="all", n_tokens=400, context=32
     )
     assert perfect["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-5)
     assert abs(perfect["delta_lm_loss"]) < 1e-5 and abs(perfect["kl_div"]) < 1e-6
     assert abs(perfect["ce_zero_ablation"] - perfect["ce_clean"]) > 1e-3  # ablation changes the loss
-    useless = _identity_sae(32)
+    useless = identity_sae(32)
     with torch.no_grad():
         useless.W_dec.zero_()
     zero = spliced_metrics(
