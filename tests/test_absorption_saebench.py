@@ -225,6 +225,7 @@ def _bench(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_with_a_few_thousand_words_only_saeatlas_recipe_ranks_the_planted_main_latents_first():
     """bench/probe_recipe.py, small: why saeatlas's recipe is the default.  With 3200 training words SAEBench's
     batches of 4096 make one Adam step per epoch, and the L1 probe's ranking misses the planted main latents."""

@@ -61,6 +61,7 @@ def test_chance_threshold_drops_chance_pairs_and_keeps_shared_ones():
     assert true >= 0.8 * n_shared and true >= 0.8 * len(pairs.idx_a)
 
 
+@pytest.mark.slow
 def test_headline_test_is_quiet_on_unrelated_codes_and_finds_shared_features():
     fpr = [synthetic.calibration_replicate(s, False, FIXED) for s in range(3)]
     p = [r["p_controls"][m] for r in fpr for m in r["p_controls"]]
@@ -105,6 +106,7 @@ def test_intervals_that_are_printed_cover_a_planted_truth(measure):
     assert sum(ci["lo"] <= truth <= ci["hi"] for ci in cis) >= 4
 
 
+@pytest.mark.slow
 def test_half_sample_intervals_under_cover_a_planted_truth():
     # Why no measure has an interval: the half-sample intervals of SVCCA miss the large-sample truth often.
     truth = synthetic.true_scores(0, CFG, ["svcca"])["svcca"]
