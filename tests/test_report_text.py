@@ -83,9 +83,33 @@ def test_comparison_rows_carry_their_scores(study):
             on_its_line(lines, labels, *figures)
             n_rows += 1
     assert n_rows == len(compare["pairs"]) * 4 + len(compare["skyline"])  # real pair, random-init, shifted, neurons
-    assert sum(cells(line)[:1] == ["layers"] for line in lines) == 2  # split in two tables at 80 columns
+    main = lines[: next(i for i, line in enumerate(lines) if line.startswith("The real pair against its controls"))]
+    assert sum(cells(line)[:1] == ["layers"] for line in main) == 2  # split in two tables at 80 columns
     wide = render(print_comparison, compare, width=200)
+    wide = wide[: next(i for i, line in enumerate(wide) if line.startswith("The real pair against its controls"))]
     assert sum(cells(line)[:1] == ["layers"] for line in wide) == 1  # one table where it fits
+
+
+def test_the_real_pair_against_its_controls_is_a_table_of_its_own(study):
+    compare = study["compare"]
+    lines = render(print_comparison, compare)
+    start = next(i for i, line in enumerate(lines) if line.startswith("The real pair against its controls"))
+    below = lines[start:]
+    tested = 0
+    for entry in compare["pairs"]:
+        figures = []
+        for measure in ("svcca", "rsa", "linear_cka"):
+            s = entry["sae"]["decoder"][measure]
+            if "p_controls" not in s:
+                continue
+            q = s["q_controls"]
+            figures.append("q<.001" if q < 0.001 else f"q {q:.3f}")
+            figures += [f"{s[f'versus_{c}']['observed']:+.3f}" for c in ("random_init", "shifted")]
+        if figures:
+            on_its_line(below, (pair_label(entry["hook_a"], entry["hook_b"]),), *figures)
+            tested += 1
+    assert tested >= 1
+    assert max(len(line) for line in lines) <= 80
 
 
 def test_concept_rows_carry_their_scores(study):

@@ -84,9 +84,15 @@ def score_text(stats: dict | None, missing: str = "-", width: int = 0) -> str:
     obs = num(stats.get("observed"))
     if not math.isfinite(obs):
         return missing
-    q = num(stats.get("q", stats.get("p")))
-    qs = "q<.001" if q < 0.001 else f"q {q:.3f}" if math.isfinite(q) else f"q {missing}"
-    return f"{obs:{width}.3f} (z {fmt(stats.get('z'), '.0f', missing)}, {qs})"
+    return (
+        f"{obs:{width}.3f} (z {fmt(stats.get('z'), '.0f', missing)}, {q_text(stats.get('q', stats.get('p')), missing)})"
+    )
+
+
+def q_text(q, missing: str = "-") -> str:
+    """'q<.001', 'q 0.012' or 'q -'."""
+    q = num(q)
+    return "q<.001" if q < 0.001 else f"q {q:.3f}" if math.isfinite(q) else f"q {missing}"
 
 
 def short_hooks(hooks: list[str]) -> tuple[list[str], str]:

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..data.store import ActivationStore
-from .format import fmt, fmt_int, fmt_pct, fmt_size, pair_label, score_text, shorten
+from .format import fmt, fmt_int, fmt_pct, fmt_size, pair_label, q_text, score_text, shorten
 
 MISSING = "-"
 """A missing number in the terminal."""
@@ -207,6 +207,24 @@ def comparison_rows(results: dict, measures: list[str]) -> list[list[str]]:
     return rows
 
 
+def headline_rows(results: dict, measures: list[str]) -> list[list[str]]:
+    """One row per layer pair whose real pair was tested against its controls: layers, then per measure
+    'q 0.003 (+0.212 +0.180)': the BH q of the test that the real pair beats both random_init and shifted
+    (half-sample test, "q_controls") and the observed real minus each control, in the results' order
+    (`versus_random_init`, `versus_shifted`)."""
+    rows = []
+    for e in results["pairs"]:
+        scores = [(e.get("sae") or {}).get("decoder", {}).get(m) or {} for m in measures]
+        if not any("p_controls" in s for s in scores):
+            continue
+        cells = []
+        for s in scores:
+            diffs = " ".join(fmt(s[k].get("observed"), "+.3f", MISSING) for k in s if k.startswith("versus_"))
+            cells.append(f"{q_text(s.get('q_controls'), MISSING)} ({diffs})" if "p_controls" in s else MISSING)
+        rows.append([pair_label(e["hook_a"], e["hook_b"]), *cells])
+    return rows
+
+
 def concept_rows(results: dict, measures: list[str]) -> list[list[str]]:
     """One row per (concept, layer pair) of concepts results: concept, layers, latents of A/B, pairs, then
     each measure's score."""
@@ -249,6 +267,18 @@ def print_comparison(results: dict, console: Console | None = None, measures=("s
         cols = [Col("layers"), Col("comparison"), Col("scored\non"), Col("pairs", True), Col("mean\nmax r", True)]
         rows = comparison_rows(results, shown)
     print_table(cols + [Col(m) for m in shown], rows, n_keys=2, console=console)
+    headline = headline_rows(results, shown) if results["kind"] != "concepts" else []
+    if headline:
+        say(
+            console,
+            [
+                "The real pair against its controls",
+                f"({cfg['n_bootstrap']} random halves of the documents, each re-selected):",
+                "BH q of the test that it beats both random_init and shifted",
+                "(real minus random_init, real minus shifted)",
+            ],
+        )
+        print_table([Col("layers")] + [Col(m) for m in shown], headline, n_keys=1, console=console)
 
 
 # ---------------------------------------------------------------- absorption
