@@ -223,12 +223,17 @@ def _rematch(result: CorrelationResult, corr_a_for_b: np.ndarray, corr_b_for_a: 
     )
 
 
+def _half_of_documents(n_groups: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_groups] bool: a random half of the documents (floor(n_groups / 2) of them), drawn from `rng`."""
+    inside = np.zeros(n_groups, dtype=bool)
+    inside[rng.permutation(n_groups)[: n_groups // 2]] = True
+    return inside
+
+
 def document_halves(groups: np.ndarray, n_groups: int, seed: int) -> np.ndarray:
     """[n] bool: whether each position's document (groups [n], ids < n_groups) is in a seeded half of the
     documents (floor(n_groups / 2) of them)."""
-    first = np.zeros(n_groups, dtype=bool)
-    first[np.random.default_rng(seed).permutation(n_groups)[: n_groups // 2]] = True
-    return first[groups]
+    return _half_of_documents(n_groups, np.random.default_rng(seed))[groups]
 
 
 def crossfit_scores(
@@ -321,11 +326,9 @@ def half_sample_replicates(
     the documents; every comparison sees the same halves, so differences are paired.  NaN where a half has
     fewer than MIN_PAIRS pairs or a measure fails."""
     rng = np.random.default_rng(cfg.seed + 202)
-    halves = [rng.permutation(n_groups)[: n_groups // 2] for _ in range(cfg.n_bootstrap)]
+    halves = [_half_of_documents(n_groups, rng) for _ in range(cfg.n_bootstrap)]
 
-    def replicate(docs: np.ndarray) -> dict[str, list[float]]:
-        inside = np.zeros(n_groups, dtype=bool)
-        inside[docs] = True
+    def replicate(inside: np.ndarray) -> dict[str, list[float]]:
         out = {}
         for kind, (a, b, groups) in comparisons.items():
             pairs = select_pairs(a, b, cfg, np.flatnonzero(inside[groups])).pairs
@@ -350,6 +353,14 @@ def _safe_value(cfg: CompareOptions, measure: str, X: np.ndarray, Y: np.ndarray)
         return math.nan
 
 
+def _half_sample_se(values: np.ndarray, level: float) -> tuple[float, float]:
+    """(se, half width) from R finite half-sample values [R]: sd(values) sqrt(1 + 1 / R), times t_{R-1} at
+    two-sided `level`."""
+    R = len(values)
+    se = float(values.std(ddof=1)) * math.sqrt(1 + 1 / R)
+    return se, float(scipy.stats.t.ppf((1 + level) / 2, R - 1)) * se
+
+
 def half_sample_interval(replicates, observed: float, level: float = 0.95) -> dict:
     """Interval of a score from its replicates [R] on random halves of the documents (each re-running the
     whole selection).
@@ -367,8 +378,7 @@ def half_sample_interval(replicates, observed: float, level: float = 0.95) -> di
         nan = math.nan
         return {"estimate": nan, "lo": nan, "hi": nan, "se": nan, "bias": nan, "n_resamples": R}
     estimate = 2 * observed - float(reps.mean())
-    se = float(reps.std(ddof=1)) * math.sqrt(1 + 1 / R)
-    half = float(scipy.stats.t.ppf((1 + level) / 2, R - 1)) * se
+    se, half = _half_sample_se(reps, level)
     return {
         "estimate": estimate,
         "lo": estimate - half,
@@ -396,8 +406,7 @@ def difference_test(real_reps, control_reps, real: float, control: float, level:
     nan = math.nan
     if R < MIN_RESAMPLES or not math.isfinite(observed):
         return {"observed": observed, "lo": nan, "hi": nan, "se": nan, "p": nan, "n_resamples": R, "bias": nan}
-    se = float(d.std(ddof=1)) * math.sqrt(1 + 1 / R)
-    half = float(scipy.stats.t.ppf((1 + level) / 2, R - 1)) * se
+    se, half = _half_sample_se(d, level)
     p = float(scipy.stats.t.sf(observed / se, R - 1)) if se > 0 else (0.0 if observed > 0 else 1.0)
     return {
         "observed": observed,
