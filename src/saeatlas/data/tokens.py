@@ -104,6 +104,12 @@ def _special(ids: tuple[int, ...], doc_id: int) -> Window:
     )
 
 
+def framed(body: Window, prefix: tuple[int, ...], suffix: tuple[int, ...], doc_id: int) -> Window:
+    """One window: the special tokens `prefix`, the text tokens `body`, the special tokens `suffix` (all of
+    document `doc_id`), its first token flagged FLAG_FIRST."""
+    return _concat([_special(prefix, doc_id), body, _special(suffix, doc_id)])
+
+
 def _concat(parts: list[Window]) -> Window:
     window = Window(
         *(np.concatenate(arrays) for arrays in zip(*((p.token_ids, p.doc_ids, p.char_spans, p.flags) for p in parts)))
@@ -143,7 +149,7 @@ def pack_windows(
         chunk = Window(ids, np.full(len(ids), doc_id, np.int32), spans, np.zeros(len(ids), np.uint8))
         if not pack_documents:
             for start, stop in token_pieces(spans, text, body, window_chars):
-                yield _concat([_special(prefix, doc_id), chunk.slice(start, stop), _special(suffix, doc_id)])
+                yield framed(chunk.slice(start, stop), prefix, suffix, doc_id)
             continue
         pending.append(chunk)
         pending_len += len(ids)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data.corpus import Document, load_documents
-from ..data.tokens import EXCLUDED_BY_DEFAULT, FLAG_FIRST, FLAG_SPECIAL, Window, pad_windows, text_cuts, tokenize_text
+from ..data.tokens import EXCLUDED_BY_DEFAULT, Window, framed, pad_windows, text_cuts, tokenize_text
 from ..models import ModelHandle, parse_hook, patched
 from .metrics import downstream_figures
 from .model import SparseAutoencoder
@@ -96,6 +96,7 @@ def document_windows(
     first token at or after a start to the first token at or after the next cut, at most `context` tokens
     with the special tokens (the end may then differ between tokenizers; the start never does)."""
     ids, spans = tokenize_text(tokenizer, text)
+    chunk = Window(ids, np.full(len(ids), doc_id, np.int32), spans, np.zeros(len(ids), np.uint8))
     cuts = text_cuts(text, window_chars)
     body = context - len(prefix) - len(suffix)
     if body < 1:
@@ -106,25 +107,8 @@ def document_windows(
         end = cuts[after] if after < len(cuts) else len(text) + 1
         lo = int(np.searchsorted(spans[:, 0], start, side="left"))
         hi = min(int(np.searchsorted(spans[:, 0], end, side="left")), lo + body)
-        if hi <= lo:
-            continue
-        n_pre, n_text = len(prefix), hi - lo
-        flags = np.concatenate(
-            [
-                np.full(n_pre, FLAG_SPECIAL, np.uint8),
-                np.zeros(n_text, np.uint8),
-                np.full(len(suffix), FLAG_SPECIAL, np.uint8),
-            ]
-        )
-        flags[0] |= FLAG_FIRST
-        windows.append(
-            Window(
-                np.concatenate([np.asarray(prefix, np.int32), ids[lo:hi], np.asarray(suffix, np.int32)]),
-                np.full(len(flags), doc_id, np.int32),
-                np.concatenate([np.zeros((n_pre, 2), np.int32), spans[lo:hi], np.zeros((len(suffix), 2), np.int32)]),
-                flags,
-            )
-        )
+        if hi > lo:
+            windows.append(framed(chunk.slice(lo, hi), prefix, suffix, doc_id))
     return windows
 
 
