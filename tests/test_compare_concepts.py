@@ -193,3 +193,34 @@ def test_membership_input_errors(tok):
         concept_membership(ids, pos[:5], np.array([[1]]), tok, {"a": ["fox"]})
     empty = concept_membership(ids, pos, np.zeros((0, 5), dtype=np.int64), tok, {"a": ["fox"]})
     assert empty["a"].shape == (0,)
+
+
+# ---------------------------------------------------------------- matching within a concept
+def test_concept_cells_use_the_layers_chance_threshold():
+    """A concept of rare latents on both sides of unrelated codes: the fixed 0.1 threshold matches most of
+    them by chance, the chance threshold (among the concept's latents) almost none; on codes that share
+    features the concept's shared latents still find their partners."""
+    import dataclasses
+
+    from saeatlas.compare import synthetic
+    from saeatlas.compare.config import ConceptsConfig
+    from saeatlas.compare.grid import concept_pairs
+
+    cfg = ConceptsConfig(store_a="a", store_b="b", saes_a="a", saes_b="b", hooks_a=["0"], hooks_b=["0"])
+    fixed = dataclasses.replace(cfg, chance_shifts=0)
+    data = synthetic.two_model_data(**synthetic.BENCH_DATA, unrelated=True, seed=5)
+    a, b = synthetic.bench_sides(data, 5)
+    rare = np.arange(80, 280)  # the oracle SAEs' rare latents (after 64 shared + 16 own features)
+    by_chance, X, Y = concept_pairs(a, b, rare, rare, fixed)
+    assert by_chance["n_pairs"] > 60 and X.shape == (by_chance["n_pairs"], a.decoder.shape[1])
+    thresholded, _, _ = concept_pairs(a, b, rare, rare, cfg)
+    assert thresholded["n_pairs"] < 0.05 * len(rare) and thresholded["n_above_chance"] < 0.05 * len(rare)
+    assert thresholded["mean_max_corr"] == pytest.approx(by_chance["mean_max_corr"])  # before any threshold
+
+    data = synthetic.two_model_data(**synthetic.BENCH_DATA, seed=6)
+    a, b = synthetic.bench_sides(data, 6)
+    concept = np.concatenate([np.arange(0, 32), rare])  # 32 shared features and the rare latents
+    found, _, _ = concept_pairs(a, b, concept, concept, cfg)
+    la, lb = np.array(found["latents_a"]), np.array(found["latents_b"])
+    true = np.sum((la == lb) & (lb < 32))  # oracle latent i is feature i on both sides
+    assert true >= 0.8 * 32 and true >= 0.8 * len(la)

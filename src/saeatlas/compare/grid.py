@@ -20,13 +20,11 @@ from .align import align_stores, tokenizer_for_store
 from .codes import top_positions
 from .concepts import concept_membership, load_concept_sources
 from .config import CompareConfig, ConceptsConfig
-from .match import match
 from .scoring import (
     HEADLINE_CONTROLS,
     _safe_value,
     add_q,
     add_q_values,
-    correlate_codes,
     grid_svcca_k,
     headline_scores,
     score_pair,
@@ -230,17 +228,8 @@ def run_concepts(cfg: ConceptsConfig, progress: Callable[[int], None] | None = N
                     "n_pairs": 0,
                 }
                 if len(ia) and len(ib):
-                    sub_a = Side(a.label, a.codes[:, ia], a.decoder[ia], None if a.junk is None else a.junk[ia])
-                    sub_b = Side(b.label, b.codes[:, ib], b.decoder[ib], None if b.junk is None else b.junk[ib])
-                    result = correlate_codes(sub_a.codes, sub_b.codes, min(cfg.top_m, len(ia), len(ib)))
-                    pairs = match(result, cfg.method, cfg.threshold)
-                    X, Y = sub_a.decoder[pairs.idx_a], sub_b.decoder[pairs.idx_b]
-                    entry.update(
-                        n_pairs=len(X),
-                        latents_a=ia[pairs.idx_a].tolist(),
-                        latents_b=ib[pairs.idx_b].tolist(),
-                        matched_corr_mean=float(pairs.corr.mean()) if len(X) else math.nan,
-                    )
+                    found, X, Y = concept_pairs(a, b, ia, ib, cfg)
+                    entry.update(found)
                     matched.append((X, Y))
                 else:
                     matched.append((np.zeros((0, 1)), np.zeros((0, 1))))
@@ -273,6 +262,35 @@ def run_concepts(cfg: ConceptsConfig, progress: Callable[[int], None] | None = N
         "entries": entries,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def concept_pairs(
+    a: Side, b: Side, ia: np.ndarray, ib: np.ndarray, cfg: ConceptsConfig
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Match a concept's latents ia [m_a] of a with ib [m_b] of b by the layer's rules, within the concept
+    (correlation, chance threshold among the concept's latents, matching, junk and top-token overlap filters).
+    Returns (the cell's pair facts: n_pairs, n_above_chance, mean_max_corr, latents_a / _b, matched_corr_mean;
+    X [n_pairs, d_a] and Y [n_pairs, d_b], the matched decoder rows)."""
+    sel = select_pairs(_subset(a, ia), _subset(b, ib), cfg)
+    pairs = sel.pairs
+    facts = {
+        "n_pairs": len(pairs.idx_a),
+        "n_above_chance": sel.n_above_chance,
+        "mean_max_corr": sel.mean_max_corr,
+        "latents_a": ia[pairs.idx_a].tolist(),
+        "latents_b": ib[pairs.idx_b].tolist(),
+        "matched_corr_mean": float(pairs.corr.mean()) if len(pairs.corr) else math.nan,
+    }
+    return facts, a.decoder[ia[pairs.idx_a]], b.decoder[ib[pairs.idx_b]]
+
+
+def _subset(side: Side, latents: np.ndarray) -> Side:
+    """`side` restricted to `latents` [m] (codes, decoder rows, junk mask and top tokens)."""
+
+    def pick(x):
+        return None if x is None else x[latents]
+
+    return Side(side.label, side.codes[:, latents], side.decoder[latents], pick(side.junk), pick(side.top_tokens))
 
 
 def _store_facts(store: ActivationStore) -> dict:

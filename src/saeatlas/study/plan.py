@@ -331,8 +331,9 @@ def _plan_compare(p: _Planner) -> None:
             "skyline_saes_a": None,
             "concepts": c.concepts,
         }
-        # version 3: SVCCA k fixed for the whole concept grid and reported (results version 3)
-        p.add(Stage("concepts", "concepts", p.out / "concepts", concept_settings, _concepts, inputs, version=3))
+        # version 4: the layer's selection rules within each concept (chance threshold, junk and overlap
+        # filters); 3: SVCCA k fixed for the whole concept grid and reported (results version 3)
+        p.add(Stage("concepts", "concepts", p.out / "concepts", concept_settings, _concepts, inputs, version=4))
     if c.pair_cards:
         # version 3: the pairs come from the chance-thresholded matching of compare version 4
         p.add(
