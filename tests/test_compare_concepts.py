@@ -212,7 +212,7 @@ def test_concept_cells_use_the_layers_chance_threshold():
     a, b = synthetic.bench_sides(data, 5)
     rare = np.arange(80, 280)  # the oracle SAEs' rare latents (after 64 shared + 16 own features)
     by_chance, X, Y = concept_pairs(a, b, rare, rare, fixed)
-    assert by_chance["n_pairs"] > 60 and X.shape == (by_chance["n_pairs"], a.decoder.shape[1])
+    assert by_chance["n_pairs"] > 60 and X.shape == (by_chance["n_pairs"], a.decoder.shape[1]) and len(Y) == len(X)
     thresholded, _, _ = concept_pairs(a, b, rare, rare, cfg)
     assert thresholded["n_pairs"] < 0.05 * len(rare) and thresholded["n_above_chance"] < 0.05 * len(rare)
     assert thresholded["mean_max_corr"] == pytest.approx(by_chance["mean_max_corr"])  # before any threshold

@@ -17,10 +17,8 @@ import torch
 from saeatlas.compare.codes import encode_sparse, top_positions
 from saeatlas.compare.correlate import (
     _RowGather,
-    group_sums,
     pearson_dense,
     pearson_sparse,
-    weighted_correlations,
 )
 from saeatlas.errors import SaeAtlasError
 from saeatlas.sae import SAEConfig, SparseAutoencoder
@@ -175,54 +173,6 @@ def test_pearson_dense_equals_reference_with_large_means():
     assert result.dead_a[2] and result.dead_a.sum() == 1
     assert result.matrix.shape == (9, 6) and np.isnan(result.matrix[2]).all()
     assert np.array_equal(result.best_a_for_b, masked_argmax(ref, 0))
-
-
-# ---------------------------------------------------------------- bootstrap sums
-def test_group_sums_with_unit_counts_reproduce_pearson_sparse():
-    xa, xb = planted_pair(seed=2)
-    a, b = sp.csr_array(xa), sp.csr_array(xb)
-    result = pearson_sparse(a, b, top_m=4)
-    pairs_a = result.cand_a_for_b.reshape(-1)
-    pairs_b = np.repeat(np.arange(xb.shape[1]), 4)
-    ok = pairs_a >= 0
-    groups = np.arange(xa.shape[0]) // 37  # documents of 37 positions
-    sums = group_sums(a, b, groups, pairs_a[ok], pairs_b[ok])
-    assert sums.cross.shape == (groups.max() + 1, int(ok.sum()))
-    corr = weighted_correlations(sums, np.ones(groups.max() + 1))
-    diff = np.max(np.abs(corr - result.cand_corr_a_for_b.reshape(-1)[ok]))
-    print(f"max |weighted_correlations(ones) - pearson_sparse|: {diff:.2e}")
-    assert diff <= 1e-9
-
-
-def test_weighted_correlations_equal_duplicated_rows():
-    xa, xb = planted_pair(seed=4)
-    n = xa.shape[0]
-    groups = np.arange(n) // 50
-    G = groups.max() + 1
-    counts = np.random.default_rng(0).multinomial(G, np.ones(G) / G)  # a bootstrap resample of documents
-    assert counts.max() > 1 and (counts == 0).any()
-    pairs_a = np.array([0, 1, 5, 3, 2, 2, 9])
-    pairs_b = np.array([0, 1, 5, 0, 4, 7, 2])  # includes dead latents (A 3, B 4, B 7)
-    sums = group_sums(sp.csr_array(xa), sp.csr_array(xb), groups, pairs_a, pairs_b)
-    rows = np.concatenate([np.flatnonzero(groups == g).repeat(1) for g in range(G) for _ in range(counts[g])])
-    ref = reference(xa[rows], xb[rows])[pairs_a, pairs_b]
-    corr = weighted_correlations(sums, counts)
-    assert np.array_equal(np.isnan(corr), np.isnan(ref))
-    assert np.nanmax(np.abs(corr - ref)) <= 1e-9
-
-
-def test_group_sums_rejects_bad_groups_and_pairs():
-    xa, xb = planted_pair()
-    a, b = sp.csr_array(xa), sp.csr_array(xb)
-    with pytest.raises(SaeAtlasError, match="one group per position"):
-        group_sums(a, b, np.zeros(5, dtype=int), [0], [0])
-    with pytest.raises(SaeAtlasError, match="out of range"):
-        group_sums(a, b, np.zeros(len(xa), dtype=int), [-1], [0])
-    sums = group_sums(a, b, np.zeros(len(xa), dtype=int), [0], [0])
-    with pytest.raises(SaeAtlasError, match="one count per group"):
-        weighted_correlations(sums, np.ones(0))
-    # trailing groups without positions (a document cut off by a position limit) count for nothing
-    assert np.array_equal(weighted_correlations(sums, np.ones(3)), weighted_correlations(sums, np.ones(1)))
 
 
 # ---------------------------------------------------------------- codes

@@ -1,4 +1,4 @@
-"""Permutation nulls (fast path against a naive loop), p, z, Benjamini-Hochberg q, bootstrap intervals."""
+"""Permutation nulls (fast path against a naive loop), p, z, Benjamini-Hochberg q."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from saeatlas.compare.similarity import MEASURES
 from saeatlas.compare.stats import (
     _naive_null,
     _null_linear_cka,
-    basic_interval,
     benjamini_hochberg,
-    bootstrap_ci,
     p_value,
     permutation_null,
     permutations,
@@ -221,59 +219,6 @@ def test_benjamini_hochberg_small_cases_equal_the_step_up_by_hand(p):
     assert not np.shares_memory(q, p)
 
 
-# ---------------------------------------------------------------- bootstrap
-def _weighted_mean(values):
-    return lambda counts: float(counts @ values / counts.sum())
-
-
-def test_bootstrap_ci_of_a_mean_contains_the_true_value_and_has_the_right_width():
-    values = np.random.default_rng(40).normal(loc=2.0, scale=1.0, size=400)
-    ci = bootstrap_ci(_weighted_mean(values), n_groups=400, n_boot=500, seed=0)
-    assert ci["lo"] < 2.0 < ci["hi"]
-    assert ci["lo"] < values.mean() < ci["hi"]
-    assert ci["hi"] - ci["lo"] == pytest.approx(2 * 1.96 * values.std() / 20, rel=0.15)  # normal theory
-    assert ci["replicates"].shape == (500,)
-
-
-def test_bootstrap_ci_is_seeded_and_draws_multinomial_counts():
-    values = np.arange(10.0)
-    seen = []
-    ci = bootstrap_ci(lambda c: seen.append(c.copy()) or float(c @ values), 10, n_boot=50, seed=3)
-    assert all(c.shape == (10,) and c.sum() == 10 and (c >= 0).all() for c in seen)
-    again = bootstrap_ci(_weighted_mean(values), 10, n_boot=50, seed=3)
-    same = bootstrap_ci(_weighted_mean(values), 10, n_boot=50, seed=3)
-    np.testing.assert_array_equal(again["replicates"], same["replicates"])
-    assert (again["lo"], again["hi"]) == (same["lo"], same["hi"])
-    other = bootstrap_ci(_weighted_mean(values), 10, n_boot=50, seed=4)
-    assert not np.array_equal(again["replicates"], other["replicates"])
-    assert ci["lo"] <= ci["hi"]
-
-
-def test_bootstrap_ci_ignores_nan_replicates():
-    calls = iter(range(100))
-    ci = bootstrap_ci(lambda c: math.nan if next(calls) % 2 else 1.0, 5, n_boot=20)
-    assert ci["lo"] == ci["hi"] == 1.0
-    assert np.isnan(ci["replicates"]).sum() == 10
-    nothing = bootstrap_ci(lambda c: math.nan, 5, n_boot=4)
-    assert math.isnan(nothing["lo"]) and math.isnan(nothing["hi"])
-
-
-def test_basic_interval_reflects_the_percentiles_around_the_observed_score():
-    """Replicates biased below the observed score (as re-matched pairs are): the basic interval 2 obs - [q_hi, q_lo]
-    moves up by the bias the percentile one shows; replicates centred on the observed score give the same
-    interval either way."""
-    reps = np.array([0.80, 0.82, 0.84, 0.86, 0.88, np.nan])
-    ci = basic_interval(reps, observed=0.9, level=0.5)
-    lo, hi = np.quantile(reps[:-1], [0.25, 0.75])
-    assert ci["lo"] == pytest.approx(1.8 - hi) and ci["hi"] == pytest.approx(1.8 - lo)
-    assert ci["lo"] > 0.9 > hi  # biased low by 0.06: the interval sits above the observed score, not below
-    assert ci["bias"] == pytest.approx(0.84 - 0.9)
-    centred = basic_interval(reps, observed=0.84, level=0.5)
-    assert (centred["lo"], centred["hi"]) == pytest.approx((lo, hi)) and centred["bias"] == pytest.approx(0.0)
-    nothing = basic_interval([np.nan, np.nan], 0.5)
-    assert math.isnan(nothing["lo"]) and math.isnan(nothing["hi"]) and math.isnan(nothing["bias"])
-
-
 # ---------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "call, match",
@@ -285,8 +230,6 @@ def test_basic_interval_reflects_the_percentiles_around_the_observed_score():
         (lambda X, Y: permutation_null("svcca", X, Y[:-1]), "pair row by row"),
         (lambda X, Y: permutation_null("linear_cka", X[:2], Y[:2]), "at least 3"),
         (lambda X, Y: permutation_null("procrustes", np.where(X > 1, np.nan, X), Y), "NaN"),
-        (lambda X, Y: bootstrap_ci(lambda c: 0.0, 0), "n_groups"),
-        (lambda X, Y: bootstrap_ci(lambda c: 0.0, 5, level=95), "level"),
     ],
 )
 def test_bad_arguments_raise(call, match):

@@ -1,4 +1,4 @@
-"""Statistics of similarity scores: random-pairing nulls, p, z, Benjamini-Hochberg q, bootstrap intervals.
+"""Statistics of similarity scores: random-pairing nulls, p, z, Benjamini-Hochberg q.
 
 The null of a score shuffles the pairing: the rows of Y are permuted, X stays.
 `permutation_null` computes it per measure without re-running the measure:
@@ -312,60 +312,3 @@ def benjamini_hochberg(p_values) -> np.ndarray:
     if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
         raise SaeAtlasError("p-values must be finite numbers in [0, 1]; drop the NaN cells before correcting")
     return np.array(scipy.stats.false_discovery_control(p.ravel(), method="bh"), dtype=np.float64).reshape(p.shape)
-
-
-def bootstrap_counts(n_groups: int, n_boot: int, seed: int) -> np.ndarray:
-    """[n_boot, n_groups] multinomial counts: how often each group (document) is drawn in each resample."""
-    n_groups = _positive_int(n_groups, "n_groups")
-    n_boot = _positive_int(n_boot, "n_boot")
-    return np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot)
-
-
-def percentile_interval(replicates, level: float = 0.95) -> dict:
-    """{"lo", "hi": the (1 - level) / 2 and (1 + level) / 2 percentiles of the finite replicates [n_boot]
-    (NaN if none), "replicates"}."""
-    if not 0 < level < 1:
-        raise SaeAtlasError(f"level={level!r} must be in (0, 1), e.g. 0.95")
-    reps = np.asarray(replicates, dtype=np.float64)
-    finite = reps[np.isfinite(reps)]
-    if finite.size == 0:
-        return {"lo": math.nan, "hi": math.nan, "replicates": reps}
-    lo, hi = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
-    return {"lo": float(lo), "hi": float(hi), "replicates": reps}
-
-
-def basic_interval(replicates, observed: float, level: float = 0.95) -> dict:
-    """Basic (reverse-percentile) bootstrap interval [2 obs - q_hi, 2 obs - q_lo] of the finite replicates
-    [n_boot], and the bootstrap bias mean(replicates) - obs.
-
-    The percentile interval assumes the replicates scatter around the observed score; a matched-pairs score
-    breaks that: re-matching latents on a resample's noisier correlations picks worse partners, so nearly
-    every replicate lands below the observed score (demo: SVCCA 0.196, replicates' 95% range 0.188-0.195).
-    The same noise has pulled the observed score below the population value, and the basic interval
-    corrects for it to first order by reflecting the replicates' spread around the observed score
-    (Davison & Hinkley 1997, eq. 5.6); `bias` says how large the shift was."""
-    pct = percentile_interval(replicates, level)
-    finite = pct["replicates"][np.isfinite(pct["replicates"])]
-    if finite.size == 0 or not math.isfinite(observed):
-        return {"lo": math.nan, "hi": math.nan, "bias": math.nan, "replicates": pct["replicates"]}
-    return {
-        "lo": 2 * observed - pct["hi"],
-        "hi": 2 * observed - pct["lo"],
-        "bias": float(finite.mean() - observed),
-        "replicates": pct["replicates"],
-    }
-
-
-def bootstrap_ci(
-    replicate: Callable[[np.ndarray], float], n_groups: int, n_boot: int = 200, seed: int = 0, level: float = 0.95
-) -> dict:
-    """Percentile bootstrap interval over groups (documents).
-
-    Each replicate draws n_groups groups with replacement, as multinomial
-    counts [n_groups] (`bootstrap_counts`), and calls `replicate(counts) -> float`;
-    the caller recomputes its statistic with the groups weighted by the counts.
-    Returns `percentile_interval` of the replicates: {"lo", "hi", "replicates": [n_boot]}.
-    """
-    if not 0 < level < 1:
-        raise SaeAtlasError(f"level={level!r} must be in (0, 1), e.g. 0.95")
-    return percentile_interval([float(replicate(c)) for c in bootstrap_counts(n_groups, n_boot, seed)], level)
