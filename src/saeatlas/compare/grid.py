@@ -155,7 +155,7 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
 def _add_headline(entry: dict, comps: dict, n_groups: int, cfg: CompareConfig) -> None:
     """The headline test of one layer pair: the real pair against its random-init and shifted controls on
     half-samples of the documents (`headline_scores`), into the real pair's decoder scores: ci_lo / ci_hi /
-    estimate / se (calibrated measures only), versus_<control> {observed, lo, hi, se, p, ...}, p_controls."""
+    estimate / se (calibrated measures only), versus_<control> {observed, se, p, ...}, p_controls."""
     measures = [m for m in cfg.bootstrap_measures if m in cfg.measures]
     real = entry["sae"]["decoder"]
     if not cfg.n_bootstrap or not measures or not math.isfinite(real.get(measures[0], {}).get("observed", math.nan)):

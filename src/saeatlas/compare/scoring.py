@@ -389,34 +389,28 @@ def half_sample_interval(replicates, observed: float, level: float = 0.95) -> di
     }
 
 
-def difference_test(real_reps, control_reps, real: float, control: float, level: float = 0.95) -> dict:
-    """real minus control score: {observed, lo, hi, se, p, n_resamples, bias}.  se is the standard deviation of
-    the paired differences on the half-samples (real_reps - control_reps [R]) times sqrt(1 + 1 / R); the
-    interval is observed +- t_{R-1} se and p the one-sided p-value of "the real pair is no more alike than the
-    control", T_{R-1} upper tail of observed / se.
+def difference_test(real_reps, control_reps, real: float, control: float) -> dict:
+    """real minus control score: {observed, se, p, n_resamples, bias}.  se is the standard deviation of the
+    paired differences on the half-samples (real_reps - control_reps [R]) times sqrt(1 + 1 / R), and p the
+    one-sided p-value of "the real pair is no more alike than the control", T_{R-1} upper tail of
+    observed / se.
 
     Unlike `half_sample_interval` no bias is removed: when nothing is shared the scores are all selection
     noise, a half-sample selects other chance pairs than the full sample, and 2 observed - mean(replicates)
     then has about twice the spread the replicates show (unrelated synthetic codes came out at p 0.005).
     Without the correction the test is calibrated there and conservative where the real pair's score is
-    biased low (noisier matching on fewer positions)."""
+    biased low (noisier matching on fewer positions).  No interval of the difference is given: its target,
+    the difference at this many positions, moves with the number of positions as each score does (see
+    INTERVAL_MEASURES), and its coverage is not measured."""
     d = np.asarray(real_reps, dtype=np.float64) - np.asarray(control_reps, dtype=np.float64)
     d = d[np.isfinite(d)]
     R, observed = len(d), real - control
     nan = math.nan
     if R < MIN_RESAMPLES or not math.isfinite(observed):
-        return {"observed": observed, "lo": nan, "hi": nan, "se": nan, "p": nan, "n_resamples": R, "bias": nan}
-    se, half = _half_sample_se(d, level)
+        return {"observed": observed, "se": nan, "p": nan, "n_resamples": R, "bias": nan}
+    se, _ = _half_sample_se(d, 0.95)
     p = float(scipy.stats.t.sf(observed / se, R - 1)) if se > 0 else (0.0 if observed > 0 else 1.0)
-    return {
-        "observed": observed,
-        "lo": observed - half,
-        "hi": observed + half,
-        "se": se,
-        "p": p,
-        "n_resamples": R,
-        "bias": float(d.mean()) - observed,
-    }
+    return {"observed": observed, "se": se, "p": p, "n_resamples": R, "bias": float(d.mean()) - observed}
 
 
 HEADLINE_CONTROLS = ("random_init", "shifted")

@@ -105,10 +105,7 @@ def score(s: dict | None, stars: bool = True) -> Html:
     for control in ("random_init", "shifted"):
         v = s.get(f"versus_{control}")
         if v:
-            tip += (
-                f"; minus {control}: {fmt(v.get('observed'))} [{fmt(v.get('lo'))}, {fmt(v.get('hi'))}], "
-                f"p {fmt(v.get('p'), '.3g')}"
-            )
+            tip += f"; minus {control}: {fmt(v.get('observed'), '+.3f')}"
     if "p_controls" in s:
         tip += f"; beats both controls: p {fmt(s.get('p_controls'), '.3g')}, q {fmt(s.get('q_controls'), '.3g')}"
     if s.get("ci_lo") is not None:

@@ -95,11 +95,13 @@ def absorption_means(results: dict) -> list[dict]:
 
 # ---------------------------------------------------------------- markup
 def _difference(best: dict, control: str) -> str:
-    """'0.094 [0.061, 0.127]': the real pair minus a control with its 95% interval, '–' without the test."""
+    """'+0.094': the real pair minus a control, '–' without the test (the tested claim is beating both
+    controls, q_controls: each control's own p rejects unrelated pairs up to 12% of the time at 0.05,
+    bench/calibration.py, so it is not shown)."""
     v = (best or {}).get(f"versus_{control}")
     if not v or not math.isfinite(num(v.get("observed"))):
         return "–"
-    return f"{fmt(v['observed'], '+.3f')} [{fmt(v.get('lo'), '+.3f')}, {fmt(v.get('hi'), '+.3f')}]"
+    return fmt(v["observed"], "+.3f")
 
 
 def _matching(r: dict) -> str:
@@ -167,11 +169,11 @@ INTRO = (
     "The headline figures. Similarity of the matched SAE decoder rows: the best layer pair's score; its "
     "stars and the count of layer pairs at q < .05 test whether the real pair is more alike than BOTH its "
     "controls (real minus random-init SAE and real minus B shifted, each re-matched on random halves of the "
-    "documents; BH across the grid), with the two differences and their 95% intervals beside it. The z in "
+    "documents; BH across the grid), with the two differences beside it (no intervals: see the heatmaps' note). The z in "
     "brackets is against random pairings of the same matched latents: it tests only that the matching beats "
     "a random one, which an untrained SAE also does. Then the range over the grid, the controls' own scores "
     "and the same-model skyline, and the pair count and mean max correlation of the real pair beside those of "
-    "the shifted control (neither means anything alone). Hover a score for its tests and interval."
+    "the shifted control (neither means anything alone). Hover a score for its tests."
 )
 
 

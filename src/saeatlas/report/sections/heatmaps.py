@@ -81,12 +81,12 @@ def _versus(s: dict, control: str) -> str:
     v = s.get(f"versus_{control}")
     if not v or not math.isfinite(num(v.get("observed"))):
         return "–"
-    return f"{fmt(v['observed'], '+.3f')} [{fmt(v.get('lo'), '+.3f')}, {fmt(v.get('hi'), '+.3f')}] p {fmt(v.get('p'), '.2g')}"
+    return fmt(v["observed"], "+.3f")
 
 
 def _measure_numbers(rows: list[dict]) -> str:
-    """One measure, one row per layer pair: observed (and SVCCA's k), the headline test (minus each control with
-    its interval, q of beating both), the random-pairing null, z, p, q, and the 95% interval where the measure
+    """One measure, one row per layer pair: observed (and SVCCA's k), the headline test (minus each control, q of
+    beating both), the random-pairing null, z, p, q, and the 95% interval where the measure
     has a calibrated one."""
     cells = [
         [
@@ -160,12 +160,13 @@ def _intro(results: dict, labels: tuple[str, str], cfg: dict) -> str:
         "the score with Benjamini-Hochberg stars across the grid (* q<.05, ** q<.01, *** q<.001). On decoder "
         "rows the stars test whether the real pair is more alike than both its random-init and shifted "
         f"controls ({fmt_int(cfg.get('n_bootstrap'))} random halves of the documents, each re-matched from "
-        "scratch; the differences and their 95% intervals are in the table). On activations (cross-fitted: "
+        "scratch; the differences are in the table). On activations (cross-fitted: "
         "latents matched on one half of the documents, scored on the other) and in the z heatmap the test is "
         f"against {fmt_int(cfg.get('n_permutations'))} random pairings of the same latents, which only says "
         "that the matching beats a random one. SVCCA and PWCCA use the same number of directions k in every "
-        "cell. 95% CI: printed only for measures whose intervals covered a planted true score in at least 90% "
-        "of samples (bench/calibration.py), and at present none does (38-53% at nominal 95%): the matched "
+        "cell. Intervals (of a score, or of its difference from a control): printed only for measures whose "
+        "intervals covered a planted true score in at least 90% of samples (bench/calibration.py), and at "
+        "present none does (38-53% at nominal 95%): the matched "
         "pairs, and so the score, change with the number of positions, and the scores of independent samples "
         "spread about twice as much as any resampling of one sample shows. Read a score as the score of this "
         "many positions, and compare cells through the test against the controls."
