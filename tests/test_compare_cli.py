@@ -93,7 +93,7 @@ def test_compare_writes_scores_nulls_controls_and_heatmaps(setup, tmp_path, caps
         == 0
     )
     results = json.loads((out / "results.json").read_text())
-    assert results["version"] == 3 and results["kind"] == "compare"
+    assert results["version"] == 4 and results["kind"] == "compare"
     assert results["hooks_a"] == results["hooks_b"] == ["resid_post.1"]
     assert results["alignment"]["method"] == "char_offset" and results["alignment"]["n_positions"] > 100
     (entry,) = results["pairs"]

@@ -193,7 +193,7 @@ def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_chang
     printed = capsys.readouterr().out
     assert "report" in printed and str(out / "report.html") in printed
     results = json.loads((out / "results.json").read_text())
-    assert results["version"] == 3 and results["kind"] == "study" and not results["legacy"]
+    assert results["version"] == 4 and results["kind"] == "study" and not results["legacy"]
     names = [t["name"] for t in results["stages"]]
     assert names[:4] == ["extract a", "extract a held-out", "extract b", "extract b held-out"]
     assert {"compare", "concepts", "pair cards", "absorption", "evaluate a SAEs"} <= set(names)

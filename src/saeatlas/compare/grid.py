@@ -35,11 +35,12 @@ from .sides import Side, SideCache, control_pair, limit_positions
 
 log = logging.getLogger("saeatlas")
 
-RESULTS_VERSION = 3
+RESULTS_VERSION = 4
 """Version of the results.json schema (README, "Comparison results"); 2: hooks named `hooks_a`, `hook_a`;
 3: activation scores cross-fitted over halves of the documents, the headline test against the controls
 (versus_random_init / versus_shifted / p_controls / q_controls), half-sample intervals (ci_lo, ci_hi, estimate,
-se), SVCCA's k fixed per grid and reported ("k", "svcca_k"), n_above_chance."""
+se), SVCCA's k fixed per grid and reported ("k", "svcca_k"), n_above_chance; 4: no interval of a difference
+(versus_<control> without lo / hi), concept cells with n_above_chance and mean_max_corr."""
 
 
 def n_comparisons(cfg: CompareConfig) -> int:

@@ -320,9 +320,10 @@ def _plan_compare(p: _Planner) -> None:
         **_settings(CompareOptions(**pick(CompareOptions, vars(c))), COMPARE_SETTINGS),
     }
     inputs = [p.stores[a.label], p.stores[b.label], *p.main[a.label].values(), *p.main[b.label].values()]
-    # version 4: activation scores cross-fitted, chance threshold, SVCCA k per grid, the headline test against the
-    # controls and half-sample intervals (3: results name hooks `hook_a` / `hooks_a`; 2: basic intervals)
-    compare = p.add(Stage("compare", "compare", p.out / "compare", settings, _compare, inputs + skyline, version=4))
+    # version 5: results version 4 (no interval of a difference); 4: activation scores cross-fitted, chance
+    # threshold, SVCCA k per grid, the headline test against the controls and half-sample intervals (3: results
+    # name hooks `hook_a` / `hooks_a`; 2: basic intervals)
+    compare = p.add(Stage("compare", "compare", p.out / "compare", settings, _compare, inputs + skyline, version=5))
     if c.concepts:
         concept_settings = {
             **settings,
@@ -332,7 +333,7 @@ def _plan_compare(p: _Planner) -> None:
             "concepts": c.concepts,
         }
         # version 4: the layer's selection rules within each concept (chance threshold, junk and overlap
-        # filters); 3: SVCCA k fixed for the whole concept grid and reported (results version 3)
+        # filters; results version 4); 3: SVCCA k fixed for the whole concept grid and reported (results version 3)
         p.add(Stage("concepts", "concepts", p.out / "concepts", concept_settings, _concepts, inputs, version=4))
     if c.pair_cards:
         # version 3: the pairs come from the chance-thresholded matching of compare version 4

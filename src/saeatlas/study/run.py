@@ -19,10 +19,11 @@ from .config import Study
 from .plan import plan
 from .stages import Stage, run_stage
 
-RESULTS_VERSION = 3
+RESULTS_VERSION = 4
 """Version of the study's results.json (README, \"Study results\"); 2: `d_sae` and `model` as everywhere else;
 3: each SAE's `downstream` figures are means over held-out documents with `<name>_se`, and say which documents
-(`n_documents`, `documents`, `n_windows`, `documents_available`)."""
+(`n_documents`, `documents`, `n_windows`, `documents_available`); 4: its compare and concepts documents are
+comparison results version 4."""
 
 
 def _read_json(path: Path):
