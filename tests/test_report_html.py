@@ -88,6 +88,8 @@ def test_at_a_glance_shows_the_best_layer_pair_beside_its_controls_and_skyline(s
     compare = study["compare"]
     skyline = {e["hook_a"]: e["skyline"] for e in compare["skyline"]}
     rows = re.findall(r"<tr>(.*?)</tr>", s.split('class="headline-table"')[1].split("</table>")[0], flags=re.DOTALL)[1:]
+    labels = study["study"]["compare"]
+    assert f"{labels['label_a']} x {labels['label_b']}" in s  # the study's labels head the real pair's column
     assert [re.search(r"<td[^>]*>(\w+)</td>", r).group(1) for r in rows] == ["svcca", "rsa", "linear_cka"]
     for measure, row in zip(["svcca", "rsa", "linear_cka"], rows):
         best = max(compare["pairs"], key=lambda e: e["sae"]["decoder"][measure]["observed"])

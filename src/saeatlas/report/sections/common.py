@@ -17,7 +17,7 @@ COMPARISONS = {  # comparison kind -> (label in the report, short label for lege
 def model_labels(results: dict) -> tuple[str, str]:
     """The study's labels of model A and model B of the comparison."""
     cmp = (results.get("study") or {}).get("compare") or {}
-    return cmp.get("a") or "A", cmp.get("b") or "B"
+    return cmp.get("label_a") or "A", cmp.get("label_b") or "B"
 
 
 def grid_comparison(results: dict) -> dict | None:
