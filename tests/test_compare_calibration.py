@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from saeatlas.compare import synthetic
 from saeatlas.compare.config import CompareOptions
@@ -80,6 +81,19 @@ def test_difference_test_by_hand():
     assert "lo" not in out and "hi" not in out  # no interval of a difference: its coverage is not measured
     assert out["p"] == pytest.approx(2.647e-5, rel=1e-3)  # t = 0.2 / se = 18.26 on 4 degrees of freedom
     assert math.isnan(difference_test(real[:4], control[:4], 0.5, 0.3)["p"])  # too few half-samples
+
+
+def test_difference_test_counts_the_spread_of_random_control_seeds():
+    real, control = np.array([0.50, 0.52, 0.48, 0.51, 0.49]), np.array([0.30, 0.31, 0.29, 0.30, 0.30])
+    one = difference_test(real, control, 0.5, 0.3)
+    seeds = [0.30, 0.34, 0.32]  # the control's score with three random draws, the one above first
+    out = difference_test(real, control, 0.5, 0.3, seeds)
+    var_half, var_seeds = one["se"] ** 2, np.var(seeds, ddof=1) / 3
+    assert out["observed"] == pytest.approx(0.5 - 0.32) and out["control"] == pytest.approx(0.32)
+    assert out["se"] == pytest.approx(math.sqrt(var_half + var_seeds)) and out["n_seeds"] == 3
+    df = (var_half + var_seeds) ** 2 / (var_half**2 / 4 + var_seeds**2 / 2)  # Welch-Satterthwaite
+    assert out["p"] == pytest.approx(scipy.stats.t.sf(0.18 / out["se"], df)) and out["p"] > one["p"]
+    assert difference_test(real, control, 0.5, 0.3, [0.3])["se"] == one["se"]  # one seed: no spread to count
 
 
 def test_half_sample_interval_removes_the_half_samples_shift():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import HOOK, tiny_store
 
@@ -109,6 +110,11 @@ def test_compare_writes_scores_nulls_controls_and_heatmaps(setup, tmp_path, caps
         versus = svcca[f"versus_{control}"]
         assert versus["se"] > 0 and 0 < versus["p"] < 1 and "lo" not in versus
     assert svcca["p_controls"] == max(svcca["versus_random_init"]["p"], svcca["versus_shifted"]["p"])
+    seeds = entry["random_init"]["seed_scores"]["svcca"]  # 3 random-init SAEs, the one scored first
+    assert len(seeds) == 3 and seeds[0] == entry["random_init"]["decoder"]["svcca"]["observed"]
+    assert len(set(seeds)) == 3 and svcca["versus_random_init"]["n_seeds"] == 3
+    assert svcca["versus_random_init"]["control"] == pytest.approx(np.mean(seeds))
+    assert svcca["versus_random_init"]["observed"] == pytest.approx(svcca["observed"] - np.mean(seeds))
     assert 0 < svcca["q_controls"] <= 1
     assert all(len(s["n_pairs_folds"]) == 2 for s in main_cmp["activations"].values())
     assert set(main_cmp["decoder"]) == {"svcca", "pwcca", "rsa", "linear_cka", "mutual_knn", "svcca_legacy"}

@@ -40,7 +40,8 @@ RESULTS_VERSION = 4
 3: activation scores cross-fitted over halves of the documents, the headline test against the controls
 (versus_random_init / versus_shifted / p_controls / q_controls), half-sample intervals (ci_lo, ci_hi, estimate,
 se), SVCCA's k fixed per grid and reported ("k", "svcca_k"), n_above_chance; 4: no interval of a difference
-(versus_<control> without lo / hi), concept cells with n_above_chance and mean_max_corr."""
+(versus_<control> without lo / hi, with the control's score), the random_init control's seed_scores and the test
+against their mean (n_seeds, seed_sd), concept cells with n_above_chance and mean_max_corr."""
 
 
 def n_comparisons(cfg: CompareConfig) -> int:
@@ -110,7 +111,8 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
                 sel = selections[hook_a, hook_b, kind]
                 entry[kind] = score_pair(a, b, scfg, groups, align.n_groups, control=kind != "sae", selection=sel)
                 progress(1)
-            _add_headline(entry, comps, align.n_groups, scfg)
+            extra = _more_random_init_scores(sides, hook_a, hook_b, scfg) if "random_init" in entry else {}
+            _add_headline(entry, comps, align.n_groups, scfg, extra)
             log.info(
                 "%s x %s: %d pairs, SVCCA %s",
                 hook_a,
@@ -153,10 +155,29 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
     }
 
 
-def _add_headline(entry: dict, comps: dict, n_groups: int, cfg: CompareConfig) -> None:
+def _more_random_init_scores(sides: SideCache, hook_a: str, hook_b: str, cfg: CompareConfig) -> dict:
+    """measure -> [random_init_seeds - 1] full-sample decoder scores of the random_init control with the random
+    SAEs of seeds 1, 2, ... (seed 0 is the one scored beside the real pair), each selected from scratch."""
+    measures = [m for m in cfg.bootstrap_measures if m in cfg.measures]
+    out = {m: [] for m in measures}
+    if not cfg.n_bootstrap:
+        return out
+    a = sides.get("sae", "a", hook_a)
+    for seed in range(1, cfg.random_init_seeds):
+        b = sides.get("random_init", "b", hook_b, seed)
+        pairs = select_pairs(a, b, cfg).pairs
+        X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
+        for m in measures:
+            out[m].append(_safe_value(cfg, m, X, Y))
+    return out
+
+
+def _add_headline(entry: dict, comps: dict, n_groups: int, cfg: CompareConfig, more_random_init: dict) -> None:
     """The headline test of one layer pair: the real pair against its random-init and shifted controls on
     half-samples of the documents (`headline_scores`), into the real pair's decoder scores: ci_lo / ci_hi /
-    estimate / se (calibrated measures only), versus_<control> {observed, se, p, ...}, p_controls."""
+    estimate / se (calibrated measures only), versus_<control> {observed, control, se, p, ...}, p_controls;
+    with `more_random_init` (measure -> scores of other random-init seeds) the random_init control's
+    "seed_scores" (measure -> every seed's score) and a test against their mean."""
     measures = [m for m in cfg.bootstrap_measures if m in cfg.measures]
     real = entry["sae"]["decoder"]
     if not cfg.n_bootstrap or not measures or not math.isfinite(real.get(measures[0], {}).get("observed", math.nan)):
@@ -168,7 +189,11 @@ def _add_headline(entry: dict, comps: dict, n_groups: int, cfg: CompareConfig) -
         idx = entry[kind]["pairs"]
         X, Y = a.decoder[idx["idx_a"]], b.decoder[idx["idx_b"]]
         observed[kind].update({m: _safe_value(cfg, m, X, Y) for m in missing})
-    for m, body in headline_scores(comps, observed, n_groups, cfg, measures).items():
+    seeds = {}
+    if any(more_random_init.values()) and "random_init" in comps:
+        seeds["random_init"] = {m: [observed["random_init"][m], *v] for m, v in more_random_init.items()}
+        entry["random_init"]["seed_scores"] = seeds["random_init"]
+    for m, body in headline_scores(comps, observed, n_groups, cfg, measures, seeds).items():
         score = real[m]
         if "interval" in body:
             ci = body["interval"]

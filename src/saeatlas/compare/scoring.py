@@ -389,11 +389,16 @@ def half_sample_interval(replicates, observed: float, level: float = 0.95) -> di
     }
 
 
-def difference_test(real_reps, control_reps, real: float, control: float) -> dict:
-    """real minus control score: {observed, se, p, n_resamples, bias}.  se is the standard deviation of the
-    paired differences on the half-samples (real_reps - control_reps [R]) times sqrt(1 + 1 / R), and p the
-    one-sided p-value of "the real pair is no more alike than the control", T_{R-1} upper tail of
-    observed / se.
+def difference_test(real_reps, control_reps, real: float, control: float, seed_scores=None) -> dict:
+    """real minus control score: {observed, control, se, p, n_resamples, bias, and with seed_scores: n_seeds,
+    seed_sd}.  se is the standard deviation of the paired differences on the half-samples (real_reps -
+    control_reps [R]) times sqrt(1 + 1 / R), and p the one-sided p-value of "the real pair is no more alike
+    than the control", T upper tail of observed / se on R - 1 degrees of freedom.
+
+    seed_scores [S]: full-sample scores of S draws of a random control (random-init SAEs of other seeds,
+    `control` first).  The control's score is then their mean, and the test counts their spread: se^2 =
+    (half-sample se)^2 + var(seed_scores) / S, on Welch-Satterthwaite degrees of freedom.  The null is then
+    "no more alike than a random-init SAE", not "than this one".
 
     Unlike `half_sample_interval` no bias is removed: when nothing is shared the scores are all selection
     noise, a half-sample selects other chance pairs than the full sample, and 2 observed - mean(replicates)
@@ -404,13 +409,27 @@ def difference_test(real_reps, control_reps, real: float, control: float) -> dic
     INTERVAL_MEASURES), and its coverage is not measured."""
     d = np.asarray(real_reps, dtype=np.float64) - np.asarray(control_reps, dtype=np.float64)
     d = d[np.isfinite(d)]
+    seeds = np.asarray([] if seed_scores is None else seed_scores, dtype=np.float64)
+    seeds = seeds[np.isfinite(seeds)]
+    if len(seeds) >= 2:
+        control = float(seeds.mean())
     R, observed = len(d), real - control
     nan = math.nan
+    out = {"observed": observed, "control": control, "se": nan, "p": nan, "n_resamples": R, "bias": nan}
+    if len(seeds) >= 2:
+        out.update(n_seeds=len(seeds), seed_sd=float(seeds.std(ddof=1)))
     if R < MIN_RESAMPLES or not math.isfinite(observed):
-        return {"observed": observed, "se": nan, "p": nan, "n_resamples": R, "bias": nan}
-    se, _ = _half_sample_se(d, 0.95)
-    p = float(scipy.stats.t.sf(observed / se, R - 1)) if se > 0 else (0.0 if observed > 0 else 1.0)
-    return {"observed": observed, "se": se, "p": p, "n_resamples": R, "bias": float(d.mean()) - observed}
+        return out
+    se_half, _ = _half_sample_se(d, 0.95)
+    var_half, var_seeds, df = se_half**2, 0.0, R - 1
+    if len(seeds) >= 2:
+        var_seeds = float(seeds.var(ddof=1)) / len(seeds)
+        denom = var_half**2 / (R - 1) + var_seeds**2 / (len(seeds) - 1)
+        df = (var_half + var_seeds) ** 2 / denom if denom > 0 else R - 1
+    se = math.sqrt(var_half + var_seeds)
+    p = float(scipy.stats.t.sf(observed / se, df)) if se > 0 else (0.0 if observed > 0 else 1.0)
+    out.update(se=se, p=p, bias=float(d.mean()) - observed)
+    return out
 
 
 HEADLINE_CONTROLS = ("random_init", "shifted")
@@ -423,12 +442,14 @@ def headline_scores(
     n_groups: int,
     cfg: CompareOptions,
     measures: list[str],
+    seed_scores: dict[str, dict[str, list[float]]] | None = None,
 ) -> dict[str, dict]:
     """measure -> {"interval": the real pair's half-sample interval (INTERVAL_MEASURES only), "versus": control
     -> `difference_test`, "p": the largest p over the controls that could be scored (the real pair beats every
     control: an intersection-union test, valid at its level without correction; a control with fewer than
     MIN_PAIRS pairs has no score and no test, and its pair count says why)}.  observed: kind -> measure -> full-sample
-    score of each comparison ("sae" is the real pair)."""
+    score of each comparison ("sae" is the real pair); seed_scores: kind -> measure -> [S] full-sample scores of
+    the control's random draws (random_init seeds, the one in `comparisons` first), see `difference_test`."""
     reps = half_sample_replicates(comparisons, n_groups, cfg, measures)
     out = {}
     for i, m in enumerate(measures):
@@ -437,7 +458,13 @@ def headline_scores(
         if m in INTERVAL_MEASURES:
             body["interval"] = half_sample_interval(reps["sae"][:, i], real)
         versus = {
-            kind: difference_test(reps["sae"][:, i], reps[kind][:, i], real, observed[kind].get(m, math.nan))
+            kind: difference_test(
+                reps["sae"][:, i],
+                reps[kind][:, i],
+                real,
+                observed[kind].get(m, math.nan),
+                ((seed_scores or {}).get(kind) or {}).get(m),
+            )
             for kind in comparisons
             if kind in HEADLINE_CONTROLS
         }

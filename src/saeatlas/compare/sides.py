@@ -115,8 +115,10 @@ class SideCache:
             self._shifted = limit_positions(align_stores(self.store_a, self.store_b, shift=1), self.cfg.max_positions)
         return self._shifted
 
-    def get(self, kind: str, which: str, hook: str) -> Side:
-        key = (kind, which, hook)
+    def get(self, kind: str, which: str, hook: str, seed: int = 0) -> Side:
+        """The side of `kind` for model `which` at `hook`; `seed` numbers the random_init control's random SAEs
+        (0: the one every test uses; others for the spread over seeds)."""
+        key = (kind, which, hook, seed)
         if key in self._cache:
             return self._cache[key]
         cfg, align = self.cfg, self.shifted() if kind == "shifted" else self.align
@@ -133,8 +135,8 @@ class SideCache:
             sae = load_sae(sae_folder(template, hook))
             label = f"{name} {hook}"
             if kind == "random_init":
-                sae = self._random_like(sae, which, hook, store, rows)
-                label += " random-init SAE"
+                sae = self._random_like(sae, which, hook, store, rows, seed)
+                label += " random-init SAE" + (f" (seed {seed})" if seed else "")
             elif kind == "skyline":
                 label = f"A {hook} SAE of another seed"
             tokenizer = tokenizer_for_store(store) if self.top_tokens else None
@@ -144,16 +146,17 @@ class SideCache:
         self._cache[key] = side
         return side
 
-    def _random_like(self, sae: SparseAutoencoder, which: str, hook: str, store, rows: np.ndarray):
-        """A random-init SAE of `sae`'s architecture with the real SAE's L0 and code scale on these rows,
-        calibrated on a seeded sample of them (at most 16384 rows and 2^24 pre-activations)."""
+    def _random_like(self, sae: SparseAutoencoder, which: str, hook: str, store, rows: np.ndarray, seed: int):
+        """A random-init SAE of `sae`'s architecture (weights from seed `cfg.seed + 1 + seed`) with the real SAE's
+        L0 and code scale on these rows, calibrated on a seeded sample of them (at most 16384 rows and 2^24
+        pre-activations)."""
         real = self.get("sae", which, hook).codes  # [n, d_sae] sparse
         l0 = real.nnz / max(real.shape[0], 1)
         mean_code = float(np.abs(real.data).mean()) if real.nnz else 0.0
         n = min(len(rows), 16384, max(256, 2**24 // sae.cfg.d_sae))
         sample = np.sort(np.random.default_rng(self.cfg.seed).choice(len(rows), size=n, replace=False))
         x = torch.cat(list(gather_rows(store, hook, rows[sample])))
-        return random_like(sae.cfg, x, l0, mean_code, torch.Generator().manual_seed(self.cfg.seed + 1))
+        return random_like(sae.cfg, x, l0, mean_code, torch.Generator().manual_seed(self.cfg.seed + 1 + seed))
 
 
 def limit_positions(align: Alignment, max_positions: int | None) -> Alignment:

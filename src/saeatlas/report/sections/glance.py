@@ -135,7 +135,7 @@ def _headline_table(rows: list[dict], labels: tuple[str, str]) -> str:
         "minus shifted",
         "all layer pairs",
         "q < .05",
-        "random-init B",
+        "random-init B (seed 0)",
         "B shifted",
         f"skyline ({a} seeds)",
         "of skyline",
@@ -168,9 +168,9 @@ def _absorption_line(means: list[dict]) -> str:
 INTRO = (
     "The headline figures. Similarity of the matched SAE decoder rows: the best layer pair's score; its "
     "stars and the count of layer pairs at q < .05 test whether the real pair is more alike than BOTH its "
-    "controls (real minus random-init SAE and real minus B shifted, each re-matched on random halves of the "
-    "documents; BH across the grid), with the two differences beside it (no intervals: see the heatmaps' note). The z in "
-    "brackets is against random pairings of the same matched latents: it tests only that the matching beats "
+    "controls (real minus random-init SAEs, the mean of several seeds, and real minus B shifted, each "
+    "re-matched on random halves of the documents; BH across the grid), with the two differences beside it "
+    "(no intervals: see the heatmaps' note). The z in brackets is against random pairings of the same matched latents: it tests only that the matching beats "
     "a random one, which an untrained SAE also does. Then the range over the grid, the controls' own scores "
     "and the same-model skyline, and the pair count and mean max correlation of the real pair beside those of "
     "the shifted control (neither means anything alone). Hover a score for its tests."
