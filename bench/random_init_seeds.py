@@ -1,12 +1,14 @@
 """How much the `random_init` control's score moves with the random SAE's seed, against the standard error the
 headline test already carries (real minus random_init over half-samples of the documents).
 
-The headline test compares the real pair with ONE random-init SAE of B (seed `compare.seed + 1`).  If another
-seed gave a different control score by as much as the half-sample standard error, the test would have to
-average several seeds and count their spread.  This bench re-scores the control of a finished comparison
-(the demo's, by default) with `--seeds` other seeds, each a new random SAE calibrated to the real SAE's L0
-and code scale, matched from scratch (correlation, chance threshold, matching), and prints per layer pair and
-measure the spread of the control's score over seeds beside the half-sample se of real minus random_init.
+With one random-init SAE of B, the test against random_init is conditional on that draw.  If another seed
+gives a control score that differs by about the half-sample standard error, the test must average several
+seeds and count their spread (`--random-init-seeds`, which this bench motivated).  It re-scores the control
+of a finished comparison (the demo's, by default) with `--seeds` seeds (the comparison's first), each a
+random SAE calibrated to the real SAE's L0 and code scale, matched from scratch (correlation, chance
+threshold, matching), and prints per layer pair and measure the spread of the control's score over seeds
+beside the se of real minus random_init in the comparison's results (the half-sample se when that comparison
+was made with --random-init-seeds 1; with more seeds that se already counts their spread).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/random_init_seeds.py [--compare runs/study/compare] [--seeds 5]
 
@@ -26,7 +28,7 @@ import numpy as np
 from saeatlas.compare.align import align_stores
 from saeatlas.compare.config import CompareConfig
 from saeatlas.compare.scoring import _safe_value, select_pairs
-from saeatlas.compare.sides import SideCache, control_pair, limit_positions
+from saeatlas.compare.sides import SideCache, limit_positions
 from saeatlas.data.store import ActivationStore
 
 RESULTS = Path(__file__).resolve().parent / "results" / "random_init_seeds.json"
@@ -37,9 +39,10 @@ def control_scores(cfg: CompareConfig, hook_a: str, hook_b: str, seeds: list[int
     store_a, store_b = ActivationStore(cfg.store_a), ActivationStore(cfg.store_b)
     align = limit_positions(align_stores(store_a, store_b), cfg.max_positions)
     out = {m: [] for m in measures}
+    sides = SideCache(cfg, store_a, store_b, align)
+    a = sides.get("sae", "a", hook_a)
     for seed in seeds:
-        sides = SideCache(dataclasses.replace(cfg, seed=seed), store_a, store_b, align)
-        a, b = control_pair("random_init", sides, hook_a, hook_b)
+        b = sides.get("random_init", "b", hook_b, seed)
         pairs = select_pairs(a, b, cfg).pairs
         X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
         for m in measures:
@@ -57,7 +60,7 @@ def main() -> None:
     config = {k: v for k, v in results["config"].items() if k in {f.name for f in dataclasses.fields(CompareConfig)}}
     cfg = dataclasses.replace(CompareConfig(**config), svcca_k=results["svcca_k"])  # the grid's k
     measures = [m for m in cfg.bootstrap_measures if m in cfg.measures]
-    seeds = [cfg.seed + i for i in range(args.seeds)]  # random SAE seed = seed + 1, as in compare
+    seeds = list(range(args.seeds))  # random SAE of seed s: weights from compare.seed + 1 + s, as in compare
     rows = []
     for entry in results["pairs"]:
         scores = control_scores(cfg, entry["hook_a"], entry["hook_b"], seeds, measures)
