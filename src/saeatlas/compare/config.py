@@ -72,8 +72,8 @@ class CompareOptions(Config):
     random_init_seeds: int = 3
     """Random SAEs of the random_init control: the headline test compares the real pair with their mean
     score and counts their spread (each extra seed costs one more selection per layer pair; the half-samples
-    use the first).  Another seed moved the demo's random-init SVCCA by about the test's own standard error
-    (bench/random_init_seeds.py), so one seed alone overstates the evidence."""
+    use the first).  Over 4 seeds the demo's random-init scores spread by 0.15-0.80 times the half-sample
+    standard error of the test (bench/random_init_seeds.py), so one seed alone overstates the evidence."""
     controls: list[str] = field(default_factory=lambda: ["random_init", "neurons", "shifted"])
     """Controls scored beside each layer pair ([] for none): random_init (B's SAE with random weights),
     neurons (raw activations), shifted (B one token later: misaligned), skyline (A against SAEs of A trained
