@@ -211,11 +211,13 @@ def calibration_replicate(seed: int, related: bool, cfg) -> dict:
     (`related`) or not, scored as `compare` scores a layer pair; the controls are B with its documents permuted
     (two seeds, standing for random_init and shifted: under "unrelated" they are exchangeable with the real
     pair, so the headline test's null holds exactly); with `related`, random_init is B's activations read by a
-    TopK "SAE" of random directions (an untrained SAE), and shifted is B with its documents permuted.
+    TopK "SAE" of random directions (an untrained SAE), and shifted is B with its documents permuted.  As in
+    `compare`, random_init has `cfg.random_init_seeds` draws (other permutations, other random directions),
+    the test is against their mean, and the half-samples use the first.
 
     Returns {"pairing": {space: {measure: p}}, "circular": {measure: p} (the old activation rule), "versus":
     {measure: {control: p}}, "p_controls": {measure: p}, "n_pairs", "mean_max_corr"}."""
-    from .scoring import HEADLINE_CONTROLS, _safe_value, headline_scores, score_pair, select_pairs
+    from .scoring import _safe_value, headline_scores, score_pair, select_pairs
     from .sides import Side
 
     data = two_model_data(**BENCH_DATA, unrelated=not related, seed=seed)
@@ -228,21 +230,28 @@ def calibration_replicate(seed: int, related: bool, cfg) -> dict:
         "n_pairs": row["n_pairs"],
         "mean_max_corr": row["mean_max_corr"],
     }
-    comps = {"sae": (a, b, data.doc)}
-    for i, kind in enumerate(HEADLINE_CONTROLS):
-        comps[kind] = (a, permute_documents(b, data.doc, seed * 7919 + i + 1), data.doc)
-    if related:  # B's activations read by a TopK "SAE" with random directions, like an untrained SAE
-        g = torch.Generator().manual_seed(seed + 555)
+
+    def random_init(draw: int):
+        if not related:  # exchangeable with the real pair: B with its documents permuted
+            return permute_documents(b, data.doc, seed * 7919 + 1 + 1000 * draw)
+        # B's activations read by a TopK "SAE" with random directions, like an untrained SAE
+        g = torch.Generator().manual_seed(seed + 555 + 1000 * draw)
         random_rows = _directions(len(data.shared_b) + len(data.own_b), data.x_b.shape[1], g)
-        codes, dec = oracle_sae(data.x_b, random_rows, seed=seed + 2, **BENCH_ORACLE)
-        comps["random_init"] = (a, Side("B random-init", codes, dec), data.doc)
+        codes, dec = oracle_sae(data.x_b, random_rows, seed=seed + 2 + 1000 * draw, **BENCH_ORACLE)
+        return Side("B random-init", codes, dec)
+
+    comps = {"sae": (a, b, data.doc), "random_init": (a, random_init(0), data.doc)}
+    comps["shifted"] = (a, permute_documents(b, data.doc, seed * 7919 + 2), data.doc)
     measures = [m for m in cfg.bootstrap_measures if m in cfg.measures]
-    observed = {}
-    for kind, (sa, sb, _) in comps.items():
+
+    def scores(sa, sb) -> dict[str, float]:
         pairs = select_pairs(sa, sb, cfg).pairs
-        X, Y = sa.decoder[pairs.idx_a], sb.decoder[pairs.idx_b]
-        observed[kind] = {m: _safe_value(cfg, m, X, Y) for m in measures}
-    heads = headline_scores(comps, observed, n_groups, cfg, measures)
+        return {m: _safe_value(cfg, m, sa.decoder[pairs.idx_a], sb.decoder[pairs.idx_b]) for m in measures}
+
+    observed = {kind: scores(sa, sb) for kind, (sa, sb, _) in comps.items()}
+    draws = [observed["random_init"], *(scores(a, random_init(d)) for d in range(1, cfg.random_init_seeds))]
+    seeds = {"random_init": {m: [s[m] for s in draws] for m in measures}} if len(draws) > 1 else {}
+    heads = headline_scores(comps, observed, n_groups, cfg, measures, seeds)
     out["versus"] = {m: {k: v["p"] for k, v in h["versus"].items()} for m, h in heads.items()}
     out["p_controls"] = {m: h["p"] for m, h in heads.items()}
     return out

@@ -106,9 +106,10 @@ class Stage:
         return self.folder.with_name(self.folder.name + ".started.json")
 
     def record(self) -> dict | None:
-        """The finished record if it holds the current key."""
+        """The finished record if it holds the current key and the product is still there (a product deleted
+        by hand is made again, not read as missing by the stages after it)."""
         record = _read(self.done_file)
-        return record if record and record.get("key") == self.key else None
+        return record if record and record.get("key") == self.key and self.folder.exists() else None
 
     def state(self) -> State:
         if self.record() is not None:
