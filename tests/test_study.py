@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,9 @@ def test_stages_skip_when_done_rerun_when_settings_or_inputs_change(tmp_path):
     # a change downstream only reruns downstream
     down3 = _counting_stage(tmp_path, "down", {"y": 2}, calls, [up2])
     assert [run_stage(s)[1] for s in (up2, down3)] == ["done", "ran"] and calls[-1] == "down"
+    # a product deleted by hand is made again: its record alone is not "done"
+    shutil.rmtree(down3.folder)
+    assert down3.state() == "stale" and run_stage(down3)[1] == "ran" and down3.folder.is_dir()
 
 
 def test_an_interrupted_stage_resumes_and_a_stale_product_is_deleted(tmp_path):
