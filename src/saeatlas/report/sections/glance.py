@@ -96,8 +96,8 @@ def absorption_means(results: dict) -> list[dict]:
 # ---------------------------------------------------------------- markup
 def _difference(best: dict, control: str) -> str:
     """'+0.094': the real pair minus a control, '–' without the test (the tested claim is beating both
-    controls, q_controls: each control's own p rejects unrelated pairs up to 12% of the time at 0.05,
-    bench/calibration.py, so it is not shown)."""
+    controls, q_controls: the shifted control's own p rejects unrelated pairs up to 8% of the time at 0.05,
+    bench/calibration.py, so neither is shown)."""
     v = (best or {}).get(f"versus_{control}")
     if not v or not math.isfinite(num(v.get("observed"))):
         return "–"
