@@ -111,6 +111,7 @@ def test_stages_skip_when_done_rerun_when_settings_or_inputs_change(tmp_path):
     # a product deleted by hand is made again: its record alone is not "done"
     shutil.rmtree(down3.folder)
     assert down3.state() == "stale" and run_stage(down3)[1] == "ran" and down3.folder.is_dir()
+    assert run_stage(down3, inputs_remade=True)[1] == "ran" and run_stage(down3)[1] == "done"  # an input remade
 
 
 def test_an_interrupted_stage_resumes_and_a_stale_product_is_deleted(tmp_path):
@@ -234,6 +235,13 @@ def test_a_tiny_study_runs_end_to_end_then_reruns_nothing_then_only_what_a_chang
     third = run_study(load_study(changed), out)
     ran = sorted(name for name, state in _states(third).items() if state == "ran")
     assert ran == ["compare", "concepts", "pair cards", "report"]
+
+    # the comparison's folder deleted by hand: it is made again under the same key, and so are the stages that
+    # read it (pair cards, report), though their keys hold
+    shutil.rmtree(out / "compare")
+    fourth = run_study(load_study(changed), out)
+    ran = sorted(name for name, state in _states(fourth).items() if state == "ran")
+    assert ran == ["compare", "pair cards", "report"] and (out / "compare" / "results.json").is_file()
 
 
 def test_pair_cards_show_each_latent_once():

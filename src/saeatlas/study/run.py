@@ -140,10 +140,13 @@ def run_study(
         stages = plan(study, out)
         timings = []
         n = len(stages) + 1  # and the report, which needs the others' timings
+        remade: set[str] = set()  # keys of the stages made in this run
 
         def run(i: int, stage: Stage) -> None:
             console.rule(f"[{i}/{n}] {stage.name}")
-            _, state, seconds = run_stage(stage, progress)
+            _, state, seconds = run_stage(stage, progress, any(s.key in remade for s in stage.inputs))
+            if state == "ran":
+                remade.add(stage.key)
             timings.append(
                 {
                     "name": stage.name,

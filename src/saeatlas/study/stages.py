@@ -136,13 +136,15 @@ def _clear(stage: Stage) -> None:
     stage.started_file.unlink(missing_ok=True)
 
 
-def run_stage(stage: Stage, progress: bool = True) -> tuple[dict, str, float]:
-    """Make the stage's product unless it is done: (summary, 'done' | 'ran', seconds spent now)."""
+def run_stage(stage: Stage, progress: bool = True, inputs_remade: bool = False) -> tuple[dict, str, float]:
+    """Make the stage's product unless it is done: (summary, 'done' | 'ran', seconds spent now).
+    inputs_remade: an input was made again under its old key (its product had been deleted), so this stage is
+    made again too, though its key holds."""
     record = stage.record()
-    if record is not None:
+    if record is not None and not inputs_remade:
         log.info("%s: done (key %s, %.1f s when it ran)", stage.name, stage.key, record.get("seconds", 0.0))
         return record["summary"], "done", 0.0
-    state = stage.state()
+    state = "stale" if record is not None else stage.state()
     if state == "stale":
         log.info("%s: settings or inputs changed; making it again", stage.name)
         _clear(stage)
