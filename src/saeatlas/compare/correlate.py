@@ -15,7 +15,6 @@ block: the best and top-m partners of every latent on both sides are kept, the
 full [d_a, d_b] matrix only on request.  Dead latents (zero variance over the
 positions) get NaN and are never anyone's partner: the paper's code
 (github.com/wlg1/univ_feat_geom) matched them to latent 0 (NaN's argmax).
-
 """
 
 from __future__ import annotations
