@@ -321,9 +321,8 @@ def _plan_compare(p: _Planner) -> None:
     }
     inputs = [p.stores[a.label], p.stores[b.label], *p.main[a.label].values(), *p.main[b.label].values()]
     # version 5: results version 4 (no interval of a difference, the test against the mean of 3 random-init
-    # seeds); 4: activation scores cross-fitted, chance
-    # threshold, SVCCA k per grid, the headline test against the controls and half-sample intervals (3: results
-    # name hooks `hook_a` / `hooks_a`; 2: basic intervals)
+    # seeds); 4: activation scores cross-fitted, chance threshold, SVCCA k per grid, the headline test against
+    # the controls and half-sample intervals (3: results name hooks `hook_a` / `hooks_a`; 2: basic intervals)
     compare = p.add(Stage("compare", "compare", p.out / "compare", settings, _compare, inputs + skyline, version=5))
     if c.concepts:
         concept_settings = {
