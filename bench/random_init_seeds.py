@@ -27,7 +27,7 @@ import numpy as np
 
 from saeatlas.compare.align import align_stores
 from saeatlas.compare.config import CompareConfig
-from saeatlas.compare.scoring import _safe_value, select_pairs
+from saeatlas.compare.scoring import matched_decoder_values
 from saeatlas.compare.sides import SideCache, limit_positions
 from saeatlas.data.store import ActivationStore
 
@@ -42,12 +42,10 @@ def control_scores(cfg: CompareConfig, hook_a: str, hook_b: str, seeds: list[int
     sides = SideCache(cfg, store_a, store_b, align)
     a = sides.get("sae", "a", hook_a)
     for seed in seeds:
-        b = sides.get("random_init", "b", hook_b, seed)
-        pairs = select_pairs(a, b, cfg).pairs
-        X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
+        values = matched_decoder_values(a, sides.get("random_init", "b", hook_b, seed), cfg, measures)
         for m in measures:
-            out[m].append(_safe_value(cfg, m, X, Y))
-        print(f"  {hook_a} x {hook_b} seed {seed}: {len(X)} pairs, " + ", ".join(f"{m} {out[m][-1]:.4f}" for m in out))
+            out[m].append(values[m])
+        print(f"  {hook_a} x {hook_b} seed {seed}: " + ", ".join(f"{m} {values[m]:.4f}" for m in measures))
     return out
 
 

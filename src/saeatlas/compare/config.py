@@ -57,7 +57,8 @@ class CompareOptions(Config):
     """rsa, linear_cka and mutual_knn use at most this many data points (a seeded sample): their nulls cost
     n^2 per permutation (RSA's inner matrices, CKA's Gram matrices, the kNN graphs)."""
     top_m: int = 10
-    """Candidate partners kept per latent (assignment graph, bootstrap re-matching)."""
+    """Candidate partners kept per latent (the assignment graph; the best partner above the chance thresholds
+    is picked among them)."""
     n_permutations: int = 1000
     """Random pairings in each null."""
     n_bootstrap: int = 20

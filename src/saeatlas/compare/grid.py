@@ -4,6 +4,7 @@ null, with controls) and `run_concepts` (the same within keyword concepts).  Eac
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ from .scoring import (
     add_q_values,
     grid_svcca_k,
     headline_scores,
+    matched_decoder_values,
     score_pair,
     score_spaces,
     select_pairs,
@@ -111,8 +113,8 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
                 sel = selections[hook_a, hook_b, kind]
                 entry[kind] = score_pair(a, b, scfg, groups, align.n_groups, control=kind != "sae", selection=sel)
                 progress(1)
-            extra = _more_random_init_scores(sides, hook_a, hook_b, scfg) if "random_init" in entry else {}
-            _add_headline(entry, comps, align.n_groups, scfg, extra)
+            more_random_init = functools.partial(_more_random_init_scores, sides, hook_a, hook_b, scfg)
+            _add_headline(entry, comps, align.n_groups, scfg, more_random_init)
             log.info(
                 "%s x %s: %d pairs, SVCCA %s",
                 hook_a,
@@ -160,24 +162,23 @@ def _more_random_init_scores(sides: SideCache, hook_a: str, hook_b: str, cfg: Co
     SAEs of seeds 1, 2, ... (seed 0 is the one scored beside the real pair), each selected from scratch."""
     measures = [m for m in cfg.bootstrap_measures if m in cfg.measures]
     out = {m: [] for m in measures}
-    if not cfg.n_bootstrap:
-        return out
     a = sides.get("sae", "a", hook_a)
     for seed in range(1, cfg.random_init_seeds):
-        b = sides.get("random_init", "b", hook_b, seed)
-        pairs = select_pairs(a, b, cfg).pairs
-        X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
+        values = matched_decoder_values(a, sides.get("random_init", "b", hook_b, seed), cfg, measures)
         for m in measures:
-            out[m].append(_safe_value(cfg, m, X, Y))
+            out[m].append(values[m])
     return out
 
 
-def _add_headline(entry: dict, comps: dict, n_groups: int, cfg: CompareConfig, more_random_init: dict) -> None:
+def _add_headline(
+    entry: dict, comps: dict, n_groups: int, cfg: CompareConfig, more_random_init: Callable[[], dict]
+) -> None:
     """The headline test of one layer pair: the real pair against its random-init and shifted controls on
     half-samples of the documents (`headline_scores`), into the real pair's decoder scores: ci_lo / ci_hi /
     estimate / se (calibrated measures only), versus_<control> {observed, control, se, p, ...}, p_controls;
-    with `more_random_init` (measure -> scores of other random-init seeds) the random_init control's
-    "seed_scores" (measure -> every seed's score) and a test against their mean."""
+    with the random_init control, `more_random_init()` (measure -> scores of its other seeds, called only when
+    the test runs: each seed is a selection) gives its "seed_scores" (measure -> every seed's score) and the
+    test is against their mean."""
     measures = [m for m in cfg.bootstrap_measures if m in cfg.measures]
     real = entry["sae"]["decoder"]
     if not cfg.n_bootstrap or not measures or not math.isfinite(real.get(measures[0], {}).get("observed", math.nan)):
@@ -190,8 +191,9 @@ def _add_headline(entry: dict, comps: dict, n_groups: int, cfg: CompareConfig, m
         X, Y = a.decoder[idx["idx_a"]], b.decoder[idx["idx_b"]]
         observed[kind].update({m: _safe_value(cfg, m, X, Y) for m in missing})
     seeds = {}
-    if any(more_random_init.values()) and "random_init" in comps:
-        seeds["random_init"] = {m: [observed["random_init"][m], *v] for m, v in more_random_init.items()}
+    more = more_random_init() if "random_init" in comps else {}
+    if any(more.values()):
+        seeds["random_init"] = {m: [observed["random_init"][m], *v] for m, v in more.items()}
         entry["random_init"]["seed_scores"] = seeds["random_init"]
     for m, body in headline_scores(comps, observed, n_groups, cfg, measures, seeds).items():
         score = real[m]

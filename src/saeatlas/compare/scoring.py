@@ -331,9 +331,8 @@ def half_sample_replicates(
     def replicate(inside: np.ndarray) -> dict[str, list[float]]:
         out = {}
         for kind, (a, b, groups) in comparisons.items():
-            pairs = select_pairs(a, b, cfg, np.flatnonzero(inside[groups])).pairs
-            X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
-            out[kind] = [_safe_value(cfg, m, X, Y) for m in measures]
+            values = matched_decoder_values(a, b, cfg, measures, np.flatnonzero(inside[groups]))
+            out[kind] = [values[m] for m in measures]
         return out
 
     # Replicates are independent: side by side on the cores.
@@ -353,12 +352,19 @@ def _safe_value(cfg: CompareOptions, measure: str, X: np.ndarray, Y: np.ndarray)
         return math.nan
 
 
-def _half_sample_se(values: np.ndarray, level: float) -> tuple[float, float]:
-    """(se, half width) from R finite half-sample values [R]: sd(values) sqrt(1 + 1 / R), times t_{R-1} at
-    two-sided `level`."""
-    R = len(values)
-    se = float(values.std(ddof=1)) * math.sqrt(1 + 1 / R)
-    return se, float(scipy.stats.t.ppf((1 + level) / 2, R - 1)) * se
+def matched_decoder_values(
+    a: Side, b: Side, cfg: CompareOptions, measures: list[str], rows: np.ndarray | None = None
+) -> dict[str, float]:
+    """measure -> score of the decoder rows of the pairs of a and b selected from scratch at `rows` (all
+    positions for None; `select_pairs`); NaN where there are fewer than MIN_PAIRS pairs or the measure fails."""
+    pairs = select_pairs(a, b, cfg, rows).pairs
+    X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
+    return {m: _safe_value(cfg, m, X, Y) for m in measures}
+
+
+def _half_sample_se(values: np.ndarray) -> float:
+    """Standard error from R finite half-sample values [R]: sd(values) sqrt(1 + 1 / R)."""
+    return float(values.std(ddof=1)) * math.sqrt(1 + 1 / len(values))
 
 
 def half_sample_interval(replicates, observed: float, level: float = 0.95) -> dict:
@@ -378,7 +384,8 @@ def half_sample_interval(replicates, observed: float, level: float = 0.95) -> di
         nan = math.nan
         return {"estimate": nan, "lo": nan, "hi": nan, "se": nan, "bias": nan, "n_resamples": R}
     estimate = 2 * observed - float(reps.mean())
-    se, half = _half_sample_se(reps, level)
+    se = _half_sample_se(reps)
+    half = float(scipy.stats.t.ppf((1 + level) / 2, R - 1)) * se
     return {
         "estimate": estimate,
         "lo": estimate - half,
@@ -420,8 +427,7 @@ def difference_test(real_reps, control_reps, real: float, control: float, seed_s
         out.update(n_seeds=len(seeds), seed_sd=float(seeds.std(ddof=1)))
     if R < MIN_RESAMPLES or not math.isfinite(observed):
         return out
-    se_half, _ = _half_sample_se(d, 0.95)
-    var_half, var_seeds, df = se_half**2, 0.0, R - 1
+    var_half, var_seeds, df = _half_sample_se(d) ** 2, 0.0, R - 1
     if len(seeds) >= 2:
         var_seeds = float(seeds.var(ddof=1)) / len(seeds)
         denom = var_half**2 / (R - 1) + var_seeds**2 / (len(seeds) - 1)

@@ -217,7 +217,7 @@ def calibration_replicate(seed: int, related: bool, cfg) -> dict:
 
     Returns {"pairing": {space: {measure: p}}, "circular": {measure: p} (the old activation rule), "versus":
     {measure: {control: p}}, "p_controls": {measure: p}, "n_pairs", "mean_max_corr"}."""
-    from .scoring import _safe_value, headline_scores, score_pair, select_pairs
+    from .scoring import headline_scores, matched_decoder_values, score_pair
     from .sides import Side
 
     data = two_model_data(**BENCH_DATA, unrelated=not related, seed=seed)
@@ -244,12 +244,12 @@ def calibration_replicate(seed: int, related: bool, cfg) -> dict:
     comps["shifted"] = (a, permute_documents(b, data.doc, seed * 7919 + 2), data.doc)
     measures = [m for m in cfg.bootstrap_measures if m in cfg.measures]
 
-    def scores(sa, sb) -> dict[str, float]:
-        pairs = select_pairs(sa, sb, cfg).pairs
-        return {m: _safe_value(cfg, m, sa.decoder[pairs.idx_a], sb.decoder[pairs.idx_b]) for m in measures}
-
-    observed = {kind: scores(sa, sb) for kind, (sa, sb, _) in comps.items()}
-    draws = [observed["random_init"], *(scores(a, random_init(d)) for d in range(1, cfg.random_init_seeds))]
+    observed = {
+        kind: matched_decoder_values(sa, sb, cfg, measures) for kind, (sa, sb, _) in comps.items() if kind != "sae"
+    }
+    observed["sae"] = {m: row["decoder"][m]["observed"] for m in measures}  # selected and scored by score_pair
+    more = range(1, cfg.random_init_seeds)
+    draws = [observed["random_init"], *(matched_decoder_values(a, random_init(d), cfg, measures) for d in more)]
     seeds = {"random_init": {m: [s[m] for s in draws] for m in measures}} if len(draws) > 1 else {}
     heads = headline_scores(comps, observed, n_groups, cfg, measures, seeds)
     out["versus"] = {m: {k: v["p"] for k, v in h["versus"].items()} for m, h in heads.items()}
@@ -260,28 +260,24 @@ def calibration_replicate(seed: int, related: bool, cfg) -> dict:
 def true_scores(model_seed: int, cfg, measures: list[str], scale: int = 10) -> dict[str, float]:
     """The planted pair's scores on `scale` times BENCH_DATA's positions (the "true" score the intervals of
     smaller samples should cover; the bias of a matched score falls like 1 / n)."""
-    from .scoring import _safe_value, select_pairs
+    from .scoring import matched_decoder_values
 
     sizes = {**BENCH_DATA, "n": BENCH_DATA["n"] * scale}
     data = two_model_data(**sizes, seed=model_seed, sample_seed=10**5)
     a, b = bench_sides(data, model_seed, sample_seed=10**5)
-    pairs = select_pairs(a, b, cfg).pairs
-    X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
-    return {m: _safe_value(cfg, m, X, Y) for m in measures}
+    return matched_decoder_values(a, b, cfg, measures)
 
 
 def coverage_replicate(model_seed: int, sample_seed: int, cfg, measures: list[str]) -> dict[str, dict]:
     """measure -> the half-sample interval (`half_sample_interval`) of the planted pair on one sample of
     BENCH_DATA's size from the fixed models of `model_seed`."""
-    from .scoring import _safe_value, half_sample_interval, half_sample_replicates, select_pairs
+    from .scoring import half_sample_interval, half_sample_replicates, matched_decoder_values
 
     data = two_model_data(**BENCH_DATA, seed=model_seed, sample_seed=sample_seed)
     a, b = bench_sides(data, model_seed, sample_seed=sample_seed)
-    pairs = select_pairs(a, b, cfg).pairs
-    X, Y = a.decoder[pairs.idx_a], b.decoder[pairs.idx_b]
+    observed = matched_decoder_values(a, b, cfg, measures)
     n_groups = int(data.doc.max()) + 1
     reps = half_sample_replicates({"sae": (a, b, data.doc)}, n_groups, cfg, measures)["sae"]
     return {
-        m: {**half_sample_interval(reps[:, i], _safe_value(cfg, m, X, Y)), "observed": _safe_value(cfg, m, X, Y)}
-        for i, m in enumerate(measures)
+        m: {**half_sample_interval(reps[:, i], observed[m]), "observed": observed[m]} for i, m in enumerate(measures)
     }

@@ -77,6 +77,16 @@ def star_q(score: dict | None):
     return score.get("q_controls") if "p_controls" in score else score.get("q")
 
 
+def control_difference(score: dict | None, control: str) -> str:
+    """'+0.094': the real pair's `score` minus `control`'s (its "versus_<control>" test), '–' without the test.
+    The test's own p is not shown: the tested claim is beating both controls (q_controls), and the shifted
+    control's p alone rejects unrelated pairs up to 8% of the time at 0.05 (bench/calibration.py)."""
+    v = (score or {}).get(f"versus_{control}")
+    if not v or not math.isfinite(num(v.get("observed"))):
+        return DASH
+    return fmt(v["observed"], "+.3f")
+
+
 def score_text(stats: dict | None, missing: str = "-", width: int = 0) -> str:
     """One measure's score in a line of text: '0.612 (z 41, q<.001)' (q: the BH q-value, else p); the
     observed value right-aligned in `width` characters."""

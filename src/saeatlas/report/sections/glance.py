@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ..format import fmt, fmt_int, fmt_pct, fmt_span, grid_labels, num, star_q
+from ..format import control_difference, fmt, fmt_int, fmt_pct, fmt_span, grid_labels, num, star_q
 from ..markup import e, not_run, score, section, table
 from .common import grid_comparison, model_labels, skylines
 
@@ -94,16 +94,6 @@ def absorption_means(results: dict) -> list[dict]:
 
 
 # ---------------------------------------------------------------- markup
-def _difference(best: dict, control: str) -> str:
-    """'+0.094': the real pair minus a control, '–' without the test (the tested claim is beating both
-    controls, q_controls: the shifted control's own p rejects unrelated pairs up to 8% of the time at 0.05,
-    bench/calibration.py, so neither is shown)."""
-    v = (best or {}).get(f"versus_{control}")
-    if not v or not math.isfinite(num(v.get("observed"))):
-        return "–"
-    return fmt(v["observed"], "+.3f")
-
-
 def _matching(r: dict) -> str:
     """'1203 pairs, r 0.214 (shifted: 845, 0.163)'."""
     parts = [f"{fmt_int(n)}, r {fmt(mmc)}" for _, n, mmc in r["matching"]]
@@ -117,8 +107,8 @@ def _headline_table(rows: list[dict], labels: tuple[str, str]) -> str:
             r["measure"],
             r["layers"],
             score(r["best"]),
-            _difference(r["best"], "random_init"),
-            _difference(r["best"], "shifted"),
+            control_difference(r["best"], "random_init"),
+            control_difference(r["best"], "shifted"),
             f"{fmt(r['low'])} to {fmt(r['high'])}",
             f"{r['n_significant']} of {r['n_cells']}",
             *(score(r[k], stars=False) for k in ("random_init", "shifted", "skyline")),
@@ -170,8 +160,8 @@ INTRO = (
     "stars and the count of layer pairs at q < .05 test whether the real pair is more alike than BOTH its "
     "controls (real minus random-init SAEs, the mean of several seeds, and real minus B shifted, each "
     "re-matched on random halves of the documents; BH across the grid), with the two differences beside it "
-    "(no intervals: see the heatmaps' note). The z in brackets is against random pairings of the same matched latents: it tests only that the matching beats "
-    "a random one, which an untrained SAE also does. Then the range over the grid, the controls' own scores "
+    "(no intervals: see the heatmaps' note). The z in brackets is against random pairings of the same "
+    "matched latents: it tests only that the matching beats a random one, which an untrained SAE also does. Then the range over the grid, the controls' own scores "
     "and the same-model skyline, and the pair count and mean max correlation of the real pair beside those of "
     "the shifted control (neither means anything alone). Hover a score for its tests."
 )

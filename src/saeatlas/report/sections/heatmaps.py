@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ..format import fmt, fmt_int, grid_labels, num, short_hooks, significance_stars, star_q
+from ..format import control_difference, fmt, fmt_int, grid_labels, num, short_hooks, significance_stars, star_q
 from ..markup import e, figure, not_run, section, table
 from ..svg import heatmap_svg
 from .common import grid_comparison, model_labels
@@ -77,13 +77,6 @@ def _heatmap(compare: dict, labels: tuple[str, str], values: np.ndarray, title: 
     )
 
 
-def _versus(s: dict, control: str) -> str:
-    v = s.get(f"versus_{control}")
-    if not v or not math.isfinite(num(v.get("observed"))):
-        return "–"
-    return fmt(v["observed"], "+.3f")
-
-
 def _measure_numbers(rows: list[dict]) -> str:
     """One measure, one row per layer pair: observed (and SVCCA's k), the headline test (minus each control, q of
     beating both), the random-pairing null, z, p, q, and the 95% interval where the measure
@@ -92,8 +85,8 @@ def _measure_numbers(rows: list[dict]) -> str:
         [
             s["layers"],
             fmt(s.get("observed")) + (f" (k {s['k']})" if s.get("k") is not None else ""),
-            _versus(s, "random_init"),
-            _versus(s, "shifted"),
+            control_difference(s, "random_init"),
+            control_difference(s, "shifted"),
             fmt(s.get("q_controls"), ".3g") if "p_controls" in s else "–",
             f"{fmt(s.get('null_mean'))} ± {fmt(s.get('null_std'))}",
             fmt(s.get("z"), ".1f"),
@@ -166,9 +159,8 @@ def _intro(results: dict, labels: tuple[str, str], cfg: dict) -> str:
         "that the matching beats a random one. SVCCA and PWCCA use the same number of directions k in every "
         "cell. Intervals (of a score, or of its difference from a control): printed only for measures whose "
         "intervals covered a planted true score in at least 90% of samples (bench/calibration.py), and at "
-        "present none does (38-53% at nominal 95%): the matched "
-        "pairs, and so the score, change with the number of positions, and the scores of independent samples "
-        "spread about twice as much as any resampling of one sample shows. Read a score as the score of this "
+        "present none does (38-53% at nominal 95%): the matched pairs, and so the score, change with the "
+        "number of positions, and the scores of independent samples spread about twice as much as any resampling of one sample shows. Read a score as the score of this "
         "many positions, and compare cells through the test against the controls."
     )
     if results.get("legacy"):
