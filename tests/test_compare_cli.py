@@ -145,7 +145,7 @@ def test_concepts_scores_each_concept(setup, tmp_path):
     "change, message",
     [
         (("--saes-b", "/nonexistent/sae-{hook}"), "no SAE for resid_post.1"),
-        (("--saes-b", "/nonexistent/sae-{hook"), "bad SAE folder template"),
+        (("--saes-b", "/nonexistent/sae-{hook"), "bad --saes-b = '/nonexistent/sae-{hook': expected '}'"),
         (("--hooks-a", "7"), "has no hook resid_post.7"),
         (("--hooks-a", "blocks.1.hook_resid_mid"), "bad hook point 'blocks.1.hook_resid_mid'"),
         (("--measures", "svcca,bogus"), "bad --measures = 'bogus'"),

@@ -86,7 +86,7 @@ def _counting_stage(tmp_path: Path, name: str, settings: dict, calls: list, inpu
             raise KeyboardInterrupt  # killed half-way
         return {"made": name, "settings": settings}
 
-    return Stage("compare", name, tmp_path / name, settings, action, list(inputs))
+    return Stage("compare", name, tmp_path / name, settings, action, list(inputs), root=tmp_path)
 
 
 def test_stages_skip_when_done_rerun_when_settings_or_inputs_change(tmp_path):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import Config, check, check_choice, check_float, check_int, check_subset
-from ..models.hooks import canonical_hook
+from ..models.hooks import canonical_hook, template_problem
 from .match import METHODS, Method
 from .similarity import MEASURES
 
@@ -141,6 +141,11 @@ class CompareConfig(CompareOptions):
             check(isinstance(hooks, list) and bool(hooks), name, hooks, "name at least one hook, e.g. resid_post.3")
             setattr(self, name, [canonical_hook(h) for h in hooks])
             check(len(set(getattr(self, name))) == len(hooks), name, hooks, "name each hook once")
+        for name in ("saes_a", "saes_b", "skyline_saes_a"):
+            template = getattr(self, name)
+            if template is not None:
+                problem = template_problem(template) if isinstance(template, str) else "not a string"
+                check(problem is None, name, template, f"{problem}: use {{hook}} and/or {{layer}}, e.g. saes/{{hook}}")
         check(
             "skyline" not in self.controls or bool(self.skyline_saes_a),
             "skyline_saes_a",

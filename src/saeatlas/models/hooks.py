@@ -92,3 +92,24 @@ def parse_hooks(names: str | list[str], n_layers: int) -> list[HookPoint]:
     if len(set(points)) != len(points):
         raise HookError(f"hook points repeat in '{','.join(map(str, items))}': name each once")
     return sorted(points)
+
+
+TEMPLATE_FIELDS = ("hook", "layer")
+
+
+def template_problem(template: str) -> str | None:
+    """What is wrong with an SAE folder template (a path with `{hook}` and / or `{layer}`), or None.  A path
+    without braces is a folder holding one SAE folder per hook, also fine."""
+    import string
+
+    try:
+        fields = [
+            (name, spec, conv) for _, name, spec, conv in string.Formatter().parse(str(template)) if name is not None
+        ]
+    except ValueError as exc:
+        return f"{exc} (write a literal brace as {{{{ or }}}})"
+    for name, spec, conv in fields:
+        if name not in TEMPLATE_FIELDS or spec or conv:
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            return f"{shown} is not a field it can fill"
+    return None

@@ -65,6 +65,25 @@ def load_tokenizer(spec: str):
         raise SaeAtlasError(f"cannot load the tokenizer of '{spec}' from {folder}: {str(exc).splitlines()[0]}") from exc
 
 
+def model_layers(spec: str) -> int:
+    """The number of transformer blocks of model `spec`, from its config alone (a packaged or .gguf model is
+    converted into the cache once if it is not there yet)."""
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    folder = _resolve(spec)[0]
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        n_layers = config.get_text_config().num_hidden_layers
+    except (OSError, ValueError, AttributeError) as exc:
+        raise SaeAtlasError(
+            f"cannot read the config of model '{spec}' in {folder}: {str(exc).splitlines()[0]}"
+        ) from exc
+    if not isinstance(n_layers, int) or n_layers < 1:
+        raise SaeAtlasError(f"the config of model '{spec}' gives {n_layers!r} layers: check {folder}/config.json")
+    return n_layers
+
+
 def _resolve(spec: str) -> tuple[Path, str, str, str | None]:
     """(HF folder, display name, weights identity, kind or None) of a model spec."""
     if spec in PACKAGED_MODELS:

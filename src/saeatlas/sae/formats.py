@@ -21,7 +21,7 @@ import torch
 from ..config import pick
 from ..errors import SaeAtlasError
 from ..fileio import read_json, write_json_atomic
-from ..models.hooks import canonical_hook, hook_spellings, transformer_lens_name
+from ..models.hooks import canonical_hook, hook_spellings, template_problem, transformer_lens_name
 from .config import SAEConfig
 from .model import SparseAutoencoder
 
@@ -53,15 +53,12 @@ def sae_folder(template: str | Path, hook: str) -> Path:
     (resid_post.3, blocks.3.hook_resid_post or layers.3, as sparsify saves them)."""
     template = str(template)
     hook = canonical_hook(hook)
+    if (problem := template_problem(template)) is not None:
+        raise SaeAtlasError(
+            f"bad SAE folder template {template!r} ({problem}): use {{hook}} and/or {{layer}}, e.g. runs/saes/{{hook}}"
+        )
     if "{" in template or "}" in template:
-        try:
-            path = Path(template.format(hook=hook, layer=hook.rsplit(".", 1)[1]))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise SaeAtlasError(
-                f"bad SAE folder template {template!r} ({type(exc).__name__}: {exc}): use "
-                "{hook} and/or {layer}, e.g. runs/saes/{hook}"
-            ) from None
-        candidates = [path]
+        candidates = [Path(template.format(hook=hook, layer=hook.rsplit(".", 1)[1]))]
     else:
         candidates = [Path(template) / name for name in hook_spellings(hook)]
     for path in candidates:

@@ -153,7 +153,13 @@ def train_to_folder(
     if out.exists():
         raise SaeAtlasError(f"output '{out}' already exists: choose another --out or delete it")
     partial = out.with_name(out.name + ".partial")
-    result = run_train(cfg, data, checkpoint=partial, on_step=on_step)
+    fresh = not partial.exists()
+    try:
+        result = run_train(cfg, data, checkpoint=partial, on_step=on_step)
+    except BaseException:
+        if fresh and partial.is_dir() and not (partial / "checkpoint.pt").exists():
+            shutil.rmtree(partial)  # nothing to resume: leave no folder that blocks the corrected rerun
+        raise
     write_sae(result, out)
     shutil.rmtree(partial)
     return result

@@ -40,9 +40,34 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
     return median
 
 
+MAX_ACTIVATION = 1e15
+"""Larger values square past float32's range in the reconstruction error (3.4e38): only a broken source holds them."""
+
+
+def check_activations(sample: torch.Tensor, source: str) -> None:
+    """SaeAtlasError when a sample [n, d_in] of the training data cannot train an SAE: NaN / inf, values past
+    MAX_ACTIVATION, or nothing but zeros (every latent would stay dead and FVU read 0)."""
+    if not bool(torch.isfinite(sample).all()):
+        raise SaeAtlasError(f"the activations of {source} hold NaN or inf: check the model / store they came from")
+    peak = float(sample.abs().max()) if sample.numel() else 0.0
+    if peak > MAX_ACTIVATION:
+        raise SaeAtlasError(
+            f"the activations of {source} reach {peak:.3g} (over {MAX_ACTIVATION:.0e}, past what float32 training "
+            "can square): check the data, or scale it down"
+        )
+    if peak == 0.0:
+        raise SaeAtlasError(f"the activations of {source} are all zeros: there is nothing to train on")
+
+
 def input_scale(sample: torch.Tensor) -> float:
     """Factor that makes the mean row norm sqrt(d_in)."""
-    return math.sqrt(sample.shape[1]) / float(sample.norm(dim=1).mean().clamp_min(1e-8))
+    return math.sqrt(sample.shape[1]) / float(sample.double().norm(dim=1).mean().clamp_min(1e-8))
+
+
+def check_diverged(sae: SparseAutoencoder, step: int) -> None:
+    """SaeAtlasError when training diverged (a NaN or inf weight), before anything is saved."""
+    if not all(bool(torch.isfinite(p).all()) for p in sae.parameters()):
+        raise SaeAtlasError(f"training diverged at step {step} (NaN or inf weights): lower lr, or check the data")
 
 
 def lr_at(step: int, train: TrainConfig, base_lr: float) -> float:
@@ -256,6 +281,7 @@ def init_sae(cfg: SAEConfig, source, train: TrainConfig) -> tuple[SparseAutoenco
     generator = torch.Generator().manual_seed(train.seed)
     sae = SparseAutoencoder(cfg, generator)
     sample = source.sample(min(source.n_tokens, 8192), seed=train.seed)
+    check_activations(sample, getattr(source, "name", "the data"))
     scale = input_scale(sample)
     with torch.no_grad():
         sae.b_dec.copy_(geometric_median(sample * scale))
@@ -319,7 +345,9 @@ def train_sae(
         if on_step:
             on_step(metrics)
         if checkpoint is not None and train.checkpoint_every and state.step % train.checkpoint_every == 0:
+            check_diverged(sae, state.step)
             save_checkpoint(checkpoint, sae, optimizer, state)
+    check_diverged(sae, state.step)
     sae.eval()
     sae.fold_scale(state.scale)
     return sae, state

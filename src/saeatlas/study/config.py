@@ -22,11 +22,12 @@ from typing import ClassVar
 
 from ..absorption.config import AbsorptionOptions
 from ..compare.config import BUILTIN_CONCEPTS, CompareOptions
-from ..config import FLATTEN, Config, ConfigError, check, check_int, flat_fields
+from ..config import FLATTEN, Config, ConfigError, check, check_int, check_text, flat_fields
 from ..data.config import TextConfig
 from ..errors import SaeAtlasError
-from ..models.hooks import canonical_hook
+from ..models.hooks import canonical_hook, template_problem
 from ..sae.config import EvalConfig, TrainConfig
+from .paths import LABEL_RULE, label_ok
 
 log = logging.getLogger("saeatlas")
 
@@ -66,6 +67,11 @@ class ModelSettings(Config):
     """Pretrained SAEs instead of training: a folder template with {hook} (or a folder of one folder per hook)."""
 
     def _validate(self) -> None:
+        check(label_ok(self.label), "label", self.label, LABEL_RULE)
+        check_text(self, "model", "name a packaged model, a Hugging Face folder, a .gguf file or a hub id")
+        if self.saes is not None:
+            problem = template_problem(self.saes)
+            check(problem is None, "saes", self.saes, f"{problem}: use {{hook}} and/or {{layer}}, e.g. saes/{{hook}}")
         check(bool(self.hooks), "hooks", self.hooks, "name at least one hook, e.g. resid_post.3")
         self.hooks = [canonical_hook(h) for h in self.hooks]
         check(len(set(self.hooks)) == len(self.hooks), "hooks", self.hooks, "name each hook once")
@@ -220,12 +226,13 @@ def _build(cls, data, where: str):
                 raise StudyError(f"missing key '{key}': the study needs it")
             continue
         value, nested = data[name], _dataclass_in(hint)
-        if nested is not None and isinstance(value, dict):
-            values[name] = _build(nested, value, key)
-        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        if typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
             if not isinstance(value, list) or not value:
-                raise StudyError(f"bad '{key}': expected one or more [[{key}]] tables")
+                got = "a single [table]" if isinstance(value, dict) else repr(value)
+                raise StudyError(f"bad '{key}': expected one or more [[{key}]] tables (double brackets), got {got}")
             values[name] = [_build(typing.get_args(hint)[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+        elif nested is not None and isinstance(value, dict):
+            values[name] = _build(nested, value, key)
         elif not _type_ok(value, hint):
             raise StudyError(f"bad '{key}' = {value!r}: expected {_type_name(hint)}")
         else:
@@ -255,7 +262,8 @@ def _check(ok: bool, key: str, value, allowed: str) -> None:
 def validate(study: Study) -> Study:
     """Rules across tables; the messages name the key, the value and what is allowed."""
     labels = [m.label for m in study.models]
-    _check(len(set(labels)) == len(labels), "models.label", labels, "give each model its own label")
+    folded = [label.casefold() for label in labels]  # folders on a case-insensitive file system
+    _check(len(set(folded)) == len(labels), "models.label", labels, "give each model its own label (case aside)")
     if (c := study.compare) is not None:
         for key in ("label_a", "label_b"):
             _check(
@@ -290,4 +298,14 @@ def load_study(path: str | Path | None) -> Study:
         raise StudyError(
             f"study file '{path}' does not exist: check the path, or write one with `saeatlas init {path}`"
         )
-    return parse_study(path.read_text(), str(path))
+    data = path.read_bytes()
+    try:
+        if b"\0" in data:
+            raise UnicodeError("it holds NUL bytes")
+        text = data.decode("utf-8")
+    except UnicodeError as exc:
+        raise StudyError(
+            f"study file '{path}' is not a UTF-8 text file ({str(exc).split(': ')[-1]}): give a TOML study, "
+            "e.g. one written by `saeatlas init`"
+        ) from None
+    return parse_study(text, str(path))

@@ -24,6 +24,7 @@ from ..config import flat_defaults, flat_fields, flat_values, pick
 from ..fileio import sha256_file, write_json_atomic
 from ..sae.config import TrainConfig
 from .config import Study
+from .paths import check_products
 from .stages import Role, Stage
 
 TRAIN_SETTINGS = ("arch", "k", "d_sae", "steps", "batch_size", "seed", "l1_coefficient")
@@ -197,6 +198,8 @@ class _Planner:
         self.trained: dict[tuple, Stage] = {}  # (label, hook, seed, k) -> train stage, each SAE once
 
     def add(self, stage: Stage) -> Stage:
+        if stage.kind != "pretrained":  # the study owns every product but a pretrained SAE folder
+            stage.root = self.out
         self.stages.append(stage)
         return stage
 
@@ -289,6 +292,7 @@ def _plan_saes(p: _Planner) -> None:
                         label=m.label,
                         hook=hook,
                         role="pretrained",
+                        records=p.out / "pretrained" / m.label / hook,  # not beside the user's folder
                     )
                 )
             else:
@@ -418,6 +422,7 @@ def plan(study: Study, out: Path) -> list[Stage]:
     p = _Planner(study, Path(out))
     for planner in (_plan_extract, _plan_saes, _plan_compare, _plan_absorption, _plan_evaluate):
         planner(p)
+    check_products(((s.name, s.folder) for s in p.stages if s.root is not None), p.out)
     return _ordered(p.stages)
 
 

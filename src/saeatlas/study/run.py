@@ -13,10 +13,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..errors import SaeAtlasError
 from ..fileio import jsonable, read_json, write_bytes_atomic, write_json_atomic
 from .config import Study
+from .paths import check_out
 from .plan import plan
+from .preflight import preflight
 from .stages import Stage, run_stage
 
 RESULTS_VERSION = 4
@@ -114,7 +115,7 @@ def _report_stage(study: Study, out: Path, stages: list[Stage], timings: list[di
         write_bytes_atomic(out / "report.html", render_report(jsonable(results)).encode())
         return {"report": str(out / "report.html")}
 
-    return Stage("report", "report", out / "report.html", {"version": RESULTS_VERSION}, action, list(stages))
+    return Stage("report", "report", out / "report.html", {"version": RESULTS_VERSION}, action, list(stages), root=out)
 
 
 def _log_to(out: Path) -> logging.Handler:
@@ -131,13 +132,14 @@ def run_study(
 ) -> dict:
     """Run every stage not yet done (in `out`, default the study's own); returns {stages: [...], report: path,
     results: path, seconds}.  `progress`: live bars and a rule line per stage on stderr."""
-    out = Path(out if out is not None else study.out)
+    out = check_out(out if out is not None else study.out)
+    stages = plan(study, out)  # refuses colliding products before anything is written
+    preflight(study)
     console = console or Console(stderr=True, highlight=False, quiet=not progress)
     handler = _log_to(out)
     write_bytes_atomic(out / "study.toml", _study_toml(study).encode())
     started = time.perf_counter()
     try:
-        stages = plan(study, out)
         timings = []
         n = len(stages) + 1  # and the report, which needs the others' timings
         remade: set[str] = set()  # keys of the stages made in this run
@@ -173,11 +175,9 @@ def run_study(
 
 def study_status(study: Study, out: str | Path) -> list[dict]:
     """Each stage's state (done, stale, partial, missing) without running anything."""
-    out = Path(out)
-    try:
-        stages = plan(study, out)
-    except SaeAtlasError as exc:  # a pretrained SAE folder missing is a state worth showing
-        return [{"name": "plan", "state": f"cannot plan: {exc}", "key": "", "folder": ""}]
+    out = check_out(out)
+    stages = plan(study, out)
+    preflight(study)
     rows = [{"name": s.name, "state": s.state(), "key": s.key, "folder": str(s.folder)} for s in stages]
     report = _report_stage(study, out, stages, [])
     rows.append({"name": "report", "state": report.state(), "key": report.key, "folder": str(report.folder)})

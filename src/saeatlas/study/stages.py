@@ -87,6 +87,11 @@ class Stage:
     version: int = 1
     """Of the code that makes the product: bumped when a saeatlas release changes what the same settings give,
     so products made by the older code are made again."""
+    root: Path | None = None
+    """The study's output folder when the study owns the product (a stale one may be deleted, only inside it);
+    None for a product it only reads (a pretrained SAE folder)."""
+    records: Path | None = None
+    """Where the stage records go, as `<records>.stage.json` (default: beside `folder`)."""
 
     @cached_property
     def key(self) -> str:
@@ -99,11 +104,13 @@ class Stage:
 
     @property
     def done_file(self) -> Path:
-        return self.folder.with_name(self.folder.name + ".stage.json")
+        base = self.records or self.folder
+        return base.with_name(base.name + ".stage.json")
 
     @property
     def started_file(self) -> Path:
-        return self.folder.with_name(self.folder.name + ".started.json")
+        base = self.records or self.folder
+        return base.with_name(base.name + ".started.json")
 
     def record(self) -> dict | None:
         """The finished record if it holds the current key and the product is still there (a product deleted
@@ -126,7 +133,20 @@ def _read(path: Path) -> dict | None:
 
 
 def _clear(stage: Stage) -> None:
-    """Delete a stale product and its markers (and a trainer's `.partial` checkpoint folder)."""
+    """Delete a stale product and its markers (and a trainer's `.partial` checkpoint folder); only a product the
+    study owns, inside its output folder, with a stage record that reads (else just the records go)."""
+    record = _read(stage.done_file) or _read(stage.started_file)
+    owned = stage.root is not None and stage.root.resolve() in stage.folder.resolve().parents
+    if not (owned and record and isinstance(record.get("key"), str)):
+        if stage.root is not None:
+            log.warning(
+                "%s: not deleting %s (no readable record of this study); making it again in place",
+                stage.name,
+                stage.folder,
+            )
+        stage.done_file.unlink(missing_ok=True)
+        stage.started_file.unlink(missing_ok=True)
+        return
     for path in (stage.folder, stage.folder.with_name(stage.folder.name + ".partial")):
         if path.is_dir():
             shutil.rmtree(path)
@@ -151,6 +171,7 @@ def run_stage(stage: Stage, progress: bool = True, inputs_remade: bool = False) 
     elif state == "partial":
         log.info("%s: resuming", stage.name)
     stage.folder.parent.mkdir(parents=True, exist_ok=True)
+    stage.started_file.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stage.started_file, {"key": stage.key, "name": stage.name})
     started = time.perf_counter()
     summary = jsonable(stage.action(stage, progress))
