@@ -140,3 +140,22 @@ def test_import_saeatlas_makes_openmp_wait_passively_unless_told(given, expected
     code = "import os, saeatlas; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
     assert out.stdout.strip() == expected
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
+    """A file where a folder goes, a path under a file: one line, exit 2, before the inputs are even read."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    cases = [
+        ["train", "--activations", "missing.npy", "--out", str(afile / "sae")],
+        ["compare", "--store-a", "x", "--store-b", "y", "--saes-a", "a/{hook}", "--saes-b", "b"]
+        + ["--hooks-a", "1", "--hooks-b", "1", "--out", str(afile)],
+        ["extract", "--model", "m", "--corpus", "c", "--hooks", "1", "--out", str(afile)],
+        ["init", str(afile / "s.toml")],
+        ["report", str(afile)],
+    ]
+    for argv in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "afile" in err[0] and ("is a file" in err[0] or "which is a file" in err[0]), err
+    assert afile.read_text() == "mine"

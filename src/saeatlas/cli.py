@@ -391,6 +391,18 @@ def _parser(verb: str | None) -> tuple[argparse.ArgumentParser, dict[str, list[s
     return parser, shown
 
 
+OUTPUTS = {"out": "folder", "path": "file", "out_dir": "folder"}
+"""The arguments verbs write to (and what they are), checked before any work starts."""
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from .fileio import check_writable
+
+    for name, kind in OUTPUTS.items():
+        if isinstance(path := getattr(args, name, None), Path):
+            check_writable(path, f"--{name.replace('_', '-')}" if name == "out" else name.replace("_", " "), kind)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
@@ -413,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="saeatlas: %(message)s", stream=sys.stderr)
     try:
+        _check_outputs(args)
         return VERBS[args.verb][2](args)
     except ConfigError as exc:
         from .flags import typed

@@ -90,6 +90,31 @@ def read_json(path: Path, missing: str, fix: str, error: type[Exception] | None 
         raise error(f"{path} is not valid JSON ({str(exc).splitlines()[0]}): {fix}") from None
 
 
+def check_writable(path: str | Path, what: str, kind: str = "folder") -> None:
+    """SaeAtlasError (one line) unless saeatlas can create or write the `kind` ("folder" or "file") `path`,
+    checked before any work: not a file where a folder goes (or the reverse), no file among its parents, and a
+    probe file can be created in its nearest existing folder (read-only or full file systems, permissions)."""
+    import tempfile
+
+    from .errors import SaeAtlasError
+
+    path = Path(path).expanduser()
+    if path.exists() and (path.is_dir() != (kind == "folder")):
+        raise SaeAtlasError(f"{what} '{path}' is {'a file' if kind == 'folder' else 'a folder'}: give a {kind} path")
+    parent = path if path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SaeAtlasError(f"{what} '{path}' is inside '{parent}', which is a file: give a path in a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".saeatlas-probe-"):
+            pass
+    except OSError as exc:
+        raise SaeAtlasError(
+            f"cannot write {what} '{path}': {exc.strerror or exc} in '{parent}'; choose a folder you can write to"
+        ) from None
+
+
 def read_json_or_none(path: Path) -> Any | None:
     """The JSON document in `path`, or None if there is none or it is damaged (for records a rerun rewrites:
     stage markers, caches)."""

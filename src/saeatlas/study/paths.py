@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import SaeAtlasError
+from ..fileio import check_writable
 
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """A model label: a plain folder name (no separators, no leading dot, at most 64 characters)."""
@@ -80,6 +81,7 @@ def check_out(out: str | Path, cwd: Path | None = None) -> Path:
                 f"out = {given!r} holds files that are not a saeatlas study ({', '.join(foreign[:3])}"
                 f"{', ...' if len(foreign) > 3 else ''}): give an empty or new folder"
             )
+    check_writable(resolved, "out")
     return resolved
 
 
