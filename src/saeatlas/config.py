@@ -39,16 +39,17 @@ def check(ok: bool, field: str, value: Any, allowed: str) -> None:
         raise ConfigError(field, value, allowed)
 
 
+MAX_COUNT = 10**12
+"""The largest count any setting can mean (tokens, steps, seeds...): a larger one can only be a mistake, and
+would overflow the int64 tensors and numpy seeds it reaches."""
+
+
 def check_int(cfg, field: str, low: int, high: int | None = None, allowed: str = "") -> None:
-    """cfg.<field> is an int in [low, high] (high None: no upper bound)."""
+    """cfg.<field> is an int in [low, high] (high None: up to MAX_COUNT)."""
     value = getattr(cfg, field)
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    check(
-        ok,
-        field,
-        value,
-        allowed or (f"use an integer from {low} to {high}" if high is not None else f"use an integer >= {low}"),
-    )
+    high = MAX_COUNT if high is None else high
+    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    check(ok, field, value, allowed or f"use an integer from {low} to {high}")
 
 
 def check_float(

@@ -73,12 +73,15 @@ class SAEConfig(Config):
             f"use an integer from 1 to d_sae ({self.d_sae})",
         )
         check_float(self, "l1_coefficient", 0)
-        check(
-            self.target_l0 is None or (isinstance(self.target_l0, (int, float)) and self.target_l0 > 0),
-            "target_l0",
-            self.target_l0,
-            "use a positive L0, or leave it unset (then k)",
-        )
+        if self.target_l0 is not None:
+            check_float(
+                self,
+                "target_l0",
+                0,
+                self.d_sae,
+                low_open=True,
+                allowed="use an L0 in (0, d_sae], or leave it unset (then k)",
+            )
         check_float(self, "l0_coefficient", 0)
         check_float(self, "jump_bandwidth", 0, low_open=True)
         check_int(self, "gba_groups", 1, 1 << 16)
@@ -141,13 +144,8 @@ class TrainConfig(Config):
         )
         check_int(self, "warmup_steps", 0)
         check_float(self, "decay_fraction", 0, 1)
-        check(
-            self.sparsity_warmup_steps is None
-            or (isinstance(self.sparsity_warmup_steps, int) and self.sparsity_warmup_steps >= 1),
-            "sparsity_warmup_steps",
-            self.sparsity_warmup_steps,
-            "use at least 1 step, or leave it unset",
-        )
+        if self.sparsity_warmup_steps is not None:
+            check_int(self, "sparsity_warmup_steps", 1, 10**9, "use 1 to 10^9 steps, or leave it unset")
         check_float(self, "grad_clip", 0, low_open=True)
         check_float(self, "aux_k_coefficient", 0)
         check_int(self, "dead_after_tokens", 1)
