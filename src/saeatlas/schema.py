@@ -26,7 +26,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, NotRequired, Union, get_args, get_origin, get_type_hints
 
-from annotated_types import Ge, Le, MinLen
+from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic import StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import TypedDict, is_typeddict
 
@@ -228,7 +228,7 @@ _ITEMSIZE |= {"I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 class SafetensorsTensor(TypedDict):
     dtype: SafetensorsDtype
     shape: list[Annotated[int, Ge(0), Le(MAX_TOKENS)]]
-    data_offsets: tuple[Annotated[int, Ge(0)], Annotated[int, Ge(0)]]
+    data_offsets: Annotated[list[Annotated[int, Ge(0)]], MinLen(2), MaxLen(2)]
 
 
 SafetensorsHeader = dict[str, SafetensorsTensor]
@@ -243,9 +243,6 @@ class ModelConfig(TypedDict):
     hidden_size: NotRequired[Width]
     num_hidden_layers: NotRequired[Layers]
     vocab_size: NotRequired[Annotated[int, Ge(1), Le(MAX_VOCAB)]]
-    num_attention_heads: NotRequired[Annotated[int, Ge(1), Le(MAX_WIDTH)]]
-    intermediate_size: NotRequired[Annotated[int, Ge(1), Le(1 << 24)]]
-    max_position_embeddings: NotRequired[Annotated[int, Ge(1), Le(1 << 26)]]
 
 
 # ---------------------------------------------------------------- study stages (study/stages.py)
