@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 import struct
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -387,8 +386,12 @@ RULES: dict[Any, Callable[[Any], Iterator[tuple[str, Any, str]]]] = {
 """Schema -> rules across its fields: yields (field, value, what was expected) for each broken one."""
 
 RESULT_VERSIONS = {"compare": 4, "concepts": 4, "absorption": 2, "study": 4}
-RESULT_SCHEMAS = {"compare": CompareResults, "concepts": ConceptsResults, "absorption": AbsorptionResults}
-RESULT_SCHEMAS["study"] = StudyResults
+RESULT_SCHEMAS = {
+    "compare": CompareResults,
+    "concepts": ConceptsResults,
+    "absorption": AbsorptionResults,
+    "study": StudyResults,
+}
 
 
 # ---------------------------------------------------------------- checking
@@ -692,7 +695,3 @@ def _field_mutations(root: Any, path: list, hint: Any, value: Any) -> Iterator[t
     bare, _ = _unwrap(hint)
     if is_typeddict(bare) and isinstance(value, dict) or get_origin(bare) in (list, dict) and value:
         yield from mutations(root, bare, path)
-
-
-def is_key16(text: Any) -> bool:
-    return isinstance(text, str) and re.fullmatch(HEX16, text) is not None
