@@ -1,4 +1,4 @@
-"""A realistic study results dict (results.json, version 2) made from tiny models, for the report tests.
+"""A realistic study results dict (results.json, the current version) made from tiny models, for the report tests.
 
 Every part comes from the real code path: two activation stores of tiny models with different tokenizers
 (windows cut by characters so they align), TopK SAEs trained on two layers of each (plus a second seed of
@@ -292,6 +292,7 @@ def _build(root: Path, models: dict[str, Path], method: str) -> dict:
     from saeatlas.fileio import jsonable
     from saeatlas.report.files import write_compare
     from saeatlas.study.cards import pair_cards
+    from saeatlas.study.run import RESULTS_VERSION
 
     t0, clock = time.perf_counter(), _Clock()
     write_corpus(root / "corpus")
@@ -308,7 +309,7 @@ def _build(root: Path, models: dict[str, Path], method: str) -> dict:
     with clock.stage("absorption"):
         absorption = jsonable(_absorption(root, models["a"]))
     results = {
-        "version": 2,
+        "version": RESULTS_VERSION,
         "kind": "study",
         "study": _study(root, models),
         "legacy": method == "legacy_first",

@@ -72,21 +72,24 @@ def test_user_toml_and_json_files(tmp_path):
         ("c.yaml", "a: [b]", "neither .toml nor .json"),
         ("c.toml", "Animals = [fox", "cannot be parsed"),
         ("c.json", '{"a": ["b"]', "cannot be parsed"),
-        ("c.json", '["fox", "dog"]', "must map concept names to word lists"),
-        ("c.json", "{}", "must map concept names to word lists"),
-        ("c.toml", 'Animals = "fox"', "'Animals' must be a non-empty list"),
-        ("c.toml", "Animals = []", "'Animals' must be a non-empty list"),
-        ("c.json", '{"Animals": ["fox", 3]}', "'Animals' must be a non-empty list"),
-        ("c.json", '{"Animals": ["fox", "  "]}', "'Animals' must be a non-empty list"),
+        ("c.json", '["fox", "dog"]', r"the whole file = \['fox', 'dog'\]: expected a table"),
+        ("c.json", "{}", "the whole file = {}: expected a non-empty table"),
+        ("c.toml", 'Animals = "fox"', "field 'Animals' = 'fox': expected a list"),
+        ("c.toml", "Animals = []", r"field 'Animals' = \[\]: expected a non-empty list"),
+        ("c.json", '{"Animals": ["fox", 3]}', r"field 'Animals\[1\]' = 3: expected a string"),
+        ("c.json", '{"Animals": ["fox", "  "]}', r"field 'Animals\[1\]' = '  ': expected a word"),
+        ("c.json", b'{"Animals": ["fo\xffx"]}', "is not valid JSON|cannot be parsed"),
     ],
 )
 def test_bad_concept_files_name_the_file_and_the_problem(tmp_path, name, content, problem):
     path = tmp_path / name
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(SaeAtlasError, match=problem) as err:
         load_concepts(path)
-    assert str(path) in str(err.value)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_keyword_sequences_cover_spacing_and_case_without_specials(tok):

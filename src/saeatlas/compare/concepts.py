@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SaeAtlasError
+from ..schema import ConceptsFile, checked
 
 BUILTIN = "concepts.json"
 """The paper's eight keyword categories, shipped as package data."""
@@ -60,17 +61,14 @@ def load_concept_sources(sources: list[str]) -> dict[str, list[str]]:
 
 
 def _checked(raw, source: str) -> dict[str, list[str]]:
-    """`raw` as name -> list of words, or SaeAtlasError naming `source` and the problem."""
-    if not isinstance(raw, dict) or not raw:
-        raise SaeAtlasError(
-            f'concepts file \'{source}\' must map concept names to word lists, e.g. Time = ["day", "week"]'
-        )
+    """`raw` as name -> list of words, or SaeAtlasError naming `source`, the field and the problem."""
+    fix = 'map each concept name to a non-empty list of words, e.g. Time = ["day", "week"]'
+    checked(raw, ConceptsFile, f"concepts file '{source}'", fix)
     concepts = {}
     for name, words in raw.items():
-        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
-            raise SaeAtlasError(
-                f"concepts file '{source}': concept '{name}' must be a non-empty list of non-empty words"
-            )
+        for i, word in enumerate(words):
+            if not word.strip():
+                raise SaeAtlasError(f"concepts file '{source}': field '{name}[{i}]' = {word!r}: expected a word; {fix}")
         concepts[str(name)] = [w.strip() for w in words]
     return concepts
 

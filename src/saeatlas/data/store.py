@@ -28,6 +28,7 @@ import torch
 
 from ..errors import StoreError
 from ..fileio import read_json, sha256_file
+from ..schema import Manifest, checked, short_repr
 from .tokens import EXCLUDED_BY_DEFAULT
 
 MANIFEST = "manifest.json"
@@ -85,13 +86,21 @@ def read_manifest(path: Path) -> dict:
         "delete the store and extract again",
         StoreError,
     )
-    if manifest.get("format") != FORMAT:
-        raise StoreError(f"{file} is not a saeatlas activation store manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StoreError(f"{file} is not a saeatlas activation store manifest: give the folder `extract` wrote")
     if manifest.get("version") != FORMAT_VERSION:
         raise StoreError(
-            f"{file} has store format version {manifest.get('version')}; this saeatlas reads {FORMAT_VERSION}"
+            f"{file} has store format version {short_repr(manifest.get('version'))}; this saeatlas reads "
+            f"{FORMAT_VERSION}: extract the store again with this saeatlas"
         )
-    return manifest
+    return checked(
+        manifest, Manifest, file, "the manifest is damaged or was edited: extract the store again", StoreError
+    )
+
+
+def storage_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype a store of `dtype` keeps its activations in (bf16 as its uint16 bits)."""
+    return np.dtype(np.uint16) if dtype == "bfloat16" else np.dtype(np.float32)
 
 
 class ActivationStore:
@@ -153,22 +162,33 @@ class ActivationStore:
         for shard in range(self.n_shards):
             self.verify_shard(shard)
 
-    def _load(self, rel: str, shard: int) -> np.ndarray:
+    def _load(self, rel: str, shard: int, dtype: np.dtype, shape: tuple[int, ...], field: str) -> np.ndarray:
+        """The array of file `rel` of `shard`, which must be `dtype` of `shape` as the manifest's `field` says."""
         self.verify_shard(shard)
         try:
-            return np.load(self.path / rel, mmap_mode="r", allow_pickle=False)
+            array = np.load(self.path / rel, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise StoreError(f"cannot read {self.path / rel}: {exc}") from None
+        if array.dtype != dtype or array.shape != shape:
+            raise StoreError(
+                f"{self.path / MANIFEST}: field {field} says {rel} holds {dtype} {list(shape)}, but it holds "
+                f"{array.dtype} {list(array.shape)}: the manifest was edited or the file is another store's; "
+                "extract the store again"
+            )
+        return array
 
     def index(self, shard: int) -> np.ndarray:
         """Token records of one shard, structured [n_tokens] (memory-mapped)."""
-        return self._load(index_path(shard), shard)
+        n = self.manifest["shards"][shard]["n_tokens"]
+        return self._load(index_path(shard), shard, INDEX_DTYPE, (n,), f"'shards[{shard}].n_tokens' = {n}")
 
     def raw_activations(self, hook: str, shard: int) -> np.ndarray:
         """Activations of one shard as stored, [n_tokens, d_model] (memory-mapped)."""
         if hook not in self.hooks:
             raise StoreError(f"store '{self.path}' has no hook '{hook}': it holds {', '.join(self.hooks)}")
-        return self._load(activations_path(hook, shard), shard)
+        n, d = self.manifest["shards"][shard]["n_tokens"], self.d_model
+        field = f"'dtype' = '{self.dtype}' (with n_tokens {n}, d_model {d})"
+        return self._load(activations_path(hook, shard), shard, storage_dtype(self.dtype), (n, d), field)
 
     def activations(self, hook: str, shard: int) -> torch.Tensor:
         """Activations of one shard as a torch tensor [n_tokens, d_model] in the stored dtype."""

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import HubUnavailableError, SaeAtlasError, UnknownModelError
 from ..fileio import cache_dir, read_json_or_none, sha256_file, write_json_atomic
+from ..schema import ModelConfig, read_checked_json, read_safetensors_header
 from .architectures import architecture_for
 from .handle import ModelHandle
 from .registry import PACKAGED_MODELS, PackagedModel, packaged_model
@@ -241,6 +242,7 @@ def _load_folder(
 ) -> ModelHandle:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    check_model_folder(folder)
     try:
         config = AutoConfig.from_pretrained(folder)
         architecture = architecture_for(config.model_type)
@@ -255,6 +257,15 @@ def _load_folder(
     return ModelHandle(
         spec=spec, name=name, model=model, tokenizer=tokenizer, kind=kind, identity=identity, architecture=architecture
     )
+
+
+def check_model_folder(folder: Path) -> None:
+    """A model folder's config.json (the fields saeatlas reads) and the headers of its .safetensors files: a
+    wrong type or a damaged (cut, garbled) weight file is one line naming the file."""
+    fix = "the model folder is damaged: download or save the model again"
+    read_checked_json(folder / "config.json", ModelConfig, f"'{folder}' has no config.json: {fix}", fix)
+    for weights in sorted(folder.glob("*.safetensors")):
+        read_safetensors_header(weights, fix)
 
 
 def _quiet_transformers() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import SaeAtlasError
 from ..fileio import read_json, write_bytes_atomic
+from ..schema import checked_results
 from .format import fmt, short_hooks  # noqa: F401  (short_hooks: public here as before; it lives in format.py)
 from .markup import e
 from .sections import MODULES
@@ -68,10 +69,10 @@ def write_report(out_dir: str | Path) -> Path:
         f"no results.json in '{out_dir}': run `saeatlas run` to make the study first",
         "run `saeatlas run` again to rewrite it",
     )
-    if results.get("kind") != "study":
-        raise SaeAtlasError(
-            f"{source} holds '{results.get('kind')}' results, not a study's: give the output folder of `saeatlas run`"
-        )
+    if not isinstance(results, dict) or results.get("kind") != "study":
+        kind = results.get("kind") if isinstance(results, dict) else type(results).__name__
+        raise SaeAtlasError(f"{source} holds '{kind}' results, not a study's: give the output folder of `saeatlas run`")
+    checked_results(results, "study", source, "run `saeatlas run` again to rewrite it")
     path = out_dir / "report.html"
     write_bytes_atomic(path, render_report(results).encode("utf-8"))
     return path

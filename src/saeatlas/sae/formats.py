@@ -20,8 +20,15 @@ import torch
 
 from ..config import pick
 from ..errors import SaeAtlasError
-from ..fileio import read_json, write_json_atomic
+from ..fileio import write_json_atomic
 from ..models.hooks import canonical_hook, hook_spellings, template_problem, transformer_lens_name
+from ..schema import (
+    DictionaryLearningConfig,
+    SAELensCfg,
+    SparsifyCfg,
+    read_checked_json,
+    read_safetensors_header,
+)
 from .config import SAEConfig
 from .model import SparseAutoencoder
 
@@ -136,11 +143,13 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
     )
 
 
-def _read_json(path: Path) -> dict:
-    return read_json(
-        path,
-        f"{path} is missing: an SAE folder needs its config next to the weights",
-        "fix or replace the SAE's config",
+_CFG_FIX = "fix or replace the SAE's config"
+_WEIGHTS_FIX = "the SAE's weights are damaged: download or save the SAE again"
+
+
+def _read_json(path: Path, schema) -> dict:
+    return read_checked_json(
+        path, schema, f"{path} is missing: an SAE folder needs its config next to the weights", _CFG_FIX
     )
 
 
@@ -148,6 +157,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    read_safetensors_header(path, _WEIGHTS_FIX)  # a cut or garbled file: one line naming it
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -183,14 +193,14 @@ def _build(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, threshold=None) -> Sparse
 
 
 def _load_saelens(folder: Path) -> SparseAutoencoder:
-    raw = _read_json(folder / SAELENS_CFG)
-    try:
-        d_in, d_sae, arch_name = int(raw["d_in"]), int(raw["d_sae"]), raw.get("architecture", "standard")
-    except (KeyError, TypeError, ValueError):
-        raise SaeAtlasError(f"{folder / SAELENS_CFG} lacks d_in / d_sae") from None
+    raw = _read_json(folder / SAELENS_CFG, SAELensCfg)
+    d_in, d_sae, arch_name = raw["d_in"], raw["d_sae"], raw.get("architecture", "standard")
     ours = raw.get("saeatlas", {}).get("sae")
     if ours:
-        cfg = SAEConfig(**pick(SAEConfig, ours))
+        try:
+            cfg = SAEConfig(**pick(SAEConfig, ours))
+        except SaeAtlasError as exc:  # a setting out of its range: name the file
+            raise SaeAtlasError(f"{folder / SAELENS_CFG}: section 'saeatlas.sae': {exc}") from None
     elif arch_name in LOADED_ARCHITECTURE:
         cfg = SAEConfig(
             arch=LOADED_ARCHITECTURE[arch_name], d_in=d_in, d_sae=d_sae, k=int(raw.get("k") or min(32, d_sae))
@@ -223,13 +233,17 @@ def _load_saelens(folder: Path) -> SparseAutoencoder:
 
 
 def _load_sparsify(folder: Path) -> SparseAutoencoder:
-    raw = _read_json(folder / "cfg.json")
+    raw = _read_json(folder / "cfg.json", SparsifyCfg)
     path = folder / "sae.safetensors"
     t = _read_safetensors(path)
-    if "encoder.weight" not in t:
-        raise SaeAtlasError(f"{path} has no 'encoder.weight': not a sparsify SAE")
+    if "encoder.weight" not in t or t["encoder.weight"].ndim != 2:
+        raise SaeAtlasError(f"{path} has no 2-d 'encoder.weight': not a sparsify SAE")
     d_sae, d_in = t["encoder.weight"].shape
-    cfg = SAEConfig(arch="topk", d_in=int(d_in), d_sae=int(d_sae), k=int(raw.get("k", 32)))
+    _agrees(raw, folder / "cfg.json", d_in=d_in, num_latents=d_sae)
+    k = raw.get("k", min(32, d_sae))
+    if k > d_sae:
+        raise SaeAtlasError(f"{folder / 'cfg.json'}: field 'k' = {k}: expected at most d_sae ({d_sae}); {_CFG_FIX}")
+    cfg = SAEConfig(arch="topk", d_in=int(d_in), d_sae=int(d_sae), k=k)
     return _build(
         cfg,
         _expect(t, "encoder.weight", (d_sae, d_in), path).T,
@@ -241,18 +255,14 @@ def _load_sparsify(folder: Path) -> SparseAutoencoder:
 
 def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
     path = folder / "ae.pt"
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        # UnpicklingError for unsafe pickles; RuntimeError / EOFError for corrupt or truncated archives
-        raise SaeAtlasError(
-            f"{path} cannot be loaded safely ({type(exc).__name__}): only plain state dicts are accepted"
-        ) from None
-    if not isinstance(state, dict):
-        raise SaeAtlasError(f"{path} does not hold a state dict")
-    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    state = _read_state_dict(path)
+    config = _read_json(folder / "config.json", DictionaryLearningConfig) if (folder / "config.json").is_file() else {}
     trainer = config.get("trainer", {})
     if "W_enc" in state:  # JumpReLU dictionary
+        if state["W_enc"].ndim != 2:
+            raise SaeAtlasError(
+                f"{path}: tensor 'W_enc' has shape {list(state['W_enc'].shape)}: expected [d_in, d_sae]"
+            )
         d_in, d_sae = state["W_enc"].shape
         cfg = SAEConfig(arch="jumprelu", d_in=int(d_in), d_sae=int(d_sae), k=min(32, int(d_sae)))
         return _build(
@@ -265,10 +275,18 @@ def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
         )
     if "encoder.weight" not in state:
         raise SaeAtlasError(f"{path} holds keys {', '.join(sorted(state))}: not a dictionary_learning autoencoder")
+    if state["encoder.weight"].ndim != 2:
+        shape = list(state["encoder.weight"].shape)
+        raise SaeAtlasError(f"{path}: tensor 'encoder.weight' has shape {shape}: expected [d_sae, d_in]")
     d_sae, d_in = state["encoder.weight"].shape
+    if config:
+        _agrees(trainer, folder / "config.json", "trainer.", activation_dim=d_in, dict_size=d_sae)
     bias_key = "b_dec" if "b_dec" in state else "bias"
     if "k" in state or "k" in trainer:
-        k = int(state["k"]) if "k" in state else int(trainer["k"])
+        k = _k_of(state, path) if "k" in state else trainer["k"]
+        if not 1 <= k <= d_sae:
+            where = f"{path}: tensor 'k'" if "k" in state else f"{folder / 'config.json'}: field 'trainer.k'"
+            raise SaeAtlasError(f"{where} = {k}: expected an integer from 1 to d_sae ({d_sae}); {_CFG_FIX}")
         cfg = SAEConfig(arch="topk", d_in=int(d_in), d_sae=int(d_sae), k=k)
     else:
         cfg = SAEConfig(arch="relu", d_in=int(d_in), d_sae=int(d_sae), k=min(32, int(d_sae)))
@@ -281,12 +299,55 @@ def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
     )
 
 
+def _agrees(raw: dict, path: Path, prefix: str = "", **shape: int) -> None:
+    """The config's sizes (`raw[name]`, where given) equal the weights' (`shape[name]`)."""
+    for name, actual in shape.items():
+        if name in raw and raw[name] != actual:
+            raise SaeAtlasError(
+                f"{path}: field '{prefix}{name}' = {raw[name]}: expected {int(actual)} (the weights' size); {_CFG_FIX}"
+            )
+
+
+def _k_of(state: dict, path: Path) -> int:
+    k = state["k"]
+    if k.numel() != 1 or k.is_floating_point() or k.dtype == torch.bool:
+        raise SaeAtlasError(f"{path}: tensor 'k' is {k.dtype} {list(k.shape)}: expected one integer")
+    return int(k)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A dictionary_learning ae.pt: a dict of tensors, read with weights_only=True.  An unsafe pickle is refused
+    in one line (without torch's advice to load it unsafely); a damaged archive says so."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        raise SaeAtlasError(
+            f"{path} holds pickled Python objects, not only tensors: refused, since loading them could run code; "
+            "save the SAE as a plain state dict of tensors (torch.save(ae.state_dict(), ...))"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, KeyError) as exc:
+        # RuntimeError / EOFError for corrupt or truncated archives
+        raise SaeAtlasError(
+            f"{path} is damaged or truncated ({type(exc).__name__}: {str(exc).splitlines()[0][:80]}): "
+            "download or save the SAE again"
+        ) from None
+    if not isinstance(state, dict):
+        raise SaeAtlasError(f"{path} holds a {type(state).__name__}, not a state dict (names -> tensors)")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise SaeAtlasError(
+                f"{path}: entry {name!r} is a {type(value).__name__}: expected a tensor (a state dict holds only "
+                "tensors); save ae.state_dict()"
+            )
+    return state
+
+
 def read_metadata(folder: str | Path) -> dict:
     """The `metadata` of a SAELens folder (hook in saeatlas naming); {} for other layouts."""
     path = Path(folder) / SAELENS_CFG
     if not (Path(folder) / SAELENS_WEIGHTS).is_file():
         return {}
-    meta = dict(_read_json(path).get("metadata") or {})
+    meta = dict(_read_json(path, SAELensCfg).get("metadata") or {})
     if meta.get("hook_name"):
         meta["hook_name"] = _our_hook_name(meta["hook_name"])
     return meta

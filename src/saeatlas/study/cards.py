@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import read_json
+from ..schema import checked_results
 
 
 def strongest_pairs(comparison: dict, n: int) -> list[tuple[int, int, float]]:
@@ -36,6 +37,7 @@ def pair_cards(results_path: Path, per_layer_pair: int, n_contexts: int = 3) -> 
     results = read_json(
         results_path, f"no comparison results at {results_path}: run the comparison first", "run the comparison again"
     )
+    checked_results(results, "compare", results_path, "run the comparison again")
     cfg = results["config"]
     stores = {"a": ActivationStore(cfg["store_a"]), "b": ActivationStore(cfg["store_b"])}
     chosen = [(entry, strongest_pairs(entry["sae"], per_layer_pair)) for entry in results["pairs"]]

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..fileio import jsonable, read_json, write_bytes_atomic, write_json_atomic
+from ..schema import EvalMetrics, PairCards, checked, checked_results
 from .config import Study
 from .paths import check_out
 from .plan import plan
@@ -27,9 +28,18 @@ RESULTS_VERSION = 4
 comparison results version 4."""
 
 
-def _read_json(path: Path):
-    """A stage's results document, or None when the stage was not part of the study."""
-    return read_json(path, "", "rerun the study to make it again") if path.is_file() else None
+RERUN = "rerun the study to make it again"
+
+
+def _read_json(path: Path, schema):
+    """A stage's document, checked against `schema` (or, for "compare", "concepts" and "absorption", its
+    results kind and version), or None when the stage was not part of the study."""
+    if not path.is_file():
+        return None
+    doc = read_json(path, "", RERUN)
+    if isinstance(schema, str):
+        return checked_results(doc, schema, path, f"delete it and {RERUN}")
+    return checked(doc, schema, path, f"delete it and {RERUN}")
 
 
 def _model_facts(study: Study, stages: list[Stage]) -> list[dict]:
@@ -60,7 +70,7 @@ def _sae_facts(stages: list[Stage]) -> list[dict]:
     evals = {}  # SAE folder -> {hook, metrics, downstream}
     for stage in stages:
         if stage.kind == "evaluate":
-            evals.update(_read_json(stage.folder / "metrics.json") or {})
+            evals.update(_read_json(stage.folder / "metrics.json", EvalMetrics) or {})
     facts = []
     for stage in stages:
         if stage.kind not in ("train", "pretrained"):
@@ -89,7 +99,7 @@ def _sae_facts(stages: list[Stage]) -> list[dict]:
 
 def assemble_results(study: Study, out: Path, stages: list[Stage], timings: list[dict]) -> dict:
     """results.json: the study, its models and SAEs, and every stage's results."""
-    compare = _read_json(out / "compare" / "results.json")
+    compare = _read_json(out / "compare" / "results.json", "compare")
     return {
         "version": RESULTS_VERSION,
         "kind": "study",
@@ -98,9 +108,9 @@ def assemble_results(study: Study, out: Path, stages: list[Stage], timings: list
         "models": _model_facts(study, stages),
         "saes": _sae_facts(stages),
         "compare": compare,
-        "concepts": _read_json(out / "concepts" / "concepts.json"),
-        "absorption": _read_json(out / "absorption" / "absorption.json"),
-        "pair_cards": _read_json(out / "cards" / "cards.json") or [],
+        "concepts": _read_json(out / "concepts" / "concepts.json", "concepts"),
+        "absorption": _read_json(out / "absorption" / "absorption.json", "absorption"),
+        "pair_cards": _read_json(out / "cards" / "cards.json", PairCards) or [],
         "stages": timings,
         "seconds": sum(float(t.get("seconds_when_made") or 0.0) for t in timings),
     }
@@ -250,6 +260,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
 
     console = console or Console(highlight=False, markup=False, soft_wrap=True)
     results = read_json(summary["results"], f"{summary['results']} is missing", "rerun the study")
+    checked_results(results, "study", summary["results"], "rerun the study")
     print_study_summary(summary["stages"], results, console)
     say(
         console, [f"total {summary['seconds']:.1f} s;", f"results {summary['results']};", f"report {summary['report']}"]

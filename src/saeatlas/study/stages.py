@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..fileio import jsonable, read_json_or_none, write_json_atomic
+from ..schema import StageRecord, StartedRecord, schema_problem
 
 log = logging.getLogger("saeatlas.study")
 State = Literal["done", "stale", "partial", "missing"]
@@ -115,21 +116,33 @@ class Stage:
     def record(self) -> dict | None:
         """The finished record if it holds the current key and the product is still there (a product deleted
         by hand is made again, not read as missing by the stages after it)."""
-        record = _read(self.done_file)
+        record = _read(self.done_file, StageRecord)
         return record if record and record.get("key") == self.key and self.folder.exists() else None
 
     def state(self) -> State:
         if self.record() is not None:
             return "done"
-        done, started = _read(self.done_file), _read(self.started_file)
+        done, started = _read(self.done_file, StageRecord), _read(self.started_file, StartedRecord)
         if done or (started and started.get("key") != self.key):
             return "stale"
         return "partial" if started else "missing"
 
 
-def _read(path: Path) -> dict | None:
+DAMAGED: dict = {"key": None}
+"""What a record that is there but damaged (not JSON, or fields of the wrong type) reads as: stale."""
+
+
+def _read(path: Path, schema) -> dict | None:
+    """The record at `path` if it fits `schema`; None if there is none; `DAMAGED` (a stale record, so the
+    product is made again) if it is unreadable or its fields are wrong."""
+    if not path.exists():
+        return None
     record = read_json_or_none(path)
-    return record if isinstance(record, dict) else None
+    problem = "not JSON" if record is None else schema_problem(record, schema)
+    if problem is not None:
+        log.warning("%s is damaged (%s); making its stage again", path, problem)
+        return DAMAGED
+    return record
 
 
 def _clear(stage: Stage) -> None:
