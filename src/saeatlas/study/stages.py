@@ -148,7 +148,7 @@ def _read(path: Path, schema) -> dict | None:
 def _clear(stage: Stage) -> None:
     """Delete a stale product and its markers (and a trainer's `.partial` checkpoint folder); only a product the
     study owns, inside its output folder, with a stage record that reads (else just the records go)."""
-    record = _read(stage.done_file) or _read(stage.started_file)
+    record = _read(stage.done_file, StageRecord) or _read(stage.started_file, StartedRecord)
     owned = stage.root is not None and stage.root.resolve() in stage.folder.resolve().parents
     if not (owned and record and isinstance(record.get("key"), str)):
         if stage.root is not None:
