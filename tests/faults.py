@@ -41,6 +41,9 @@ class Case:
     verb: str
     name: str
     prepare: Callable[[Path], list[str]]
+    expect: str = "refused"
+    """'refused': exit 2 with one line; 'stale': a damaged stage record is no error, the stage reads as stale
+    (and is made again) -- exit 0, the stage shown stale."""
 
 
 @dataclass
@@ -49,12 +52,15 @@ class Outcome:
     code: int
     stderr: list[str]
     left: list[str] = field(default_factory=list)
+    stdout: str = ""
 
     @property
     def verdict(self) -> str:
         """'ok' (exit 2, one line, nothing left), or what went wrong."""
         if any("Traceback" in line for line in self.stderr):
             return "traceback"
+        if self.case.expect == "stale":
+            return "ok" if self.code == 0 and "stale" in self.stdout else f"exit {self.code}, not shown stale"
         if self.code == 0:
             return "accepted"
         if self.code != 2:
@@ -474,8 +480,8 @@ def run_in_process(case: Case, case_dir: Path) -> Outcome:
     case_dir.mkdir(parents=True)
     argv = case.prepare(case_dir)
     before = listing(case_dir)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             code = main(argv)
         except Exception:  # noqa: BLE001 - what a user would see as a traceback
@@ -484,7 +490,7 @@ def run_in_process(case: Case, case_dir: Path) -> Outcome:
             traceback.print_exc()
             code = 1
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
-    return Outcome(case, code, lines, _left(case_dir, before))
+    return Outcome(case, code, lines, _left(case_dir, before), out.getvalue())
 
 
 def run_subprocess(case: Case, case_dir: Path, env: dict | None = None) -> Outcome:
@@ -505,7 +511,7 @@ def run_subprocess(case: Case, case_dir: Path, env: dict | None = None) -> Outco
         timeout=600,
     )
     err = [line for line in proc.stderr.splitlines() if line.strip()]
-    return Outcome(case, proc.returncode, err, _left(case_dir, before))
+    return Outcome(case, proc.returncode, err, _left(case_dir, before), proc.stdout)
 
 
 def _left(case_dir: Path, before: dict[str, int]) -> list[str]:

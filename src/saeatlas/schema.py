@@ -436,7 +436,7 @@ def _expectation(err: dict) -> str:
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
         bound = next(iter(ctx.values()))
-        return f"{_kind(value)} {sign} {bound}"
+        return f"{_kind(bound)} {sign} {bound:g}" if isinstance(bound, float) else f"{_kind(bound)} {sign} {bound}"
     if kind == "literal_error":
         return ctx["expected"]
     if kind == "string_pattern_mismatch":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -315,22 +316,30 @@ def _k_of(state: dict, path: Path) -> int:
     return int(k)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A dictionary_learning ae.pt: a dict of tensors, read with weights_only=True.  An unsafe pickle is refused
-    in one line (without torch's advice to load it unsafely); a damaged archive says so."""
+def torch_load_safely(path: Path, fix: str):
+    """What the torch file `path` holds, read with weights_only=True (tensors, numbers, lists, dicts).  An unsafe
+    pickle is refused in one line (without torch's advice to load it unsafely, nor its warnings), a damaged
+    archive says so; both end with `fix`."""
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
+            return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:
         raise SaeAtlasError(
-            f"{path} holds pickled Python objects, not only tensors: refused, since loading them could run code; "
-            "save the SAE as a plain state dict of tensors (torch.save(ae.state_dict(), ...))"
+            f"{path} holds pickled Python objects, not only tensors: refused, since loading them could run code; {fix}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError, KeyError) as exc:
         # RuntimeError / EOFError for corrupt or truncated archives
         raise SaeAtlasError(
-            f"{path} is damaged or truncated ({type(exc).__name__}: {str(exc).splitlines()[0][:80]}): "
-            "download or save the SAE again"
+            f"{path} is damaged or truncated ({type(exc).__name__}: {str(exc).splitlines()[0][:80]}): {fix}"
         ) from None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A dictionary_learning ae.pt: a dict of tensors (`torch_load_safely`)."""
+    state = torch_load_safely(
+        path, "save the SAE as a plain state dict of tensors (torch.save(ae.state_dict(), ...)), or download it again"
+    )
     if not isinstance(state, dict):
         raise SaeAtlasError(f"{path} holds a {type(state).__name__}, not a state dict (names -> tensors)")
     for name, value in state.items():

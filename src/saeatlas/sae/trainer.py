@@ -314,7 +314,12 @@ def save_checkpoint(path: Path, sae, optimizer, state: TrainState) -> None:
 
 
 def load_checkpoint(path: Path, sae, optimizer) -> TrainState:
-    data = torch.load(path, weights_only=True)
+    from .formats import torch_load_safely
+
+    fix = f"delete {path.parent} to train from the start"
+    data = torch_load_safely(path, fix)
+    if not isinstance(data, dict) or not {"sae", "optimizer", "state", "inference_threshold"} <= set(data):
+        raise SaeAtlasError(f"{path} is not a saeatlas training checkpoint: {fix}")
     sae.load_state_dict(data["sae"])
     optimizer.load_state_dict(data["optimizer"])
     sae.inference_threshold = data["inference_threshold"]
