@@ -36,7 +36,8 @@ import faults
 from helpers import HOOK
 
 CLI = [sys.executable, "-m", "saeatlas"]
-TIMING_KEYS = ("seconds", "tokens_per_second", "seconds_when_made", "report", "results")
+TIMING_KEYS = ("seconds", "tokens_per_second", "seconds_when_made", "report", "results", "key")
+"""Keys of the JSON documents that hold times, or paths and stage keys (which hash the output folder)."""
 
 
 def _env(root: Path) -> dict:
@@ -70,15 +71,18 @@ def print_inputs(outcomes: list[faults.Outcome]) -> None:
 
 # ---------------------------------------------------------------- kills
 def digest(folder: Path) -> dict[str, object]:
-    """A product's content: file bytes, JSON documents without their timings; run logs, reports, stage
-    records and lock files left out (they hold times)."""
+    """A product's content: file bytes, JSON documents without their timings and with the run's own folder
+    written <here> (two runs into two folders are compared); run logs, reports, stage records and lock files
+    left out (they hold times)."""
     out: dict[str, object] = {}
+    here = str(folder.parent)
     for p in sorted(folder.rglob("*")):
         name = p.name
         if not p.is_file() or name in ("run.log", "report.html") or name.endswith((".stage.json", ".lock")):
             continue
-        if p.suffix == ".json":
-            out[str(p.relative_to(folder))] = _untimed(json.loads(p.read_text()))
+        if p.suffix in (".json", ".toml"):
+            text = p.read_text().replace(here, "<here>")
+            out[str(p.relative_to(folder))] = _untimed(json.loads(text)) if p.suffix == ".json" else text
         else:
             out[str(p.relative_to(folder))] = p.read_bytes()
     return out
@@ -86,7 +90,11 @@ def digest(folder: Path) -> dict[str, object]:
 
 def _untimed(doc):
     if isinstance(doc, dict):
-        return {k: _untimed(v) for k, v in doc.items() if k not in TIMING_KEYS and "seconds" not in k}
+        return {
+            k: _untimed(v)
+            for k, v in doc.items()
+            if k not in TIMING_KEYS and "seconds" not in k and not (k == "state" and v in ("done", "ran"))
+        }
     if isinstance(doc, list):
         return [_untimed(v) for v in doc]
     return doc
@@ -98,7 +106,7 @@ def kill_commands(ws: dict) -> dict[str, callable]:
     extract += ["--split", "all", "--tokens", "1500", "--context", "16", "--shard-windows", "1", "--batch-size", "1"]
     extract += ["--store-dtype", "float32"]
     train = ["train", "--store", str(ws["store"]), "--hook", HOOK, "--arch", "jumprelu", "--d-sae", "64"]
-    train += ["--k", "4", "--steps", "600", "--batch-size", "64", "--checkpoint-every", "20", "--quiet"]
+    train += ["--k", "4", "--steps", "2000", "--batch-size", "64", "--checkpoint-every", "50", "--quiet"]
     return {
         "extract": lambda out: ([*extract, "--quiet", "--out", str(out)], out),
         "train": lambda out: ([*train, "--out", str(out)], out),
@@ -131,9 +139,11 @@ def kills(ws: dict, root: Path, n: int, rng: random.Random) -> list[tuple[str, s
             proc.send_signal(sig)
             proc.wait()
             rerun = subprocess.run([*CLI, *argv], check=False, env=_env(root), capture_output=True, text=True)
-            same = rerun.returncode == 0 and digest(product) == reference
+            now = digest(product)
+            same = rerun.returncode == 0 and now == reference
             results.append((verb, sig.name, at, same))
-            print(f"  {verb} {sig.name} at {at:.1f} s of {solo:.1f}: {'identical' if same else 'DIFFERENT'}")
+            differ = sorted(k for k in set(now) | set(reference) if now.get(k) != reference.get(k))
+            print(f"  {verb} {sig.name} at {at:.1f} s of {solo:.1f}: {'identical' if same else f'DIFFERENT {differ}'}")
     return results
 
 
