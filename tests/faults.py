@@ -277,10 +277,10 @@ def file_cases(ws: dict) -> Iterator[Case]:
             ("not UTF-8", lambda p, raw=raw: p.write_bytes(raw.replace(b'"', b'"\xe9', 1))),
             ("a list, not a table", lambda p: p.write_text("[1, 2]")),
         ]
+        verb = verb_args(Path("."), Path("."))[0]
+        expect = "stale" if kind == "stage record" else "refused"
         for name, write in broken:
-            yield Case(
-                kind, verb_args(Path("."), Path("."))[0], name, _file_preparer(ws, item, inner, write, verb_args)
-            )
+            yield Case(kind, verb, name, _file_preparer(ws, item, inner, write, verb_args), expect)
 
 
 def _writer(doc) -> Callable[[Path], None]:
