@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import SaeAtlasError
-from ..fileio import read_json, write_bytes_atomic
+from ..fileio import read_json, space_for, write_bytes_atomic
 from .format import fmt, short_hooks  # noqa: F401  (short_hooks: public here as before; it lives in format.py)
 from .markup import e
 from .sections import MODULES
@@ -73,7 +73,9 @@ def write_report(out_dir: str | Path) -> Path:
             f"{source} holds '{results.get('kind')}' results, not a study's: give the output folder of `saeatlas run`"
         )
     path = out_dir / "report.html"
-    write_bytes_atomic(path, render_report(results).encode("utf-8"))
+    page = render_report(results).encode("utf-8")
+    with space_for(out_dir, f"report '{path}'", lambda: len(page)):
+        write_bytes_atomic(path, page)
     return path
 
 
