@@ -97,12 +97,14 @@ the size limit (`ulimit -f`)."""
 
 
 def megabytes(n_bytes: float) -> str:
-    """'0.4 MB', '12 MB', '3.2 GB' (decimal units, as `df -H` shows them)."""
+    """'0.042 MB', '3.4 MB', '120 MB', '3.2 GB' (decimal units, as `df -H` shows them)."""
     if n_bytes >= 10e9:
         return f"{n_bytes / 1e9:.0f} GB"
     if n_bytes >= 1e9:
         return f"{n_bytes / 1e9:.1f} GB"
-    return f"{n_bytes / 1e6:.1f} MB" if n_bytes < 10e6 else f"{n_bytes / 1e6:.0f} MB"
+    if n_bytes >= 10e6:
+        return f"{n_bytes / 1e6:.0f} MB"
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e6 else f"{n_bytes / 1e6:.2g} MB"
 
 
 def _existing(path: Path) -> Path:
@@ -133,7 +135,7 @@ def no_space_message(code: int, folder: Path, product: str, needed: int | None) 
     more = f"it needs about {megabytes(needed)} more" if needed is not None else "it needs more"
     resumes = "and rerun (the work done so far resumes)"
     if code == errno.EFBIG:
-        return f"a file of {product} passed the file size limit (`ulimit -f`): {more}; raise the limit {resumes}"
+        return f"a file of {product} would pass the file size limit (`ulimit -f`): raise the limit {resumes}"
     if code == errno.EDQUOT:
         return f"disk quota exceeded on {where} writing {product}: {more}; free space or raise the quota {resumes}"
     return f"no space left on {where} writing {product}: {more} (free {megabytes(free)}); free space {resumes}"

@@ -92,10 +92,16 @@ def run_extract(
         def needed() -> int:
             return _bytes_left(manifest, cfg, documents)
 
+        def check() -> None:  # refuse only where clearly too little is free: the estimate is rough
+            check_space(out, f"store '{out}'", needed() // 2, "free space or choose another --out")
+
         with space_for(out, f"store '{out}'", needed):
+            fresh = not out.exists() or not any(out.iterdir())
+            if fresh:
+                check()
             manifest = _resume_or_start(out, manifest)
-            if not manifest["complete"]:
-                check_space(out, f"store '{out}'", needed() // 2, "free space or choose another --out")
+            if not fresh and not manifest["complete"]:
+                check()  # with the rate of tokens per character measured on the shards written
             return _extract(cfg, out, handle, points, documents, manifest, progress)
 
 
