@@ -252,3 +252,29 @@ def test_an_estimate_that_fails_still_gives_the_line(tmp_path):
     needs = r"^no space left on \S+ writing study 'x': it needs more \(free"
     with pytest.raises(SaeAtlasError, match=needs), fileio.space_for(tmp_path, "study 'x'", broken):
         raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_file_size_limit_during_a_real_extract_is_one_line_and_the_rerun_matches(tiny_gemma, tmp_path):
+    """numpy's own `tofile` reports a short write without an errno; the store's writer must still see EFBIG."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join(TEXTS[i % 5 :] + TEXTS[: i % 5])}) + "\n" for i in range(8)))
+    reference, out = tmp_path / "reference", tmp_path / "store"
+    assert main(_extract_args(tiny_gemma, corpus, reference)) == 0
+    shard = reference / "resid_post.0" / "shard-00000.npy"
+    cli = [sys.executable, "-m", "saeatlas.cli"]
+    limited = subprocess.run(
+        [*cli, *_extract_args(tiny_gemma, corpus, out)],
+        check=False,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size(shard.stat().st_size // 2),
+    )
+    assert limited.returncode == 2, limited.stderr
+    assert limited.stderr.strip() == (
+        f"saeatlas: error: a file of store '{out}' would pass the file size limit (`ulimit -f`): "
+        "raise the limit and rerun (the work done so far resumes)"
+    )
+    assert _temporary_files(tmp_path) == []
+    assert main(_extract_args(tiny_gemma, corpus, out)) == 0
+    assert _tree(out) == _tree(reference)

@@ -85,9 +85,18 @@ def write_npy_atomic(path: Path, array: np.ndarray) -> str:
     tmp = _tmp_name(path)
     with removed_on_failure(tmp):
         with open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
+            np.save(_Writes(fh), array, allow_pickle=False)
         _commit(tmp, path)
     return sha256_file(path)
+
+
+class _Writes:
+    """A file seen only through its `write`: numpy then writes the array in chunks through Python's file object,
+    whose errors carry their errno, instead of with `tofile`, whose short write on a full disk is an OSError
+    without one ("12544 requested and 12256 written").  Same bytes."""
+
+    def __init__(self, fh):
+        self.write = fh.write
 
 
 # ---------------------------------------------------------------- a full disk
