@@ -4,6 +4,7 @@ byte-identical to a solo run."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from helpers import TEXTS, stop_after_command
 
+from saeatlas import locks
 from saeatlas.cli import main
 from saeatlas.errors import SaeAtlasError
 from saeatlas.locks import is_lock_file, lock_file, writing
@@ -221,3 +223,19 @@ def test_racing_trains_the_loser_stops_the_winner_matches_a_solo_run(activations
     assert first.wait() == 0
     assert _tree(raced) == _tree(reference)
     assert not (tmp_path / "raced.partial").exists() and not lock_file(raced).exists()
+
+
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        (errno.EROFS, r"^cannot create the lock file .*store\.lock \(Read-only file system\): write to a folder you"),
+        (errno.ENOSPC, r"^no space left on \S+ writing the lock file .*store\.lock: it needs more \(free .*\); free"),
+    ],
+)
+def test_a_folder_that_cannot_hold_the_lock_file_is_one_line(tmp_path, monkeypatch, code, message):
+    def refuse(path, *args):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(locks.os, "open", refuse)
+    with pytest.raises(SaeAtlasError, match=message), writing(tmp_path / "store", "store"):
+        pass

@@ -10,6 +10,7 @@ Taking a lock the process already holds is a no-op (the study holds its folder w
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -95,12 +96,18 @@ def _acquire(path: Path, folder: Path, what: str) -> int:
 
 
 def _open(path: Path) -> int:
+    from .fileio import NO_SPACE, no_space_message
+
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except (PermissionError, IsADirectoryError) as exc:
-        raise SaeAtlasError(
-            f"cannot create the lock file {path} ({exc.strerror}): write to a folder you can write to"
-        ) from None
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise SaeAtlasError(no_space_message(exc.errno, path.parent, f"the lock file {path}", None)) from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR):
+            raise SaeAtlasError(
+                f"cannot create the lock file {path} ({exc.strerror}): write to a folder you can write to"
+            ) from None
+        raise
 
 
 def _holder(fd: int) -> dict:
