@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import CorpusError, StoreError
-from ..fileio import sha256_file, write_bytes_atomic, write_json_atomic, write_npy_atomic
+from ..fileio import check_space, sha256_file, space_for, write_bytes_atomic, write_json_atomic, write_npy_atomic
+from ..locks import writing
 from ..models import HookPoint, ModelHandle, capture, load_model, parse_hooks
 from .config import ExtractConfig
 from .corpus import Document, corpus_identity, load_documents
@@ -81,10 +83,38 @@ def run_extract(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise StoreError(f"output '{out}' is a file: choose a folder path for --out")
-    handle = handle or load_model(cfg.model, dtype=cfg.model_dtype)
-    points = parse_hooks(cfg.hooks, handle.n_layers)
-    documents = load_documents(cfg.corpus, split=cfg.split, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
-    manifest = _resume_or_start(out, _new_manifest(cfg, handle, points, documents))
+    with writing(out, "store"):  # before the resume step, which deletes the temporary files it finds
+        handle = handle or load_model(cfg.model, dtype=cfg.model_dtype)
+        points = parse_hooks(cfg.hooks, handle.n_layers)
+        documents = load_documents(cfg.corpus, split=cfg.split, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+        manifest = _new_manifest(cfg, handle, points, documents)
+
+        def needed() -> int:
+            return _bytes_left(manifest, cfg, documents)
+
+        def check() -> None:  # refuse only where clearly too little is free: the estimate is rough
+            check_space(out, f"store '{out}'", needed() // 2, "free space or choose another --out")
+
+        with space_for(out, f"store '{out}'", needed):
+            fresh = not out.exists() or not any(out.iterdir())
+            if fresh:
+                check()
+            manifest = _resume_or_start(out, manifest)
+            if not fresh and not manifest["complete"]:
+                check()  # with the rate of tokens per character measured on the shards written
+            return _extract(cfg, out, handle, points, documents, manifest, progress)
+
+
+def _extract(
+    cfg: ExtractConfig,
+    out: Path,
+    handle: ModelHandle,
+    points: list[HookPoint],
+    documents: list[Document],
+    manifest: dict,
+    progress: ProgressFn | None,
+) -> ExtractResult:
+    """Extract the shards `manifest` does not list yet, appending each to it, and finish the store."""
     if manifest["complete"]:
         return ExtractResult(out, manifest["n_tokens"], 0, 0.0)
     if progress:
@@ -113,6 +143,27 @@ def run_extract(
     seconds = time.perf_counter() - start
     _finish(out, manifest, cfg)
     return ExtractResult(out, manifest["n_tokens"], written, seconds)
+
+
+TOKENS_PER_CHAR = 0.3
+"""Tokens per character of text assumed before a store has any shard (English with a BPE: about 0.25)."""
+
+
+def _bytes_left(manifest: dict, cfg: ExtractConfig, documents: list[Document]) -> int:
+    """About how many more bytes the store needs: the tokens still to extract (the budget left, or
+    fewer where the corpus runs out first at the rate of tokens per character seen so far) times what a token
+    takes (its activations at every hook, its index record, its share of the documents' text)."""
+    shards = manifest["shards"]
+    done = sum(s["n_tokens"] for s in shards)
+    next_doc = shards[-1]["last_doc_id"] + 1 if shards else 0
+    chars_done = sum(len(d.text) for d in documents[:next_doc])
+    chars_left = sum(len(d.text) for d in documents[next_doc:])
+    per_char = done / chars_done if done and chars_done else TOKENS_PER_CHAR
+    tokens_left = min(cfg.tokens - done, math.ceil(chars_left * per_char))
+    value_bytes = 2 if manifest["dtype"] == "bfloat16" else 4
+    per_token = len(manifest["hooks"]) * manifest["model"]["d_model"] * value_bytes + INDEX_DTYPE.itemsize
+    per_token += 1 / per_char  # the documents' text
+    return max(0, math.ceil(tokens_left * per_token))
 
 
 # ---------------------------------------------------------------- manifest

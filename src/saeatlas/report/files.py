@@ -3,7 +3,7 @@
 `write_compare` writes results.json, results.csv and the layer-grid heatmaps; `write_concepts` writes
 concepts.json, concepts.csv and one heatmap per measure; `write_absorption` writes absorption.json,
 probes.csv and per SAE a per-letter CSV and bar chart.  Each file is written atomically.  Floats in the CSVs
-have 6 significant digits; a missing number is 'nan'.
+have 6 significant digits; a missing number is 'nan'.  One writer at a time writes a results folder.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import jsonable, write_bytes_atomic, write_json_atomic
+from ..fileio import json_bytes, jsonable, write_bytes_atomic
 from .format import fmt, significance_stars, star_q
 from .svg import bar_chart_svg, heatmap_svg
 
@@ -202,16 +202,26 @@ def letter_chart(results: dict, sae: dict) -> str:
 
 
 # ---------------------------------------------------------------- writers
-def _write_grid(results: dict, out: str | Path, prefix: str, heatmaps: dict[str, str]) -> list[Path]:
+def _write_all(out: str | Path, files: dict[str, bytes], what: str) -> list[Path]:
+    """Write each {name: bytes} of `files` into the folder `out` (atomically, one writer at a time; a full disk
+    is one line saying how much more room the files need); returns the paths in order."""
+    from ..fileio import space_for
+    from ..locks import writing
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / f"{prefix}.json", out / f"{prefix}.csv"]
-    write_json_atomic(written[0], jsonable(results))
-    write_bytes_atomic(written[1], _result_csv(results))
-    for name, svg in heatmaps.items():
-        written.append(out / name)
-        write_bytes_atomic(written[-1], svg.encode())
-    return written
+    left = dict(files)
+    with writing(out, what), space_for(out, f"{what} '{out}'", lambda: sum(map(len, left.values()))):
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            write_bytes_atomic(out / name, data)
+            del left[name]
+    return [out / name for name in files]
+
+
+def _write_grid(results: dict, out: str | Path, prefix: str, heatmaps: dict[str, str]) -> list[Path]:
+    files = {f"{prefix}.json": json_bytes(jsonable(results)), f"{prefix}.csv": _result_csv(results)}
+    files.update({name: svg.encode() for name, svg in heatmaps.items()})
+    return _write_all(out, files, "results folder")
 
 
 def write_compare(results: dict, out: str | Path) -> list[Path]:
@@ -228,13 +238,8 @@ def write_concepts(results: dict, out: str | Path) -> list[Path]:
 def write_absorption(results: dict, out: str | Path) -> list[Path]:
     """absorption.json, probes.csv and, per SAE, <name>.csv and <name>.svg (per-letter bars) into `out`;
     returns the paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "absorption.json", out / "probes.csv"]
-    write_json_atomic(written[0], jsonable(results))
-    write_bytes_atomic(written[1], _csv(results["probes"], PROBE_COLUMNS))
+    files = {"absorption.json": json_bytes(jsonable(results)), "probes.csv": _csv(results["probes"], PROBE_COLUMNS)}
     for sae in results["saes"]:
-        write_bytes_atomic(out / f"{sae['name']}.csv", _csv(sae["letters"], LETTER_COLUMNS))
-        write_bytes_atomic(out / f"{sae['name']}.svg", letter_chart(results, sae).encode())
-        written += [out / f"{sae['name']}.csv", out / f"{sae['name']}.svg"]
-    return written
+        files[f"{sae['name']}.csv"] = _csv(sae["letters"], LETTER_COLUMNS)
+        files[f"{sae['name']}.svg"] = letter_chart(results, sae).encode()
+    return _write_all(out, files, "results folder")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import SaeAtlasError
-from ..fileio import read_json, write_bytes_atomic
+from ..fileio import read_json, space_for, write_bytes_atomic
 from ..schema import checked_results
 from .format import fmt, short_hooks  # noqa: F401  (short_hooks: public here as before; it lives in format.py)
 from .markup import e
@@ -74,7 +74,9 @@ def write_report(out_dir: str | Path) -> Path:
         raise SaeAtlasError(f"{source} holds '{kind}' results, not a study's: give the output folder of `saeatlas run`")
     checked_results(results, "study", source, "run `saeatlas run` again to rewrite it")
     path = out_dir / "report.html"
-    write_bytes_atomic(path, render_report(results).encode("utf-8"))
+    page = render_report(results).encode("utf-8")
+    with space_for(out_dir, f"report '{path}'", lambda: len(page)):
+        write_bytes_atomic(path, page)
     return path
 
 

@@ -21,7 +21,7 @@ import torch
 
 from ..config import pick
 from ..errors import SaeAtlasError
-from ..fileio import write_json_atomic
+from ..fileio import removed_on_failure, write_json_atomic
 from ..models.hooks import canonical_hook, hook_spellings, template_problem, transformer_lens_name
 from ..schema import (
     DictionaryLearningConfig,
@@ -82,49 +82,63 @@ def save_saelens(
     sae: SparseAutoencoder, folder: str | Path, metadata: dict | None = None, extra: dict | None = None
 ) -> Path:
     """Write `sae` as a SAELens folder, atomically (a temporary folder renamed at the end)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    arch = SAVED_ARCHITECTURE[sae.cfg.arch]
-    tensors = {
-        "W_enc": sae.W_enc.detach().float().contiguous(),
-        "W_dec": sae.W_dec.detach().float().contiguous(),
-        "b_enc": sae.b_enc.detach().float().contiguous(),
-        "b_dec": sae.b_dec.detach().float().contiguous(),
-    }
-    if arch == "jumprelu":
-        threshold = (
-            sae.threshold
-            if sae.cfg.arch in ("jumprelu", "gba")
-            else torch.full((sae.cfg.d_sae,), float(sae.inference_threshold or 0.0))
-        )
-        tensors["threshold"] = threshold.detach().float().contiguous()
-    save_file(tensors, tmp / SAELENS_WEIGHTS)
-    meta = dict(metadata or {})
-    if "hook_name" in meta:
-        meta["hook_name"] = transformer_lens_name(meta["hook_name"])
-    cfg = {
-        "architecture": arch,
-        "d_in": sae.cfg.d_in,
-        "d_sae": sae.cfg.d_sae,
-        "dtype": "float32",
-        "device": "cpu",
-        "apply_b_dec_to_input": True,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-        "metadata": meta,
-        "saeatlas": {"sae": sae.cfg.to_dict(), **(extra or {})},
-    }
-    if arch == "topk":
-        cfg["k"] = sae.cfg.k
-    write_json_atomic(tmp / SAELENS_CFG, cfg)
+    with removed_on_failure(tmp):
+        arch = SAVED_ARCHITECTURE[sae.cfg.arch]
+        tensors = {
+            "W_enc": sae.W_enc.detach().float().contiguous(),
+            "W_dec": sae.W_dec.detach().float().contiguous(),
+            "b_enc": sae.b_enc.detach().float().contiguous(),
+            "b_dec": sae.b_dec.detach().float().contiguous(),
+        }
+        if arch == "jumprelu":
+            threshold = (
+                sae.threshold
+                if sae.cfg.arch in ("jumprelu", "gba")
+                else torch.full((sae.cfg.d_sae,), float(sae.inference_threshold or 0.0))
+            )
+            tensors["threshold"] = threshold.detach().float().contiguous()
+        _save_file(tensors, tmp / SAELENS_WEIGHTS)
+        meta = dict(metadata or {})
+        if "hook_name" in meta:
+            meta["hook_name"] = transformer_lens_name(meta["hook_name"])
+        cfg = {
+            "architecture": arch,
+            "d_in": sae.cfg.d_in,
+            "d_sae": sae.cfg.d_sae,
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": True,
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+            "metadata": meta,
+            "saeatlas": {"sae": sae.cfg.to_dict(), **(extra or {})},
+        }
+        if arch == "topk":
+            cfg["k"] = sae.cfg.k
+        write_json_atomic(tmp / SAELENS_CFG, cfg)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
     return folder
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file, its I/O errors raised as OSError with their errno (a full disk stays one)."""
+    import re
+
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, path)
+    except Exception as exc:  # SafetensorError: "... I/O error: No space left on device (os error 28)"
+        code = re.search(r"\(os error (\d+)\)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
 
 
 def load_sae(folder: str | Path) -> SparseAutoencoder:

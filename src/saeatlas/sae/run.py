@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ..errors import SaeAtlasError
-from ..fileio import read_json_or_none, write_json_atomic
+from ..fileio import check_space, read_json_or_none, space_for, write_json_atomic
+from ..locks import writing
 from .config import EvalConfig, TrainConfig
 from .data_source import StoreSource, TensorSource, load_matrix
 from .formats import load_sae, read_metadata, save_saelens
@@ -107,20 +108,38 @@ def run_train(
     on_step: Callable[[dict | None], None] | None = None,
 ) -> TrainResult:
     """Train `cfg.sae` on `data` with `cfg`'s optimisation; `checkpoint` is a folder for resumable checkpoints
-    (None: none).  `on_step(None)` is called once the inputs are checked, then `on_step(metrics)` every step."""
+    (None: none; locked while training).  `on_step(None)` is called once the inputs are checked, then `on_step(metrics)` every step."""
     source = as_source(data)
     if source.n_tokens < cfg.batch_size:
         raise SaeAtlasError(
             f"the activations hold {source.n_tokens} tokens, fewer than one batch ({cfg.batch_size}): lower batch_size"
         )
     cfg = dataclasses.replace(cfg, sae=sae_config_for(cfg.sae, source.d_in))
-    checkpoint_file = None
-    if checkpoint is not None:
-        checkpoint_file = _checkpoint_folder(Path(checkpoint), cfg, source) / "checkpoint.pt"
+    if checkpoint is None:
+        return _train(cfg, source, None, on_step)
+    folder = Path(checkpoint)
+    with writing(folder, "checkpoint folder"):
+        return _train(cfg, source, _checkpoint_folder(folder, cfg, source) / "checkpoint.pt", on_step)
+
+
+def _train(cfg: TrainConfig, source, checkpoint_file: Path | None, on_step) -> TrainResult:
     if on_step:
         on_step(None)
     sae, state = train_sae(cfg, source, checkpoint=checkpoint_file, on_step=on_step)
     return TrainResult(sae, cfg, evaluate(sae, eval_batches(source)), state.scale, _metadata(source))
+
+
+def _bytes_left(cfg: TrainConfig, partial: Path | None = None, weights: bool = False) -> int:
+    """About how many more bytes training `cfg` (its `sae.d_in` set) needs: room for a checkpoint beside the
+    last one (the SAE's parameters and Adam's two moments, float32, and the dead-latent counters) and, with
+    `weights`, for the finished SAE's weights; less what the checkpoint folder `partial` holds already."""
+    d_in, d_sae = cfg.sae.d_in, cfg.sae.d_sae
+    n_params = 2 * d_in * d_sae + 2 * d_sae + d_in  # W_enc, W_dec, b_enc, b_dec, a threshold
+    sae_bytes = 4 * n_params
+    checkpoint = 3 * sae_bytes + 8 * 3 * d_sae if cfg.checkpoint_every else 0
+    need = max(2 * checkpoint, checkpoint + (sae_bytes if weights else 0))
+    held = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file()) if partial and partial.is_dir() else 0
+    return max(0, need - held)
 
 
 def _checkpoint_folder(folder: Path, cfg: TrainConfig, source) -> Path:
@@ -148,21 +167,32 @@ def write_sae(result: TrainResult, out: str | Path) -> Path:
 def train_to_folder(
     cfg: TrainConfig, data: Data, out: str | Path, on_step: Callable[[dict | None], None] | None = None
 ) -> TrainResult:
-    """Train (or resume, from `<out>.partial/`) and write the SAE folder `out`; it must not exist yet."""
+    """Train (or resume, from `<out>.partial/`) and write the SAE folder `out`; it must not exist yet.  One
+    writer at a time (a second stops at once); a full disk, at the start or on the way, is one line saying
+    how much more space it needs."""
     out = Path(out)
-    if out.exists():
-        raise SaeAtlasError(f"output '{out}' already exists: choose another --out or delete it")
     partial = out.with_name(out.name + ".partial")
-    fresh = not partial.exists()
-    try:
-        result = run_train(cfg, data, checkpoint=partial, on_step=on_step)
-    except BaseException:
-        if fresh and partial.is_dir() and not (partial / "checkpoint.pt").exists():
-            shutil.rmtree(partial)  # nothing to resume: leave no folder that blocks the corrected rerun
-        raise
-    write_sae(result, out)
-    shutil.rmtree(partial)
-    return result
+    with writing(out, "SAE folder"):
+        if out.exists():
+            raise SaeAtlasError(f"output '{out}' already exists: choose another --out or delete it")
+        source = as_source(data)
+        cfg = dataclasses.replace(cfg, sae=sae_config_for(cfg.sae, source.d_in))
+
+        def needed() -> int:
+            return _bytes_left(cfg, partial, weights=True)
+
+        check_space(out.parent, f"SAE '{out}'", needed(), "free space or choose another --out")
+        fresh = not partial.exists()
+        try:
+            with space_for(out.parent, f"SAE '{out}'", needed):
+                result = run_train(cfg, source, checkpoint=partial, on_step=on_step)
+                write_sae(result, out)
+        except BaseException:
+            if fresh and partial.is_dir() and not (partial / "checkpoint.pt").exists():
+                shutil.rmtree(partial)  # nothing to resume: leave no folder that blocks the corrected rerun
+            raise
+        shutil.rmtree(partial)
+        return result
 
 
 @dataclass

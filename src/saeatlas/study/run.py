@@ -6,14 +6,17 @@ and renders `report.html` from it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
-from ..fileio import jsonable, read_json, write_bytes_atomic, write_json_atomic
+from ..fileio import jsonable, read_json, space_for, write_bytes_atomic, write_json_atomic
+from ..locks import writing
 from ..schema import EvalMetrics, PairCards, checked, checked_results
 from .config import Study
 from .paths import check_out
@@ -128,15 +131,42 @@ def _report_stage(study: Study, out: Path, stages: list[Stage], timings: list[di
     return Stage("report", "report", out / "report.html", {"version": RESULTS_VERSION}, action, list(stages), root=out)
 
 
+class _LogFile(logging.FileHandler):
+    """run.log: a line that cannot be written (a full disk) is lost, not printed as a logging error."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            pass
+
+
 def _log_to(out: Path) -> logging.Handler:
     out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "run.log")
+    handler = _LogFile(out / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     logging.getLogger("saeatlas").addHandler(handler)
     logging.getLogger("saeatlas").setLevel(logging.INFO)
     return handler
 
 
+def _one_writer(run: Callable[..., dict]) -> Callable[..., dict]:
+    """`run_study` holding its output folder's lock (a second `saeatlas run` into it stops at once), a full disk
+    met outside a product's own writer one line too."""
+
+    @functools.wraps(run)
+    def locked(study: Study, out: str | Path | None = None, *args, **kwargs) -> dict:
+        folder = check_out(out if out is not None else study.out)  # before the lock file goes beside it
+        with writing(folder, "study"), space_for(folder, f"study '{folder}'"):
+            return run(study, folder, *args, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def run_study(
     study: Study, out: str | Path | None = None, progress: bool = True, console: Console | None = None
 ) -> dict:
