@@ -438,6 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("saeatlas: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk met where no product's writer could say more (the cache, `init`)
+        from .fileio import NO_SPACE
+
+        if exc.errno not in NO_SPACE:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"saeatlas: error: {exc.strerror}{where}: free space and rerun", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
