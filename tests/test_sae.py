@@ -354,3 +354,19 @@ def test_killed_cli_train_resumes_to_identical_sae(tmp_path):
     assert not (tmp_path / "killed.partial").exists()
     for name in ("sae_weights.safetensors", "cfg.json"):
         assert (killed / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("fill, message", [(0.0, "all zeros"), (1e30, "reach 1e+30"), (float("nan"), "NaN")])
+def test_degenerate_activations_are_refused_by_train_and_eval(tmp_path, capsys, fill, message):
+    """All zeros trained a 100%-dead SAE reported at FVU 0; 1e30 saved NaN weights (issue 15)."""
+    x = np.full((512, 8), fill, dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "ok.npy", np.random.default_rng(0).standard_normal((512, 8)).astype(np.float32))
+    args = ["--d-sae", "16", "--k", "2", "--steps", "5", "--batch-size", "64", "--quiet"]
+    assert main(["train", "--activations", str(tmp_path / "x.npy"), *args, "--out", str(tmp_path / "sae")]) == 2
+    assert not (tmp_path / "sae").exists() and not (tmp_path / "sae.partial").exists()
+    assert main(["train", "--activations", str(tmp_path / "ok.npy"), *args, "--out", str(tmp_path / "good")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "good"), "--activations", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

@@ -27,7 +27,7 @@ from .data_source import StoreSource, TensorSource, load_matrix
 from .formats import load_sae, read_metadata, save_saelens
 from .metrics import evaluate
 from .model import SparseAutoencoder
-from .trainer import sae_config_for, train_sae
+from .trainer import check_activations, sae_config_for, train_sae
 
 Data = TensorSource | StoreSource | torch.Tensor | np.ndarray
 """Training or evaluation activations: a [n_tokens, d_in] matrix, or a source (`StoreSource(store, hook)`)."""
@@ -230,6 +230,8 @@ def run_eval(
     source = as_source(data) if data is not None else None
     if source is not None and source.d_in != sae.cfg.d_in:
         raise SaeAtlasError(f"SAE '{folder}' expects d_in {sae.cfg.d_in}, the activations have {source.d_in}")
+    if source is not None:  # FVU divides by the activations' variance: zeros or overflowing values make it noise
+        check_activations(source.sample(min(source.n_tokens, 8192), seed=0), source.name)
     if cfg.model and not hook:
         raise SaeAtlasError(f"SAE '{folder}' does not name its hook: pass --hook (e.g. resid_post.9)")
     handle = load_model(cfg.model) if cfg.model else None

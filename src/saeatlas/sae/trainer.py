@@ -52,11 +52,13 @@ def check_activations(sample: torch.Tensor, source: str) -> None:
     peak = float(sample.abs().max()) if sample.numel() else 0.0
     if peak > MAX_ACTIVATION:
         raise SaeAtlasError(
-            f"the activations of {source} reach {peak:.3g} (over {MAX_ACTIVATION:.0e}, past what float32 training "
+            f"the activations of {source} reach {peak:.3g} (over {MAX_ACTIVATION:.0e}, past what float32 "
             "can square): check the data, or scale it down"
         )
     if peak == 0.0:
-        raise SaeAtlasError(f"the activations of {source} are all zeros: there is nothing to train on")
+        raise SaeAtlasError(
+            f"the activations of {source} are all zeros: an SAE can neither learn from nor be scored on them"
+        )
 
 
 def input_scale(sample: torch.Tensor) -> float:
