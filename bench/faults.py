@@ -1,6 +1,6 @@
 """The fault sweep, as a hostile and clumsy user would run saeatlas: the table kept in the README.
 
-    .venv/bin/python bench/faults.py [--kills 4] [--races 3] [--only inputs,kills,races,disk,pickle,escape]
+    .venv/bin/python bench/faults.py [--kills 4] [--races 3] [--jobs 2] [--only inputs,kills,races,disk,pickle,escape]
 
 - inputs: every case of tests/faults.py (each file kind broken field by field from its schema, bytes cut or not
   UTF-8; every numeric flag of every verb; every study key; the study shapes people get wrong), each in a fresh
@@ -45,12 +45,21 @@ def _env(root: Path) -> dict:
 
 
 # ---------------------------------------------------------------- bad inputs
-def bad_inputs(ws: dict, root: Path) -> list[faults.Outcome]:
+def bad_inputs(ws: dict, root: Path, jobs: int) -> list[faults.Outcome]:
+    """Every case in its own `python -m saeatlas` process, `jobs` at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
     cases = faults.all_cases(ws, study_verbs=("status", "run"))
-    outcomes = []
-    for i, case in enumerate(cases):
-        outcomes.append(faults.run_subprocess(case, root / f"case{i}", env=_env(root)))
-        print(f"\r  {i + 1}/{len(cases)} cases", end="", file=sys.stderr, flush=True)
+    done = []
+
+    def one(i: int) -> faults.Outcome:
+        outcome = faults.run_subprocess(cases[i], root / f"case{i}", env=_env(root))
+        done.append(i)
+        print(f"\r  {len(done)}/{len(cases)} cases", end="", file=sys.stderr, flush=True)
+        return outcome
+
+    with ThreadPoolExecutor(jobs) as pool:
+        outcomes = list(pool.map(one, range(len(cases))))
     print(file=sys.stderr)
     return outcomes
 
@@ -306,6 +315,7 @@ def main() -> None:
     parser.add_argument("--races", type=int, default=3, help="races per verb")
     parser.add_argument("--only", default="inputs,kills,races,disk,pickle,escape")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2, help="bad-input cases run side by side")
     args = parser.parse_args()
     only = set(args.only.split(","))
     root = Path(tempfile.mkdtemp(prefix="saeatlas-faults-"))
@@ -313,7 +323,7 @@ def main() -> None:
     ws = faults.build_workspace(root / "ws")
     summary = []
     if "inputs" in only:
-        outcomes = bad_inputs(ws, root / "inputs")
+        outcomes = bad_inputs(ws, root / "inputs", args.jobs)
         print_inputs(outcomes)
         summary.append(("bad inputs", len(outcomes), sum(o.verdict == "ok" for o in outcomes)))
     if "kills" in only:
