@@ -151,6 +151,16 @@ def tiny_store(model: Path, corpus: Path, out: Path, **settings) -> Path:
     return out
 
 
+# ---------------------------------------------------------------- command lines
+def cli_args(verb: str, *positional: str, **flags) -> list[str]:
+    """`saeatlas` arguments: [verb, *positional, --flag value, ..., --quiet] (underscores in a flag's name
+    become dashes; paths and numbers are written with str)."""
+    args = [verb, *map(str, positional)]
+    for name, value in flags.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return [*args, "--quiet"]
+
+
 # ---------------------------------------------------------------- kill -9 at a known step
 STOP_AFTER = Path(__file__).with_name("stop_after.py")
 """Runner for the kill -9 tests: runs the saeatlas CLI and SIGSTOPs itself after the N-th shard or checkpoint."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TEXTS
+from helpers import TEXTS, cli_args
 
 from saeatlas import fileio
 from saeatlas.cli import main
@@ -82,28 +82,19 @@ def test_a_failed_atomic_write_removes_its_temporary_file_and_keeps_the_old_one(
 
 # ---------------------------------------------------------------- extract
 def _extract_args(model: Path, corpus: Path, out: Path) -> list[str]:
-    return [
+    hooks = "resid_post.0,resid_post.1,resid_post.3"
+    return cli_args(
         "extract",
-        "--model",
-        str(model),
-        "--hooks",
-        "resid_post.0,resid_post.1,resid_post.3",
-        "--corpus",
-        str(corpus),
-        "--split",
-        "all",
-        "--tokens",
-        "100000",
-        "--context",
-        "64",
-        "--shard-windows",
-        "4",
-        "--dtype",
-        "float32",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+        model=model,
+        hooks=hooks,
+        corpus=corpus,
+        split="all",
+        tokens=100000,
+        context=64,
+        shard_windows=4,
+        dtype="float32",
+        out=out,
+    )
 
 
 def test_full_disk_during_extract_is_one_line_and_the_rerun_matches(tiny_gemma, tmp_path, capsys, monkeypatch):
@@ -132,28 +123,18 @@ def test_full_disk_during_extract_is_one_line_and_the_rerun_matches(tiny_gemma, 
 
 # ---------------------------------------------------------------- train
 def _train_args(x: Path, out: Path) -> list[str]:
-    return [
+    return cli_args(
         "train",
-        "--activations",
-        str(x),
-        "--arch",
-        "topk",
-        "--k",
-        "4",
-        "--width",
-        "1024",
-        "--steps",
-        "60",
-        "--batch-size",
-        "256",
-        "--seed",
-        "5",
-        "--checkpoint-every",
-        "20",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+        activations=x,
+        arch="topk",
+        k=4,
+        width=1024,
+        steps=60,
+        batch_size=256,
+        seed=5,
+        checkpoint_every=20,
+        out=out,
+    )
 
 
 @pytest.fixture

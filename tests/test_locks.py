@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TEXTS, stop_after_command
+from helpers import TEXTS, cli_args, stop_after_command
 
 from saeatlas import locks
 from saeatlas.cli import main
@@ -99,53 +99,33 @@ def test_a_held_lock_stops_another_process_and_dies_with_its_holder(tmp_path):
 
 # ---------------------------------------------------------------- the writers, against a held lock
 def _extract_args(model: Path, corpus: Path, out: Path) -> list[str]:
-    return [
+    return cli_args(
         "extract",
-        "--model",
-        str(model),
-        "--hooks",
-        "resid_post.0,resid_post.3",
-        "--corpus",
-        str(corpus),
-        "--split",
-        "all",
-        "--tokens",
-        "100000",
-        "--context",
-        "32",
-        "--shard-windows",
-        "2",
-        "--dtype",
-        "float32",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+        model=model,
+        hooks="resid_post.0,resid_post.3",
+        corpus=corpus,
+        split="all",
+        tokens=100000,
+        context=32,
+        shard_windows=2,
+        dtype="float32",
+        out=out,
+    )
 
 
 def _train_args(x: Path, out: Path) -> list[str]:
-    return [
+    return cli_args(
         "train",
-        "--activations",
-        str(x),
-        "--arch",
-        "topk",
-        "--k",
-        "3",
-        "--width",
-        "64",
-        "--steps",
-        "200",
-        "--batch-size",
-        "256",
-        "--seed",
-        "5",
-        "--checkpoint-every",
-        "25",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+        activations=x,
+        arch="topk",
+        k=3,
+        width=64,
+        steps=200,
+        batch_size=256,
+        seed=5,
+        checkpoint_every=25,
+        out=out,
+    )
 
 
 @pytest.fixture
