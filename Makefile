@@ -44,8 +44,9 @@ test: lint $(SL_STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # The quick loop: leaves out the slow tests and those needing Chromium, .venv-saelens or the real models.
-# One OpenMP / BLAS thread: the tiny models gain nothing from a second one (idle: 16.8 s vs 17.0 s), and
-# while another job used both cores torch's two spinning threads made the same run 61.6 s instead of 23.5 s.
+# One OpenMP / BLAS thread: the tiny models gain nothing from a second one (idle: 16.8 s vs 17.0 s), and one
+# thread never waits for another where other jobs hold the cores.  (The threads of every run wait passively
+# anyway: conftest.py, saeatlas.threads.share_cores; before that, two spinning threads made it 61.6 s, not 23.5.)
 FAST := not slow and not browser and not saelens and not real
 
 test-fast: $(STAMP)

@@ -16,14 +16,13 @@ The names are imported on first use (torch is slow to import), so `import saeatl
 from __future__ import annotations
 
 import importlib
-import os
 
-# torch's OpenMP threads spin while they wait for work.  Where another job holds a core, the spinning thread
-# takes the core the working one needs: 300 training steps of a TopK SAE (64 x 1024) took 72-99 s with the
-# default policy and 3.6-5.0 s with passive waiting, on 2 cores under a load of 7 (bench/omp_wait.py prints the
-# ratio).  Read when torch loads its OpenMP runtime, so it is set before any torch import; a
-# value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from .threads import share_cores
+
+# torch's OpenMP threads spin while they wait, and beside another busy process a spinning thread holds the core
+# the working one needs (JumpReLU training: 11 % of its solo speed beside one busy process).  Before torch loads
+# this sets OMP_WAIT_POLICY=PASSIVE; after, it puts torch on one thread (saeatlas/threads.py, bench/load.py).
+share_cores()
 
 __version__ = "0.1.0"
 
