@@ -242,6 +242,7 @@ FILES = {
             + ["--tokens", "500", "--context", "32", "--out", str(d / "out")]
         ),
     ),
+    "safetensors header": ("sae", "sae_weights.safetensors", lambda c, d: ["eval", str(c), "--activations", "ACTS"]),
     "stage record": ("study_out", "compare.stage.json", lambda c, d: ["status", "STUDY", "--out", str(c)]),
     "study results": ("results", "results.json", lambda c, d: ["report", str(c)]),
     "concepts file": ("concepts", "", lambda c, d: ["status", "STUDY_WITH_CONCEPTS", "--out", str(d / "out")]),
@@ -266,11 +267,12 @@ def file_cases(ws: dict) -> Iterator[Case]:
 
     for kind, (item, inner, verb_args) in FILES.items():
         source = ws[item] / inner if inner else ws[item]
-        valid = json.loads(source.read_text())
-        broken: list[tuple[str, Callable[[Path], None]]] = [
-            (f"{path}: {what}", _writer(doc)) for path, what, doc in mutations(valid, SCHEMAS[kind])
-        ]
         raw = source.read_bytes()
+        load, dump = CODECS.get(source.suffix, (json.loads, lambda doc, raw: json.dumps(doc).encode()))
+        valid = load(raw)
+        broken: list[tuple[str, Callable[[Path], None]]] = [
+            (f"{path}: {what}", _writer(dump(doc, raw))) for path, what, doc in mutations(valid, SCHEMAS[kind])
+        ]
         broken += [
             ("cut in half", lambda p, raw=raw: p.write_bytes(raw[: len(raw) // 2])),
             ("empty", lambda p: p.write_bytes(b"")),
@@ -283,8 +285,25 @@ def file_cases(ws: dict) -> Iterator[Case]:
             yield Case(kind, verb, name, _file_preparer(ws, item, inner, write, verb_args), expect)
 
 
-def _writer(doc) -> Callable[[Path], None]:
-    return lambda p: p.write_text(json.dumps(doc))
+def _writer(data: bytes) -> Callable[[Path], None]:
+    return lambda p: p.write_bytes(data)
+
+
+def _safetensors_header(raw: bytes) -> dict:
+    """The JSON header of a safetensors file: 8 bytes of little-endian length, then the header."""
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + n])
+
+
+def _with_safetensors_header(header: dict, raw: bytes) -> bytes:
+    """The safetensors file `raw` with `header` in place of its own (offsets count from the data)."""
+    n = int.from_bytes(raw[:8], "little")
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + raw[8 + n :]
+
+
+CODECS = {".safetensors": (_safetensors_header, _with_safetensors_header)}
+"""File suffix -> (bytes -> document, (document, original bytes) -> bytes) for files that are not plain JSON."""
 
 
 def _file_preparer(ws, item, inner, write, verb_args) -> Callable[[Path], list[str]]:
