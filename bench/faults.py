@@ -31,6 +31,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import saeatlas  # noqa: F401 - before torch (tests/helpers.py loads it): torch's threads then wait passively
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import faults
 from helpers import HOOK
@@ -187,8 +189,8 @@ def races(ws: dict, root: Path, n: int) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------- full disk
 def full_disk(ws: dict, root: Path, free_kb: int = 48) -> list[tuple[str, str]]:
-    """Extract and train onto a tmpfs filled to `free_kb` KB short of full; then free it and rerun:
-    (verb, outcome)."""
+    """Extract and train onto a tmpfs that is `free_kb` KB short of full before they start, or that fills up
+    once their first shard or checkpoint is written; then free it and rerun: (case, outcome)."""
     mount = root / "small-disk"
     mount.mkdir(parents=True)
     command = ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)]
@@ -200,22 +202,44 @@ def full_disk(ws: dict, root: Path, free_kb: int = 48) -> list[tuple[str, str]]:
             argv, product = make(root / f"{verb}-disk-ref")
             subprocess.run([*CLI, *argv], check=True, env=_env(root), capture_output=True)
             reference = digest(product)
-            argv, product = make(mount / verb)
-            filler = mount / "filler"
-            filler.write_bytes(b"\0" * (shutil.disk_usage(mount).free - free_kb * 1024))
-            proc = subprocess.run([*CLI, *argv], check=False, env=_env(root), capture_output=True, text=True)
-            err = [line for line in proc.stderr.splitlines() if line.strip()]
-            temps = [p.name for p in mount.rglob("*") if ".tmp-" in p.name]
-            filler.unlink()
-            rerun = subprocess.run([*CLI, *argv], check=False, env=_env(root), capture_output=True, text=True)
-            same = rerun.returncode == 0 and digest(product) == reference
-            ok = proc.returncode == 2 and len(err) == 1 and not temps and same
-            outcome = "ok" if ok else f"exit {proc.returncode}, {err[-2:]}, temporary files {temps}, rerun same {same}"
-            results.append((verb, outcome))
-            print(f"  {verb} on a full disk: {err[-1] if err else ''} -> {outcome}")
+            for when in ("before it starts", "while it runs"):
+                argv, product = make(mount / verb)
+                filler = mount / "filler"
+                proc = _fill_disk(argv, product, filler, free_kb, root, mid_run=when == "while it runs")
+                err = [line for line in proc.stderr.splitlines() if line.strip()]
+                temps = [p.name for p in mount.rglob("*") if ".tmp-" in p.name]
+                filler.unlink()
+                rerun = subprocess.run([*CLI, *argv], check=False, env=_env(root), capture_output=True, text=True)
+                same = rerun.returncode == 0 and digest(product) == reference
+                ok = proc.returncode == 2 and len(err) == 1 and not temps and same
+                outcome = "ok" if ok else f"exit {proc.returncode}, {err[-2:]}, temporary files {temps}, same {same}"
+                results.append((f"{verb}, disk full {when}", outcome))
+                print(f"  {verb}, disk full {when}: {err[-1] if err else ''} -> {outcome}")
+                shutil.rmtree(product, ignore_errors=True)
+                shutil.rmtree(product.with_name(product.name + ".partial"), ignore_errors=True)
     finally:
         subprocess.run(["umount", str(mount)], check=False)
     return results
+
+
+def _fill_disk(argv, product: Path, filler: Path, free_kb: int, root: Path, mid_run: bool):
+    """Run `argv` with the disk filled to `free_kb` KB short of full: at once, or once the product's first
+    shard or checkpoint is on disk."""
+    if not mid_run:
+        filler.write_bytes(b"\0" * (shutil.disk_usage(filler.parent).free - free_kb * 1024))
+        return subprocess.run([*CLI, *argv], check=False, env=_env(root), capture_output=True, text=True)
+    proc = subprocess.Popen([*CLI, *argv], env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = ("shard-00000.npy", "checkpoint.pt")
+    while proc.poll() is None and not any(p.name in first for p in filler.parent.rglob("*")):
+        time.sleep(0.01)
+    with open(filler, "wb", buffering=0) as fh:  # every byte left, in blocks, while the writer goes on
+        try:
+            while fh.write(b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+    out, err = proc.communicate()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 # ---------------------------------------------------------------- pickles and escaping

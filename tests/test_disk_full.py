@@ -204,6 +204,7 @@ def _limit_file_size(n_bytes: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
 
 
+@pytest.mark.slow
 def test_file_size_limit_in_a_real_process_is_one_line_and_the_rerun_matches(activations, tmp_path):
     reference, out = tmp_path / "reference", tmp_path / "sae"
     cli = [sys.executable, "-m", "saeatlas.cli"]
@@ -235,6 +236,7 @@ def test_an_estimate_that_fails_still_gives_the_line(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
+@pytest.mark.slow
 def test_file_size_limit_during_a_real_extract_is_one_line_and_the_rerun_matches(tiny_gemma, tmp_path):
     """numpy's own `tofile` reports a short write without an errno; the store's writer must still see EFBIG."""
     corpus = tmp_path / "corpus.jsonl"

@@ -175,6 +175,7 @@ def test_a_second_study_into_the_same_folder_stops(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- real races: the loser stops, the winner is intact
+@pytest.mark.slow
 def test_racing_extracts_the_loser_stops_the_winner_matches_a_solo_run(tiny_gemma, corpus, tmp_path, capsys):
     reference, raced = tmp_path / "reference", tmp_path / "raced"
     assert main(_extract_args(tiny_gemma, corpus, reference)) == 0
@@ -190,6 +191,7 @@ def test_racing_extracts_the_loser_stops_the_winner_matches_a_solo_run(tiny_gemm
     assert not lock_file(raced).exists()
 
 
+@pytest.mark.slow
 def test_racing_trains_the_loser_stops_the_winner_matches_a_solo_run(activations, tmp_path, capsys):
     reference, raced = tmp_path / "reference", tmp_path / "raced"
     assert main(_train_args(activations, reference)) == 0

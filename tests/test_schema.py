@@ -250,6 +250,7 @@ def _error_line(run: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_info_on_damaged_manifests_exits_2_with_one_line(copy):
     _edit(copy, lambda m: m.update(dtype="bfloat16"))
     run = _cli("info", str(copy))

@@ -18,6 +18,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # every case starts Python and torch in a fresh process
+
 SPIN_MS = """
 import resource, time
 import torch
