@@ -225,9 +225,7 @@ def check_writable(path: str | Path, what: str, kind: str = "folder") -> None:
     path = Path(path).expanduser()
     if path.exists() and (path.is_dir() != (kind == "folder")):
         raise SaeAtlasError(f"{what} '{path}' is {'a file' if kind == 'folder' else 'a folder'}: give a {kind} path")
-    parent = path if path.is_dir() else path.parent
-    while not parent.exists():
-        parent = parent.parent
+    parent = _existing(path if path.is_dir() else path.parent)
     if not parent.is_dir():
         raise SaeAtlasError(f"{what} '{path}' is inside '{parent}', which is a file: give a path in a folder")
     try:

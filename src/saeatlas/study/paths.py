@@ -24,10 +24,11 @@ LABEL_RULE = "use 1-64 letters, digits, '_', '.' or '-', starting with a letter 
 
 STUDY_ENTRIES = frozenset(
     {"stores", "saes", "evals", "compare", "concepts", "cards", "absorption", "pretrained", "report.html"}
-    | {"results.json", "study.toml", "run.log", ".lock", ".study.lock"}
+    | {"results.json", "study.toml", "run.log"}
 )
-"""What a study's output folder holds (with the stage records `<product>.stage.json` / `.started.json` and
-temporary files `.<name>.tmp-<pid>`): anything else means the folder belongs to someone else."""
+"""What a study's output folder holds (with the stage records `<product>.stage.json` / `.started.json`, the
+products' lock files `<product>.lock` and temporary files `.<name>.tmp-<pid>`): anything else means the folder
+belongs to someone else."""
 SYSTEM = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr")
 
 

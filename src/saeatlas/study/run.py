@@ -6,11 +6,9 @@ and renders `report.html` from it.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -153,26 +151,19 @@ def _log_to(out: Path) -> logging.Handler:
     return handler
 
 
-def _one_writer(run: Callable[..., dict]) -> Callable[..., dict]:
-    """`run_study` holding its output folder's lock (a second `saeatlas run` into it stops at once), a full disk
-    met outside a product's own writer one line too."""
-
-    @functools.wraps(run)
-    def locked(study: Study, out: str | Path | None = None, *args, **kwargs) -> dict:
-        folder = check_out(out if out is not None else study.out)  # before the lock file goes beside it
-        with writing(folder, "study"), space_for(folder, f"study '{folder}'"):
-            return run(study, folder, *args, **kwargs)
-
-    return locked
-
-
-@_one_writer
 def run_study(
     study: Study, out: str | Path | None = None, progress: bool = True, console: Console | None = None
 ) -> dict:
     """Run every stage not yet done (in `out`, default the study's own); returns {stages: [...], report: path,
-    results: path, seconds}.  `progress`: live bars and a rule line per stage on stderr."""
-    out = check_out(out if out is not None else study.out)
+    results: path, seconds}.  `progress`: live bars and a rule line per stage on stderr.  One run holds the
+    study's lock (a second `saeatlas run` into `out` stops at once); a full disk met outside a product's own
+    writer is one line too."""
+    out = check_out(out if out is not None else study.out)  # before the lock file goes beside it
+    with writing(out, "study"), space_for(out, f"study '{out}'"):
+        return _run_study(study, out, progress, console)
+
+
+def _run_study(study: Study, out: Path, progress: bool, console: Console | None) -> dict:
     stages = plan(study, out)  # refuses colliding products before anything is written
     preflight(study)
     console = console or Console(stderr=True, highlight=False, quiet=not progress)

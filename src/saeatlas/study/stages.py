@@ -123,26 +123,31 @@ class Stage:
         if self.record() is not None:
             return "done"
         done, started = _read(self.done_file, StageRecord), _read(self.started_file, StartedRecord)
+        for path, read in ((self.done_file, done), (self.started_file, started)):
+            if isinstance(read, Damaged):
+                log.warning("%s is damaged (%s); making its stage again", path, read.problem)
         if done or (started and started.get("key") != self.key):
             return "stale"
         return "partial" if started else "missing"
 
 
-DAMAGED: dict = {"key": None}
-"""What a record that is there but damaged (not JSON, or fields of the wrong type) reads as: stale."""
+class Damaged(dict):
+    """What a record that is there but damaged (not JSON, or fields of the wrong type) reads as: a record with
+    no key, so its stage is stale; `problem` says what is wrong."""
+
+    def __init__(self, problem: str):
+        super().__init__(key=None)
+        self.problem = problem
 
 
 def _read(path: Path, schema) -> dict | None:
-    """The record at `path` if it fits `schema`; None if there is none; `DAMAGED` (a stale record, so the
-    product is made again) if it is unreadable or its fields are wrong."""
+    """The record at `path` if it fits `schema`; None if there is none; `Damaged` if it is unreadable or its
+    fields are wrong."""
     if not path.exists():
         return None
     record = read_json_or_none(path)
     problem = "not JSON" if record is None else schema_problem(record, schema)
-    if problem is not None:
-        log.warning("%s is damaged (%s); making its stage again", path, problem)
-        return DAMAGED
-    return record
+    return record if problem is None else Damaged(problem)
 
 
 def _clear(stage: Stage) -> None:
@@ -150,21 +155,16 @@ def _clear(stage: Stage) -> None:
     study owns, inside its output folder, with a stage record that reads (else just the records go)."""
     record = _read(stage.done_file, StageRecord) or _read(stage.started_file, StartedRecord)
     owned = stage.root is not None and stage.root.resolve() in stage.folder.resolve().parents
-    if not (owned and record and isinstance(record.get("key"), str)):
-        if stage.root is not None:
-            log.warning(
-                "%s: not deleting %s (no readable record of this study); making it again in place",
-                stage.name,
-                stage.folder,
-            )
-        stage.done_file.unlink(missing_ok=True)
-        stage.started_file.unlink(missing_ok=True)
-        return
-    for path in (stage.folder, stage.folder.with_name(stage.folder.name + ".partial")):
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    if owned and record and isinstance(record.get("key"), str):
+        for path in (stage.folder, stage.folder.with_name(stage.folder.name + ".partial")):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    elif stage.root is not None:
+        log.warning(
+            "%s: not deleting %s (no readable record of this study); making it again in place", stage.name, stage.folder
+        )
     stage.done_file.unlink(missing_ok=True)
     stage.started_file.unlink(missing_ok=True)
 
