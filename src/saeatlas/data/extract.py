@@ -38,6 +38,7 @@ from .store import (
     documents_path,
     index_path,
     read_manifest,
+    storage_dtype,
     to_storage,
 )
 from .tokens import EXCLUDED_BY_DEFAULT, Window, pack_windows, pad_windows
@@ -160,7 +161,7 @@ def _bytes_left(manifest: dict, cfg: ExtractConfig, documents: list[Document]) -
     chars_left = sum(len(d.text) for d in documents[next_doc:])
     per_char = done / chars_done if done and chars_done else TOKENS_PER_CHAR
     tokens_left = min(cfg.tokens - done, math.ceil(chars_left * per_char))
-    value_bytes = 2 if manifest["dtype"] == "bfloat16" else 4
+    value_bytes = storage_dtype(manifest["dtype"]).itemsize
     per_token = len(manifest["hooks"]) * manifest["model"]["d_model"] * value_bytes + INDEX_DTYPE.itemsize
     per_token += 1 / per_char  # the documents' text
     return max(0, math.ceil(tokens_left * per_token))

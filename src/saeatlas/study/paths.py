@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import SaeAtlasError
 from ..fileio import check_writable
+from ..locks import is_lock_file
 
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """A model label: a plain folder name (no separators, no leading dot, at most 64 characters)."""
@@ -47,7 +48,8 @@ def _inside(path: Path, root: Path) -> bool:
 def _study_entry(name: str) -> bool:
     return (
         name in STUDY_ENTRIES
-        or name.endswith((".stage.json", ".started.json", ".lock"))
+        or name.endswith((".stage.json", ".started.json"))
+        or is_lock_file(name)
         or (name.startswith(".") and ".tmp-" in name)
     )
 
