@@ -57,3 +57,15 @@ def long_corpus(tmp_path_factory) -> Path:
     for i in range(8):
         (folder / f"doc{i}.txt").write_text(" ".join(TEXTS[(i + j) % len(TEXTS)] for j in range(3 + i)))
     return folder
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped where torch sees no CUDA device (they run with `pytest -m gpu` on one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

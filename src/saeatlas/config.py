@@ -102,8 +102,13 @@ class Config:
                 validate(self)
 
     def to_dict(self) -> dict:
-        """Every setting (nested configs as tables), JSON-able."""
-        return dataclasses.asdict(self)
+        """Every setting (nested configs as tables), JSON-able; RUNTIME fields (where it runs) left out, as
+        they change no result: products, records and stage keys are the same on every device."""
+        settings = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("runtime"):
+                settings.pop(f.name, None)
+        return settings
 
 
 def non_default(cfg, skip: tuple[str, ...] = ()) -> dict:
@@ -158,6 +163,23 @@ FLATTEN = {"flatten": True}
 """Field metadata: a nested config whose fields appear flat on the command line and in the study file."""
 DERIVED = {"setting": False}
 """Field metadata: a value saeatlas sets from the data (e.g. an SAE's d_in), not a flag or a study key."""
+RUNTIME = {"runtime": True}
+"""Field metadata: where a job runs (its device), a flag and a study key that changes no result, so it is left
+out of `to_dict` (records, settings digests, stage keys)."""
+
+
+def check_device(cfg, field: str = "device") -> None:
+    """A device name saeatlas accepts (`saeatlas.devices`); whether that device is here is asked when the job
+    starts (`resolve_device`)."""
+    from .devices import DEVICE_PATTERN
+
+    value = getattr(cfg, field)
+    check(
+        isinstance(value, str) and bool(DEVICE_PATTERN.fullmatch(value)),
+        field,
+        value,
+        "use auto, cpu, cuda, cuda:N or mps",
+    )
 
 
 @functools.cache

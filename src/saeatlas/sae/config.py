@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from ..config import DERIVED, FLATTEN, Config, check, check_choice, check_float, check_int
+from ..config import DERIVED, FLATTEN, RUNTIME, Config, check, check_choice, check_device, check_float, check_int
 
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gba", "mp"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
@@ -130,6 +130,9 @@ class TrainConfig(Config):
     the CPU has native bfloat16 matmuls, float32 otherwise."""
     checkpoint_every: int = 500
     """Steps between checkpoints, the unit of resume (0: none)."""
+    device: str = field(default="auto", metadata=RUNTIME)
+    """Where to train: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps; under torchrun each
+    process takes the GPU of its local rank."""
 
     def _validate(self) -> None:
         check(isinstance(self.sae, SAEConfig), "sae", self.sae, "give an SAEConfig")
@@ -152,6 +155,7 @@ class TrainConfig(Config):
         check_int(self, "seed", 0)
         check_choice(self, "compute_dtype", COMPUTE_DTYPES)
         check_int(self, "checkpoint_every", 0)
+        check_device(self)
 
     def optimisation(self) -> dict:
         """The settings besides the SAE's own (what cfg.json records under `saeatlas.train`)."""
