@@ -425,8 +425,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="saeatlas: %(message)s", stream=sys.stderr)
     try:
-        _check_outputs(args)
-        return VERBS[args.verb][2](args)
+        from . import distributed  # (torch: not for --help)
+
+        with distributed.joined(getattr(args, "device", None) or "auto") as speaks:  # torchrun's group, if any
+            args.quiet = args.quiet or not speaks
+            _check_outputs(args)
+            return VERBS[args.verb][2](args)
     except ConfigError as exc:
         from .flags import typed
 

@@ -7,12 +7,22 @@ here answers for one process (rank 0 of 1), so the same code runs alone or in a 
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import pickle
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stdout
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import SaeAtlasError
+
+T = TypeVar("T")
+
+_alone = 0
+"""Depth of `alone()` blocks: inside one, this process answers as rank 0 of 1 (a whole study stage on one rank)."""
 
 
 def launched() -> bool:
@@ -35,9 +45,45 @@ def init(device: torch.device | None = None) -> bool:
     return True
 
 
+@contextmanager
+def joined(device_name: str = "auto") -> Iterator[bool]:
+    """The command line's process for the block: in torchrun's group if it launched this one (left at the end,
+    however the block ends), else alone.  Yields whether this process speaks: rank 0 prints and logs as one
+    process does; the other ranks print nothing on stdout and log only errors (each still prints its own
+    one-line error)."""
+    if not launched():
+        yield True
+        return
+    from .devices import resolve_device
+
+    init(resolve_device(device_name))
+    try:
+        if is_main():
+            yield True
+            return
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.ERROR)
+        with open(os.devnull, "w") as null, redirect_stdout(null):
+            yield False
+    finally:
+        shutdown()
+
+
 def active() -> bool:
-    """Whether a process group of more than one process is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether a process group of more than one process is running (and this process is not `alone()`)."""
+    return not _alone and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Run the block as one process (rank 0 of 1) though a group is running: a study gives whole stages to
+    ranks, and a stage's own work (an extraction, a training) must then take no collective with the others."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
 
 
 def rank() -> int:
@@ -68,6 +114,59 @@ def main_first() -> Iterator[None]:
     finally:
         if is_main():
             barrier()
+
+
+def all_gather(obj: T) -> list[T]:
+    """Every rank's `obj` (picklable), in rank order; `[obj]` alone."""
+    if not active():
+        return [obj]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+class RankFailed(RuntimeError):
+    """Another rank met a bug (not a user error); it raised the real exception itself."""
+
+
+def failure(exc: Exception) -> Exception:
+    """What to send the other ranks when this one fails with `exc`: a user error as it is (each rank then
+    prints the same line), a bug as a `RankFailed` naming it (the failing rank raises the real traceback)."""
+    if isinstance(exc, SaeAtlasError):
+        try:
+            return pickle.loads(pickle.dumps(exc))
+        except (pickle.PickleError, TypeError, AttributeError):  # an __init__ taking more than the message
+            return SaeAtlasError(str(exc))
+    return RankFailed(f"rank {rank()} failed: {type(exc).__name__}: {exc}")
+
+
+def raise_first(outcomes: list) -> None:
+    """Raise the first exception among the ranks' `outcomes` (gathered by `all_gather`), if any."""
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run `fn` on rank 0 only and give every rank its result (picklable); if it raises a user error, every
+    rank raises it, so no rank is left waiting in a later collective.  Alone: just `fn()`."""
+    if not active():
+        return fn()
+    box: list[Any] = [None]
+    error: Exception | None = None
+    if is_main():
+        try:
+            box[0] = ("ok", fn())
+        except Exception as exc:  # noqa: BLE001 - sent to the other ranks, then raised here
+            error = exc
+            box[0] = ("error", failure(exc))
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
 
 
 def shutdown() -> None:

@@ -8,6 +8,7 @@ and ends byte-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import CorpusError, StoreError
 from ..fileio import check_space, sha256_file, space_for, write_bytes_atomic, write_json_atomic, write_npy_atomic
 from ..locks import writing
@@ -80,30 +82,50 @@ def run_extract(
     Unlike the other jobs, extraction writes as it goes: a store is too large to hold in memory, and its
     shards are the unit of resume.  `progress(n_tokens)` is called with 0 once the inputs are checked (so a
     progress bar opens only after any input error), then after every batch.
+
+    Under torchrun every rank calls this with the same arguments: the ranks take the shards in turn (shard s on
+    rank s % world), rank 0 holds the store's lock, lists the finished shards in the manifest and reports
+    progress; the store is the same bytes as one process writes.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise StoreError(f"output '{out}' is a file: choose a folder path for --out")
-    with writing(out, "store"):  # before the resume step, which deletes the temporary files it finds
-        handle = handle or load_model(cfg.model, dtype=cfg.model_dtype)
+    if not distributed.is_main():
+        progress = None
+    with contextlib.ExitStack() as held:
+
+        def lock() -> None:  # before the resume step, which deletes the temporary files it finds
+            held.enter_context(writing(out, "store"))
+
+        distributed.on_main(lock)  # rank 0 holds it for the job; a second job stops on every rank
+        with distributed.main_first():  # a conversion into the model cache is made once
+            handle = handle or load_model(cfg.model, dtype=cfg.model_dtype)
         points = parse_hooks(cfg.hooks, handle.n_layers)
         documents = load_documents(cfg.corpus, split=cfg.split, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
-        manifest = _new_manifest(cfg, handle, points, documents)
+        fresh_manifest = _new_manifest(cfg, handle, points, documents)
 
         def needed() -> int:
-            return _bytes_left(manifest, cfg, documents)
-
-        def check() -> None:  # refuse only where clearly too little is free: the estimate is rough
-            check_space(out, f"store '{out}'", needed() // 2, "free space or choose another --out")
+            return _bytes_left(fresh_manifest, cfg, documents)
 
         with space_for(out, f"store '{out}'", needed):
-            fresh = not out.exists() or not any(out.iterdir())
-            if fresh:
-                check()
-            manifest = _resume_or_start(out, manifest)
-            if not fresh and not manifest["complete"]:
-                check()  # with the rate of tokens per character measured on the shards written
+            manifest = distributed.on_main(lambda: _start(out, fresh_manifest, cfg, documents))
             return _extract(cfg, out, handle, points, documents, manifest, progress)
+
+
+def _start(out: Path, manifest: dict, cfg: ExtractConfig, documents: list[Document]) -> dict:
+    """The manifest to extract from (`manifest`, or the one of the run to resume), after checking the space."""
+
+    def check(manifest: dict) -> None:  # refuse only where clearly too little is free: the estimate is rough
+        needed = _bytes_left(manifest, cfg, documents) // 2
+        check_space(out, f"store '{out}'", needed, "free space or choose another --out")
+
+    fresh = not out.exists() or not any(out.iterdir())
+    if fresh:
+        check(manifest)
+    manifest = _resume_or_start(out, manifest)
+    if not fresh and not manifest["complete"]:
+        check(manifest)  # with the rate of tokens per character measured on the shards written
+    return manifest
 
 
 def _extract(
@@ -115,7 +137,12 @@ def _extract(
     manifest: dict,
     progress: ProgressFn | None,
 ) -> ExtractResult:
-    """Extract the shards `manifest` does not list yet, appending each to it, and finish the store."""
+    """Extract the shards `manifest` does not list yet, appending each to it, and finish the store.
+
+    The shards go in rounds of one per rank; after each round the ranks gather their manifest entries (or the
+    error one of them met, which every rank then raises) and rank 0 lists them, so a killed job resumes from the
+    last whole round.  Every rank walks the whole window stream (tokenizing is cheap next to the model) and
+    runs the model only on its own shards."""
     if manifest["complete"]:
         return ExtractResult(out, manifest["n_tokens"], 0, 0.0)
     if progress:
@@ -133,17 +160,45 @@ def _extract(
     )
     done_windows = sum(s["n_windows"] for s in manifest["shards"])
     shards = _chunks(itertools.islice(windows, done_windows, None), cfg.shard_windows)
+    rank, main = distributed.rank(), distributed.is_main()
+    last_doc = manifest["shards"][-1]["last_doc_id"] if manifest["shards"] else -1
     written, start = 0, time.perf_counter()
-    for shard_windows in shards:
-        entry = _write_shard(
-            out, len(manifest["shards"]), shard_windows, handle, points, cfg, documents, manifest, progress
-        )
-        manifest["shards"].append(entry)
-        write_json_atomic(out / MANIFEST, manifest)
-        written += entry["n_tokens"]
+    for round_windows in _chunks(shards, distributed.world_size()):
+        before = _last_docs_before(round_windows, last_doc)
+        entry, failed = None, None
+        if rank < len(round_windows):
+            try:
+                entry = _write_shard(
+                    out, len(manifest["shards"]) + rank, round_windows[rank], handle, points, cfg, documents,
+                    before[rank], progress,
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - sent to the other ranks, then raised here
+                entry, failed = distributed.failure(exc), exc
+        entries = distributed.all_gather(entry)
+        if failed is not None:
+            raise failed
+        distributed.raise_first(entries)
+        entries = entries[: len(round_windows)]
+        manifest["shards"].extend(entries)
+        if main:
+            write_json_atomic(out / MANIFEST, manifest)
+        written += sum(e["n_tokens"] for e in entries)
+        if progress:
+            progress(sum(e["n_tokens"] for i, e in enumerate(entries) if i != rank))
+        last_doc = entries[-1]["last_doc_id"]
     seconds = time.perf_counter() - start
-    _finish(out, manifest, cfg)
+    manifest = distributed.on_main(lambda: _finish(out, manifest, cfg))
     return ExtractResult(out, manifest["n_tokens"], written, seconds)
+
+
+def _last_docs_before(shards: list[list[Window]], last_doc: int) -> list[int]:
+    """For each of consecutive `shards`, the last document id of the windows before it (`last_doc` before the
+    first): the documents a shard writes are the ones after that, so any rank can write any shard."""
+    before = []
+    for windows in shards:
+        before.append(last_doc)
+        last_doc = max(last_doc, *(int(w.doc_ids.max()) for w in windows))
+    return before
 
 
 TOKENS_PER_CHAR = 0.3
@@ -229,7 +284,8 @@ def _resume_or_start(out: Path, fresh: dict) -> dict:
     return old
 
 
-def _finish(out: Path, manifest: dict, cfg: ExtractConfig) -> None:
+def _finish(out: Path, manifest: dict, cfg: ExtractConfig) -> dict:
+    """Mark the store complete (the totals into the manifest); the finished manifest."""
     shards = manifest["shards"]
     n_tokens = sum(s["n_tokens"] for s in shards)
     if n_tokens == 0:
@@ -246,6 +302,7 @@ def _finish(out: Path, manifest: dict, cfg: ExtractConfig) -> None:
     write_json_atomic(out / MANIFEST, manifest)
     if n_tokens < cfg.tokens:
         log.warning("corpus '%s' ran out at %d tokens (asked for %d)", cfg.corpus, n_tokens, cfg.tokens)
+    return manifest
 
 
 # ---------------------------------------------------------------- windows
@@ -295,10 +352,11 @@ def _write_shard(
     points: list[HookPoint],
     cfg: ExtractConfig,
     documents: list[Document],
-    manifest: dict,
+    previous_last: int,
     progress: ProgressFn | None = None,
 ) -> dict:
-    """Compute and write one shard; returns its manifest entry."""
+    """Compute and write one shard, whose windows follow windows up to document `previous_last`; returns its
+    manifest entry."""
     per_hook: dict[str, list[np.ndarray]] = {p.name: [] for p in points}
     for start in range(0, len(windows), cfg.batch_size):
         batch = windows[start : start + cfg.batch_size]
@@ -315,7 +373,6 @@ def _write_shard(
     records = _index_records(windows)
     (out / "index").mkdir(exist_ok=True)
     files[index_path(shard)] = write_npy_atomic(out / index_path(shard), records)
-    previous_last = manifest["shards"][-1]["last_doc_id"] if manifest["shards"] else -1
     last_doc = int(records["doc_id"].max())
     lines = [
         json.dumps({"doc_id": i, "key": documents[i].key, "text": documents[i].text}, ensure_ascii=False)
