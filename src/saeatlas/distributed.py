@@ -148,10 +148,12 @@ def raise_first(outcomes: list) -> None:
 
 
 def on_main(fn: Callable[[], T]) -> T:
-    """Run `fn` on rank 0 only and give every rank its result (picklable); if it raises a user error, every
-    rank raises it, so no rank is left waiting in a later collective.  Alone: just `fn()`."""
+    """Run `fn` on rank 0 only, once every rank has come this far (so what the others did before, e.g. probe
+    files of their own checks, is over), and give every rank its result (picklable); if it raises a user error,
+    every rank raises it, so no rank is left waiting in a later collective.  Alone: just `fn()`."""
     if not active():
         return fn()
+    dist.barrier()
     box: list[Any] = [None]
     error: Exception | None = None
     if is_main():

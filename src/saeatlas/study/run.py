@@ -6,6 +6,7 @@ and renders `report.html` from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .. import distributed
 from ..fileio import jsonable, read_json, space_for, write_bytes_atomic, write_json_atomic
 from ..locks import writing
 from ..schema import EvalMetrics, PairCards, checked, checked_results
@@ -144,8 +146,9 @@ class _LogFile(logging.FileHandler):
 
 def _log_to(out: Path) -> logging.Handler:
     out.mkdir(parents=True, exist_ok=True)
-    handler = _LogFile(out / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    handler = _LogFile(out / "run.log")  # appended to by every rank, a line at a time
+    rank = f"rank {distributed.rank()} " if distributed.active() else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {rank}%(name)s: %(message)s"))
     logging.getLogger("saeatlas").addHandler(handler)
     logging.getLogger("saeatlas").setLevel(logging.INFO)
     return handler
@@ -157,10 +160,21 @@ def run_study(
     """Run every stage not yet done (in `out`, default the study's own); returns {stages: [...], report: path,
     results: path, seconds}.  `progress`: live bars and a rule line per stage on stderr.  One run holds the
     study's lock (a second `saeatlas run` into `out` stops at once); a full disk met outside a product's own
-    writer is one line too."""
-    out = check_out(out if out is not None else study.out)  # before the lock file goes beside it
-    with writing(out, "study"), space_for(out, f"study '{out}'"):
-        return _run_study(study, out, progress, console)
+    writer is one line too.
+
+    Under torchrun every rank calls this with the same arguments; the stages are spread over the ranks (see
+    `_run_waves`), rank 0 holds the lock, writes results.json and the report and speaks."""
+    out = out if out is not None else study.out
+    with contextlib.ExitStack() as held:
+
+        def start() -> Path:
+            checked = check_out(out)  # before the lock file goes beside it
+            held.enter_context(writing(checked, "study"))
+            return checked
+
+        out = distributed.on_main(start)
+        with space_for(out, f"study '{out}'"):
+            return _run_study(study, out, progress and distributed.is_main(), console)
 
 
 def _run_study(study: Study, out: Path, progress: bool, console: Console | None) -> dict:
@@ -168,31 +182,18 @@ def _run_study(study: Study, out: Path, progress: bool, console: Console | None)
     preflight(study)
     console = console or Console(stderr=True, highlight=False, quiet=not progress)
     handler = _log_to(out)
-    write_bytes_atomic(out / "study.toml", _study_toml(study).encode())
+    if distributed.is_main():
+        write_bytes_atomic(out / "study.toml", _study_toml(study).encode())
     started = time.perf_counter()
     try:
-        timings = []
-        n = len(stages) + 1  # and the report, which needs the others' timings
-        remade: set[str] = set()  # keys of the stages made in this run
+        timings = _run_waves(stages, progress, console)
+        report = _report_stage(study, out, stages, timings)
 
-        def run(i: int, stage: Stage) -> None:
-            console.rule(f"[{i}/{n}] {stage.name}")
-            _, state, seconds = run_stage(stage, progress, any(s.key in remade for s in stage.inputs))
-            if state == "ran":
-                remade.add(stage.key)
-            timings.append(
-                {
-                    "name": stage.name,
-                    "key": stage.key,
-                    "state": state,
-                    "seconds": seconds,
-                    "seconds_when_made": (stage.record() or {}).get("seconds", seconds),
-                }
-            )
+        def make_report() -> dict:
+            console.rule(f"[{len(stages) + 1}/{len(stages) + 1}] {report.name}")
+            return _timing(report, *run_stage(report, progress)[1:])
 
-        for i, stage in enumerate(stages, 1):
-            run(i, stage)
-        run(n, _report_stage(study, out, stages, timings))
+        timings.append(distributed.on_main(make_report))  # the others return once it is written
     finally:
         logging.getLogger("saeatlas").removeHandler(handler)
         handler.close()
@@ -202,6 +203,73 @@ def _run_study(study: Study, out: Path, progress: bool, console: Console | None)
         "results": str(out / "results.json"),
         "seconds": time.perf_counter() - started,
     }
+
+
+def _timing(stage: Stage, state: str, seconds: float) -> dict:
+    """A stage's line in results.json's `stages`."""
+    return {
+        "name": stage.name,
+        "key": stage.key,
+        "state": state,
+        "seconds": seconds,
+        "seconds_when_made": (stage.record() or {}).get("seconds", seconds),
+    }
+
+
+def waves(stages: list[Stage]) -> list[list[int]]:
+    """The stages (indices into `stages`, inputs first) in waves: a stage's wave is one after its latest
+    input's, so the stages of a wave are independent of one another."""
+    wave: dict[int, int] = {}
+    for stage in stages:
+        wave[id(stage)] = 1 + max((wave[id(s)] for s in stage.inputs), default=-1)
+    out: list[list[int]] = [[] for _ in range(max(wave.values(), default=-1) + 1)]
+    for i, stage in enumerate(stages):
+        out[wave[id(stage)]].append(i)
+    return out
+
+
+def assign(pending: list[int], world: int) -> dict[int, int]:
+    """Stage index -> the rank that runs it: the stages with work to do in turn over the ranks (round-robin)."""
+    return {i: n % world for n, i in enumerate(pending)}
+
+
+def _run_waves(stages: list[Stage], progress: bool, console: Console) -> list[dict]:
+    """Run the stages wave by wave (`waves`); under torchrun each wave's stages with work to do go round-robin
+    to the ranks, each run whole on its rank (`distributed.alone`), and the ranks gather their outcomes (or the
+    error one met, which all then raise) before the next wave.  Alone: every stage here, in waves.  The timings
+    come back in the order of `stages`, the same as one process gives."""
+    n = len(stages) + 1  # and the report, which needs the others' timings
+    rank, world = distributed.rank(), distributed.world_size()
+    timings: dict[int, dict] = {}
+    remade: set[str] = set()  # keys of the stages made in this run
+    for wave in waves(stages):
+        again = {i: any(s.key in remade for s in stages[i].inputs) for i in wave}
+        # read on rank 0 alone: a stage another rank finishes early must not change what a slower rank reads
+        pending = distributed.on_main(
+            lambda wave=wave, again=again: [i for i in wave if again[i] or not stages[i].record()]
+        )
+        owner = {i: 0 for i in wave} | assign(pending, world)
+        mine, failed = [], None
+        for i in wave:
+            console.rule(f"[{i + 1}/{n}] {stages[i].name}" + (f" (rank {owner[i]})" if owner[i] != rank else ""))
+            if owner[i] != rank:
+                continue
+            try:
+                with distributed.alone():
+                    _, state, seconds = run_stage(stages[i], progress, again[i])
+            except Exception as exc:  # noqa: BLE001 - sent to the other ranks, then raised here
+                mine, failed = distributed.failure(exc), exc
+                break
+            mine.append((i, _timing(stages[i], state, seconds)))
+        outcomes = distributed.all_gather(mine)
+        if failed is not None:
+            raise failed
+        distributed.raise_first(outcomes)
+        for i, timing in (pair for ranks in outcomes for pair in ranks):
+            timings[i] = timing
+            if timing["state"] == "ran":
+                remade.add(timing["key"])
+    return [timings[i] for i in range(len(stages))]
 
 
 def study_status(study: Study, out: str | Path) -> list[dict]:
