@@ -186,12 +186,12 @@ def _run_study(study: Study, out: Path, progress: bool, console: Console | None)
         write_bytes_atomic(out / "study.toml", _study_toml(study).encode())
     started = time.perf_counter()
     try:
-        timings = _run_waves(stages, progress, console)
+        timings, remade = _run_waves(stages, progress, console)
         report = _report_stage(study, out, stages, timings)
 
         def make_report() -> dict:
             console.rule(f"[{len(stages) + 1}/{len(stages) + 1}] {report.name}")
-            return _timing(report, *run_stage(report, progress)[1:])
+            return _timing(report, *run_stage(report, progress, bool(remade))[1:])
 
         timings.append(distributed.on_main(make_report))  # the others return once it is written
     finally:
@@ -233,11 +233,11 @@ def assign(pending: list[int], world: int) -> dict[int, int]:
     return {i: n % world for n, i in enumerate(pending)}
 
 
-def _run_waves(stages: list[Stage], progress: bool, console: Console) -> list[dict]:
+def _run_waves(stages: list[Stage], progress: bool, console: Console) -> tuple[list[dict], set[str]]:
     """Run the stages wave by wave (`waves`); under torchrun each wave's stages with work to do go round-robin
     to the ranks, each run whole on its rank (`distributed.alone`), and the ranks gather their outcomes (or the
     error one met, which all then raise) before the next wave.  Alone: every stage here, in waves.  The timings
-    come back in the order of `stages`, the same as one process gives."""
+    come back in the order of `stages`, the same as one process gives; with the keys of the stages made."""
     n = len(stages) + 1  # and the report, which needs the others' timings
     rank, world = distributed.rank(), distributed.world_size()
     timings: dict[int, dict] = {}
@@ -269,7 +269,7 @@ def _run_waves(stages: list[Stage], progress: bool, console: Console) -> list[di
             timings[i] = timing
             if timing["state"] == "ran":
                 remade.add(timing["key"])
-    return [timings[i] for i in range(len(stages))]
+    return [timings[i] for i in range(len(stages))], remade
 
 
 def study_status(study: Study, out: str | Path) -> list[dict]:
