@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from saeatlas.study.run import assign, waves
 from saeatlas.study.stages import Stage
 
 SRC = Path(__file__).parents[1] / "src"
-TIMINGS = {"seconds", "seconds_when_made", "tokens_per_second"}
+TIMINGS = frozenset({"seconds", "seconds_when_made", "tokens_per_second"})
 """JSON keys that hold wall times: the only thing a run on 2 ranks may change."""
 
 
@@ -78,63 +80,133 @@ min_letters = 3
 cards, absorption, evaluations, report."""
 
 
-def _run(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+
+WRAPPER = """
+import importlib, os, signal, sys
+
+run = importlib.import_module("saeatlas.study.run")
+run_stage = run.run_stage
+rank, after = int(os.environ.get("RANK", "0")), int(os.environ["KILL_RANK1_AFTER"])
+made = 0
+
+
+def run_then_maybe_die(*args, **kwargs):
+    global made
+    result = run_stage(*args, **kwargs)
+    made += result[1] == "ran"
+    if rank == 1 and made == after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+
+run.run_stage = run_then_maybe_die
+from saeatlas.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+"""Runs the CLI in a torchrun worker; rank 1 kills itself (kill -9) right after making its KILL_RANK1_AFTER-th
+stage."""
+
+
+def _run(cmd: list[str], cache: Path) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",  # as torchrun sets for its workers: the same float sums in both runs
-        "SAEATLAS_CACHE": str(tmp_path / "cache"),
+        "SAEATLAS_CACHE": str(cache),
+        "KILL_RANK1_AFTER": "3",
     }
     return subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
 
 
-def _timeless(x):
+def _timeless(x, drop: frozenset[str] = TIMINGS):
     if isinstance(x, dict):
-        return {k: _timeless(v) for k, v in x.items() if k not in TIMINGS}
+        return {k: _timeless(v, drop) for k, v in x.items() if k not in drop}
     if isinstance(x, list):
-        return [_timeless(v) for v in x]
+        return [_timeless(v, drop) for v in x]
     return x
 
 
-def _products(folder: Path) -> dict[str, object]:
-    """Every file of a study folder: JSON documents without their wall times, other files as bytes (run.log and
-    report.html, which print the wall times, left out: the report is rendered from results.json)."""
+def _products(folder: Path, drop: frozenset[str] = TIMINGS) -> dict[str, object]:
+    """Every file of a study folder: JSON documents without their wall times (the keys in `drop`), other files as
+    bytes (run.log and report.html, which print the wall times, left out: the report is rendered from
+    results.json)."""
     out = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name not in ("run.log", "report.html"):
             rel = str(path.relative_to(folder))
-            out[rel] = _timeless(json.loads(path.read_text())) if path.suffix == ".json" else path.read_bytes()
+            out[rel] = _timeless(json.loads(path.read_text()), drop) if path.suffix == ".json" else path.read_bytes()
     return out
 
 
-@pytest.mark.slow
-def test_a_study_on_two_ranks_equals_one_process(tiny_llama, tiny_other, tmp_path):
-    corpus = tmp_path / "corpus"
+@dataclass
+class Setup:
+    study: Path
+    out: Path
+    """Where every run of the study writes (stage keys hash the products' paths); a test first clears it."""
+    cache: Path
+    reference: Path
+    """The one-process run's products (moved here from `out`)."""
+
+    def run(self, cmd: list[str]) -> subprocess.CompletedProcess:
+        return _run([*cmd, "run", str(self.study), "--out", str(self.out), "--quiet"], self.cache)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama, tiny_other, tmp_path_factory) -> Setup:
+    root = tmp_path_factory.mktemp("dist-study")
+    corpus = root / "corpus"
     corpus.mkdir()
     for i in range(40):
         (corpus / f"doc{i:02d}.txt").write_text(" ".join(TEXTS[(i + j) % len(TEXTS)] for j in range(2 + i % 5)))
-    study = tmp_path / "study.toml"
+    study = root / "study.toml"
     study.write_text(STUDY.format(corpus=corpus, model_a=tiny_llama, model_b=tiny_other))
-    out = tmp_path / "out"  # both runs write here (stage keys hash the products' paths); the first is moved away
-    one = _run([sys.executable, "-m", "saeatlas", "run", str(study), "--out", str(out), "--quiet"], tmp_path)
+    setup = Setup(study, root / "out", root / "cache", root / "one-process")
+    one = setup.run([sys.executable, "-m", "saeatlas"])
     assert one.returncode == 0, one.stderr
-    reference = _products(out)
-    out.rename(tmp_path / "one-process")
+    setup.out.rename(setup.reference)
+    return setup
 
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    two = _run([*torchrun, "-m", "saeatlas", "run", str(study), "--out", str(out)], tmp_path)
+
+@pytest.mark.slow
+def test_a_study_on_two_ranks_equals_one_process(setup):
+    shutil.rmtree(setup.out, ignore_errors=True)
+    two = setup.run([*TORCHRUN, "-m", "saeatlas"])
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("study 'tiny': stages") == 1  # only rank 0 prints the summary
-    products = _products(out)
+    products, reference = _products(setup.out), _products(setup.reference)
     assert sorted(products) == sorted(reference) and len(products) > 60
     assert [name for name in products if products[name] != reference[name]] == []
     # every stage ran once, on one of the ranks, and both ranks had work
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((setup.out / "results.json").read_text())
     assert len(results["stages"]) == 16 and {t["state"] for t in results["stages"]} == {"ran"}
-    finished = [line for line in (out / "run.log").read_text().splitlines() if "finished in" in line]
+    finished = [line for line in (setup.out / "run.log").read_text().splitlines() if "finished in" in line]
     by_rank = {r: sum(f" rank {r} " in line for line in finished) for r in (0, 1)}
     assert len(finished) == by_rank[0] + by_rank[1] == 17 and by_rank[1] >= 5  # and the report, on rank 0
 
-    again = _run([*torchrun, "-m", "saeatlas", "run", str(study), "--out", str(out), "--quiet"], tmp_path)
+    again = setup.run([*TORCHRUN, "-m", "saeatlas"])
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("skipped (done)") == 17 and _products(out) == products
+    assert again.stdout.count("skipped (done)") == 17 and _products(setup.out) == products
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_study_then_the_same_command_ends_as_one_process_does(setup, tmp_path):
+    """Rank 1 dies (kill -9) right after its 3rd stage, a training, while rank 0 works on its own stage of that
+    wave; the same command on 2 ranks finishes the study with the one-process run's products."""
+    shutil.rmtree(setup.out, ignore_errors=True)
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(WRAPPER)
+    killed = setup.run([*TORCHRUN, str(wrapper)])
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr
+    assert not (setup.out / "results.json").exists()
+    made = [line for line in (setup.out / "run.log").read_text().splitlines() if " rank 1 " in line]
+    assert sum("finished in" in line for line in made) == 3 and "train " in [m for m in made if "finished" in m][-1]
+
+    resumed = setup.run([*TORCHRUN, "-m", "saeatlas"])
+    assert resumed.returncode == 0, resumed.stderr
+    states = {t["name"]: t["state"] for t in json.loads((setup.out / "results.json").read_text())["stages"]}
+    assert list(states.values()).count("done") >= 3 and "ran" in states.values()
+    # stage states aside (done now, ran in one go), the same products and records
+    drop = TIMINGS | {"state"}
+    assert _products(setup.out, drop) == _products(setup.reference, drop)

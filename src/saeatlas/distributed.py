@@ -12,6 +12,7 @@ import os
 import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -20,6 +21,11 @@ import torch.distributed as dist
 from .errors import SaeAtlasError
 
 T = TypeVar("T")
+
+WAIT = timedelta(days=7)
+"""How long a rank waits in a collective: a study's rank waits there while another trains a whole SAE (hours),
+so not torch's default of 10-30 minutes.  A rank that dies does not leave the others waiting: torchrun stops
+them all."""
 
 _alone = 0
 """Depth of `alone()` blocks: inside one, this process answers as rank 0 of 1 (a whole study stage on one rank)."""
@@ -41,7 +47,7 @@ def init(device: torch.device | None = None) -> bool:
         backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
         if device is not None and device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=WAIT)
     return True
 
 
