@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from helpers import TEXTS
 
+from saeatlas import distributed
 from saeatlas.cli import main
-
-pytestmark = pytest.mark.slow
+from saeatlas.config import ConfigError
+from saeatlas.errors import SaeAtlasError
 
 SRC = Path(__file__).parents[1] / "src"
 
@@ -111,6 +112,19 @@ def wrapper(tmp_path) -> Path:
     return path
 
 
+def test_what_crosses_to_the_other_ranks_and_one_process_answering_alone():
+    bad = ConfigError("tokens", -1, "use an integer from 1 to 10")  # its __init__ takes more than the message
+    sent = distributed.failure(bad)
+    assert type(sent) is SaeAtlasError and str(sent) == str(bad) == "bad tokens = -1: use an integer from 1 to 10"
+    bug = distributed.failure(ValueError("boom"))
+    assert isinstance(bug, distributed.RankFailed) and str(bug) == "rank 0 failed: ValueError: boom"
+    assert distributed.on_main(lambda: 7) == 7 and distributed.all_gather({"n": 1}) == [{"n": 1}]
+    with distributed.alone():
+        assert (distributed.rank(), distributed.world_size(), distributed.active()) == (0, 1, False)
+    with pytest.raises(SaeAtlasError, match="^bad tokens"):
+        distributed.raise_first([None, sent, bug])
+
+
 def _shards_by_rank(log: Path) -> dict[int, list[int]]:
     by_rank: dict[int, list[int]] = {}
     for line in log.read_text().split("\n"):
@@ -120,6 +134,7 @@ def _shards_by_rank(log: Path) -> dict[int, list[int]]:
     return by_rank
 
 
+@pytest.mark.slow
 def test_two_ranks_write_the_store_one_process_writes_byte_for_byte(tiny_gemma, corpus, reference, wrapper, tmp_path):
     out, log = tmp_path / "store", tmp_path / "shards.log"
     done = _run(2, _args(tiny_gemma, corpus, out), wrapper, SHARD_LOG=str(log))
@@ -133,6 +148,7 @@ def test_two_ranks_write_the_store_one_process_writes_byte_for_byte(tiny_gemma, 
     assert done.stdout.count("store holds") == 1  # only rank 0 prints the summary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("killed", "resume_nproc"), [(1, 2), (0, 1)])
 def test_a_killed_rank_resumes_to_the_same_bytes(
     tiny_gemma, corpus, reference, wrapper, tmp_path, killed, resume_nproc
@@ -156,6 +172,7 @@ def test_a_killed_rank_resumes_to_the_same_bytes(
     assert _tree(out) == _tree(reference)
 
 
+@pytest.mark.slow
 def test_one_jobs_ranks_share_the_lock_and_a_second_job_is_refused(tiny_gemma, corpus, wrapper, tmp_path, capsys):
     out, pid_file = tmp_path / "store", tmp_path / "stopped.pid"
     args = _args(tiny_gemma, corpus, out)
@@ -186,6 +203,7 @@ def test_one_jobs_ranks_share_the_lock_and_a_second_job_is_refused(tiny_gemma, c
     assert first.returncode != 0
 
 
+@pytest.mark.slow
 def test_a_bad_input_is_one_line_on_every_rank_and_no_rank_hangs(tiny_gemma, corpus, tmp_path):
     out = tmp_path / "store"
     args = _args(tiny_gemma, corpus, out)

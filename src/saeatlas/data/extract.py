@@ -4,6 +4,12 @@ The window stream is a pure function of the settings, and each shard is a
 fixed run of windows batched from its own start, so a run killed at any point
 and started again with the same settings rewrites nothing that was complete
 and ends byte-identical to an uninterrupted run.
+
+That also lets torchrun's ranks (`torchrun --nproc-per-node N -m saeatlas
+extract ...`) write any shard: they take the shards in turn and the store is
+the same bytes as one process writes; a job killed on any rank resumes with
+the same, another or no number of ranks (the shards of its last, unlisted
+round are written again, to the same bytes).
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 The last stage assembles `results.json` (version `RESULTS_VERSION`, schema in the README) from every product
 and renders `report.html` from it.
+
+Under torchrun (`torchrun --nproc-per-node N -m saeatlas run study.toml`) the stages go to the ranks whole, in
+waves of stages independent of one another (`_run_waves`); products, records and results.json are the ones a
+single process makes (wall times aside).
 """
 
 from __future__ import annotations
