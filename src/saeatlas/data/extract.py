@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import CorpusError, StoreError
 from ..fileio import check_space, sha256_file, space_for, write_bytes_atomic, write_json_atomic, write_npy_atomic
 from ..locks import writing
@@ -85,7 +86,7 @@ def run_extract(
     if out.exists() and not out.is_dir():
         raise StoreError(f"output '{out}' is a file: choose a folder path for --out")
     with writing(out, "store"):  # before the resume step, which deletes the temporary files it finds
-        handle = handle or load_model(cfg.model, dtype=cfg.model_dtype)
+        handle = handle or load_model(cfg.model, dtype=cfg.model_dtype, device=resolve_device(cfg.device))
         points = parse_hooks(cfg.hooks, handle.n_layers)
         documents = load_documents(cfg.corpus, split=cfg.split, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
         manifest = _new_manifest(cfg, handle, points, documents)

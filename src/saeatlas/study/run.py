@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..devices import resolve_device
 from ..fileio import jsonable, read_json, space_for, write_bytes_atomic, write_json_atomic
 from ..locks import writing
 from ..schema import EvalMetrics, PairCards, checked, checked_results
@@ -158,6 +159,7 @@ def run_study(
     results: path, seconds}.  `progress`: live bars and a rule line per stage on stderr.  One run holds the
     study's lock (a second `saeatlas run` into `out` stops at once); a full disk met outside a product's own
     writer is one line too."""
+    resolve_device(study.device)  # a device that is not here: one line, before anything is written
     out = check_out(out if out is not None else study.out)  # before the lock file goes beside it
     with writing(out, "study"), space_for(out, f"study '{out}'"):
         return _run_study(study, out, progress, console)
@@ -222,7 +224,11 @@ def study_settings(study: Study) -> dict:
     def flat(section) -> dict | None:
         if section is None:
             return None
-        derived = {n for n, (_, f, _) in flat_fields(type(section)).items() if f.metadata.get("setting") is False}
+        derived = {
+            n
+            for n, (_, f, _) in flat_fields(type(section)).items()
+            if f.metadata.get("setting") is False or f.metadata.get("runtime")
+        }
         return {k: v for k, v in flat_values(section).items() if k not in derived}
 
     return {
