@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from helpers import HOOK, cli_args, tiny_store
+from helpers import HOOK, TEXTS, cli_args, tiny_store
 
 from saeatlas.absorption.config import AbsorptionConfig
 from saeatlas.cli import main
@@ -35,7 +35,7 @@ VERBS = ("extract", "train", "eval", "compare", "concepts", "absorption")
 MISSING = ("cuda", "cuda:3", "mps", "gpu")
 """Devices this machine lacks (no GPU here) or that are no device name at all."""
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-TIMINGS = {"seconds", "tokens_per_second", "started", "finished", "elapsed", "time"}
+TIMINGS = frozenset({"seconds", "seconds_when_made", "tokens_per_second", "started", "finished", "elapsed", "time"})
 
 
 # ---------------------------------------------------------------- the setting
@@ -158,20 +158,21 @@ def test_the_python_api_refuses_a_missing_device_too(tmp_path):
 
 
 # ---------------------------------------------------------------- the same products on cpu and auto
-def _json_without_timings(value):
+def _json_without(value, names: frozenset):
     if isinstance(value, dict):
-        return {k: _json_without_timings(v) for k, v in value.items() if k not in TIMINGS}
+        return {k: _json_without(v, names) for k, v in value.items() if k not in names}
     if isinstance(value, list):
-        return [_json_without_timings(v) for v in value]
+        return [_json_without(v, names) for v in value]
     return value
 
 
-def _products(folder: Path) -> dict[str, object]:
-    """{relative path: bytes, or the parsed JSON without timings} of every file under `folder`."""
+def _products(folder: Path, ignore: frozenset = TIMINGS) -> dict[str, object]:
+    """{relative path: bytes, or the parsed JSON without the keys `ignore` (timings)} of every file under `folder`,
+    the folder's own path spelled OUT (products name the files they point at)."""
     out = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        name = str(path.relative_to(folder))
-        out[name] = _json_without_timings(json.loads(path.read_text())) if path.suffix == ".json" else path.read_bytes()
+        data = path.read_bytes().replace(str(folder).encode(), b"OUT")
+        out[str(path.relative_to(folder))] = _json_without(json.loads(data), ignore) if path.suffix == ".json" else data
     return out
 
 
@@ -188,6 +189,15 @@ def inputs(tiny_llama, tiny_other, long_corpus, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def many_documents(tmp_path_factory) -> Path:
+    """40 short documents: enough for an eval split (held-out text) as well as a train split."""
+    folder = tmp_path_factory.mktemp("many-documents")
+    for i in range(40):
+        (folder / f"doc{i:02d}.txt").write_text(" ".join(TEXTS[(i + j) % len(TEXTS)] for j in range(2 + i % 5)))
+    return folder
+
+
 def _verb_args(verb: str, root: Path, out: Path, model: Path, corpus: Path) -> list[str]:
     """A small run of `verb` on the fixture's inputs writing to `out` (eval prints instead)."""
     if verb == "extract":
@@ -195,18 +205,21 @@ def _verb_args(verb: str, root: Path, out: Path, model: Path, corpus: Path) -> l
     if verb == "train":
         return cli_args(verb, store=root / "a", hook=HOOK, k=4, d_sae=48, steps=20, batch_size=64, out=out)
     if verb == "eval":
-        return cli_args(verb, root / f"sae-a-{HOOK}", store=root / "a", tokens=2000, model=model, ce_tokens=256)
+        args = {"store": root / "a", "tokens": 2000, "model": model, "corpus": corpus, "ce_tokens": 256}
+        return cli_args(verb, root / f"sae-a-{HOOK}", **args)
     if verb in ("compare", "concepts"):
         sides = {"store_a": root / "a", "store_b": root / "b"}
         sides |= {"saes_a": root / "sae-a-{hook}", "saes_b": root / "sae-b-{hook}", "hooks_a": 1, "hooks_b": 1}
         return cli_args(verb, **sides, out=out, n_permutations=20, n_bootstrap=2, threshold=0.0)
-    return cli_args(verb, model=model, hook=HOOK, sae=root / f"sae-a-{HOOK}", words=100, min_letters=1, out=out)
+    return cli_args(
+        verb, model=model, hook=HOOK, sae=root / f"sae-a-{HOOK}", words=150, min_letters=1, min_probe_f1=0.0, out=out
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("verb", VERBS)
 def test_device_cpu_and_auto_give_the_same_products_as_the_default(
-    verb, inputs, tiny_llama, long_corpus, tmp_path, monkeypatch, capsys
+    verb, inputs, tiny_llama, many_documents, tmp_path, monkeypatch, capsys
 ):
     """No flag (the default, auto), --device auto and --device cpu: the same files byte for byte (JSON without
     its timings); eval, which writes nothing, prints the same figures."""
@@ -214,7 +227,7 @@ def test_device_cpu_and_auto_give_the_same_products_as_the_default(
     seen = []
     for device in (None, "auto", "cpu"):
         out = tmp_path / f"out-{device}"
-        args = _verb_args(verb, inputs, out, tiny_llama, long_corpus)
+        args = _verb_args(verb, inputs, out, tiny_llama, many_documents)
         assert main(args if device is None else [*args, "--device", device]) == 0
         printed = capsys.readouterr().out
         seen.append(printed.replace(str(out), "OUT") if verb == "eval" else _products(out))
@@ -258,7 +271,7 @@ pair_cards = 0
 label = "a"
 hook = 1
 k_values = [4]
-words = 100
+words = 150
 min_probe_f1 = 0.0
 min_letters = 1
 """
@@ -266,25 +279,26 @@ min_letters = 1
 
 @pytest.mark.slow
 def test_a_study_on_cpu_and_auto_gives_the_same_products_and_keys(
-    tiny_llama, tiny_other, long_corpus, tmp_path, monkeypatch
+    tiny_llama, tiny_other, many_documents, tmp_path, monkeypatch
 ):
+    from saeatlas.study.plan import plan
     from saeatlas.study.run import run_study
 
     monkeypatch.setenv("SAEATLAS_CACHE", str(tmp_path / "cache"))
+    studies = {d: parse_study(_study_text(tiny_llama, tiny_other, many_documents, d)) for d in ("auto", "cpu")}
+    keys = {d: [stage.key for stage in plan(study, tmp_path / "out")] for d, study in studies.items()}
+    assert keys["auto"] == keys["cpu"]  # the device is in no stage's key
     runs = {}
-    for device in ("auto", "cpu"):
-        study = parse_study(_study_text(tiny_llama, tiny_other, long_corpus, device))
-        out = tmp_path / device
-        run_study(study, out, progress=False)
-        products = _products(out)
-        for name in [n for n in products if n.endswith((".log", "report.html"))]:
-            del products[name]  # logs and the report carry times
-        runs[device] = products
+    for device, study in studies.items():
+        run_study(study, tmp_path / device, progress=False)
+        products = _products(tmp_path / device, TIMINGS | {"key"})
+        # logs and the report carry times; stage records and keys hash the output folder's path (above: equal)
+        runs[device] = {n: v for n, v in products.items() if not n.endswith((".log", ".html", "stage.json"))}
     assert runs["auto"].keys() == runs["cpu"].keys()
     for name in runs["auto"]:
         assert runs["auto"][name] == runs["cpu"][name], name
-    # the other device's products count as done: a rerun on "cpu" of the "auto" folder makes nothing again
-    summary = run_study(parse_study(_study_text(tiny_llama, tiny_other, long_corpus, "cpu")), tmp_path / "auto", False)
+    # products made on one device count as done on another: "cpu" in the "auto" folder makes nothing again
+    summary = run_study(studies["cpu"], tmp_path / "auto", progress=False)
     assert {s["state"] for s in summary["stages"]} == {"done"}
 
 
