@@ -372,6 +372,27 @@ def test_the_device_path_matches_the_cpu_path_on_codes_and_neurons(accumulate):
     assert np.abs(got.matrix - ref.matrix).max() <= (1e-12 if accumulate == torch.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("measure", ["svcca", "pwcca", "linear_cka", "procrustes", "rsa", "mutual_knn"])
+def test_the_device_kernels_of_the_nulls_give_the_cpu_nulls(measure):
+    """The nulls' batched kernels forced onto the device path (here the CPU's torch, float64): the same
+    permutations, so the same null to 1e-12 (CKA both ways: cross products and Gram overlaps)."""
+    from saeatlas.compare.stats import _FAST_NULLS, _kernels_on, _null_linear_cka, permutation_null
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(120, 16))
+    Y = X[:, :12] @ rng.normal(size=(12, 14)) + 0.5 * rng.normal(size=(120, 14))
+    kwargs = {"k": 8} if measure in ("svcca", "pwcca") else {}
+    ref = permutation_null(measure, X, Y, n_permutations=40, seed=5, **kwargs)
+    with _kernels_on(torch.device("cpu")):  # permutation_null itself keeps the CPU on its numpy path
+        got = _FAST_NULLS[measure](X, Y, 40, 5, **kwargs)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+    assert ref.std() > 0
+    if measure == "linear_cka":
+        with _kernels_on(torch.device("cpu")):
+            gram = _null_linear_cka(X, Y, 40, 5, _path="gram")
+        np.testing.assert_allclose(gram, ref, rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------- on a CUDA GPU (`pytest -m gpu`)
 def _compare_results(root: Path, out: Path, device: str) -> dict:
     args = _verb_args("compare", root, out, Path(), Path())

@@ -100,7 +100,8 @@ def _with_k(cfg: CompareOptions, measure: str, n: int, score: dict) -> dict:
 def _null(cfg: CompareOptions, measure: str, X: np.ndarray, Y: np.ndarray, seed: int) -> np.ndarray:
     Xs, Ys = _sample_rows(X, Y, measure, cfg)
     kwargs = _measure_kwargs(cfg, measure, len(Xs))
-    return permutation_null(measure, Xs, Ys, n_permutations=cfg.n_permutations, seed=seed, **kwargs)
+    device = resolve_device(cfg.device)
+    return permutation_null(measure, Xs, Ys, n_permutations=cfg.n_permutations, seed=seed, device=device, **kwargs)
 
 
 def score_spaces(X: np.ndarray, Y: np.ndarray, measures: list[str], cfg: CompareOptions) -> dict:
