@@ -19,9 +19,11 @@ products codes_a[chunk]^T codes_b[chunk], the matmuls GPUs are built for, in
 float64 where the device has it; where it has not (MPS), in float32 with each
 chunk's product added by Neumaier's compensated summation, so the error does
 not grow with the number of chunks (tests/test_devices.py measures it against
-float64).  The blocks of S come back to the CPU, where the rest is the same.  Dead latents (zero variance over the
-positions) get NaN and are never anyone's partner: the paper's code
-(github.com/wlg1/univ_feat_geom) matched them to latent 0 (NaN's argmax).
+float64).  The blocks of S come back to the CPU, where the rest is the same.
+
+Dead latents (zero variance over the positions) get NaN and are never
+anyone's partner: the paper's code (github.com/wlg1/univ_feat_geom) matched
+them to latent 0 (NaN's argmax).
 """
 
 from __future__ import annotations
