@@ -129,13 +129,18 @@ def test_a_device_that_is_not_here_is_one_line_and_exit_2_before_anything_is_wri
 
 
 @no_cuda
-def test_a_study_on_a_device_that_is_not_here_stops_before_anything_is_written(tiny_llama, tmp_path, capsys):
+def test_a_study_on_a_device_that_is_not_here_stops_before_anything_is_written(
+    tiny_llama, many_documents, tmp_path, capsys
+):
     study = tmp_path / "study.toml"
-    study.write_text(_study_text(tiny_llama, tiny_llama, tmp_path / "corpus", device="cuda"))
+    study.write_text(_study_text(tiny_llama, tiny_llama, many_documents, device="cuda"))
     assert main(["run", str(study), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err == "saeatlas: error: device 'cuda' is not available here (no CUDA GPU): use --device cpu or auto\n"
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
+    # `status` runs nothing, so it needs no device: it answers on any machine
+    assert main(["status", str(study), "--out", str(tmp_path / "out")]) == 0
+    assert "missing" in capsys.readouterr().out
 
 
 @no_cuda
