@@ -43,10 +43,12 @@ def _extract_flags(p) -> dict[str, list[str]]:
 def _extract(args) -> int:
     from .data.config import ExtractConfig
     from .data.extract import run_extract
+    from .devices import resolve_device
     from .flags import given
     from .progress import token_progress
 
     cfg = ExtractConfig(**given(args, ExtractConfig))
+    resolve_device(cfg.device)  # before the store's lock file and its folder
     with token_progress(f"extract {cfg.model}", total=cfg.tokens, enabled=not args.quiet) as advance:
         result = run_extract(cfg, args.out, progress=advance)
     if result.n_tokens_written == 0:
@@ -157,6 +159,7 @@ def _eval_flags(p) -> dict[str, list[str]]:
 
 
 def _eval(args) -> int:
+    from .devices import resolve_device
     from .flags import given
     from .progress import count_progress
     from .sae.config import EvalConfig
@@ -164,6 +167,7 @@ def _eval(args) -> int:
     from .sae.run import activation_source, run_eval
 
     cfg = EvalConfig(**given(args, EvalConfig))
+    resolve_device(cfg.device)  # before the inputs are read
     data = None
     if args.activations or args.store:
         data = activation_source(args.activations, args.store, cfg.hook or read_metadata(args.sae).get("hook_name"))

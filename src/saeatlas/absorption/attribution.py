@@ -104,7 +104,7 @@ def _path_points(sae: SparseAutoencoder, a: torch.Tensor, steps: int, path: IgPa
     alphas = path_alphas(steps, path)
     first_point = 1 if path == "paper" else 2  # "paper": alphas[0] == 1 is the clean end
     ends = torch.tensor([0.0] if path == "paper" else [0.0, 1.0])
-    alpha = torch.cat([ends, alphas])  # [rows]
+    alpha = torch.cat([ends, alphas]).to(a.device)  # [rows]
     beta = alpha if path == "paper" else torch.ones_like(alpha)
     with torch.no_grad():
         z = sae.encode(a[None])[0]  # [d_sae]
@@ -123,9 +123,9 @@ def _attribution(points: _PathPoints, metric: torch.Tensor) -> Attribution:
     error_score = points.error @ grad_error[first:].mean(dim=0) if points.error_moves else torch.zeros(())
     ends = metric.detach()
     return Attribution(
-        scores=scores.detach().numpy().astype(np.float64),
+        scores=scores.detach().cpu().numpy().astype(np.float64),
         error_score=float(error_score),
-        activations=points.z.detach().numpy().astype(np.float64),
+        activations=points.z.detach().cpu().numpy().astype(np.float64),
         metric=float(ends[1]),
         metric_baseline=float(ends[0]),
     )
@@ -173,7 +173,7 @@ def integrated_gradients(
     """
     handle.model.requires_grad_(False)
     rows = steps + (1 if path == "paper" else 2)
-    ids = torch.tensor([token_ids])
+    ids = torch.tensor([token_ids], device=handle.device)
     with torch.no_grad():
         cache = _prefix_cache(handle, ids[:, :position]) if position else None
     if cache is not None:

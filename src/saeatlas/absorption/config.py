@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from ..config import Config, check, check_choice, check_float, check_int, check_text
+from ..config import RUNTIME, Config, check, check_choice, check_device, check_float, check_int, check_text
 from ..data.config import DTYPES, Dtype
 from ..models.hooks import canonical_hook
 from .probes import RECIPE_NAMES, RecipeName
@@ -57,6 +57,11 @@ class AbsorptionOptions(Config):
     batch_size: int = 32
     """Prompts per forward pass when reading the task's activations."""
 
+    device: str = field(default="auto", metadata=RUNTIME)
+    """Where to run the model's forward, the SAE encodes and the attributions: auto (CUDA, then MPS, then the
+    CPU), cpu, cuda, cuda:N or mps; under torchrun each process takes the GPU of its local rank.  The results
+    are the same files on every device."""
+
     def _validate(self) -> None:
         check_choice(self, "variant", VARIANTS)
         check(
@@ -79,6 +84,7 @@ class AbsorptionOptions(Config):
         check_int(self, "max_candidates", 1)
         check_choice(self, "model_dtype", DTYPES)
         check_int(self, "batch_size", 1, 1 << 16)
+        check_device(self)
 
     @property
     def n_words(self) -> int | None:

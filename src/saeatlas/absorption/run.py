@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from ..devices import resolve_device
 from ..errors import SaeAtlasError
 from ..models import load_model, parse_hook
 from ..progress import count_progress
@@ -51,10 +52,14 @@ def probe_table(probes: Probes, acts: np.ndarray, letters: np.ndarray, test: np.
 
 
 def encode_all(sae: SparseAutoencoder, acts: np.ndarray, batch: int = 1024) -> np.ndarray:
-    """[n, d_in] -> [n, d_sae] float32 codes, in batches."""
+    """[n, d_in] -> [n, d_sae] float32 codes, in batches, encoded on the SAE's device."""
+    device = sae.W_dec.device
     with torch.no_grad():
         return np.concatenate(
-            [sae.encode(torch.from_numpy(acts[i : i + batch])).float().numpy() for i in range(0, len(acts), batch)]
+            [
+                sae.encode(torch.from_numpy(acts[i : i + batch]).to(device)).float().cpu().numpy()
+                for i in range(0, len(acts), batch)
+            ]
         )
 
 
@@ -90,7 +95,7 @@ def score_sae(
     started = time.perf_counter()
     letters = task.letters
     codes = encode_all(sae, task.acts)  # [n, d_sae]
-    W_dec = sae.W_dec.detach().double().numpy()
+    W_dec = sae.W_dec.detach().double().cpu().numpy()
     ranked = rank_latents(
         codes[train],
         one_hot(letters[train], len(LETTERS)),
@@ -205,8 +210,10 @@ def ablation_rates(
 def run_absorption(cfg: AbsorptionConfig, progress: bool = True) -> dict:
     """Probes, splitting and absorption for every SAE of `cfg`; the results dict."""
     started = time.perf_counter()
-    saes = [(folder, load_sae(folder)) for folder in cfg.saes]  # fail on a bad SAE before the model work
-    handle = load_model(cfg.model, dtype="float32" if cfg.variant != "projection" else cfg.model_dtype)
+    device = resolve_device(cfg.device)  # a device that is not here: one line, before any work
+    saes = [(folder, load_sae(folder, device)) for folder in cfg.saes]  # fail on a bad SAE before the model work
+    dtype = "float32" if cfg.variant != "projection" else cfg.model_dtype
+    handle = load_model(cfg.model, dtype=dtype, device=device)
     if handle.kind != "causal":
         raise SaeAtlasError(f"model '{cfg.model}' is an encoder: the first-letter task needs a causal LM")
     point = parse_hook(cfg.hook, handle.n_layers)

@@ -214,7 +214,7 @@ def task_activations(
             mask[r, : len(ids[i])] = 1
         out = capture(handle, [point], batch, mask)[point.name]  # [b, seq, d_model]
         at = torch.as_tensor(positions[rows])
-        acts[rows] = out[torch.arange(len(rows)), at].float().numpy()
+        acts[rows] = out[torch.arange(len(rows), device=out.device), at.to(out.device)].float().cpu().numpy()
         if progress:
             progress(len(rows))
     if not np.isfinite(acts[keep]).all():

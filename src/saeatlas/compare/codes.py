@@ -21,7 +21,8 @@ def encode_sparse(sae, batches: Iterable[torch.Tensor]) -> sp.csr_array:
 
     Each chunk is encoded densely under torch.no_grad and only its nonzeros are kept, so memory is one
     [chunk, d_sae] block plus the nonzeros.  The SAE is used in whatever mode it is in (call `.eval()`
-    first for a BatchTopK SAE, whose training mode depends on the batch).
+    first for a BatchTopK SAE, whose training mode depends on the batch).  The chunks are encoded on the SAE's
+    device; only the nonzeros come back to the CPU.
     """
     d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
     device = sae.W_dec.device
@@ -35,10 +36,12 @@ def encode_sparse(sae, batches: Iterable[torch.Tensor]) -> sp.csr_array:
                     "give [chunk, d_in] activations of the hook the SAE was trained on"
                 )
             x = x.to(device=device, dtype=torch.float32)
-            if sae.cfg.arch == "topk" and device.type == "cpu":
+            if sae.cfg.arch == "topk":
                 row_ptr, cols, vals = _topk_chunk(sae, x)
             else:
-                csr = sae.encode(x).float().cpu().to_sparse_csr()  # [chunk, d_sae]
+                codes = sae.encode(x).float()  # [chunk, d_sae]
+                # MPS has no sparse CSR layout: its dense codes come back to the CPU first
+                csr = (codes.cpu() if device.type == "mps" else codes).to_sparse_csr().cpu()
                 row_ptr, cols, vals = csr.crow_indices()[1:].numpy(), csr.col_indices().numpy(), csr.values().numpy()
             pointers.append(row_ptr.astype(np.int64) + nnz)
             indices.append(cols.astype(np.int32))
@@ -58,12 +61,16 @@ def _topk_chunk(sae, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarra
     the k largest pre-activations per row (the trainer's top-k), ReLU'd, zeros dropped; no dense codes."""
     from ..sae.sparse import encoder_product, fast_topk
 
-    values, columns = fast_topk(encoder_product(sae, x - sae.b_dec), sae.cfg.k, sae.b_enc)  # [chunk, k] each
+    pre = encoder_product(sae, x - sae.b_dec)  # [chunk, d_sae]
+    if x.device.type == "cpu":
+        values, columns = fast_topk(pre, sae.cfg.k, sae.b_enc)  # [chunk, k] each
+    else:  # the native top-k is a CPU kernel
+        values, columns = (pre + sae.b_enc).topk(sae.cfg.k, dim=1, sorted=False)
     values = values.float().relu()
     keep = values > 0
     order = torch.argsort(columns, dim=1)  # columns ascending within each row, as CSR readers expect
     columns, values, keep = (t.gather(1, order) for t in (columns, values, keep))
-    return keep.sum(1).cumsum(0).numpy(), columns[keep].numpy(), values[keep].numpy()
+    return keep.sum(1).cumsum(0).cpu().numpy(), columns[keep].cpu().numpy(), values[keep].cpu().numpy()
 
 
 def top_positions(codes: sp.sparray, k: int = 5) -> np.ndarray:

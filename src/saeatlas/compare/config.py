@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import Config, check, check_choice, check_float, check_int, check_subset
+from ..config import RUNTIME, Config, check, check_choice, check_device, check_float, check_int, check_subset
 from ..models.hooks import canonical_hook, template_problem
 from .match import METHODS, Method
 from .similarity import MEASURES
@@ -83,6 +83,10 @@ class CompareOptions(Config):
     """Use at most this many aligned positions (the first ones)."""
     seed: int = 0
     """Seed of permutations, bootstraps and samples."""
+    device: str = field(default="auto", metadata=RUNTIME)
+    """Where to run the SAE encodes, the correlation sums and the permutation nulls: auto (CUDA, then MPS, then
+    the CPU), cpu, cuda, cuda:N or mps; under torchrun each process takes the GPU of its local rank.  The
+    results are the same files on every device."""
 
     def _validate(self) -> None:
         check_choice(self, "method", METHODS)
@@ -113,6 +117,7 @@ class CompareOptions(Config):
             "use a positive number of positions, or leave it unset",
         )
         check_int(self, "seed", 0)
+        check_device(self)
 
 
 @dataclass(kw_only=True)

@@ -12,20 +12,30 @@ product of z-scored copies the paper's code makes (6.5 GB per side).
 
 S is produced in blocks of A latents and turned into correlations block by
 block: the best and top-m partners of every latent on both sides are kept, the
-full [d_a, d_b] matrix only on request.  Dead latents (zero variance over the
-positions) get NaN and are never anyone's partner: the paper's code
-(github.com/wlg1/univ_feat_geom) matched them to latent 0 (NaN's argmax).
+full [d_a, d_b] matrix only on request.
+
+On an accelerator (`device`) S is instead a sum over chunks of positions of dense
+products codes_a[chunk]^T codes_b[chunk], the matmuls GPUs are built for, in
+float64 where the device has it; where it has not (MPS), in float32 with each
+chunk's product added by Neumaier's compensated summation, so the error does
+not grow with the number of chunks (tests/test_devices.py measures it against
+float64).  The blocks of S come back to the CPU, where the rest is the same.
+
+Dead latents (zero variance over the positions) get NaN and are never
+anyone's partner: the paper's code (github.com/wlg1/univ_feat_geom) matched
+them to latent 0 (NaN's argmax).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..devices import has_float64
 from ..errors import SaeAtlasError
 from ..memory import one_torch_thread
 
@@ -34,6 +44,10 @@ BLOCK_BYTES = 1 << 24
 maps blocks over 32 MiB afresh at every allocation, and their page faults then cost more than the sums."""
 PRODUCT_BUDGET = 1 << 22
 """Products a-value x b-value generated at once (their keys and weights take ~16 bytes each)."""
+DEVICE_BLOCK_BYTES = 1 << 30
+"""Size of one block of S (A latents x d_b) on an accelerator, compensation included."""
+DEVICE_CHUNK = 4096
+"""Positions per dense product on an accelerator."""
 DEAD_VARIANCE = 1e-10
 """A latent is dead when its variance is at most this fraction of its mean square (zero or constant)."""
 
@@ -93,27 +107,42 @@ def _moments(n: float, total: np.ndarray, total_sq: np.ndarray) -> _Moments:
 
 # ---------------------------------------------------------------- public
 def pearson_sparse(
-    codes_a: sp.sparray, codes_b: sp.sparray, top_m: int = 10, dense: bool = False, block: int | None = None
+    codes_a: sp.sparray,
+    codes_b: sp.sparray,
+    top_m: int = 10,
+    dense: bool = False,
+    block: int | None = None,
+    device: torch.device | None = None,
+    accumulate: torch.dtype | None = None,
 ) -> CorrelationResult:
     """Pearson correlation between every column of `codes_a` [n, d_a] and of `codes_b` [n, d_b] (sparse).
 
     block: at most this many A latents per block of cross sums (default: a 16 MiB float64 block; blocks
     are also cut to about PRODUCT_BUDGET products).  Memory: a block, the products of one block, B's rows
     in float64, and the [d_a, d_b] float32 matrix only when `dense`.
+    device: where the cross sums run (None or the CPU: the sparse CPU path); accumulate: their dtype on the
+    device (default float64 where it has it, else compensated float32); given with the CPU device, the
+    device path runs on the CPU (to test it).
     """
     a, b = _as_csr(codes_a, "codes_a"), _as_csr(codes_b, "codes_b")
     _check_rows(a.shape[0], b.shape[0])
     _check_top_m(top_m)
     n = a.shape[0]
     mom_a, mom_b = _moments(n, *_column_sums(a)), _moments(n, *_column_sums(b))
-    rows = block or max(1, BLOCK_BYTES // (8 * max(b.shape[1], 1)))
+    if _on_device(device, accumulate):
+        blocks = _device_cross_blocks(_csr_chunks(a), _csr_chunks(b), n, a.shape[1], b.shape[1], device, accumulate)
+    else:
+        blocks = _sparse_cross_blocks(a, b, block or max(1, BLOCK_BYTES // (8 * max(b.shape[1], 1))))
     with one_torch_thread():
-        return _collect(_sparse_cross_blocks(a, b, rows), n, mom_a, mom_b, top_m, dense)
+        return _collect(blocks, n, mom_a, mom_b, top_m, dense)
 
 
-def pearson_dense(x_a, x_b, top_m: int = 10, chunk: int = 8192) -> CorrelationResult:
+def pearson_dense(
+    x_a, x_b, top_m: int = 10, chunk: int = 8192, device: torch.device | None = None, accumulate=None
+) -> CorrelationResult:
     """Pearson correlation between the columns of dense activations x_a [n, d_a] and x_b [n, d_b]
-    (raw neurons), accumulated in float64 over chunks of `chunk` positions; the matrix is kept."""
+    (raw neurons), accumulated in float64 over chunks of `chunk` positions; the matrix is kept.
+    device, accumulate: where the cross sums run, in what dtype, as for `pearson_sparse`."""
     xa, xb = _as_dense(x_a, "x_a"), _as_dense(x_b, "x_b")
     _check_rows(xa.shape[0], xb.shape[0])
     _check_top_m(top_m)
@@ -122,8 +151,9 @@ def pearson_dense(x_a, x_b, top_m: int = 10, chunk: int = 8192) -> CorrelationRe
     # large mean (residual streams have some); correlations do not change under a shift.
     shift_a = xa[:chunk].mean(0, dtype=np.float64) if n else np.zeros(d_a)
     shift_b = xb[:chunk].mean(0, dtype=np.float64) if n else np.zeros(d_b)
+    on_device = _on_device(device, accumulate)
     sa, saa, sb, sbb = np.zeros(d_a), np.zeros(d_a), np.zeros(d_b), np.zeros(d_b)
-    cross = np.zeros((d_a, d_b))
+    cross = None if on_device else np.zeros((d_a, d_b))
     for first in range(0, n, chunk):
         ca = xa[first : first + chunk].astype(np.float64) - shift_a  # [c, d_a]
         cb = xb[first : first + chunk].astype(np.float64) - shift_b  # [c, d_b]
@@ -131,9 +161,15 @@ def pearson_dense(x_a, x_b, top_m: int = 10, chunk: int = 8192) -> CorrelationRe
         saa += np.einsum("ij,ij->j", ca, ca)
         sb += cb.sum(0)
         sbb += np.einsum("ij,ij->j", cb, cb)
-        cross += ca.T @ cb
-    rows = max(1, BLOCK_BYTES // (8 * max(d_b, 1)))
-    blocks = ((r, min(r + rows, d_a), cross[r : r + rows]) for r in range(0, d_a, rows))
+        if cross is not None:
+            cross += ca.T @ cb
+    if on_device:
+        blocks = _device_cross_blocks(
+            _dense_chunks(xa, shift_a), _dense_chunks(xb, shift_b), n, d_a, d_b, device, accumulate
+        )
+    else:
+        rows = max(1, BLOCK_BYTES // (8 * max(d_b, 1)))
+        blocks = ((r, min(r + rows, d_a), cross[r : r + rows]) for r in range(0, d_a, rows))
     with one_torch_thread():
         return _collect(blocks, n, _moments(n, sa, saa), _moments(n, sb, sbb), top_m, dense=True)
 
@@ -246,6 +282,81 @@ class _RowGather:
         source = np.repeat(self.indptr[positions] - offsets, lengths) + np.arange(lengths.sum())
         keys = np.repeat(row_key, lengths) + self.columns[source]
         return keys, np.repeat(a_values, lengths) * self.values[source]
+
+
+# ---------------------------------------------------------------- cross sums on an accelerator
+ChunkFn = Callable[[int, int, torch.device, torch.dtype], torch.Tensor]
+"""chunk(first, last, device, dtype) -> [last - first, d] dense rows of one side, on `device`."""
+
+
+def _on_device(device: torch.device | None, accumulate: torch.dtype | None) -> bool:
+    """Whether the cross sums take the accelerator path (any device but the CPU, or a dtype forced)."""
+    return device is not None and (device.type != "cpu" or accumulate is not None)
+
+
+def _csr_chunks(csr: sp.csr_array) -> ChunkFn:
+    """Rows of sparse codes [n, d], made dense on the device (scattered there: no dense copy on the CPU)."""
+
+    def chunk(first: int, last: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        part = csr[first:last]
+        rows = np.repeat(np.arange(part.shape[0], dtype=np.int64), np.diff(part.indptr))
+        out = torch.zeros(part.shape, dtype=dtype, device=device)  # [c, d]
+        index = (torch.from_numpy(rows).to(device), torch.from_numpy(part.indices.astype(np.int64)).to(device))
+        out[index] = torch.from_numpy(part.data).to(device=device, dtype=dtype)
+        return out
+
+    return chunk
+
+
+def _dense_chunks(x: np.ndarray, shift: np.ndarray) -> ChunkFn:
+    """Rows of dense activations [n, d] minus a per-column shift [d] (in float64 before the device dtype)."""
+
+    def chunk(first: int, last: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        rows = torch.from_numpy(x[first:last].astype(np.float64) - shift)  # [c, d]
+        return rows.to(device=device, dtype=dtype)
+
+    return chunk
+
+
+def neumaier_add(total: torch.Tensor, compensation: torch.Tensor, x: torch.Tensor) -> None:
+    """total + compensation += x elementwise, in place, by Neumaier's compensated summation: `compensation`
+    gathers the low-order bits each addition to `total` drops, so n additions err by O(eps), not O(n eps)."""
+    summed = total + x
+    compensation += torch.where(total.abs() >= x.abs(), (total - summed) + x, (x - summed) + total)
+    total.copy_(summed)
+
+
+def _device_cross_blocks(
+    chunks_a: ChunkFn,
+    chunks_b: ChunkFn,
+    n: int,
+    d_a: int,
+    d_b: int,
+    device: torch.device,
+    accumulate: torch.dtype | None = None,
+    chunk: int = DEVICE_CHUNK,
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(r0, r1, S[r0:r1] float64 [r1 - r0, d_b]) with S = A^T B summed over chunks of positions on `device`:
+    float64 where it has it, else float32 with Neumaier compensation across chunks (`accumulate` forces one)."""
+    dtype = accumulate or (torch.float64 if has_float64(device) else torch.float32)
+    compensated = dtype != torch.float64
+    per_row = torch.finfo(dtype).bits // 8 * max(d_b, 1) * (2 if compensated else 1)
+    rows = max(1, DEVICE_BLOCK_BYTES // per_row)
+    for r0 in range(0, d_a, rows):
+        r1 = min(r0 + rows, d_a)
+        total = torch.zeros((r1 - r0, d_b), dtype=dtype, device=device)
+        compensation = torch.zeros_like(total) if compensated else None
+        for first in range(0, n, chunk):
+            last = min(first + chunk, n)
+            part = chunks_a(first, last, device, dtype)[:, r0:r1].T @ chunks_b(first, last, device, dtype)
+            if compensation is None:
+                total += part
+            else:
+                neumaier_add(total, compensation, part)
+        block = total.cpu().to(torch.float64)
+        if compensation is not None:  # added in float64 on the CPU: the sum keeps bits float32 cannot hold
+            block += compensation.cpu().to(torch.float64)
+        yield r0, r1, block.numpy()
 
 
 # ---------------------------------------------------------------- correlations

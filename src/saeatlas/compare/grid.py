@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..data.store import ActivationStore
+from ..devices import resolve_device
 from ..errors import SaeAtlasError
 from ..memory import reuse_freed_memory
 from ..report.format import fmt
@@ -75,6 +76,7 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
     `progress(n)` is called with 0 once the inputs are checked and aligned, then with 1 after each of the
     `n_comparisons(cfg)` comparisons."""
     progress = progress or (lambda n: None)
+    resolve_device(cfg.device)  # a device that is not here: one line, before any work
     reuse_freed_memory()
     t0 = time.perf_counter()
     store_a, store_b = _open_inputs(cfg)
@@ -223,6 +225,7 @@ def run_concepts(cfg: ConceptsConfig, progress: Callable[[int], None] | None = N
     within the concept on both sides, scored against the random-pairing null.  `progress(n)` is called with 0
     once the inputs are checked and aligned, then with 1 after each (layer pair, concept) cell."""
     progress = progress or (lambda n: None)
+    resolve_device(cfg.device)  # a device that is not here: one line, before any work
     reuse_freed_memory()
     t0 = time.perf_counter()
     concepts = load_concept_sources(cfg.concepts)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import scipy.stats
+import torch
 
+from ..devices import resolve_device
 from ..errors import SaeAtlasError
 from ..threads import parallel_map
 from .config import CompareOptions
@@ -98,7 +100,8 @@ def _with_k(cfg: CompareOptions, measure: str, n: int, score: dict) -> dict:
 def _null(cfg: CompareOptions, measure: str, X: np.ndarray, Y: np.ndarray, seed: int) -> np.ndarray:
     Xs, Ys = _sample_rows(X, Y, measure, cfg)
     kwargs = _measure_kwargs(cfg, measure, len(Xs))
-    return permutation_null(measure, Xs, Ys, n_permutations=cfg.n_permutations, seed=seed, **kwargs)
+    device = resolve_device(cfg.device)
+    return permutation_null(measure, Xs, Ys, n_permutations=cfg.n_permutations, seed=seed, device=device, **kwargs)
 
 
 def score_spaces(X: np.ndarray, Y: np.ndarray, measures: list[str], cfg: CompareOptions) -> dict:
@@ -124,14 +127,17 @@ def _codes_rows(codes: sp.csr_array | np.ndarray, rows: np.ndarray | None):
     return codes if rows is None else codes[rows]
 
 
-def correlate_codes(codes_a, codes_b, top_m: int) -> CorrelationResult:
-    """Correlations of codes_a [n, d_a] and codes_b [n, d_b]: sparse SAE codes, or dense neurons."""
+def correlate_codes(codes_a, codes_b, top_m: int, device: torch.device | None = None) -> CorrelationResult:
+    """Correlations of codes_a [n, d_a] and codes_b [n, d_b]: sparse SAE codes, or dense neurons; the cross
+    sums on `device` (None: the CPU)."""
     if isinstance(codes_a, np.ndarray):
-        return pearson_dense(codes_a, codes_b, top_m=top_m)
-    return pearson_sparse(codes_a, codes_b, top_m=top_m)
+        return pearson_dense(codes_a, codes_b, top_m=top_m, device=device)
+    return pearson_sparse(codes_a, codes_b, top_m=top_m, device=device)
 
 
-def chance_thresholds(codes_a, codes_b, n_shifts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def chance_thresholds(
+    codes_a, codes_b, n_shifts: int, seed: int, device: torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """([d_a], [d_b]) per latent, the largest of its best correlations with any latent of the other side over
     `n_shifts` circular shifts of A's positions (seeded offsets between a quarter and three quarters of n).
 
@@ -144,7 +150,7 @@ def chance_thresholds(codes_a, codes_b, n_shifts: int, seed: int) -> tuple[np.nd
     offsets = rng.choice(np.arange(n // 4, max(n // 4 + 1, 3 * n // 4)), size=n_shifts, replace=n < 2 * n_shifts)
     thr_a, thr_b = np.full(codes_a.shape[1], -np.inf), np.full(codes_b.shape[1], -np.inf)
     for off in offsets:  # one shift at a time: a copy of the codes each (stacking them all costs 19 copies)
-        res = correlate_codes(codes_a[np.roll(np.arange(n), int(off))], codes_b, 1)
+        res = correlate_codes(codes_a[np.roll(np.arange(n), int(off))], codes_b, 1, device)
         thr_a = np.fmax(thr_a, np.where(np.isfinite(res.best_corr_for_a), res.best_corr_for_a, -np.inf))
         thr_b = np.fmax(thr_b, np.where(np.isfinite(res.best_corr_for_b), res.best_corr_for_b, -np.inf))
     return thr_a, thr_b
@@ -181,12 +187,13 @@ def select_pairs(a: Side, b: Side, cfg: CompareOptions, rows: np.ndarray | None 
     """Correlate the codes of a and b at `rows` (all positions for None), apply the chance threshold
     (`cfg.chance_shifts`), then match and filter (`cfg.method`, `cfg.threshold`, junk, top-token overlap: `match_sides`)."""
     ca, cb = _codes_rows(a.codes, rows), _codes_rows(b.codes, rows)
-    result = correlate_codes(ca, cb, cfg.top_m)
+    device = resolve_device(cfg.device)
+    result = correlate_codes(ca, cb, cfg.top_m, device)
     alive_b = ~result.dead_b
     mean_max = float(np.nanmean(result.best_corr_for_b[alive_b])) if alive_b.any() else math.nan
     n_above = None
     if cfg.chance_shifts and cfg.method != "legacy_first":  # the paper's rule has the fixed threshold only
-        thr_a, thr_b = chance_thresholds(ca, cb, cfg.chance_shifts, cfg.seed + 101)
+        thr_a, thr_b = chance_thresholds(ca, cb, cfg.chance_shifts, cfg.seed + 101, device)
         result = _apply_thresholds(result, thr_a, thr_b)
         n_above = int(np.isfinite(result.best_corr_for_b).sum())
     return Selection(result, match_sides(result, a, b, cfg), n_above, mean_max)

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from ..data.store import ActivationStore
+from ..devices import resolve_device
 from ..errors import SaeAtlasError
 from ..sae.formats import load_sae, sae_folder
 from ..sae.model import SparseAutoencoder
@@ -74,7 +75,7 @@ def sae_side(
         junk = paper_junk_latents(texts)
     elif junk_ids is not None:
         junk = junk_latents(top, token_ids, junk_ids)
-    return Side(label, codes, sae.W_dec.detach().float().numpy(), junk, texts)
+    return Side(label, codes, sae.W_dec.detach().float().cpu().numpy(), junk, texts)
 
 
 def neuron_side(label: str, store: ActivationStore, hook: str, rows: np.ndarray) -> Side:
@@ -100,6 +101,7 @@ class SideCache:
 
     def __init__(self, cfg: CompareConfig, store_a: ActivationStore, store_b: ActivationStore, align: Alignment):
         self.cfg, self.store_a, self.store_b, self.align = cfg, store_a, store_b, align
+        self.device = resolve_device(cfg.device)
         legacy = cfg.method == "legacy_first"
         # The legacy mode judges junk from the decoded top tokens with the paper's strings, not from token ids.
         self.paper_junk = legacy and cfg.junk_filter
@@ -132,10 +134,11 @@ class SideCache:
             template = cfg.saes_a if which == "a" else cfg.saes_b
             if kind == "skyline":
                 template = cfg.skyline_saes_a
-            sae = load_sae(sae_folder(template, hook))
+            sae = load_sae(sae_folder(template, hook), self.device)
             label = f"{name} {hook}"
             if kind == "random_init":
-                sae = self._random_like(sae, which, hook, store, rows, seed)
+                # made on the CPU from a CPU generator (the same weights on every device), then moved
+                sae = self._random_like(sae.cpu(), which, hook, store, rows, seed).to(self.device)
                 label += " random-init SAE" + (f" (seed {seed})" if seed else "")
             elif kind == "skyline":
                 label = f"A {hook} SAE of another seed"

@@ -6,16 +6,26 @@ everything the pairing does not change (centring, SVD reductions, orthonormal
 bases, rank transforms, inner similarity matrices, neighbour lists) is
 computed once, then the permutations are scored in batches.  `_naive_null`
 is the reference it is tested against (a loop calling the measure).
+
+On an accelerator (`permutation_null(..., device=)`) the batched kernels, the
+permuted products of SVCCA / PWCCA / CKA / Procrustes and the permuted Gram
+overlaps of RSA / CKA, run there (float64 where the device has it, else
+float32); the permutations are drawn on the CPU as before, so the same seed
+gives the same pairings on every device, and the small per-permutation
+eigenproblems stay on the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import scipy.stats
+import torch
 
 from ..errors import SaeAtlasError
 from .similarity import (
@@ -46,6 +56,28 @@ _GRAM_COST = 40
 whether CKA's null runs on n x n Gram matrices or on [r_a, r_b] cross products."""
 
 
+_DEVICE: contextvars.ContextVar[torch.device | None] = contextvars.ContextVar("null_device", default=None)
+"""Where the batched kernels of the null being computed in this thread run (None: numpy on the CPU)."""
+_DEVICE_GATHER_BYTES = 1 << 28
+"""Bound on one batch of permuted Gram matrices gathered on an accelerator."""
+
+
+@contextlib.contextmanager
+def _kernels_on(device: torch.device | None) -> Iterator[None]:
+    """Within the block, this thread's batched null kernels run on `device` (None: the CPU path)."""
+    token = _DEVICE.set(device)
+    try:
+        yield
+    finally:
+        _DEVICE.reset(token)
+
+
+def _device_dtype(device: torch.device) -> torch.dtype:
+    from ..devices import has_float64
+
+    return torch.float64 if has_float64(device) else torch.float32
+
+
 # ---------------------------------------------------------------- permutations
 def permutations(n: int, n_permutations: int, seed: int, chunk: int) -> Iterator[np.ndarray]:
     """Batches [<= chunk, n] of random permutations of range(n); the sequence depends on (n, seed) only, not
@@ -64,6 +96,11 @@ def _chunk(n: int, width: int) -> int:
 def _permuted_products(Fa: np.ndarray, Fb: np.ndarray, P: np.ndarray) -> np.ndarray:
     """[c, r_a, r_b] products Fa^T Fb[p] for each permutation p of P [c, n]; Fa [n, r_a], Fb [n, r_b]."""
     c, n = P.shape
+    if (device := _DEVICE.get()) is not None:
+        dtype = _device_dtype(device)
+        fa, fb = (torch.as_tensor(F, dtype=dtype).to(device) for F in (Fa, Fb))
+        permuted = fb[torch.as_tensor(P).to(device)]  # [c, n, r_b]
+        return torch.matmul(fa.T, permuted).cpu().to(torch.float64).numpy()
     G = Fb[P.T]  # [n, c, r_b]: the permuted copies side by side, so one large matrix product serves them all
     return (Fa.T @ G.reshape(n, -1)).reshape(Fa.shape[1], c, Fb.shape[1]).transpose(1, 0, 2)
 
@@ -108,12 +145,29 @@ def _gram_null(A: np.ndarray, B: np.ndarray, M: int, seed: int) -> np.ndarray:
     from .. import native
 
     n = len(A)
+    if (device := _DEVICE.get()) is not None:
+        return _gram_null_on(device, A, B, M, seed)
     if n >= NATIVE_MIN_POINTS and native.library() is not None:
         A32, B32 = np.ascontiguousarray(A, dtype=np.float32), np.ascontiguousarray(B, dtype=np.float32)
         nulls = [native.permuted_gram_dots(A32, B32, P.astype(np.int32)) for P in permutations(n, M, seed, 64)]
         return np.concatenate(nulls)
     blocks = _UpperBlocks(A)
     return np.array([_permuted_gram_dot(blocks, B, p) for P in permutations(n, M, seed, 64) for p in P])
+
+
+def _gram_null_on(device: torch.device, A: np.ndarray, B: np.ndarray, M: int, seed: int) -> np.ndarray:
+    """`_gram_null` on an accelerator: a batch of permuted copies B[p][:, p] [c, n, n] at a time, each
+    multiplied with A and summed."""
+    dtype = _device_dtype(device)
+    a, b = (torch.as_tensor(X, dtype=dtype).to(device) for X in (A, B))
+    n = len(A)
+    chunk = max(1, min(64, _DEVICE_GATHER_BYTES // (torch.finfo(dtype).bits // 8 * max(n * n, 1))))
+    out = []
+    for P in permutations(n, M, seed, chunk):
+        p = torch.as_tensor(P).to(device)  # [c, n]
+        permuted = b[p[:, :, None], p[:, None, :]]  # [c, n, n]
+        out.append((permuted * a).sum(dim=(1, 2)).cpu().to(torch.float64).numpy())
+    return np.concatenate(out)
 
 
 # ---------------------------------------------------------------- nulls per measure
@@ -237,7 +291,15 @@ def _check_null_args(measure: str, n_permutations, measure_kwargs: dict) -> None
         )
 
 
-def permutation_null(measure: str, X, Y, n_permutations: int = 1000, seed: int = 0, **measure_kwargs) -> np.ndarray:
+def permutation_null(
+    measure: str,
+    X,
+    Y,
+    n_permutations: int = 1000,
+    seed: int = 0,
+    device: torch.device | None = None,
+    **measure_kwargs,
+) -> np.ndarray:
     """[n_permutations] scores of `measure` on X [n, d_a] and Y [n, d_b] with the pairing shuffled.
 
     Each score is MEASURES[measure](X, Y[p], **measure_kwargs) for a seeded
@@ -246,10 +308,12 @@ def permutation_null(measure: str, X, Y, n_permutations: int = 1000, seed: int =
     that take one (RSA's row sample, whose pairs are then shuffled among
     themselves), so pass it here and not in measure_kwargs.  Memory: RSA holds
     two [m, m] float64 matrices (m = n or max_points); CKA on wide sides two [n, n].
+    device: where the batched kernels run (None or the CPU: numpy and the native kernels).
     """
     _check_null_args(measure, n_permutations, measure_kwargs)
     X, Y = check_pair(X, Y)
-    return _FAST_NULLS[measure](X, Y, int(n_permutations), seed, **measure_kwargs)
+    with _kernels_on(device if device is not None and device.type != "cpu" else None):
+        return _FAST_NULLS[measure](X, Y, int(n_permutations), seed, **measure_kwargs)
 
 
 def _naive_null(measure: str, X, Y, n_permutations: int = 1000, seed: int = 0, **measure_kwargs) -> np.ndarray:

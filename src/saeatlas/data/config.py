@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from ..config import Config, check, check_choice, check_float, check_int, check_text
+from ..config import RUNTIME, Config, check, check_choice, check_device, check_float, check_int, check_text
 from ..models.hooks import canonical_hook
 from .corpus import SPLITS, Split
 
@@ -67,6 +67,11 @@ class ExtractConfig(TextConfig):
     extra: dict = field(default_factory=dict)
     """Free-form notes stored in the manifest (not used by the extractor)."""
 
+    device: str = field(default="auto", metadata=RUNTIME)
+    """Where to run the model's forward: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps; under
+    torchrun each process takes the GPU of its local rank.  Not a store setting: the manifest does not record
+    it, so a store started on one device resumes on another."""
+
     def _validate(self) -> None:
         check_text(self, "model", "name a packaged model, a Hugging Face folder, a .gguf file or a hub id")
         check(
@@ -83,6 +88,7 @@ class ExtractConfig(TextConfig):
         check_int(self, "shard_windows", 1, 1 << 24)
         check_choice(self, "store_dtype", DTYPES)
         check_choice(self, "model_dtype", DTYPES)
+        check_device(self)
         check(
             self.window_chars is None or not self.pack_documents,
             "window_chars",

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..devices import resolve_device
 from ..errors import CorpusError, StoreError
 from ..fileio import check_space, sha256_file, space_for, write_bytes_atomic, write_json_atomic, write_npy_atomic
 from ..locks import writing
@@ -96,6 +97,7 @@ def run_extract(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise StoreError(f"output '{out}' is a file: choose a folder path for --out")
+    device = resolve_device(cfg.device)  # a device that is not here: one line, before the lock or any folder
     if not distributed.is_main():
         progress = None
     with contextlib.ExitStack() as held:
@@ -105,7 +107,7 @@ def run_extract(
 
         distributed.on_main(lock)  # rank 0 holds it for the job; a second job stops on every rank
         with distributed.main_first():  # a conversion into the model cache is made once
-            handle = handle or load_model(cfg.model, dtype=cfg.model_dtype)
+            handle = handle or load_model(cfg.model, dtype=cfg.model_dtype, device=device)
         points = parse_hooks(cfg.hooks, handle.n_layers)
         documents = load_documents(cfg.corpus, split=cfg.split, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
         fresh_manifest = _new_manifest(cfg, handle, points, documents)

@@ -42,7 +42,8 @@ def capture(
 ) -> dict[str, torch.Tensor]:
     """Run the base model and return `{name: [batch, seq, d_model]}` at each point.
 
-    The forward stops after the deepest point; tensors keep the model dtype.
+    The forward stops after the deepest point; tensors keep the model dtype and stay on the model's device
+    (the inputs are moved there).
     """
     deepest = max(points)
     captured: dict[str, torch.Tensor] = {}
@@ -62,7 +63,8 @@ def capture(
             handles.append(_sublayer(handle, point).register_forward_hook(hook))
     try:
         with torch.inference_mode():
-            handle.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            device = handle.device
+            handle.base(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
     except _StopForward:
         pass
     finally:

@@ -39,12 +39,13 @@ def torch_dtype(name: str) -> torch.dtype:
         raise SaeAtlasError(f"unknown dtype '{name}': use bfloat16 or float32") from None
 
 
-def load_model(spec: str, dtype: str = "bfloat16", device: str = "cpu") -> ModelHandle:
+def load_model(spec: str, dtype: str = "bfloat16", device: str | torch.device = "cpu") -> ModelHandle:
     """Load a model for activation extraction.
 
     spec: a packaged name (`gemma-3-270m`, `smollm2-135m`, `minilm-l6`), a local
     Hugging Face folder, a `.gguf` file, or a hub id (only when reachable).
     dtype: compute dtype of the weights (`bfloat16` is 3-4x faster on CPU).
+    device: where the weights go (a torch device, or a name `devices.resolve_device` has checked).
     """
     _quiet_transformers()
     folder, name, identity, kind = _resolve(spec)
@@ -238,7 +239,7 @@ def _hub_folder(hub_id: str) -> Path:
 
 
 def _load_folder(
-    folder: Path, *, name: str, spec: str, identity: str, kind: str | None, dtype: str, device: str
+    folder: Path, *, name: str, spec: str, identity: str, kind: str | None, dtype: str, device: str | torch.device
 ) -> ModelHandle:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 

@@ -180,6 +180,9 @@ class EvalConfig(Config):
     ce_tokens: int = 8192
     """Tokens of held-out text for the spliced metrics (about: windows fixed in characters, spread over every
     held-out document)."""
+    device: str = field(default="auto", metadata=RUNTIME)
+    """Where to run the SAE and the model's forward: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N
+    or mps; under torchrun each process takes the GPU of its local rank."""
 
     def _validate(self) -> None:
         from ..models.hooks import canonical_hook
@@ -188,3 +191,4 @@ class EvalConfig(Config):
         check_int(self, "ce_tokens", 0, 10**9)
         if self.hook is not None:
             self.hook = canonical_hook(self.hook)
+        check_device(self)

@@ -81,7 +81,8 @@ def sae_folder(template: str | Path, hook: str) -> Path:
 def save_saelens(
     sae: SparseAutoencoder, folder: str | Path, metadata: dict | None = None, extra: dict | None = None
 ) -> Path:
-    """Write `sae` as a SAELens folder, atomically (a temporary folder renamed at the end)."""
+    """Write `sae` as a SAELens folder, atomically (a temporary folder renamed at the end); the weights are
+    written from the CPU whatever device the SAE is on, so the folder is the same."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -89,10 +90,10 @@ def save_saelens(
     with removed_on_failure(tmp):
         arch = SAVED_ARCHITECTURE[sae.cfg.arch]
         tensors = {
-            "W_enc": sae.W_enc.detach().float().contiguous(),
-            "W_dec": sae.W_dec.detach().float().contiguous(),
-            "b_enc": sae.b_enc.detach().float().contiguous(),
-            "b_dec": sae.b_dec.detach().float().contiguous(),
+            "W_enc": sae.W_enc.detach().float().cpu().contiguous(),
+            "W_dec": sae.W_dec.detach().float().cpu().contiguous(),
+            "b_enc": sae.b_enc.detach().float().cpu().contiguous(),
+            "b_dec": sae.b_dec.detach().float().cpu().contiguous(),
         }
         if arch == "jumprelu":
             threshold = (
@@ -100,7 +101,7 @@ def save_saelens(
                 if sae.cfg.arch in ("jumprelu", "gba")
                 else torch.full((sae.cfg.d_sae,), float(sae.inference_threshold or 0.0))
             )
-            tensors["threshold"] = threshold.detach().float().contiguous()
+            tensors["threshold"] = threshold.detach().float().cpu().contiguous()
         _save_file(tensors, tmp / SAELENS_WEIGHTS)
         meta = dict(metadata or {})
         if "hook_name" in meta:
@@ -141,17 +142,18 @@ def _save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
 
 
-def load_sae(folder: str | Path) -> SparseAutoencoder:
-    """Load an SAE from a SAELens, sparsify or dictionary_learning folder."""
+def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
+    """Load an SAE from a SAELens, sparsify or dictionary_learning folder onto `device` (read on the CPU,
+    then moved: the files are the same whatever device wrote them)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SaeAtlasError(f"SAE folder '{folder}' does not exist: check the path")
     if (folder / SAELENS_WEIGHTS).is_file():
-        return _load_saelens(folder)
+        return _load_saelens(folder).to(device)
     if (folder / "sae.safetensors").is_file():
-        return _load_sparsify(folder)
+        return _load_sparsify(folder).to(device)
     if (folder / "ae.pt").is_file():
-        return _load_dictionary_learning(folder)
+        return _load_dictionary_learning(folder).to(device)
     raise SaeAtlasError(
         f"'{folder}' is not an SAE folder: expected {SAELENS_WEIGHTS} (SAELens), sae.safetensors (sparsify) or ae.pt "
         "(dictionary_learning)"

@@ -23,29 +23,34 @@ HISTOGRAM_EDGES = np.arange(-8.0, 0.5, 0.5)
 def evaluate(sae: SparseAutoencoder, batches: Iterable[torch.Tensor]) -> dict:
     """L0, MSE, FVU, explained variance, cosine, dead / dense fractions, density histogram.
 
-    batches: [n, d_in] raw activations (the SAE has its normalisation folded in).
+    batches: [n, d_in] raw activations (the SAE has its normalisation folded in), moved to the SAE's device;
+    the sums stay on it (float64 where it has it) and come back to the CPU once.
     """
+    from ..devices import has_float64
+
     sae.eval()
+    device = sae.W_dec.device
+    wide = torch.float64 if has_float64(device) else torch.float32
     n = 0
     sq_err = l0 = cos_sum = 0.0
     sum_x = sum_x2 = None
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    fired = torch.zeros(sae.cfg.d_sae, dtype=wide, device=device)
     for x in batches:
-        x = x.float()
+        x = x.to(device=device, dtype=torch.float32)
         codes = sae.encode(x)
         recon = sae.decode(codes)
         n += x.shape[0]
-        sq_err += float(((recon - x) ** 2).sum(dtype=torch.float64))
-        l0 += float((codes > 0).sum(dtype=torch.float64))
-        cos_sum += float(torch.nn.functional.cosine_similarity(recon, x, dim=-1).sum(dtype=torch.float64))
-        fired += (codes > 0).sum(0, dtype=torch.float64)
-        xs = x.double()
+        sq_err += float(((recon - x) ** 2).sum(dtype=wide))
+        l0 += float((codes > 0).sum(dtype=wide))
+        cos_sum += float(torch.nn.functional.cosine_similarity(recon, x, dim=-1).sum(dtype=wide))
+        fired += (codes > 0).sum(0, dtype=wide)
+        xs = x.to(wide)
         sum_x = xs.sum(0) if sum_x is None else sum_x + xs.sum(0)
         sum_x2 = (xs**2).sum() if sum_x2 is None else sum_x2 + (xs**2).sum()
     if n == 0:
         raise ValueError("no activations to evaluate")
-    total_var = float(sum_x2 - (sum_x**2).sum() / n)  # sum over dims of n * variance
-    freq = (fired / n).numpy()
+    total_var = float(sum_x2.double().cpu() - (sum_x.double().cpu() ** 2).sum() / n)  # sum over dims of n * var
+    freq = (fired.double().cpu() / n).numpy()
     alive = freq[freq > 0]
     hist, _ = (
         np.histogram(np.log10(alive), bins=HISTOGRAM_EDGES)

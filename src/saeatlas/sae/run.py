@@ -215,12 +215,14 @@ def run_eval(
 ) -> EvalResult:
     """Metrics of an SAE (a folder or a loaded SAE) on `data` and, with `cfg.model`, spliced into the model.
     `progress(n)` counts the steps done: 0 once the inputs are checked, 1 per metric group."""
+    from ..devices import resolve_device
     from ..models import load_model
     from .splice import spliced_metrics
 
+    device = resolve_device(cfg.device)  # a device that is not here: one line, before any work
     meta = read_metadata(sae) if not isinstance(sae, SparseAutoencoder) else {}
     folder = sae if not isinstance(sae, SparseAutoencoder) else "the SAE"
-    sae = sae if isinstance(sae, SparseAutoencoder) else load_sae(sae)
+    sae = sae.to(device) if isinstance(sae, SparseAutoencoder) else load_sae(sae, device)
     if data is None and not cfg.model:
         raise SaeAtlasError(
             "give activations to evaluate on (--activations FILE or --store DIR --hook HOOK) "
@@ -234,7 +236,7 @@ def run_eval(
         check_activations(source.sample(min(source.n_tokens, 8192), seed=0), source.name)
     if cfg.model and not hook:
         raise SaeAtlasError(f"SAE '{folder}' does not name its hook: pass --hook (e.g. resid_post.9)")
-    handle = load_model(cfg.model) if cfg.model else None
+    handle = load_model(cfg.model, device=device) if cfg.model else None
     if handle is not None and handle.d_model != sae.cfg.d_in:
         raise SaeAtlasError(f"SAE '{folder}' has d_in {sae.cfg.d_in} but {cfg.model} has d_model {handle.d_model}")
     progress = progress or (lambda n: None)

@@ -118,7 +118,14 @@ def _next_token_stats(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tenso
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     target_ok = mask[:, 1:].bool()
     ce = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return torch.where(target_ok, ce, 0).sum(1, dtype=torch.float64), logp, target_ok
+    return torch.where(target_ok, ce, 0).sum(1, dtype=_wide(logits.device)), logp, target_ok
+
+
+def _wide(device: torch.device) -> torch.dtype:
+    """The accumulation dtype on `device`: float64 where it has it (not MPS)."""
+    from ..devices import has_float64
+
+    return torch.float64 if has_float64(device) else torch.float32
 
 
 @torch.no_grad()
@@ -138,9 +145,12 @@ def spliced_metrics(
     standard error over documents (`<name>_se`).
 
     About `n_tokens` tokens in windows of `window_chars` characters (default 3 per token of `context`),
-    spread over every document of `corpus`'s `split` by `choose_windows` with `seed`.
+    spread over every document of `corpus`'s `split` by `choose_windows` with `seed`.  Runs on the model's
+    device (the SAE is moved there); the per-document sums come back to the CPU.
     """
     point = parse_hook(hook, handle.n_layers)
+    device = handle.device
+    sae = sae.to(device)
     window_chars = window_chars or 3 * context
     docs = load_documents(corpus, split=split)
     chosen = choose_windows(docs, n_tokens * CHARS_PER_TOKEN, window_chars, seed)
@@ -160,6 +170,7 @@ def spliced_metrics(
         keep = torch.zeros_like(mask, dtype=torch.bool)
         for row, w in enumerate(batch):
             keep[row, : len(w)] = torch.from_numpy((w.flags & EXCLUDED_BY_DEFAULT) == 0)
+        ids, mask, keep = ids.to(device), mask.to(device), keep.to(device)
         keep3 = keep[..., None]
 
         def through_sae(act, keep3=keep3):
@@ -174,11 +185,11 @@ def spliced_metrics(
             sae_ce, sae_logp, _ = _next_token_stats(handle.model(input_ids=ids, attention_mask=mask).logits, ids, mask)
         with patched(handle, point, zeroed):
             zero_ce, *_ = _next_token_stats(handle.model(input_ids=ids, attention_mask=mask).logits, ids, mask)
-        kl = torch.where(ok, (clean_logp.exp() * (clean_logp - sae_logp)).sum(-1), 0).sum(1, dtype=torch.float64)
+        kl = torch.where(ok, (clean_logp.exp() * (clean_logp - sae_logp)).sum(-1), 0).sum(1, dtype=_wide(device))
         rows = [int(w.doc_ids[0]) for w in batch]
         for i, values in enumerate((clean_ce, sae_ce, zero_ce, kl)):
-            np.add.at(sums[i], rows, values.numpy())
-        np.add.at(counts, rows, ok.sum(1).numpy())
+            np.add.at(sums[i], rows, values.cpu().numpy())
+        np.add.at(counts, rows, ok.sum(1).cpu().numpy())
     scored = counts > 0
     if not scored.any():
         raise ValueError(f"no next-token predictions in the held-out text of corpus '{corpus}'")

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from ..absorption.config import AbsorptionOptions
 from ..compare.config import BUILTIN_CONCEPTS, CompareOptions
-from ..config import FLATTEN, Config, ConfigError, check, check_int, check_text, flat_fields
+from ..config import FLATTEN, RUNTIME, Config, ConfigError, check, check_device, check_int, check_text, flat_fields
 from ..data.config import TextConfig
 from ..errors import SaeAtlasError
 from ..models.hooks import canonical_hook, template_problem
@@ -154,10 +154,17 @@ class Study(Config):
     """Two or more models ([[models]] tables)."""
     out: str = "runs/study"
     """Output folder (`saeatlas run --out` overrides)."""
+    device: str = field(default="auto", metadata=RUNTIME)
+    """Where every stage runs: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps; under torchrun
+    each process takes the GPU of its local rank.  Not part of any stage's key: products made on one device
+    count as done on another."""
     data: DataSettings = field(default_factory=DataSettings)
     sae: SAESettings = field(default_factory=SAESettings)
     compare: CompareSettings | None = None
     absorption: AbsorptionSettings | None = None
+
+    def _validate(self) -> None:
+        check_device(self)
 
     def model(self, label: str) -> ModelSettings:
         return next(m for m in self.models if m.label == label)
@@ -213,7 +220,13 @@ def _build(cls, data, where: str):
         raise StudyError(f"bad [{where}]: expected a table of settings, got {data!r}")
     prefix = f"{where}." if where else ""
     data = _migrate(cls, data, prefix)
-    fields = {name: spec for name, spec in flat_fields(cls).items() if spec[1].metadata.get("setting") is not False}
+    # A table's own device field (a TrainConfig's, a CompareOptions') is not a key: the study's top-level
+    # `device` is the one every stage runs on.
+    fields = {
+        name: spec
+        for name, spec in flat_fields(cls).items()
+        if spec[1].metadata.get("setting") is not False and not (where and spec[1].metadata.get("runtime"))
+    }
     unknown = sorted(set(data) - set(fields))
     if unknown:
         table = f"[{where}]" if where else "the top level"

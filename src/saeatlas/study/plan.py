@@ -37,7 +37,11 @@ def _settings(cfg, always: tuple[str, ...]) -> dict:
     """The flat settings of config `cfg` named in `always`, and every other one that differs from its default
     (a setting added after a product was made leaves its key alone until it is used)."""
     defaults = flat_defaults(type(cfg))
-    derived = {n for n, (_, f, _) in flat_fields(type(cfg)).items() if f.metadata.get("setting") is False}
+    derived = {
+        n
+        for n, (_, f, _) in flat_fields(type(cfg)).items()
+        if f.metadata.get("setting") is False or f.metadata.get("runtime")
+    }
     return {
         name: value
         for name, value in flat_values(cfg).items()
@@ -51,7 +55,7 @@ def _extract(stage: Stage, progress: bool) -> dict:
     from ..data.extract import run_extract
     from ..progress import token_progress
 
-    cfg = ExtractConfig(**{k: v for k, v in stage.settings.items() if k != "label"})
+    cfg = ExtractConfig(**{k: v for k, v in stage.settings.items() if k != "label"}, device=stage.device)
     with token_progress(stage.name, total=cfg.tokens, enabled=progress) as advance:
         result = run_extract(cfg, stage.folder, progress=advance)
     return {"n_tokens": result.n_tokens, "tokens_per_second": result.tokens_per_second}
@@ -63,7 +67,7 @@ def _train(stage: Stage, progress: bool) -> dict:
     from ..sae.data_source import StoreSource
     from ..sae.run import train_to_folder
 
-    cfg = build_flat(TrainConfig, {k: v for k, v in stage.settings.items() if k != "hook"})
+    cfg = build_flat(TrainConfig, {**{k: v for k, v in stage.settings.items() if k != "hook"}, "device": stage.device})
     with step_progress(stage.name, total=cfg.steps, enabled=progress) as on_step:
         result = train_to_folder(cfg, StoreSource(stage.inputs[0].folder, stage.hook), stage.folder, on_step=on_step)
     return {"metrics": {k: v for k, v in result.metrics.items() if k != "density_histogram"}}
@@ -79,6 +83,7 @@ def _pretrained(stage: Stage, progress: bool) -> dict:
 def _evaluate(stage: Stage, progress: bool) -> dict:
     """Held-out metrics of every SAE of a model, and CE-loss recovered of its main SAEs with the model loaded
     once; metrics.json maps each SAE folder to {hook, metrics, downstream (null: not spliced)}."""
+    from ..devices import resolve_device
     from ..memory import reuse_freed_memory
     from ..models import load_model
     from ..progress import count_progress
@@ -91,12 +96,13 @@ def _evaluate(stage: Stage, progress: bool) -> dict:
     s = stage.settings
     heldout = stage.inputs[0].folder
     reuse_freed_memory()  # the spliced forward passes allocate the same large logits every batch
-    handle = load_model(s["model"]) if s["ce_tokens"] else None
+    device = resolve_device(stage.device)
+    handle = load_model(s["model"], device=device) if s["ce_tokens"] else None
     out = {}
     with count_progress(stage.name, total=len(s["saes"]), unit="SAEs", enabled=progress) as advance:
         advance(0)
         for entry, sae_stage in zip(s["saes"], stage.inputs[1:], strict=True):
-            hook, sae = entry["hook"], load_sae(sae_stage.folder)
+            hook, sae = entry["hook"], load_sae(sae_stage.folder, device)
             metrics = evaluate(sae, eval_batches(StoreSource(heldout, hook), s["heldout_tokens"]))
             metrics.pop("density_histogram", None)
             downstream = (
@@ -130,6 +136,7 @@ def _compare_config(stage: Stage, concepts: bool = False):
         store_a=str(stores[s["label_a"]]),
         store_b=str(stores[s["label_b"]]),
         **pick(cls, {k: v for k, v in s.items() if k not in ("label_a", "label_b")}),
+        device=stage.device,
     )
 
 
@@ -172,7 +179,11 @@ def _absorption(stage: Stage, progress: bool) -> dict:
 
     s = stage.settings
     cfg = AbsorptionConfig(
-        model=s["model"], hook=s["hook"], saes=[str(i.folder) for i in stage.inputs], **pick(AbsorptionOptions, s)
+        model=s["model"],
+        hook=s["hook"],
+        saes=[str(i.folder) for i in stage.inputs],
+        **pick(AbsorptionOptions, s),
+        device=stage.device,
     )
     results = run_absorption(cfg, progress=progress)
     write_absorption(results, stage.folder)
@@ -200,6 +211,7 @@ class _Planner:
     def add(self, stage: Stage) -> Stage:
         if stage.kind != "pretrained":  # the study owns every product but a pretrained SAE folder
             stage.root = self.out
+        stage.device = self.study.device
         self.stages.append(stage)
         return stage
 

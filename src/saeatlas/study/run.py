@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .. import distributed
+from ..devices import resolve_device
 from ..fileio import jsonable, read_json, space_for, write_bytes_atomic, write_json_atomic
 from ..locks import writing
 from ..schema import EvalMetrics, PairCards, checked, checked_results
@@ -168,6 +169,7 @@ def run_study(
 
     Under torchrun every rank calls this with the same arguments; the stages are spread over the ranks (see
     `_run_waves`), rank 0 holds the lock, writes results.json and the report and speaks."""
+    resolve_device(study.device)  # a device that is not here: one line, before anything is written
     out = out if out is not None else study.out
     with contextlib.ExitStack() as held:
 
@@ -294,7 +296,11 @@ def study_settings(study: Study) -> dict:
     def flat(section) -> dict | None:
         if section is None:
             return None
-        derived = {n for n, (_, f, _) in flat_fields(type(section)).items() if f.metadata.get("setting") is False}
+        derived = {
+            n
+            for n, (_, f, _) in flat_fields(type(section)).items()
+            if f.metadata.get("setting") is False or f.metadata.get("runtime")
+        }
         return {k: v for k, v in flat_values(section).items() if k not in derived}
 
     return {

@@ -93,6 +93,8 @@ class Stage:
     None for a product it only reads (a pretrained SAE folder)."""
     records: Path | None = None
     """Where the stage records go, as `<records>.stage.json` (default: beside `folder`)."""
+    device: str = "auto"
+    """Where it runs (the study's `device`); not part of the key: the product is the same on every device."""
 
     @cached_property
     def key(self) -> str:
