@@ -174,3 +174,61 @@ def test_bad_inputs_are_one_line_before_any_work(tiny_llama, long_corpus, tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "s").exists() and not (tmp_path / "s.partial").exists()
+
+
+def test_a_study_with_sae_source_model_trains_from_the_model_without_its_store(tiny_llama, long_corpus, tmp_path):
+    """`[sae] source = "model"`: the train stages have no input (no store to wait for) and carry the stream's
+    settings in their key; the stage's action trains from the model with no store on disk."""
+    from saeatlas.study.config import parse_study
+    from saeatlas.study.plan import plan
+
+    text = f"""
+name = "stream"
+[data]
+corpus = "{long_corpus}"
+tokens = 1000
+context = 32
+heldout_tokens = 0
+[[models]]
+label = "a"
+model = "{tiny_llama}"
+hooks = ["resid_post.1"]
+[[models]]
+label = "b"
+model = "{tiny_llama}"
+hooks = [2]
+[sae]
+source = "model"
+k = 4
+d_sae = 32
+steps = 12
+batch_size = 100
+checkpoint_every = 0
+"""
+    stages = plan(parse_study(text), tmp_path / "out")
+    train = [s for s in stages if s.kind == "train"]
+    assert [s.name for s in stages if s.kind == "extract"] == ["extract a", "extract b"]  # the report reads them
+    assert [s.name for s in train] == ["train a resid_post.1 seed 0 k 4", "train b resid_post.2 seed 0 k 4"]
+    assert all(s.inputs == [] for s in train)
+    assert train[0].settings["stream"] == {
+        "model": str(tiny_llama),
+        "corpus": str(long_corpus),
+        "tokens": 1200,  # steps x batch_size, more than [data]'s 1000
+        "context": 32,
+        "window_chars": 400,
+        "corpus_seed": 0,
+    }
+    store_keyed = plan(parse_study(text.replace('source = "model"\n', "")), tmp_path / "out")
+    assert [s.key for s in store_keyed if s.kind == "train"] != [s.key for s in train]
+    summary = train[0].action(train[0], False)
+    assert summary["metrics"]["l0"] == pytest.approx(4.0)
+    assert not (tmp_path / "out" / "stores").exists()
+    meta = json.loads((train[0].folder / "cfg.json").read_text())["metadata"]
+    assert meta["activation_source"] == "model stream" and meta["stream"]["tokens"] == 1200
+
+
+def test_a_bad_study_source_is_named():
+    from saeatlas.study.config import StudyError, parse_study
+
+    with pytest.raises(StudyError, match="sae.source"):
+        parse_study('name = "x"\n[[models]]\nlabel = "a"\nmodel = "m"\nhooks = [1]\n[sae]\nsource = "disk"\n')

@@ -63,8 +63,8 @@ class StreamConfig(Config):
     forward_batch: int = 8
     """With --model: windows per forward pass (extract's --batch-size)."""
     buffer_tokens: int = 65536
-    """With --model: tokens of the shuffle buffer; each buffer's tokens are permuted with a seeded generator
-    (memory: about buffer_tokens x d_model float32 values)."""
+    """With --model: tokens of the shuffle buffer (at most the text's usable tokens); each buffer's tokens are
+    permuted with a seeded generator (memory: about buffer_tokens x d_model float32 values)."""
 
     def _validate(self) -> None:
         if self.model is not None:
@@ -127,6 +127,7 @@ class ModelStreamSource:
         if counts.sum() == 0:
             raise CorpusError(f"corpus '{cfg.corpus}' ({cfg.split} split) has no usable tokens: use a corpus with text")
         self._starts = np.concatenate([[0], np.cumsum(counts)])  # [n_windows + 1] usable tokens before each window
+        self.buffer_tokens = min(cfg.buffer_tokens, self.n_tokens)  # a larger buffer would hold tokens twice
         self._text_sha256 = digest
         self._position = 0
         self._cached: tuple[tuple[int, int], torch.Tensor] | None = None
@@ -154,7 +155,12 @@ class ModelStreamSource:
             "prepend_bos": bool(prefix),
             "dataset_path": self.cfg.corpus,
             "corpus_identity": corpus_identity(self.cfg.corpus),
-            "stream": {**self.cfg.to_dict(), "n_tokens_per_pass": self.n_tokens, "text_sha256": self._text_sha256},
+            "stream": {
+                **self.cfg.to_dict(),
+                "buffer_tokens_used": self.buffer_tokens,
+                "n_tokens_per_pass": self.n_tokens,
+                "text_sha256": self._text_sha256,
+            },
         }
 
     # ------------------------------------------------------------ the text
@@ -209,7 +215,7 @@ class ModelStreamSource:
         permuted with a generator seeded by (seed, chunk)."""
         if self._cached is not None and self._cached[0] == (chunk, seed):
             return self._cached[1]
-        size = self.cfg.buffer_tokens
+        size = self.buffer_tokens
         pieces, held = [], 0
         for piece in self._usable_from(chunk * size):
             pieces.append(piece[: size - held])
@@ -227,7 +233,7 @@ class ModelStreamSource:
         """Infinite stream of [batch_size, d_in] batches, from step `start_step` on: consecutive slices of the
         permuted buffers."""
         position = start_step * batch_size
-        chunk, offset = divmod(position, self.cfg.buffer_tokens)
+        chunk, offset = divmod(position, self.buffer_tokens)
         held = self._buffer(chunk, seed)[offset:]
         while True:
             while len(held) < batch_size:
@@ -251,7 +257,7 @@ class ModelStreamSource:
             "tokens": self._position,
             "epoch": epoch,
             "window": window,
-            "buffer": self._position // self.cfg.buffer_tokens,
+            "buffer": self._position // self.buffer_tokens,
             "n_tokens": self.n_tokens,
             "text_sha256": self._text_sha256,
         }
