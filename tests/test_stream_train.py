@@ -232,3 +232,29 @@ def test_a_bad_study_source_is_named():
 
     with pytest.raises(StudyError, match="sae.source"):
         parse_study('name = "x"\n[[models]]\nlabel = "a"\nmodel = "m"\nhooks = [1]\n[sae]\nsource = "disk"\n')
+
+
+@pytest.mark.parametrize("buffer", ["one pass", 128])
+def test_an_uninterrupted_run_runs_each_forward_pass_once(tiny_llama, long_corpus, monkeypatch, buffer):
+    """The initialisation sample and the training batches share their shuffle buffers, and consecutive buffers
+    one token stream: a run that reads one pass of the text runs the model over each batch of windows once (with
+    small buffers, the last one reaches into the next pass: one forward pass more)."""
+    import saeatlas.sae.stream_source as stream_module
+    from saeatlas.sae.trainer import train_sae
+
+    calls = []
+    forward = stream_module._forward_batch
+    monkeypatch.setattr(stream_module, "_forward_batch", lambda *a: calls.append(len(a[2])) or forward(*a))
+    probe = ModelStreamSource(stream_config(tiny_llama, long_corpus, tokens=700), HOOK)
+    size = probe.n_tokens if buffer == "one pass" else buffer
+    source = ModelStreamSource(
+        stream_config(tiny_llama, long_corpus, tokens=700, buffer_tokens=size), HOOK, handle=probe.handle
+    )
+    n_windows, n_forward = len(source._starts) - 1, -(-(len(source._starts) - 1) // 8)
+    train = TrainConfig(sae=SAEConfig(arch="topk", d_sae=32, k=4), steps=6, batch_size=100, checkpoint_every=0)
+    assert train.steps * train.batch_size <= source.n_tokens < stream_module.INIT_SAMPLE
+    train_sae(train, source)
+    if buffer == "one pass":
+        assert sum(calls) == n_windows and len(calls) == n_forward
+    else:
+        assert source.n_tokens % 128 and sum(calls) == n_windows + 8 and len(calls) == n_forward + 1

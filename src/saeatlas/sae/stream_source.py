@@ -32,6 +32,8 @@ from ..errors import CorpusError, SaeAtlasError
 from ..models import load_model, parse_hooks
 from .data_source import check_finite
 
+INIT_SAMPLE = 8192
+"""Tokens the trainer's initialisation samples (`trainer.init_sae`): the buffers it spans are kept for training."""
 SOURCE = "model stream"
 """What an SAE's cfg.json records as `metadata.activation_source` when it was trained from a model stream."""
 
@@ -64,7 +66,7 @@ class StreamConfig(Config):
     """With --model: windows per forward pass (extract's --batch-size)."""
     buffer_tokens: int = 65536
     """With --model: tokens of the shuffle buffer (at most the text's usable tokens); each buffer's tokens are
-    permuted with a seeded generator (memory: about buffer_tokens x d_model float32 values)."""
+    permuted with a seeded generator (memory: about 2 x max(buffer_tokens, 8192) x d_model float32 values)."""
 
     def _validate(self) -> None:
         if self.model is not None:
@@ -130,7 +132,10 @@ class ModelStreamSource:
         self.buffer_tokens = min(cfg.buffer_tokens, self.n_tokens)  # a larger buffer would hold tokens twice
         self._text_sha256 = digest
         self._position = 0
-        self._cached: tuple[tuple[int, int], torch.Tensor] | None = None
+        self._recent: dict[tuple[int, int], torch.Tensor] = {}  # (buffer, seed) -> buffer, oldest first
+        self._keep = -(-INIT_SAMPLE // self.buffer_tokens)
+        self._live: tuple[Iterator[torch.Tensor] | None, int, list[torch.Tensor]] = (None, -1, [])
+        """The token stream the last buffer was cut from, the position it has reached, and its leftover pieces."""
         settings = {**cfg.to_dict(), "hook": self.hook, "text": digest}
         self.name = f"{SOURCE} {cfg.model}:{self.hook} on {cfg.corpus} ({json_digest(settings)[:12]})"
 
@@ -210,35 +215,42 @@ class ModelStreamSource:
             first = 0
 
     # ------------------------------------------------------------ the shuffle buffer
-    def _buffer(self, chunk: int, seed: int) -> torch.Tensor:
-        """Shuffle buffer number `chunk` [buffer_tokens, d_in]: stream tokens [chunk * B, (chunk + 1) * B)
-        permuted with a generator seeded by (seed, chunk)."""
-        if self._cached is not None and self._cached[0] == (chunk, seed):
-            return self._cached[1]
+    def _buffers(self, chunk: int, seed: int) -> Iterator[torch.Tensor]:
+        """Shuffle buffers number `chunk`, `chunk + 1`, ... [buffer_tokens, d_in]: buffer c is stream tokens
+        [c * B, (c + 1) * B) permuted with a generator seeded by (seed, c).  One forward pass feeds consecutive
+        buffers (and goes on where the last buffer made, by any call, ended); the buffers spanning INIT_SAMPLE
+        tokens are kept, so the initialisation sample and the first batches share their forward passes."""
         size = self.buffer_tokens
-        pieces, held = [], 0
-        for piece in self._usable_from(chunk * size):
-            pieces.append(piece[: size - held])
-            held += len(pieces[-1])
-            if held == size:
-                break
-        x = torch.cat(pieces)
-        check_finite(x, self.name)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
-        x = x[torch.randperm(size, generator=g)]
-        self._cached = ((chunk, seed), x)
-        return x
+        while True:
+            if (chunk, seed) not in self._recent:
+                tokens, reached, held = self._live
+                if reached != chunk * size:
+                    tokens, reached, held = self._usable_from(chunk * size), chunk * size, []
+                n_held = sum(len(piece) for piece in held)
+                while n_held < size:
+                    held.append(next(tokens))
+                    n_held += len(held[-1])
+                x = torch.cat(held)
+                self._live = (tokens, reached + size, [x[size:]])
+                x = x[:size]
+                check_finite(x, self.name)
+                g = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
+                self._recent[chunk, seed] = x[torch.randperm(size, generator=g)]
+                while len(self._recent) > self._keep:
+                    del self._recent[next(iter(self._recent))]
+            yield self._recent[chunk, seed]
+            chunk += 1
 
     def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[torch.Tensor]:
         """Infinite stream of [batch_size, d_in] batches, from step `start_step` on: consecutive slices of the
         permuted buffers."""
         position = start_step * batch_size
         chunk, offset = divmod(position, self.buffer_tokens)
-        held = self._buffer(chunk, seed)[offset:]
+        buffers = self._buffers(chunk, seed)
+        held = next(buffers)[offset:]
         while True:
             while len(held) < batch_size:
-                chunk += 1
-                held = torch.cat([held, self._buffer(chunk, seed)])
+                held = torch.cat([held, next(buffers)])
             batch, held = held[:batch_size], held[batch_size:]
             position += batch_size
             self._position = position
