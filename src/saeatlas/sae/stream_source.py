@@ -121,10 +121,10 @@ class ModelStreamSource:
         if not hook:
             raise SaeAtlasError("--model needs --hook: the hook to train on, e.g. resid_post.9")
         self.cfg = cfg
+        self.documents = load_documents(cfg.corpus, split=cfg.split, seed=cfg.corpus_seed)  # before the model loads
         self.handle = handle or load_model(cfg.model, dtype=cfg.model_dtype, device=device)
         [self.point] = parse_hooks([hook], self.handle.n_layers)
         self.hook = self.point.name
-        self.documents = load_documents(cfg.corpus, split=cfg.split, seed=cfg.corpus_seed)
         counts, digest = self._plan()
         if counts.sum() == 0:
             raise CorpusError(f"corpus '{cfg.corpus}' ({cfg.split} split) has no usable tokens: use a corpus with text")
