@@ -60,7 +60,7 @@ def test_batches_are_a_pure_function_of_settings_seed_and_step(tiny_llama, long_
     buffer and epoch boundaries; another seed gives other batches (of the same tokens)."""
     cfg = stream_config(tiny_llama, long_corpus, tokens=400)
     a, b = ModelStreamSource(cfg, HOOK), ModelStreamSource(cfg, HOOK)
-    assert a.n_tokens < 400  # 20 batches of 48 cross 2+ passes of the text and 3+ buffers of 256
+    assert a.n_tokens < 400 and a.buffer_tokens == 256  # 20 batches of 48 cross 2 passes and 3 buffers
     first = [x for x, _ in zip(a.batches(48, seed=7), range(20), strict=False)]
     assert all(x.shape == (48, 32) and x.dtype == torch.float32 for x in first)
     again = [x for x, _ in zip(b.batches(48, seed=7), range(20), strict=False)]
@@ -75,7 +75,7 @@ def test_batches_are_a_pure_function_of_settings_seed_and_step(tiny_llama, long_
 def test_resumed_training_writes_the_same_sae_bytes(tiny_llama, long_corpus, tmp_path):
     """Stopped after step 12 (last checkpoint at 10, mid-buffer, in the second pass of the text), then run again
     with a fresh source: the SAE folder equals an uninterrupted run's, byte for byte."""
-    cfg = stream_config(tiny_llama, long_corpus, tokens=500)
+    cfg = stream_config(tiny_llama, long_corpus, tokens=400)
     train = TrainConfig(
         sae=SAEConfig(arch="topk", d_sae=64, k=4), steps=20, batch_size=48, checkpoint_every=5, seed=1, warmup_steps=2
     )
@@ -94,7 +94,8 @@ def test_resumed_training_writes_the_same_sae_bytes(tiny_llama, long_corpus, tmp
     checkpoint = torch.load(tmp_path / "resumed.partial" / "checkpoint.pt", weights_only=True)
     position = checkpoint["state"]["source"]
     assert checkpoint["state"]["step"] == 10
-    assert position["tokens"] == 480 and position["buffer"] == 1 and position["epoch"] == 480 // source.n_tokens
+    assert source.n_tokens < 480 < 2 * source.n_tokens and source.buffer_tokens == 256
+    assert position["tokens"] == 480 and position["buffer"] == 1 and position["epoch"] == 1
     assert position["n_tokens"] == source.n_tokens and position["window"] == source._locate(480)[1]
     train_to_folder(train, ModelStreamSource(cfg, HOOK), tmp_path / "resumed")
     for name in ("sae_weights.safetensors", "cfg.json"):
@@ -106,12 +107,16 @@ def test_resumed_training_writes_the_same_sae_bytes(tiny_llama, long_corpus, tmp
 
 
 def test_a_checkpoint_of_other_text_is_refused(tiny_llama, long_corpus):
+    """A checkpoint whose text fingerprint or token count differs (the corpus edited since) is one line."""
     source = ModelStreamSource(stream_config(tiny_llama, long_corpus, tokens=400), HOOK)
     next(source.batches(48, seed=0))
     state = source.state()
     source.restore(state)
     with pytest.raises(SaeAtlasError, match="other text"):
         source.restore({**state, "text_sha256": "0" * 64})
+    with pytest.raises(SaeAtlasError, match="other text"):
+        source.restore({**state, "n_tokens": state["n_tokens"] + 1})
+    assert state["tokens"] == 48 and state["epoch"] == 0 and state["buffer"] == 0
 
 
 @pytest.mark.slow
@@ -168,6 +173,8 @@ def test_killed_cli_stream_train_resumes_to_identical_sae(tiny_llama, long_corpu
     ],
 )
 def test_bad_inputs_are_one_line_before_any_work(tiny_llama, long_corpus, tmp_path, capsys, flags, message):
+    """A hook past the model's layers, a missing model or corpus, a second data source, stream flags without
+    --model, a bad stream setting: exit 2, one line naming it, nothing written."""
     base = {"model": tiny_llama, "corpus": long_corpus, "hook": HOOK, "context": 32, "steps": 2, "out": tmp_path / "s"}
     given = {k: str(v).format(tmp=tmp_path) for k, v in (base | flags).items() if v is not None}
     assert main(cli_args("train", **given)) == 2
@@ -228,6 +235,7 @@ checkpoint_every = 0
 
 
 def test_a_bad_study_source_is_named():
+    """`[sae] source` takes "store" or "model"; anything else is named by its key."""
     from saeatlas.study.config import StudyError, parse_study
 
     with pytest.raises(StudyError, match="sae.source"):
