@@ -6,7 +6,9 @@ windows, forward batches and dtype), so one pass of the stream holds exactly the
 model is loaded once, before any timing, and shared.  Steps default to one pass of the text
 (usable tokens // batch size), so the stream runs every forward pass once, as extraction does.  After a
 warm-up forward pass, each of ``--repeats`` repeats times every row (the store first, then the stream; every
-other repeat the other way round); the table shows each row's fastest repeat.
+other repeat the other way round); the table shows each row's fastest repeat.  With --steps past one pass
+the stream runs the model again on every pass, while the store is extracted once and read again: the store
+wins from about two passes on.
 
 Rows (tokens = SAE training tokens, steps x batch size, except for extraction, which counts stored tokens):
 
