@@ -95,12 +95,14 @@ def _data_flags(p) -> None:
 def _train_flags(p) -> dict[str, list[str]]:
     from .flags import add_config_flags
     from .sae.config import TrainConfig
+    from .sae.stream_source import StreamConfig
 
     _data_flags(p)
-    p.add_argument("--hook", help="hook of the store to train on, e.g. resid_post.9")
+    p.add_argument("--hook", help="hook of the store (or of --model) to train on, e.g. resid_post.9")
     shown = add_config_flags(
         p, TrainConfig, skip=("d_in",), aliases={"d_sae": ("--width",), "compute_dtype": ("--dtype",)}
     )
+    shown |= add_config_flags(p, StreamConfig)
     p.add_argument("--out", required=True, type=Path, help="SAE folder to write (must not exist)")
     return shown
 
@@ -110,10 +112,10 @@ def _train(args) -> int:
     from .flags import given
     from .progress import step_progress
     from .sae.config import TrainConfig
-    from .sae.run import activation_source, train_to_folder
+    from .sae.run import train_to_folder
 
     cfg = build_flat(TrainConfig, given(args, TrainConfig))
-    data = activation_source(args.activations, args.store, args.hook)
+    data = _train_data(args, cfg)
     label = f"train {cfg.sae.arch} x{cfg.sae.d_sae}"
     with step_progress(label, total=cfg.steps, enabled=not args.quiet) as on_step:
         result = train_to_folder(cfg, data, args.out, on_step=on_step)
@@ -127,6 +129,24 @@ def _train(args) -> int:
         ]
     )
     return 0
+
+
+def _train_data(args, cfg):
+    """What `train` reads: a matrix, a store's hook, or (with --model) the model's activations as produced."""
+    from .devices import resolve_device
+    from .flags import given
+    from .sae.run import activation_source
+    from .sae.stream_source import ModelStreamSource, StreamConfig
+
+    stream = given(args, StreamConfig)
+    if "model" not in stream:
+        if stream:
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in stream)
+            raise SaeAtlasError(f"{flags} only apply with --model (training from a model's activations)")
+        return activation_source(args.activations, args.store, args.hook)
+    if args.activations or args.store:
+        raise SaeAtlasError("give one of --activations FILE, --store DIR or --model M (with --corpus and --hook)")
+    return ModelStreamSource(StreamConfig(**stream), args.hook, device=str(resolve_device(cfg.device)))
 
 
 def _say(phrases: list[str]) -> None:

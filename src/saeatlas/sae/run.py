@@ -27,10 +27,12 @@ from .data_source import StoreSource, TensorSource, load_matrix
 from .formats import load_sae, read_metadata, save_saelens
 from .metrics import evaluate
 from .model import SparseAutoencoder
+from .stream_source import ModelStreamSource
 from .trainer import check_activations, sae_config_for, train_sae
 
-Data = TensorSource | StoreSource | torch.Tensor | np.ndarray
-"""Training or evaluation activations: a [n_tokens, d_in] matrix, or a source (`StoreSource(store, hook)`)."""
+Data = TensorSource | StoreSource | ModelStreamSource | torch.Tensor | np.ndarray
+"""Training or evaluation activations: a [n_tokens, d_in] matrix, or a source (`StoreSource(store, hook)`,
+`ModelStreamSource(stream_config, hook)`)."""
 
 
 def activation_source(
@@ -48,7 +50,7 @@ def activation_source(
 
 def as_source(data: Data) -> TensorSource | StoreSource:
     """A source from whatever `Data` is given."""
-    if isinstance(data, (TensorSource, StoreSource)):
+    if isinstance(data, (TensorSource, StoreSource, ModelStreamSource)):
         return data
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(np.asarray(data, dtype=np.float32))
@@ -61,6 +63,8 @@ def as_source(data: Data) -> TensorSource | StoreSource:
 
 
 def _metadata(source) -> dict:
+    if isinstance(source, ModelStreamSource):
+        return source.metadata()
     if isinstance(source, StoreSource):
         m = source.store.manifest
         return {

@@ -97,6 +97,8 @@ class TrainState:
     gba_peak: torch.Tensor | None = None
     batchtopk_threshold: float | None = None
     history: list[dict] = field(default_factory=list)
+    source: dict | None = None
+    """The source's position (`source.state()`) for sources whose resume needs more than the step."""
 
 
 # ---------------------------------------------------------------- losses
@@ -344,6 +346,8 @@ def train_sae(
     optimizer = make_optimizer(sae, base_lr)
     if checkpoint is not None and checkpoint.is_file():
         state = load_checkpoint(checkpoint, sae, optimizer)
+        if state.source is not None:
+            source.restore(state.source)
     sae.train()
     batches = source.batches(train.batch_size, seed=train.seed, start_step=state.step)
     while state.step < train.steps:
@@ -353,6 +357,7 @@ def train_sae(
             on_step(metrics)
         if checkpoint is not None and train.checkpoint_every and state.step % train.checkpoint_every == 0:
             check_diverged(sae, state.step)
+            state.source = source.state() if hasattr(source, "state") else None
             save_checkpoint(checkpoint, sae, optimizer, state)
     check_diverged(sae, state.step)
     sae.eval()

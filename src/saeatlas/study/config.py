@@ -18,11 +18,22 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from ..absorption.config import AbsorptionOptions
 from ..compare.config import BUILTIN_CONCEPTS, CompareOptions
-from ..config import FLATTEN, RUNTIME, Config, ConfigError, check, check_device, check_int, check_text, flat_fields
+from ..config import (
+    FLATTEN,
+    RUNTIME,
+    Config,
+    ConfigError,
+    check,
+    check_choice,
+    check_device,
+    check_int,
+    check_text,
+    flat_fields,
+)
 from ..data.config import TextConfig
 from ..errors import SaeAtlasError
 from ..models.hooks import canonical_hook, template_problem
@@ -87,9 +98,14 @@ class SAESettings(Config):
     """The SAE and its training (flat in the table: arch, k, d_sae, steps, batch_size, seed, lr...)."""
     ce_tokens: int = EvalConfig.ce_tokens
     """Held-out tokens for CE-loss recovered with the SAE spliced in (0: skip)."""
+    source: Literal["store", "model"] = "store"
+    """Where the SAEs' training activations come from: the model's store of [data]'s text, or the model itself
+    as it reads that text (as far as steps x batch_size tokens take it; the stores are still extracted for the
+    comparison and the report, but training neither waits for nor reads them)."""
 
     def _validate(self) -> None:
         check_int(self, "ce_tokens", 0, 10**9)
+        check_choice(self, "source", ("store", "model"))
 
 
 @dataclass(kw_only=True)

@@ -67,9 +67,18 @@ def _train(stage: Stage, progress: bool) -> dict:
     from ..sae.data_source import StoreSource
     from ..sae.run import train_to_folder
 
-    cfg = build_flat(TrainConfig, {**{k: v for k, v in stage.settings.items() if k != "hook"}, "device": stage.device})
+    settings = {k: v for k, v in stage.settings.items() if k not in ("hook", "stream")}
+    cfg = build_flat(TrainConfig, {**settings, "device": stage.device})
+    if "stream" in stage.settings:
+        from ..devices import resolve_device
+        from ..sae.stream_source import ModelStreamSource, StreamConfig
+
+        stream = StreamConfig(**stage.settings["stream"])
+        source = ModelStreamSource(stream, stage.hook, device=str(resolve_device(cfg.device)))
+    else:
+        source = StoreSource(stage.inputs[0].folder, stage.hook)
     with step_progress(stage.name, total=cfg.steps, enabled=progress) as on_step:
-        result = train_to_folder(cfg, StoreSource(stage.inputs[0].folder, stage.hook), stage.folder, on_step=on_step)
+        result = train_to_folder(cfg, source, stage.folder, on_step=on_step)
     return {"metrics": {k: v for k, v in result.metrics.items() if k != "density_histogram"}}
 
 
@@ -260,6 +269,15 @@ def _plan_extract(p: _Planner) -> None:
             )
 
 
+def _stream_settings(p: _Planner, label: str, cfg: TrainConfig) -> dict:
+    """`[sae] source = "model"`: the model reads [data]'s text, cut as its store is, as far as training takes
+    it (steps x batch_size tokens, at least the store's budget: the store's text comes first)."""
+    d = p.study.data
+    tokens = max(d.tokens, cfg.steps * cfg.batch_size)
+    text = {"corpus": d.corpus, "tokens": tokens, "context": d.context, "window_chars": d.window_chars}
+    return {"model": p.study.model(label).model, **text, "corpus_seed": d.seed}
+
+
 def _train_stage(p: _Planner, label: str, hook: str, seed: int, k: int, role: Role) -> Stage:
     """The stage training `label`'s SAE at `hook` with `seed` and `k` (the rest as in [sae]), added once."""
     key = (label, hook, seed, k)
@@ -268,6 +286,8 @@ def _train_stage(p: _Planner, label: str, hook: str, seed: int, k: int, role: Ro
         base = p.study.sae.train
         cfg = dataclasses.replace(base, seed=seed, sae=dataclasses.replace(base.sae, k=k))
         settings = {"hook": hook, **_settings(cfg, TRAIN_SETTINGS)}
+        if p.study.sae.source == "model":
+            settings["stream"] = _stream_settings(p, label, cfg)
         p.trained[key] = p.add(
             Stage(
                 "train",
@@ -275,7 +295,7 @@ def _train_stage(p: _Planner, label: str, hook: str, seed: int, k: int, role: Ro
                 p.out / "saes" / folder / hook,
                 settings,
                 _train,
-                [p.stores[label]],
+                [] if "stream" in settings else [p.stores[label]],
                 label=label,
                 hook=hook,
                 role=role,
