@@ -517,8 +517,22 @@ def print_costs(rates: dict) -> None:
         ["model", "d_sae", *gpus],
         [[k[0], k[1], *[hours(v[g]) for g in gpus]] for k, v in c["stream"].items()],
     )
+    gpu = GPUS[0].name
+    rows = []
+    for d_sae in STUDY_WIDTHS:
+        for n_gpus in (1, 8, 32):
+            t = study_totals(c, gpu, n_gpus)
+            stages = [*t["extract"].values(), *(v for (_, w), v in t["train"].items() if w == d_sae)]
+            compare = t["compare"][d_sae]
+            as_measured = sum(max(b.values()) for b in stages) + compare
+            compute_only = sum(b["compute"] for b in stages) + compare
+            rows.append([d_sae, f"{n_gpus} x {gpu}", hours(as_measured), hours(compute_only)])
+    print_table(
+        "the whole study, stage after stage: with the store's writer, reader and hashing as measured | compute only",
+        ["d_sae", "devices", "as measured", "compute only"],
+        rows,
+    )
     for n_gpus in (1, 8, 32):
-        gpu = GPUS[0].name
         t = study_totals(c, gpu, n_gpus)
         rows = []
         for name, bounds in t["extract"].items():
