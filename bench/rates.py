@@ -270,14 +270,31 @@ COMPARE_POSITIONS = 10**6
 make each of its correlations 100x dearer."""
 STUDY_K = 32
 STUDY_WIDTHS = (16_384, 65_536)
-SPARSE_CALLS_PER_PAIR = 1340
-"""pearson_sparse calls per layer pair at compare's default options (19 chance shifts, 20 half-samples, controls
-random_init x 3 seeds, neurons, shifted): counted on a tiny run; each scans its whole [d_a, d_b] block."""
-SPARSE_FULL_EQUIVALENTS = 689
-"""The same calls weighted by their positions over all positions (half-samples and cross-fits use half)."""
-DENSE_FULL_EQUIVALENTS = 40
-"""pearson_dense (the neurons control: raw activations, n x D_a x D_b in float64) in full-position equivalents
-(60 calls)."""
+
+
+def correlations_per_pair(cfg) -> dict:
+    """Correlations one layer pair of `compare` costs under CompareOptions `cfg` (skyline aside): each pair
+    selection correlates once plus once per chance shift.  Selections on all positions: the real pair, each
+    control but neurons, the random_init control's further seeds; on half the positions: the real pair's two
+    cross-fitted halves and, per half-sample, the real pair and each headline control.  The neurons control
+    (raw activations, `pearson_dense`): once on all positions, twice on halves (its scores are cross-fitted).
+    `*_full` counts a half-position correlation as one half (products scale with positions; the [d_a, d_b]
+    scan does not)."""
+    from saeatlas.compare.scoring import HEADLINE_CONTROLS
+
+    per_selection = 1 + (cfg.chance_shifts if cfg.method != "legacy_first" else 0)
+    sparse_controls = [c for c in cfg.controls if c not in ("neurons", "skyline")]
+    full = 1 + len(sparse_controls) + (cfg.random_init_seeds - 1) * ("random_init" in cfg.controls)
+    half = 2 + cfg.n_bootstrap * (1 + len([c for c in HEADLINE_CONTROLS if c in cfg.controls]))
+    dense = "neurons" in cfg.controls
+    return {
+        "sparse_calls": (full + half) * per_selection,
+        "sparse_full": (full + half / 2) * per_selection,
+        "dense_calls": 3 * per_selection * dense,
+        "dense_full": 2 * per_selection * dense,
+    }
+
+
 FORWARD_MFU = 0.40
 """Assumed: bf16 forward of a HF model in eager mode, batches of 128-token windows, as a share of dense peak."""
 GEMM_EFFICIENCY = 0.60
@@ -352,22 +369,30 @@ def gpu_sae_step_seconds(gpu: Gpu, d_in: int, d_sae: int, k: int = STUDY_K, batc
     return gemm + traffic / (HBM_EFFICIENCY * gpu.hbm_tbps * 1e12)
 
 
+def default_correlations() -> dict:
+    from saeatlas.compare.config import CompareOptions
+
+    return correlations_per_pair(CompareOptions())
+
+
 def gpu_pair_seconds(gpu: Gpu, a: BigModel, b: BigModel, d_sae: int, n: int = COMPARE_POSITIONS) -> dict:
-    """Seconds of one layer pair's comparison on `gpu`: the [d_a, d_b] scans, the sparse products, the
-    neurons control's float64 GEMMs."""
+    """Seconds of one layer pair's comparison on `gpu` at compare's defaults: the [d_a, d_b] scans, the
+    sparse products, the neurons control's float64 GEMMs."""
+    calls = default_correlations()
     hbm = HBM_EFFICIENCY * gpu.hbm_tbps * 1e12
-    scan = SPARSE_CALLS_PER_PAIR * d_sae * d_sae * ENTRY_BYTES / hbm
-    products = SPARSE_FULL_EQUIVALENTS * n * STUDY_K**2 * PRODUCT_BYTES / hbm
-    dense = DENSE_FULL_EQUIVALENTS * 2.0 * n * a.d_model * b.d_model / (FP64_EFFICIENCY * gpu.fp64_tflops * 1e12)
+    scan = calls["sparse_calls"] * d_sae * d_sae * ENTRY_BYTES / hbm
+    products = calls["sparse_full"] * n * STUDY_K**2 * PRODUCT_BYTES / hbm
+    dense = calls["dense_full"] * 2.0 * n * a.d_model * b.d_model / (FP64_EFFICIENCY * gpu.fp64_tflops * 1e12)
     return {"scan": scan, "products": products, "neurons": dense}
 
 
 def cpu_pair_seconds(rates: dict, a: BigModel, b: BigModel, d_sae: int, n: int = COMPARE_POSITIONS) -> dict:
     """The same on the measured CPU: the fitted ns per matrix entry and per product, pearson_dense's GFLOP/s."""
+    calls = default_correlations()
     c = rates["correlate"]
-    scan = SPARSE_CALLS_PER_PAIR * d_sae * d_sae * c["ns_per_matrix_entry"] * 1e-9
-    products = SPARSE_FULL_EQUIVALENTS * n * STUDY_K**2 * c["ns_per_product"] * 1e-9
-    dense = DENSE_FULL_EQUIVALENTS * 2.0 * n * a.d_model * b.d_model / (c["dense_gflops_fp64"] * 1e9)
+    scan = calls["sparse_calls"] * d_sae * d_sae * c["ns_per_matrix_entry"] * 1e-9
+    products = calls["sparse_full"] * n * STUDY_K**2 * c["ns_per_product"] * 1e-9
+    dense = calls["dense_full"] * 2.0 * n * a.d_model * b.d_model / (c["dense_gflops_fp64"] * 1e9)
     return {"scan": scan, "products": products, "neurons": dense}
 
 
