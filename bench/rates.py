@@ -9,7 +9,10 @@ process (model and data loaded before timing):
   sha256, manifest) for each causal packaged model, once with one hook at the last layer and once with every
   layer's `resid_post` (what an all-layers study writes), into a fresh temporary folder.  Also the model's
   forward FLOPs per token (2 x its parameters outside the embedding) and so the achieved GFLOP/s, and the
-  store's bytes per token and layer.
+  store's bytes per token and layer, and the tokens/s of one hook's training batches read back from it
+  (`StoreSource`), first pass (every shard verified: sha256 of all its files) and second.
+* **write**: MB/s of one store writer process on a Gemma-2-2B-wide hook file: bf16 conversion, np.save +
+  fsync + rename + sha256, and sha256 alone.
 * **train**: tokens/s of saeatlas's TopK `train_step` (k 32, batch 4096, bf16 encoder matmul with fp32
   master weights where the device has bf16) on Gaussian inputs held in memory, at several (d_in, d_sae);
   step 0 is a warm-up.  The executed FLOPs per token (2 d_in d_sae for the encoder, 8 k d_in for the sparse
@@ -21,12 +24,14 @@ process (model and data loaded before timing):
   rates are fitted by least squares over the sizes and printed (ns per product, ns per matrix entry).
   `pearson_dense` (the neurons control, positions x d_a x d_b multiply-adds in float64) likewise.
 
-The rates are per device: a device is one CPU socket here, one GPU under torchrun.  Run::
+The rates are per device (the whole CPU here; one GPU per rank under torchrun).  A run merges its stages into
+bench/results/rates.json with the 1-minute load average as each stage started (the figures of a shared
+machine are only as good as its quiet).  `--costs` prints docs/scaling.md's computed tables from that file and
+the constants below (models, GPU datasheet peaks, assumed efficiencies).  Run::
 
     PYTHONPATH=src SAEATLAS_CACHE=/tmp/sacache HF_HUB_OFFLINE=1 python bench/rates.py \\
-        [--device cpu] [--stages gemm,extract,train,correlate] [--tokens 8192] [--quick]
-
-Results are printed as tables and saved to bench/results/rates.json.
+        [--device cpu] [--stages gemm,extract,write,train,correlate] [--tokens 8192] [--quick]
+    PYTHONPATH=src python bench/rates.py --costs
 """
 
 from __future__ import annotations
