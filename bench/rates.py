@@ -440,13 +440,11 @@ def study_costs(rates: dict) -> dict:
                 per_sae[gpu.name] = T / BATCH * gpu_sae_step_seconds(gpu, m.d_model, d_sae)
             read = T * 2 * m.d_model / reader
             out["train"][(m.name, d_sae)] = {"per_sae": per_sae, "reader": read, "n_saes": m.n_layers}
-            stream = {}
-            for gpu in GPUS:
-                forwards = sum(m.forward_flops(layer) for layer in range(m.n_layers))
-                stream[gpu.name] = (
-                    T * forwards / (FORWARD_MFU * gpu.bf16_tflops * 1e12) + m.n_layers * per_sae[gpu.name]
-                )
-            out["stream"][(m.name, d_sae)] = stream
+            forwards = sum(m.forward_flops(layer) for layer in range(m.n_layers))  # one per SAE, to its depth
+            out["stream"][(m.name, d_sae)] = {
+                gpu.name: T * forwards / (FORWARD_MFU * gpu.bf16_tflops * 1e12) + m.n_layers * per_sae[gpu.name]
+                for gpu in GPUS
+            }
     n_pairs = gemma.n_layers * llama.n_layers
     for d_sae in STUDY_WIDTHS:
         pair = {"CPU": cpu_pair_seconds(rates, gemma, llama, d_sae)}
@@ -456,11 +454,11 @@ def study_costs(rates: dict) -> dict:
     return out
 
 
-def study_totals(c: dict, gpu: str, n_gpus: int, verify: bool = True) -> dict:
+def study_totals(c: dict, gpu: str, n_gpus: int) -> dict:
     """The whole study (both models' all-layer stores, one SAE per layer and width, the comparison grid) on
     `n_gpus` GPUs of kind `gpu`, 8 to a node, each stage as long as its slowest bound: compute spread over the
-    ranks, one writer / reader process per rank, the node's file system shared by its 8 ranks, and (`verify`)
-    a training process's first touch of each shard hashing every file the shard holds."""
+    ranks, one writer / reader process per rank, the node's file system shared by its 8 ranks, and a
+    training process's first touch of each shard hashing every file the shard holds."""
     nodes = max(1, n_gpus // 8)
     sha = c["measured"]["sha256_mb_per_s"] * 1e6
     extract = {}
@@ -475,9 +473,7 @@ def study_totals(c: dict, gpu: str, n_gpus: int, verify: bool = True) -> dict:
     for d_sae in STUDY_WIDTHS:
         for m in BIG_MODELS:
             t = c["train"][(m.name, d_sae)]
-            one = {"compute": t["per_sae"][gpu], "reader": t["reader"]}
-            if verify:
-                one["hashing"] = c["store"][m.name]["bytes"] / sha
+            one = {"compute": t["per_sae"][gpu], "reader": t["reader"], "hashing": c["store"][m.name]["bytes"] / sha}
             train[(m.name, d_sae)] = {k: v * t["n_saes"] / n_gpus for k, v in one.items()}
     compare = {d_sae: sum(v["pair"][gpu].values()) * v["n_pairs"] / n_gpus for d_sae, v in c["compare"].items()}
     return {"extract": extract, "train": train, "compare": compare}
