@@ -143,24 +143,34 @@ void scatter_by_latent(const int64_t *order, const int64_t *starts, const int64_
     }
 }
 
-/* out[i] = <a[row[i]], b[j]> for each code i of latent j: a [n, d], b [n_latents, d].  Latent by
- * latent, so each row of b is read once. */
-void code_dots(const int64_t *order, const int64_t *starts, const int64_t *row, const float *a, const float *b,
-               int64_t n_latents, int64_t d, float *out, int threads) {
+/* Backward of the sparse decode recon[r] = sum of values[i] w[latent i] over row r's codes, given
+ * grad [n, d] of recon: grad_values[i] = <grad[row[i]], w[j]> and grad_w[j] = sum of values[i] * grad[row[i]]
+ * over the codes i of latent j (w, grad_w [n_latents, d]).  Latent by latent, in one pass: each code's
+ * row of grad is fetched once for both products (the rows come in random order and fetching them is
+ * what costs), and w[j] and grad_w[j] stay in the L1 cache while latent j's codes run. */
+void decode_backward(const int64_t *order, const int64_t *starts, const int64_t *row, const float *values,
+                     const float *grad, const float *w, int64_t n_latents, int64_t d, float *grad_values,
+                     float *grad_w, int threads) {
 #pragma omp parallel for schedule(dynamic, 64) num_threads(threads)
     for (int64_t j = 0; j < n_latents; j++) {
-        const float *br = b + j * d;
+        const float *wr = w + j * d;
+        float *o = grad_w + j * d;
+        memset(o, 0, (size_t)d * sizeof(float));
         for (int64_t p = starts[j]; p < starts[j + 1]; p++) {
             int64_t i = order[p];
-            const float *ar = a + row[i] * d;
+            const float *gr = grad + row[i] * d;
+            float c = values[i];
             float acc[LANES] = { 0 };
             int64_t t = 0;
             for (; t + LANES <= d; t += LANES)
-                for (int l = 0; l < LANES; l++) acc[l] += ar[t + l] * br[t + l];
+                for (int l = 0; l < LANES; l++) {
+                    acc[l] += gr[t + l] * wr[t + l];
+                    o[t + l] += c * gr[t + l];
+                }
             float s = 0.0f;
             for (int l = 0; l < LANES; l++) s += acc[l];
-            for (; t < d; t++) s += ar[t] * br[t];
-            out[i] = s;
+            for (; t < d; t++) s += gr[t] * wr[t], o[t] += c * gr[t];
+            grad_values[i] = s;
         }
     }
 }
