@@ -150,7 +150,16 @@ void scatter_by_latent(const int64_t *order, const int64_t *starts, const int64_
         float *o = out + j * d;
         memset(o, 0, (size_t)d * sizeof(float));
         float s = 0.0f;
-        for (int64_t p = starts[j]; p < starts[j + 1]; p++) {
+        int64_t p = starts[j];
+        for (; p + 1 < starts[j + 1]; p += 2) { /* two codes per sweep of o: half its loads and stores */
+            int64_t i0 = order[p], i1 = order[p + 1];
+            float c0 = coeff[i0], c1 = coeff[i1];
+            const float *x0 = x + row[i0] * d, *x1 = x + row[i1] * d;
+            s += c0;
+            s += c1;
+            for (int64_t t = 0; t < d; t++) o[t] = (o[t] + c0 * x0[t]) + c1 * x1[t];
+        }
+        if (p < starts[j + 1]) {
             int64_t i = order[p];
             float c = coeff[i];
             const float *xr = x + row[i] * d;
@@ -174,7 +183,26 @@ void decode_backward(const int64_t *order, const int64_t *starts, const int64_t 
         const float *wr = w + j * d;
         float *o = grad_w + j * d;
         memset(o, 0, (size_t)d * sizeof(float));
-        for (int64_t p = starts[j]; p < starts[j + 1]; p++) {
+        int64_t p = starts[j];
+        for (; p + 1 < starts[j + 1]; p += 2) { /* two codes per sweep of o: half its loads and stores */
+            int64_t i0 = order[p], i1 = order[p + 1];
+            const float *g0 = grad + row[i0] * d, *g1 = grad + row[i1] * d;
+            float c0 = values[i0], c1 = values[i1];
+            float acc0[LANES] = { 0 }, acc1[LANES] = { 0 };
+            int64_t t = 0;
+            for (; t + LANES <= d; t += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    acc0[l] += g0[t + l] * wr[t + l];
+                    acc1[l] += g1[t + l] * wr[t + l];
+                    o[t + l] = (o[t + l] + c0 * g0[t + l]) + c1 * g1[t + l];
+                }
+            float s0 = 0.0f, s1 = 0.0f;
+            for (int l = 0; l < LANES; l++) s0 += acc0[l], s1 += acc1[l];
+            for (; t < d; t++) s0 += g0[t] * wr[t], s1 += g1[t] * wr[t], o[t] = (o[t] + c0 * g0[t]) + c1 * g1[t];
+            grad_values[i0] = s0;
+            grad_values[i1] = s1;
+        }
+        if (p < starts[j + 1]) {
             int64_t i = order[p];
             const float *gr = grad + row[i] * d;
             float c = values[i];
