@@ -36,6 +36,10 @@ adds eai-sparsify).  Run::
     make bench                      # or, with the venvs built:
     HF_HUB_OFFLINE=1 .venv/bin/python bench/train.py [--store runs/study/stores/gemma] [--steps 6] [--repeats 2]
 
+Before / after a change, in one run: `--baseline-src OTHER/src` adds the run
+`saeatlas-base`, saeatlas imported from another checkout (e.g. `git worktree
+add /tmp/base main`), interleaved with the others.
+
 Results are printed and saved to bench/results/train.json.
 """
 
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -130,8 +135,12 @@ def saeatlas_steps(x: torch.Tensor, batch: int, steps: int, dtype: str) -> tuple
     return times, last
 
 
-def run_tool(tool: str, data: Path, steps: int) -> dict:
-    """One fresh process per run; returns {'tool', 'times', 'fvu', ...}."""
+def run_tool(tool: str, data: Path, steps: int, baseline_src: str | None = None) -> dict:
+    """One fresh process per run; returns {'tool', 'times', 'fvu', ...}.  `saeatlas-base` is saeatlas
+    (dtype auto) imported from `baseline_src` (another checkout's src/), for before / after in one run."""
+    env = None
+    if tool == "saeatlas-base":
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [baseline_src, os.environ.get("PYTHONPATH")]))}
     if tool.startswith("saeatlas"):
         cmd = [sys.executable, __file__, "--worker", tool, str(data), str(steps)]
     else:
@@ -147,7 +156,7 @@ def run_tool(tool: str, data: Path, steps: int) -> dict:
             str(WIDTH),
             str(K),
         ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         sys.exit(f"bench: {tool} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -169,6 +178,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per run (plus one warm-up)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tools", default="saeatlas,saeatlas-fp32,sparsify,sparsify-bf16,saelens")
+    parser.add_argument(
+        "--baseline-src",
+        help="another checkout's src/ folder: adds the run saeatlas-base (saeatlas from there), before vs after",
+    )
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -179,6 +192,10 @@ def main() -> None:
     )
     steps = args.steps + 1
     tools = args.tools.split(",")
+    if args.baseline_src:
+        if not (Path(args.baseline_src) / "saeatlas" / "__init__.py").is_file():
+            sys.exit(f"bench: {args.baseline_src} holds no saeatlas package (give a checkout's src/ folder)")
+        tools.insert(0, "saeatlas-base")
     peaks = {"float32": gemm_peak(torch.float32), "bfloat16": gemm_peak(torch.bfloat16)}
     print(
         f"GEMM peak: fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s "
@@ -192,7 +209,7 @@ def main() -> None:
         runs: dict[str, list[dict]] = {t: [] for t in tools}
         for repeat in range(args.repeats):
             for tool in tools:
-                result = run_tool(tool, data, steps)
+                result = run_tool(tool, data, steps, args.baseline_src)
                 timed = result["times"][1:]
                 result["tokens_per_s"] = len(timed) * BATCH / sum(timed)
                 runs[tool].append(result)
@@ -240,6 +257,8 @@ def report(runs: dict[str, list[dict]], peaks: dict[str, float], source: str, st
             ("saeatlas", "sparsify", "saeatlas (bf16 matmul) vs sparsify fp32"),
             ("saeatlas", "sparsify-bf16", "equal precision: saeatlas vs sparsify bf16 autocast"),
             ("saeatlas-fp32", "sparsify", "equal precision: saeatlas fp32 vs sparsify fp32"),
+            ("saeatlas-base", "sparsify-bf16", "baseline: saeatlas-base vs sparsify bf16 autocast"),
+            ("saeatlas", "saeatlas-base", "after vs before: saeatlas vs saeatlas-base"),
         ):
             if ours_tool in rate and other in rate:
                 ratios[f"{ours_tool}/{other}"] = rate[ours_tool] / rate[other]
