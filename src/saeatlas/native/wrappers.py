@@ -164,7 +164,7 @@ def decode_backward(
     _tensor(fn, "rows", rows, (torch.int64,), (m,))
     _tensor(fn, "values", values, (torch.float32,), (m,))
     grad_values = torch.empty(m, dtype=torch.float32)
-    grad_w = torch.empty_like(w)
+    grad_w = torch.empty(w.shape, dtype=torch.float32)
     _lib().decode_backward(
         _p(order),
         _p(starts),
