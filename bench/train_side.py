@@ -1,6 +1,6 @@
 """The other tools' side of bench/train.py, run with the side venv's python (never imports saeatlas).
 
-    python bench/train_side.py sparsify|saelens X.npy BATCH STEPS WIDTH K
+    python bench/train_side.py sparsify|sparsify-bf16|saelens X.npy BATCH STEPS WIDTH K
 
 X.npy holds the activations [n_tokens, d_in] float32; step i trains on rows
 [i * BATCH, (i + 1) * BATCH).  Step 0 is a warm-up.  Each step is timed from
@@ -23,8 +23,12 @@ def fvu(x: torch.Tensor, recon: torch.Tensor) -> float:
     return float(((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
 
 
-def sparsify_steps(x: torch.Tensor, batch: int, steps: int, width: int, k: int) -> tuple[list[float], float]:
-    """eai-sparsify's SparseCoder, step as sparsify.Trainer runs it with optimizer='adam', loss 'fvu'."""
+def sparsify_steps(
+    x: torch.Tensor, batch: int, steps: int, width: int, k: int, bf16: bool = False
+) -> tuple[list[float], float]:
+    """eai-sparsify's SparseCoder, step as sparsify.Trainer runs it with optimizer='adam', loss 'fvu';
+    with `bf16` the forward pass and loss run under bfloat16 autocast (float32 master weights), as
+    sparsify.Trainer does on devices with bf16."""
     from sparsify import SparseCoder, SparseCoderConfig
 
     sae = SparseCoder(x.shape[1], SparseCoderConfig(num_latents=width, k=k), device="cpu", dtype=torch.float32)
@@ -36,8 +40,10 @@ def sparsify_steps(x: torch.Tensor, batch: int, steps: int, width: int, k: int) 
         xb = x[step * batch : (step + 1) * batch]
         t0 = time.perf_counter()
         sae.set_decoder_norm_to_unit_norm()
-        out = sae(xb, dead_mask=torch.zeros(width, dtype=torch.bool))
-        (out.fvu + out.auxk_loss / 32 + out.multi_topk_fvu / 8).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = sae(xb, dead_mask=torch.zeros(width, dtype=torch.bool))
+            loss = out.fvu + out.auxk_loss / 32 + out.multi_topk_fvu / 8
+        loss.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         opt.step()
@@ -77,7 +83,11 @@ def saelens_steps(x: torch.Tensor, batch: int, steps: int, width: int, k: int) -
 def main() -> None:
     tool, path, batch, steps, width, k = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
     x = torch.from_numpy(np.load(path))
-    run = {"sparsify": sparsify_steps, "saelens": saelens_steps}[tool]
+    run = {
+        "sparsify": sparsify_steps,
+        "sparsify-bf16": lambda *a: sparsify_steps(*a, bf16=True),
+        "saelens": saelens_steps,
+    }[tool]
     times, last_fvu = run(x, batch, steps, width, k)
     print(
         json.dumps(

@@ -125,22 +125,56 @@ BAD_CALLS = {
         ValueError,
         r"x must have shape \[\*, \*\]",
     ),
-    # code_dots
-    "dots a dtype": (lambda: native.code_dots(GROUPING, ROWS, X.bfloat16(), B), TypeError, "a must be float32"),
-    "dots a view": (lambda: native.code_dots(GROUPING, ROWS, torch.zeros(3, 4).t(), B), ValueError, "a must be contig"),
-    "dots b width": (lambda: native.code_dots(GROUPING, ROWS, X, B[:, :2]), ValueError, r"b must have shape \[\*, 3\]"),
-    "dots b view": (
-        lambda: native.code_dots(GROUPING, ROWS, X, torch.zeros(3, 5).t()),
-        ValueError,
-        "b must be contiguous",
+    # decode_backward
+    "decode grad dtype": (
+        lambda: native.decode_backward(GROUPING, ROWS, COEFF, X.bfloat16(), B),
+        TypeError,
+        "grad must be float32",
     ),
-    "dots b rows": (lambda: native.code_dots(GROUPING, ROWS, X, B[:4]), ValueError, r"starts must have shape \[5\]"),
-    "dots rows dtype": (lambda: native.code_dots(GROUPING, ROWS.int(), X, B), TypeError, "rows must be int64"),
-    "dots rows shape": (lambda: native.code_dots(GROUPING, ROWS[:3], X, B), ValueError, r"rows must have shape \[12\]"),
-    "dots meta": (
-        lambda: native.code_dots(GROUPING, ROWS, X, torch.zeros(5, 3, device="meta")),
+    "decode grad view": (
+        lambda: native.decode_backward(GROUPING, ROWS, COEFF, torch.zeros(3, 4).t(), B),
         ValueError,
-        "b must be a dense CPU tensor",
+        "grad must be contig",
+    ),
+    "decode w width": (
+        lambda: native.decode_backward(GROUPING, ROWS, COEFF, X, B[:, :2]),
+        ValueError,
+        r"w must have shape \[\*, 3\]",
+    ),
+    "decode w view": (
+        lambda: native.decode_backward(GROUPING, ROWS, COEFF, X, torch.zeros(3, 5).t()),
+        ValueError,
+        "w must be contiguous",
+    ),
+    "decode w rows": (
+        lambda: native.decode_backward(GROUPING, ROWS, COEFF, X, B[:4]),
+        ValueError,
+        r"starts must have shape \[5\]",
+    ),
+    "decode rows dtype": (
+        lambda: native.decode_backward(GROUPING, ROWS.int(), COEFF, X, B),
+        TypeError,
+        "rows must be int64",
+    ),
+    "decode rows shape": (
+        lambda: native.decode_backward(GROUPING, ROWS[:3], COEFF, X, B),
+        ValueError,
+        r"rows must have shape \[12\]",
+    ),
+    "decode values dtype": (
+        lambda: native.decode_backward(GROUPING, ROWS, COEFF.double(), X, B),
+        TypeError,
+        "values must be float32",
+    ),
+    "decode values shape": (
+        lambda: native.decode_backward(GROUPING, ROWS, COEFF[:5], X, B),
+        ValueError,
+        r"values must have shape \[12\]",
+    ),
+    "decode meta": (
+        lambda: native.decode_backward(GROUPING, ROWS, COEFF, X, torch.zeros(5, 3, device="meta")),
+        ValueError,
+        "w must be a dense CPU tensor",
     ),
     # permuted_gram_dots
     "gram A dtype": (lambda: native.permuted_gram_dots(A.astype(np.float64), BB, P), TypeError, "A must be float32"),
@@ -192,7 +226,7 @@ def test_valid_calls_reach_the_kernel_and_a_missing_library_is_a_clear_error(mon
         lambda: native.topk_rows(torch.zeros(2, 8), np.int64(1)),
         lambda: native.latent_order(latents, 5),
         lambda: native.scatter_by_latent(grouping, rows, coeff, x, 5),
-        lambda: native.code_dots(grouping, rows, x, b),
+        lambda: native.decode_backward(grouping, rows, coeff, x, b),
         lambda: native.permuted_gram_dots(*_gram()),
     ]
     for call in calls:
@@ -214,7 +248,11 @@ def test_wrappers_agree_with_torch_and_numpy():
     out, colsum = native.scatter_by_latent(grouping, rows, coeff, x, n_latents)
     torch.testing.assert_close(out, S.t() @ x)
     torch.testing.assert_close(colsum, S.sum(0))
-    torch.testing.assert_close(native.code_dots(grouping, rows, x, b), (x[rows] * b[latents]).sum(1))
+    grad_values, grad_b = native.decode_backward(grouping, rows, coeff, x, b)
+    torch.testing.assert_close(grad_values, (x[rows] * b[latents]).sum(1))
+    torch.testing.assert_close(grad_b, S.t() @ x)
+    # One pass computes what the two products compute apart, to the bit: the same sums in the same order.
+    assert torch.equal(grad_b, out)
     values, columns = native.topk_rows(x, 2, b[0])
     torch.testing.assert_close(values.sort(1).values, (x + b[0]).topk(2).values.sort(1).values)
     torch.testing.assert_close(values, (x + b[0]).gather(1, columns))

@@ -11,6 +11,6 @@ or NumPy implementation.
 """
 
 from .loader import library
-from .wrappers import code_dots, latent_order, permuted_gram_dots, scatter_by_latent, topk_rows
+from .wrappers import decode_backward, latent_order, permuted_gram_dots, scatter_by_latent, topk_rows
 
-__all__ = ["code_dots", "latent_order", "library", "permuted_gram_dots", "scatter_by_latent", "topk_rows"]
+__all__ = ["decode_backward", "latent_order", "library", "permuted_gram_dots", "scatter_by_latent", "topk_rows"]

@@ -34,7 +34,7 @@ _SIGNATURES = {
     "topk_rows_bf16": [_ptr, _ptr, _i64, _i64, _i64, _ptr, _ptr, _int],
     "latent_order": [_ptr, _i64, _i64, _ptr, _ptr],
     "scatter_by_latent": [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _int],
-    "code_dots": [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _int],
+    "decode_backward": [_ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _int],
     "permuted_gram_dots": [_ptr, _ptr, _i64, _ptr, _i64, _ptr, _int],
 }
 

@@ -145,21 +145,40 @@ def scatter_by_latent(
     return out, colsum
 
 
-def code_dots(
-    grouping: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor
-) -> torch.Tensor:
-    """[m] <a[rows[i]], b[latents[i]]> for each code i: a [n, d], b [n_latents, d], both float32 contiguous;
-    `grouping` is `latent_order(latents)`; rows [m] int64 in [0, n) (not checked)."""
-    fn = "code_dots"
-    _tensor(fn, "a", a, (torch.float32,), (None, None))
-    _tensor(fn, "b", b, (torch.float32,), (None, a.shape[1]))
-    starts, order = _grouping(fn, grouping, b.shape[0])
-    _tensor(fn, "rows", rows, (torch.int64,), (order.shape[0],))
-    out = torch.empty(rows.shape[0], dtype=torch.float32)
-    _lib().code_dots(
-        _p(order), _p(starts), _p(rows), _p(a), _p(b), b.shape[0], a.shape[1], _p(out), torch.get_num_threads()
+def decode_backward(
+    grouping: tuple[torch.Tensor, torch.Tensor],
+    rows: torch.Tensor,
+    values: torch.Tensor,
+    grad: torch.Tensor,
+    w: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of the sparse decode recon[r] = sum of values[i] w[latents[i]] over row r's codes, from
+    grad [n, d] of recon: (grad_values [m] = <grad[rows[i]], w[latents[i]]>, grad_w [n_latents, d] = S^T grad
+    with S [n, n_latents] holding `values`).  values [m], grad, w float32 contiguous; `grouping` is
+    `latent_order(latents)`; rows [m] int64 in [0, n) (not checked)."""
+    fn = "decode_backward"
+    _tensor(fn, "grad", grad, (torch.float32,), (None, None))
+    _tensor(fn, "w", w, (torch.float32,), (None, grad.shape[1]))
+    starts, order = _grouping(fn, grouping, w.shape[0])
+    m = order.shape[0]
+    _tensor(fn, "rows", rows, (torch.int64,), (m,))
+    _tensor(fn, "values", values, (torch.float32,), (m,))
+    grad_values = torch.empty(m, dtype=torch.float32)
+    grad_w = torch.empty(w.shape, dtype=torch.float32)
+    _lib().decode_backward(
+        _p(order),
+        _p(starts),
+        _p(rows),
+        _p(values),
+        _p(grad),
+        _p(w),
+        w.shape[0],
+        w.shape[1],
+        _p(grad_values),
+        _p(grad_w),
+        torch.get_num_threads(),
     )
-    return out
+    return grad_values, grad_w
 
 
 def permuted_gram_dots(A: np.ndarray, B: np.ndarray, P: np.ndarray) -> np.ndarray:

@@ -149,7 +149,7 @@ class _SelectedPre(torch.autograd.Function):
 class _SparseDecode(torch.autograd.Function):
     """recon[r] = sum of values[i] W_dec[indices[i]] over row r's codes; backward by native kernels.
 
-    grad_values[i] = <grad[row i], W_dec[indices[i]]>, grad_W_dec = S^T grad (S the codes)."""
+    grad_values[i] = <grad[row i], W_dec[indices[i]]>, grad_W_dec = S^T grad (S the codes), in one pass."""
 
     @staticmethod
     def forward(ctx, values, W_dec, indices, offsets, crow):
@@ -161,8 +161,9 @@ class _SparseDecode(torch.autograd.Function):
         values, W_dec, indices, crow = ctx.saved_tensors
         grad = grad.float().contiguous()
         rows, grouping = rows_of(crow), native.latent_order(indices, W_dec.shape[0])
-        grad_values = native.code_dots(grouping, rows, grad, W_dec.contiguous())
-        grad_w_dec, _ = native.scatter_by_latent(grouping, rows, values.float().contiguous(), grad, W_dec.shape[0])
+        grad_values, grad_w_dec = native.decode_backward(
+            grouping, rows, values.float().contiguous(), grad, W_dec.contiguous()
+        )
         return grad_values, grad_w_dec, None, None, None
 
 
