@@ -255,6 +255,7 @@ def _compare_flags(p, concepts: bool) -> dict[str, list[str]]:
 
 
 def _compare(args) -> int:
+    from . import distributed
     from .compare.config import CompareConfig, ConceptsConfig
     from .compare.grid import n_comparisons, n_concept_cells, run_compare, run_concepts
     from .flags import given
@@ -269,8 +270,8 @@ def _compare(args) -> int:
         cfg = CompareConfig(**given(args, CompareConfig))
         job, total, unit, write = run_compare, n_comparisons(cfg), "comparisons", write_compare
     with count_progress(args.verb, total, unit, enabled=not args.quiet) as advance:
-        results = job(cfg, progress=advance)
-    written = write(results, args.out)
+        results = distributed.together(lambda: job(cfg, progress=advance))  # compare spreads its layer pairs
+    written = distributed.on_main(lambda: write(results, args.out))
     print_comparison(results)
     _say([f"wrote {len(written)} files to {args.out}", f"({written[0].name}, {written[1].name}, heatmaps)"])
     return 0
@@ -376,6 +377,10 @@ def _models(args) -> int:
 
 
 Verb = tuple[str, Callable[[argparse.ArgumentParser], dict[str, list[str]]], Callable[[argparse.Namespace], int]]
+SPREADS = ("extract", "train", "compare", "run")
+"""Verbs that spread their work over torchrun's ranks (shards, slices of each batch, layer pairs, stages);
+the others run on rank 0 while the rest wait for its outcome."""
+
 VERBS: dict[str, Verb] = {
     "extract": ("write an activation store from a model and a corpus", _extract_flags, _extract),
     "info": ("print what an activation store holds", _info_flags, _info),
@@ -454,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         with distributed.joined(getattr(args, "device", None) or "auto") as speaks:  # torchrun's group, if any
             args.quiet = args.quiet or not speaks
             _check_outputs(args)
-            return VERBS[args.verb][2](args)
+            if args.verb in SPREADS:
+                return VERBS[args.verb][2](args)
+            return distributed.on_main(lambda: VERBS[args.verb][2](args))  # rank 0 works, the others wait
     except ConfigError as exc:
         from .flags import typed
 

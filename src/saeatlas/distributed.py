@@ -147,10 +147,56 @@ def failure(exc: Exception) -> Exception:
 
 
 def raise_first(outcomes: list) -> None:
-    """Raise the first exception among the ranks' `outcomes` (gathered by `all_gather`), if any."""
+    """Raise the first exception among the ranks' `outcomes` (gathered by `all_gather`), if any, marked as
+    announced (every rank has it: none waits for it in a later collective)."""
     for outcome in outcomes:
         if isinstance(outcome, Exception):
+            outcome.announced = True
             raise outcome
+
+
+def spread(items: list, fn: Callable[[Any], T]) -> list[T]:
+    """[fn(item) for item in items], item i computed on rank i % world and the results gathered on every
+    rank (picklable), in the order of `items`.  `fn` must not depend on which rank runs it (seeds from the item,
+    not from a shared generator).  A rank's failure reaches every rank in this one gather (`announced`).
+    Alone: a plain loop."""
+    if not active():
+        return [fn(item) for item in items]
+    mine: dict[int, T] | Exception = {}
+    local = None
+    try:
+        for i in range(rank(), len(items), world_size()):
+            mine[i] = fn(items[i])
+    except Exception as exc:  # noqa: BLE001 - sent to the other ranks, then raised here
+        mine, local = failure(exc), exc
+    gathered = all_gather(mine)
+    if local is not None:
+        local.announced = True
+        raise local
+    raise_first(gathered)
+    merged = {i: value for part in gathered for i, value in part.items()}
+    return [merged[i] for i in range(len(items))]
+
+
+def elsewhere(n_items: int) -> int:
+    """How many of `n_items` spread items other ranks compute."""
+    return n_items - len(range(rank(), n_items, world_size()))
+
+
+def together(fn: Callable[[], T]) -> T:
+    """Run `fn` on every rank (a job whose inner steps `spread` work over the ranks), then wait for all; a
+    failure of one rank outside a `spread` is sent to the others, which may be waiting in one, so that every
+    rank stops with it instead of hanging.  Alone: just `fn()`."""
+    if not active():
+        return fn()
+    try:
+        result = fn()
+    except Exception as exc:
+        if not getattr(exc, "announced", False):
+            all_gather(failure(exc))
+        raise
+    raise_first(all_gather(None))
+    return result
 
 
 def on_main(fn: Callable[[], T]) -> T:
@@ -164,15 +210,18 @@ def on_main(fn: Callable[[], T]) -> T:
     error: Exception | None = None
     if is_main():
         try:
-            box[0] = ("ok", fn())
+            with alone():  # fn is rank 0's alone: a collective inside it would wait for ranks that never come
+                box[0] = ("ok", fn())
         except Exception as exc:  # noqa: BLE001 - sent to the other ranks, then raised here
             error = exc
             box[0] = ("error", failure(exc))
     dist.broadcast_object_list(box, src=0)
     if error is not None:
+        error.announced = True
         raise error
     status, value = box[0]
     if status == "error":
+        value.announced = True
         raise value
     return value
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .. import distributed
 from ..data.store import ActivationStore
 from ..devices import resolve_device
 from ..errors import SaeAtlasError
@@ -94,48 +95,51 @@ def run_compare(cfg: CompareConfig, progress: Callable[[int], None] | None = Non
             a, b = control_pair(kind, sides, hook_a, hook_b)
         return a, b, sides.shifted().doc if kind == "shifted" else align.doc
 
-    # Pairs first, for every cell: SVCCA's number of directions is then fixed for the whole grid.
-    selections = {
-        (hook_a, hook_b, kind): select_pairs(*comparison(kind, hook_a, hook_b)[:2], cfg)
-        for hook_a in hooks_a
-        for hook_b in hooks_b
-        for kind in kinds
-    }
-    sky_selections = {}
-    if "skyline" in cfg.controls:
-        for hook_a in hooks_a:
-            sky_selections[hook_a] = select_pairs(sides.get("sae", "a", hook_a), sides.get("skyline", "a", hook_a), cfg)
+    # Pairs first, for every cell: SVCCA's number of directions is then fixed for the whole grid.  Under
+    # torchrun the cells (and then the layer pairs) are spread over the ranks; each is seeded by itself.
+    cells = [(hook_a, hook_b, kind) for hook_a in hooks_a for hook_b in hooks_b for kind in kinds]
+    selected = distributed.spread(cells, lambda c: select_pairs(*comparison(c[2], c[0], c[1])[:2], cfg))
+    selections = dict(zip(cells, selected, strict=True))
+    sky_hooks = hooks_a if "skyline" in cfg.controls else []
+    sky_selected = distributed.spread(
+        sky_hooks, lambda h: select_pairs(sides.get("sae", "a", h), sides.get("skyline", "a", h), cfg)
+    )
+    sky_selections = dict(zip(sky_hooks, sky_selected, strict=True))
     scfg = grid_svcca_k(cfg, [len(s.pairs.idx_a) for s in [*selections.values(), *sky_selections.values()]])
-    pairs = []
-    for hook_a in hooks_a:
-        for hook_b in hooks_b:
-            entry = {"hook_a": hook_a, "hook_b": hook_b}
-            comps = {kind: comparison(kind, hook_a, hook_b) for kind in kinds}
-            for kind, (a, b, groups) in comps.items():
-                sel = selections[hook_a, hook_b, kind]
-                entry[kind] = score_pair(a, b, scfg, groups, align.n_groups, control=kind != "sae", selection=sel)
-                progress(1)
-            more_random_init = functools.partial(_more_random_init_scores, sides, hook_a, hook_b, scfg)
-            _add_headline(entry, comps, align.n_groups, scfg, more_random_init)
-            log.info(
-                "%s x %s: %d pairs, SVCCA %s",
-                hook_a,
-                hook_b,
-                entry["sae"]["n_pairs"],
-                fmt(entry["sae"]["decoder"].get("svcca", {}).get("observed"), missing="nan"),
-            )
-            pairs.append(entry)
-    skyline = []
-    for hook_a, sel in sky_selections.items():
-        a, b = sides.get("sae", "a", hook_a), sides.get("skyline", "a", hook_a)
-        skyline.append(
-            {
-                "hook_a": hook_a,
-                "hook_b": hook_a,
-                "skyline": score_pair(a, b, scfg, align.doc, align.n_groups, control=True, selection=sel),
-            }
+
+    def score_layer_pair(hooks: tuple[str, str]) -> dict:
+        hook_a, hook_b = hooks
+        entry = {"hook_a": hook_a, "hook_b": hook_b}
+        comps = {kind: comparison(kind, hook_a, hook_b) for kind in kinds}
+        for kind, (a, b, groups) in comps.items():
+            sel = selections[hook_a, hook_b, kind]
+            entry[kind] = score_pair(a, b, scfg, groups, align.n_groups, control=kind != "sae", selection=sel)
+            progress(1)
+        more_random_init = functools.partial(_more_random_init_scores, sides, hook_a, hook_b, scfg)
+        _add_headline(entry, comps, align.n_groups, scfg, more_random_init)
+        log.info(
+            "%s x %s: %d pairs, SVCCA %s",
+            hook_a,
+            hook_b,
+            entry["sae"]["n_pairs"],
+            fmt(entry["sae"]["decoder"].get("svcca", {}).get("observed"), missing="nan"),
         )
+        return entry
+
+    def score_skyline(hook_a: str) -> dict:
+        a, b = sides.get("sae", "a", hook_a), sides.get("skyline", "a", hook_a)
+        sel = sky_selections[hook_a]
+        entry = {"hook_a": hook_a, "hook_b": hook_a}
+        entry["skyline"] = score_pair(a, b, scfg, align.doc, align.n_groups, control=True, selection=sel)
         progress(1)
+        return entry
+
+    layer_pairs = [(hook_a, hook_b) for hook_a in hooks_a for hook_b in hooks_b]
+    pairs = distributed.spread(layer_pairs, score_layer_pair)
+    skyline = distributed.spread(sky_hooks, score_skyline)
+    elsewhere = distributed.elsewhere(len(layer_pairs)) * len(kinds) + distributed.elsewhere(len(sky_hooks))
+    if elsewhere:  # the other ranks' comparisons, counted when they arrive
+        progress(elsewhere)
     add_q_values(pairs)
     add_q_values(skyline)
     return {

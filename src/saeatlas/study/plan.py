@@ -135,7 +135,7 @@ def _evaluate(stage: Stage, progress: bool) -> dict:
     return out
 
 
-def _compare_config(stage: Stage, concepts: bool = False):
+def compare_config(stage: Stage, concepts: bool = False):
     from ..compare.config import CompareConfig, ConceptsConfig
 
     s = stage.settings
@@ -154,7 +154,7 @@ def _compare(stage: Stage, progress: bool) -> dict:
     from ..progress import count_progress
     from ..report.files import write_compare
 
-    cfg = _compare_config(stage)
+    cfg = compare_config(stage)
     with count_progress(stage.name, total=n_comparisons(cfg), unit="comparisons", enabled=progress) as advance:
         results = run_compare(cfg, progress=advance)
     write_compare(results, stage.folder)
@@ -166,7 +166,7 @@ def _concepts(stage: Stage, progress: bool) -> dict:
     from ..progress import count_progress
     from ..report.files import write_concepts
 
-    cfg = _compare_config(stage, concepts=True)
+    cfg = compare_config(stage, concepts=True)
     with count_progress(stage.name, total=n_concept_cells(cfg), unit="cells", enabled=progress) as advance:
         results = run_concepts(cfg, progress=advance)
     write_concepts(results, stage.folder)

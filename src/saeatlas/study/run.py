@@ -239,6 +239,26 @@ def assign(pending: list[int], world: int) -> dict[int, int]:
     return {i: n % world for n, i in enumerate(pending)}
 
 
+SPREAD_STAGES = ("compare",)
+"""Stages that, under torchrun, run on every rank at once with their work spread inside (the comparison's layer
+pairs and controls: `compare.grid.run_compare`) instead of whole on one rank."""
+
+
+def _run_shared(stage: Stage, progress: bool, again: bool) -> dict:
+    """One SPREAD_STAGES stage on this rank: rank 0 runs it as one process would (and writes its product and
+    record); the others compute their share of its spread steps.  Returns its timing (rank 0's)."""
+    if distributed.is_main():
+        _, state, seconds = run_stage(stage, progress, again)
+        timing = _timing(stage, state, seconds)
+    else:
+        from ..compare.grid import run_compare
+        from .plan import compare_config
+
+        run_compare(compare_config(stage))
+        timing = None
+    return distributed.all_gather(timing)[0]
+
+
 def _run_waves(stages: list[Stage], progress: bool, console: Console) -> tuple[list[dict], set[str]]:
     """Run the stages wave by wave (`waves`); under torchrun each wave's stages with work to do go round-robin
     to the ranks, each run whole on its rank (`distributed.alone`), and the ranks gather their outcomes (or the
@@ -254,9 +274,12 @@ def _run_waves(stages: list[Stage], progress: bool, console: Console) -> tuple[l
         pending = distributed.on_main(
             lambda wave=wave, again=again: [i for i in wave if again[i] or not stages[i].record()]
         )
-        owner = {i: 0 for i in wave} | assign(pending, world)
+        shared = [i for i in pending if stages[i].kind in SPREAD_STAGES and world > 1]
+        owner = {i: 0 for i in wave} | assign([i for i in pending if i not in shared], world)
         mine, failed = [], None
         for i in wave:
+            if i in shared:
+                continue
             console.rule(f"[{i + 1}/{n}] {stages[i].name}" + (f" (rank {owner[i]})" if owner[i] != rank else ""))
             if owner[i] != rank:
                 continue
@@ -271,6 +294,9 @@ def _run_waves(stages: list[Stage], progress: bool, console: Console) -> tuple[l
         if failed is not None:
             raise failed
         distributed.raise_first(outcomes)
+        for i in shared:  # every rank at once, its work spread inside (rank 0 writes)
+            console.rule(f"[{i + 1}/{n}] {stages[i].name} (all ranks)")
+            outcomes.append([(i, distributed.together(lambda i=i, a=again[i]: _run_shared(stages[i], progress, a)))])
         for i, timing in (pair for ranks in outcomes for pair in ranks):
             timings[i] = timing
             if timing["state"] == "ran":
