@@ -10,6 +10,7 @@ the CLI shows the error with the flag the user typed (`--d-sae`) and the study w
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import functools
 import inspect
@@ -104,11 +105,22 @@ class Config:
     def to_dict(self) -> dict:
         """Every setting (nested configs as tables), JSON-able; RUNTIME fields (where it runs) left out, as
         they change no result: products, records and stage keys are the same on every device."""
-        settings = dataclasses.asdict(self)
-        for f in dataclasses.fields(self):
-            if f.metadata.get("runtime"):
-                settings.pop(f.name, None)
-        return settings
+        return {
+            f.name: _settings(getattr(self, f.name)) for f in dataclasses.fields(self) if not f.metadata.get("runtime")
+        }
+
+
+def _settings(value: Any) -> Any:
+    """`value` as `to_dict` writes it: nested configs without their RUNTIME fields, other dataclasses as dicts."""
+    if isinstance(value, Config):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_settings(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _settings(v) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 def non_default(cfg, skip: tuple[str, ...] = ()) -> dict:
