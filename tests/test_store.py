@@ -167,6 +167,21 @@ def test_damaged_shard_is_found_by_hash_and_rewritten_on_rerun(tiny_llama, text_
     ActivationStore(tmp_path / "s").verify()
 
 
+def test_a_reader_hashes_only_the_files_it_reads(tiny_llama, text_corpus, tmp_path):
+    """Reading one hook checks that hook's files (and the index): a damaged file of another hook is not read,
+    so it is not hashed (docs/scaling.md: one layer of an all-layer store), while a damaged file of this hook
+    is refused."""
+    run_extract(_cfg(tiny_llama, text_corpus), tmp_path / "s")
+    with open(tmp_path / "s/resid_post.2/shard-00001.npy", "r+b") as fh:
+        fh.seek(200)
+        fh.write(b"\x00\x01\x02")
+    store = ActivationStore(tmp_path / "s")
+    other = next(h for h in store.hooks if h != "resid_post.2")
+    assert sum(len(b) for b in store.batches(other, batch_size=64, seed=0)) == store.manifest["n_tokens_usable"]
+    with pytest.raises(StoreError, match="corrupt or truncated file resid_post.2/shard-00001.npy"):
+        list(store.batches("resid_post.2", batch_size=64, seed=0))
+
+
 def test_empty_corpus_is_an_error_and_writes_nothing(tiny_llama, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/blank.txt").write_text("   \n")

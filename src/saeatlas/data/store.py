@@ -118,7 +118,8 @@ class ActivationStore:
                 f"store '{path}' is incomplete ({len(self.manifest['shards'])} shards written): "
                 "rerun the same `saeatlas extract` command to finish it"
             )
-        self._verified: set[int] = set()
+        self._verified: set[str] = set()
+        """Files (paths relative to the store) whose sha256 matched the manifest in this process."""
 
     # ------------------------------------------------------------ facts
     @property
@@ -144,18 +145,26 @@ class ActivationStore:
     # ------------------------------------------------------------ files
     def verify_shard(self, shard: int) -> None:
         """Check every file of one shard against the manifest's sha256; StoreError on mismatch."""
-        if shard in self._verified:
+        for rel in self.manifest["shards"][shard]["files"]:
+            self.verify_file(shard, rel)
+
+    def verify_file(self, shard: int, rel: str) -> None:
+        """Check one file of `shard` against the manifest's sha256 (once per process); StoreError on mismatch.
+
+        Readers check only the files they read: one hook of an all-layer store is a small part of its bytes
+        (training one layer's SAE would otherwise hash every layer's activations, docs/scaling.md)."""
+        if rel in self._verified:
             return
-        for rel, digest in self.manifest["shards"][shard]["files"].items():
-            file = self.path / rel
-            if not file.is_file():
-                raise StoreError(f"store '{self.path}' is missing {rel}: extract again (same command resumes)")
-            if sha256_file(file) != digest:
-                raise StoreError(
-                    f"store '{self.path}' has a corrupt or truncated file {rel} (sha256 mismatch): "
-                    "delete that shard's files and rerun the same extract command to rewrite it"
-                )
-        self._verified.add(shard)
+        digest = self.manifest["shards"][shard]["files"].get(rel)
+        file = self.path / rel
+        if digest is None or not file.is_file():
+            raise StoreError(f"store '{self.path}' is missing {rel}: extract again (same command resumes)")
+        if sha256_file(file) != digest:
+            raise StoreError(
+                f"store '{self.path}' has a corrupt or truncated file {rel} (sha256 mismatch): "
+                "delete that shard's files and rerun the same extract command to rewrite it"
+            )
+        self._verified.add(rel)
 
     def verify(self) -> None:
         """Check every shard."""
@@ -164,7 +173,7 @@ class ActivationStore:
 
     def _load(self, rel: str, shard: int, dtype: np.dtype, shape: tuple[int, ...], field: str) -> np.ndarray:
         """The array of file `rel` of `shard`, which must be `dtype` of `shape` as the manifest's `field` says."""
-        self.verify_shard(shard)
+        self.verify_file(shard, rel)
         try:
             array = np.load(self.path / rel, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as exc:
@@ -198,7 +207,7 @@ class ActivationStore:
         """doc_id -> {"doc_id", "key", "text"} for every document in the store."""
         docs: dict[int, dict] = {}
         for shard in range(self.n_shards):
-            self.verify_shard(shard)
+            self.verify_file(shard, documents_path(shard))
             with open(self.path / documents_path(shard), encoding="utf-8") as fh:
                 for line in fh:
                     record = json.loads(line)
