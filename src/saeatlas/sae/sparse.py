@@ -116,15 +116,17 @@ def batch_topk_codes(
     k: int,
     bias: torch.Tensor,
     world: int = 1,
+    rank: int = 0,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BatchTopK: the k * n largest pre-activations pre + bias of the batch, in CSR order (`select` applies the ReLU).
 
-    With `world` > 1 the batch is one rank's slice [n, d_sae] of a global batch of world * n rows, and the k *
-    world * n largest of the global batch are kept: every value of the global top lies in its rank's own top
-    k * world * n, so each rank offers those candidates, `gather` returns all ranks' [world * m] (an all_gather),
-    and each rank keeps its candidates at or above the global threshold (ties at it are all kept).  The same
-    rows split over ranks thus keep the same codes as in one process.
+    With `world` > 1 the batch is rank `rank`'s slice [n, d_sae] of a global batch of world * n rows, and the
+    k * world * n largest of the global batch are kept: every value of the global top lies in its rank's own
+    top k * world * n, so each rank offers those candidates, `gather` returns all ranks' [world * m], rank after
+    rank (an all_gather), and each rank keeps its candidates above the global threshold and, of those equal to
+    it, what the ranks before it left of the number still to keep.  Ties are common (a store repeats tokens,
+    so rows repeat); exactly k * world * n codes are kept, as in one process.
     """
     n, width = pre.shape
     scores = (pre.float() + bias.detach().float()).reshape(-1)
@@ -133,8 +135,12 @@ def batch_topk_codes(
     else:
         n_keep = k * n * world
         candidates, flat = scores.topk(min(scores.numel(), n_keep), sorted=False)
-        threshold = gather(candidates).topk(n_keep, sorted=False).values.min()
-        keep = candidates >= threshold
+        everyone = gather(candidates)  # [world * m]
+        threshold = everyone.topk(n_keep, sorted=False).values.min()
+        tied_before = int((everyone[: rank * len(candidates)] == threshold).sum())
+        tied_left = n_keep - int((everyone > threshold).sum()) - tied_before
+        tied = candidates == threshold
+        keep = (candidates > threshold) | (tied & (tied.cumsum(0) <= tied_left))
         values, flat = candidates[keep], flat[keep]
     flat, order = flat.sort()
     values = values[order]
@@ -212,6 +218,7 @@ def choose(
     b_enc: torch.Tensor,
     k: int,
     world: int = 1,
+    rank: int = 0,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices, values and offsets of the codes a TopK (per token) or BatchTopK (per batch) SAE keeps,
@@ -221,7 +228,7 @@ def choose(
         if arch == "topk":
             return topk_codes(product, k, b_enc)
         if arch == "batchtopk":
-            return batch_topk_codes(product, k, b_enc, world, gather)
+            return batch_topk_codes(product, k, b_enc, world, rank, gather)
     raise ValueError(f"sparse codes need arch topk or batchtopk, not {arch}")
 
 

@@ -228,7 +228,8 @@ def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
     """TopK / BatchTopK forward on sparse codes: one dense matmul, the rest on the k kept latents."""
     centred = x - sae.b_dec.detach()
     product = encoder_product(sae, centred, matmul_dtype(train, sae.cfg.arch, x.device))  # [n, d_sae], no b_enc
-    picked = choose(sae.cfg.arch, product, sae.b_enc, sae.cfg.k, distributed.world_size(), all_gather)
+    world, rank = distributed.world_size(), distributed.rank()
+    picked = choose(sae.cfg.arch, product, sae.b_enc, sae.cfg.k, world, rank, all_gather)
     codes = select(sae, centred, *picked)
     recon = decode_sparse(codes, sae.W_dec, sae.b_dec)
     mse = ((recon - x) ** 2).sum(-1).mean()
