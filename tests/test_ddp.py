@@ -25,9 +25,9 @@ from saeatlas.cli import main
 from saeatlas.errors import SaeAtlasError
 from saeatlas.locks import writing
 from saeatlas.sae import SAEConfig, TrainConfig, train_sae
-from saeatlas.sae.data_source import StoreSource
+from saeatlas.sae.data_source import StoreSource, TensorSource
 from saeatlas.sae.sparse import batch_topk_codes
-from saeatlas.sae.trainer import check_world, rank_slice
+from saeatlas.sae.trainer import check_world, rank_rows
 
 SRC = Path(__file__).parents[1] / "src"
 TOLERANCE = 1e-4
@@ -70,13 +70,18 @@ def _rows(offsets: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def test_rank_slices_tile_the_global_batch_and_batch_size_must_split(monkeypatch):
-    batch = torch.arange(24.0).reshape(12, 2)
+    """Over 3 simulated ranks each batch of a source is cut in 3 slices of 4 rows that together make the
+    one-process batch, at every step and past an epoch (36 tokens: 3 batches of 12 an epoch)."""
+    source = TensorSource(torch.randn(36, 2, generator=torch.Generator().manual_seed(0)))
+    whole = list(zip(range(7), source.batches(12, seed=1, start_step=1)))
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     parts = []
     for r in range(3):
         monkeypatch.setattr(distributed, "rank", lambda r=r: r)
-        parts.append(rank_slice(batch))
-    assert torch.equal(torch.cat(parts), batch) and [len(p) for p in parts] == [4, 4, 4]
+        parts.append([b for _, b in zip(range(7), source.batches(12, seed=1, start_step=1, part=rank_rows(12)))])
+    for step, (_, batch) in enumerate(whole):
+        assert [len(p[step]) for p in parts] == [4, 4, 4]
+        assert torch.equal(torch.cat([p[step] for p in parts]), batch)
     check_world(12)
     with pytest.raises(SaeAtlasError, match="batch_size 13 does not split over 3 ranks: use a multiple of 3"):
         check_world(13)

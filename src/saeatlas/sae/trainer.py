@@ -113,13 +113,10 @@ def check_world(batch_size: int) -> None:
         raise SaeAtlasError(f"batch_size {batch_size} does not split over {world} ranks: use a multiple of {world}")
 
 
-def rank_slice(batch: torch.Tensor) -> torch.Tensor:
-    """This rank's rows [r B / W, (r + 1) B / W) of a global batch [B, d_in] (all of it in one process)."""
-    world = distributed.world_size()
-    if world == 1:
-        return batch
-    size = batch.shape[0] // world
-    return batch[distributed.rank() * size : (distributed.rank() + 1) * size]
+def rank_rows(batch_size: int) -> slice:
+    """This rank's rows [r B / W, (r + 1) B / W) of a global batch of B rows (all of them in one process)."""
+    size = batch_size // distributed.world_size()
+    return slice(distributed.rank() * size, (distributed.rank() + 1) * size)
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
@@ -444,7 +441,7 @@ def train_sae(
     input scale folded in, and the final training state.
 
     Under torchrun (`distributed.init` called) each rank trains on its slice of every global batch
-    (`rank_slice`) and the ranks keep equal weights and state; rank 0 writes the checkpoints."""
+    (`rank_rows`) and the ranks keep equal weights and state; rank 0 writes the checkpoints."""
     from ..devices import resolve_device
 
     reuse_freed_memory()
@@ -460,9 +457,9 @@ def train_sae(
     if checkpoint is not None and checkpoint.is_file():
         state = load_checkpoint(checkpoint, sae, optimizer)
     sae.train()
-    batches = source.batches(train.batch_size, seed=train.seed, start_step=state.step)
+    batches = source.batches(train.batch_size, seed=train.seed, start_step=state.step, part=rank_rows(train.batch_size))
     while state.step < train.steps:
-        x = rank_slice(next(batches)).to(device, non_blocking=True) * state.scale
+        x = next(batches).to(device, non_blocking=True) * state.scale
         metrics = train_step(sae, optimizer, x, train, state, base_lr)
         state.step += 1
         if on_step:
