@@ -110,16 +110,23 @@ dead counters work."""
 
 DRIVER = """
 import json, sys, torch
+from pathlib import Path
 from saeatlas import distributed
 from saeatlas.sae import SAEConfig, TrainConfig, train_sae
 from saeatlas.sae.data_source import StoreSource
 from saeatlas.sae.run import training_device
+from saeatlas.sae.trainer import one_rank
 
 store, hook, out, settings = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 for arch in settings.pop("archs"):
     cfg = TrainConfig(sae=SAEConfig(arch=arch, d_sae=64, k=4), **settings)
     sae, state = train_sae(cfg, StoreSource(store, hook), device=training_device(cfg))
     torch.save({"sae": sae.state_dict(), "state": vars(state)}, f"{out}/{arch}-{distributed.rank()}.pt")
+with one_rank():  # each rank its own SAE (seed 5 + rank), as a study spreading SAEs over ranks
+    cfg = TrainConfig(sae=SAEConfig(arch="topk", d_sae=64, k=4), **(settings | {"seed": 5 + distributed.rank()}))
+    ckpt = f"{out}/alone-{distributed.rank()}.ckpt"
+    sae, state = train_sae(cfg, StoreSource(store, hook), checkpoint=Path(ckpt))
+    torch.save({"sae": sae.state_dict()}, f"{out}/alone-{distributed.rank()}.pt")
 distributed.shutdown()
 """
 
@@ -133,7 +140,7 @@ def test_two_ranks_train_as_one_process(store, tmp_path):
     """topk, batchtopk, relu, jumprelu, gba: 200 steps of 64 tokens on 2 ranks (32 each) against one process;
     the weights within 1e-4, the dead-latent counters, GBA's counts and BatchTopK's threshold global."""
     (tmp_path / "driver.py").write_text(DRIVER)
-    settings = json.dumps({**SETTINGS, "archs": ARCHS})
+    settings = json.dumps({**SETTINGS, "checkpoint_every": 50, "archs": ARCHS})
     run = subprocess.run(
         _torchrun(str(tmp_path / "driver.py"), str(store), HOOK, str(tmp_path), settings),
         env=_env(),
@@ -165,6 +172,16 @@ def test_two_ranks_train_as_one_process(store, tmp_path):
             threshold = ranks[0]["state"]["batchtopk_threshold"]
             assert threshold == ranks[1]["state"]["batchtopk_threshold"]
             assert abs(threshold - one_state.batchtopk_threshold) < TOLERANCE * one_state.batchtopk_threshold
+
+    # under one_rank each rank trained its own SAE, bit for bit as one process does, and wrote its checkpoint
+    for r in range(2):
+        settings = SETTINGS | {"seed": 5 + r, "checkpoint_every": 50}
+        alone, _ = train_sae(
+            TrainConfig(sae=SAEConfig(arch="topk", d_sae=64, k=4), **settings), StoreSource(store, HOOK)
+        )
+        theirs = torch.load(tmp_path / f"alone-{r}.pt", weights_only=True)["sae"]
+        assert all(torch.equal(p, theirs[name]) for name, p in alone.state_dict().items()), r
+        assert torch.load(tmp_path / f"alone-{r}.ckpt", weights_only=True)["state"]["step"] == 200
 
 
 def _train_args(store: Path, out: Path) -> list[str]:

@@ -30,7 +30,7 @@ from .data_source import StoreSource, TensorSource, load_matrix
 from .formats import load_sae, read_metadata, save_saelens
 from .metrics import evaluate
 from .model import SparseAutoencoder
-from .trainer import check_activations, check_world, sae_config_for, train_sae
+from .trainer import barrier, check_activations, check_world, is_main, main_first, sae_config_for, together, train_sae
 
 Data = TensorSource | StoreSource | torch.Tensor | np.ndarray
 """Training or evaluation activations: a [n_tokens, d_in] matrix, or a source (`StoreSource(store, hook)`)."""
@@ -118,13 +118,13 @@ def training_device(cfg: TrainConfig) -> torch.device:
 def writing_once(folder: Path, what: str) -> Iterator[None]:
     """`locks.writing` for one job of any number of ranks: rank 0 holds the lock for them all (so they do not
     refuse each other), and every rank stops with its one line when another job holds it."""
-    if not distributed.active():
+    if not together():
         with writing(folder, what):
             yield
         return
     with ExitStack() as stack:
         refusal = [None]
-        if distributed.is_main():
+        if is_main():
             try:
                 stack.enter_context(writing(folder, what))
             except SaeAtlasError as exc:
@@ -143,8 +143,8 @@ def run_train(
 ) -> TrainResult:
     """Train `cfg.sae` on `data` with `cfg`'s optimisation; `checkpoint` is a folder for resumable checkpoints
     (None: none; locked while training).  `on_step(None)` is called once the inputs are checked, then `on_step(metrics)` every step.
-    Under torchrun the ranks train together (see `train_sae`); rank 0 alone writes and evaluates (the others'
-    `metrics` are None)."""
+    Under torchrun the ranks train together (see `train_sae`; `trainer.one_rank` trains in one rank alone);
+    rank 0 alone writes and evaluates (the others' `metrics` are None)."""
     device = training_device(cfg)
     source = as_source(data)
     if source.n_tokens < cfg.batch_size:
@@ -156,7 +156,7 @@ def run_train(
         return _train(cfg, source, None, on_step, device)
     folder = Path(checkpoint)
     with writing_once(folder, "checkpoint folder"):
-        with distributed.main_first():  # rank 0 creates the folder, the others find it
+        with main_first():  # rank 0 creates the folder, the others find it
             checkpoint_file = _checkpoint_folder(folder, cfg, source) / "checkpoint.pt"
         return _train(cfg, source, checkpoint_file, on_step, device)
 
@@ -165,7 +165,7 @@ def _train(cfg: TrainConfig, source, checkpoint_file: Path | None, on_step, devi
     if on_step:
         on_step(None)
     sae, state = train_sae(cfg, source, checkpoint=checkpoint_file, on_step=on_step, device=device)
-    metrics = evaluate(sae, eval_batches(source)) if distributed.is_main() else None
+    metrics = evaluate(sae, eval_batches(source)) if is_main() else None
     return TrainResult(sae, cfg, metrics, state.scale, _metadata(source))
 
 
@@ -224,8 +224,8 @@ def train_to_folder(
 
         check_space(out.parent, f"SAE '{out}'", needed(), "free space or choose another --out")
         fresh = not partial.exists()
-        distributed.barrier()  # every rank has looked before rank 0 creates the checkpoint folder
-        main = distributed.is_main()
+        barrier()  # every rank has looked before rank 0 creates the checkpoint folder
+        main = is_main()
         try:
             with space_for(out.parent, f"SAE '{out}'", needed):
                 result = run_train(cfg, source, checkpoint=partial, on_step=on_step)
@@ -237,7 +237,7 @@ def train_to_folder(
             raise
         if main:
             shutil.rmtree(partial)
-        distributed.barrier()  # the SAE folder is written before any rank returns
+        barrier()  # the SAE folder is written before any rank returns
         return result
 
 

@@ -7,9 +7,11 @@ decay at the end; gradient clipping; decoder rows kept at unit norm.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -103,44 +105,94 @@ class TrainState:
 
 
 # ---------------------------------------------------------------- ranks
+_alone: contextvars.ContextVar[bool] = contextvars.ContextVar("saeatlas_train_alone", default=False)
+
+
+@contextmanager
+def one_rank() -> Iterator[None]:
+    """Train in this process alone inside a torchrun group (e.g. a study that gives each rank SAEs of its
+    own): no collectives, the whole global batch, this process locks and writes."""
+    token = _alone.set(True)
+    try:
+        yield
+    finally:
+        _alone.reset(token)
+
+
+def together() -> bool:
+    """Whether the ranks of a torchrun group train this SAE together."""
+    return not _alone.get() and distributed.active()
+
+
+def train_world() -> int:
+    """Ranks training this SAE together (1 in one process or under `one_rank`)."""
+    return 1 if _alone.get() else distributed.world_size()
+
+
+def train_rank() -> int:
+    return 0 if _alone.get() else distributed.rank()
+
+
+def is_main() -> bool:
+    """The rank that locks and writes the checkpoints and the SAE folder."""
+    return train_rank() == 0
+
+
+def barrier() -> None:
+    if together():
+        distributed.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """The writing rank runs the block first, then the others."""
+    if not is_main():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
+
+
 # Under torchrun every rank holds an equal slice of the global batch, so the mean of the ranks' means over
 # their slices is the global mean: a loss that is a mean over the batch is averaged through its gradients
 # (`average_gradients`), and batch statistics that enter a loss or the state are averaged or summed here.
 def check_world(batch_size: int) -> None:
     """SaeAtlasError unless the global batch splits evenly over the ranks."""
-    world = distributed.world_size()
+    world = train_world()
     if batch_size % world:
         raise SaeAtlasError(f"batch_size {batch_size} does not split over {world} ranks: use a multiple of {world}")
 
 
 def rank_rows(batch_size: int) -> slice:
     """This rank's rows [r B / W, (r + 1) B / W) of a global batch of B rows (all of them in one process)."""
-    size = batch_size // distributed.world_size()
-    return slice(distributed.rank() * size, (distributed.rank() + 1) * size)
+    size = batch_size // train_world()
+    return slice(train_rank() * size, (train_rank() + 1) * size)
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     """`t` summed over the ranks, in place."""
-    if distributed.active():
+    if together():
         dist.all_reduce(t)
     return t
 
 
 def all_max(t: torch.Tensor) -> torch.Tensor:
     """`t`'s element-wise maximum over the ranks, in place."""
-    if distributed.active():
+    if together():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 
 def global_mean(t: torch.Tensor) -> torch.Tensor:
     """The mean over ranks of a per-rank mean `t` (over equal slices: the global batch's mean)."""
-    return all_sum(t.clone()) / distributed.world_size() if distributed.active() else t
+    return all_sum(t.clone()) / train_world() if together() else t
 
 
 def all_gather(t: torch.Tensor) -> torch.Tensor:
     """[world * m] every rank's [m] `t`, rank after rank."""
-    parts = [torch.empty_like(t) for _ in range(distributed.world_size())]
+    parts = [torch.empty_like(t) for _ in range(train_world())]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
 
@@ -148,9 +200,9 @@ def all_gather(t: torch.Tensor) -> torch.Tensor:
 def average_gradients(sae: SparseAutoencoder) -> None:
     """Average the ranks' gradients: each is the gradient of its slice's mean losses, so their average is the
     gradient of the global batch's (a parameter without a gradient on a rank counts zero there)."""
-    if not distributed.active():
+    if not together():
         return
-    world = distributed.world_size()
+    world = train_world()
     for p in sae.parameters():
         if p.requires_grad:
             if p.grad is None:
@@ -183,7 +235,7 @@ def sparsity_loss(sae: SparseAutoencoder, train: TrainConfig, state: TrainState,
     if cfg.arch == "jumprelu":
         l0 = step_fn(pre, sae.threshold, cfg.jump_bandwidth).sum(-1).mean()
         target = cfg.target_l0 if cfg.target_l0 is not None else cfg.k
-        if distributed.active():
+        if together():
             # (L / t - 1)^2 of the global mean L is not a mean over rows: its gradient 2 (L / t - 1) / t dL, with
             # dL the average of the ranks' dL_r, comes from each rank's L_r weighted by the global L.
             g = global_mean(l0.detach())
@@ -225,7 +277,7 @@ def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
     """TopK / BatchTopK forward on sparse codes: one dense matmul, the rest on the k kept latents."""
     centred = x - sae.b_dec.detach()
     product = encoder_product(sae, centred, matmul_dtype(train, sae.cfg.arch, x.device))  # [n, d_sae], no b_enc
-    world, rank = distributed.world_size(), distributed.rank()
+    world, rank = train_world(), train_rank()
     picked = choose(sae.cfg.arch, product, sae.b_enc, sae.cfg.k, world, rank, all_gather)
     codes = select(sae, centred, *picked)
     recon = decode_sparse(codes, sae.W_dec, sae.b_dec)
@@ -291,14 +343,14 @@ def train_step(sae, optimizer, x, train: TrainConfig, state: TrainState, base_lr
     torch.nn.utils.clip_grad_norm_(sae.parameters(), train.grad_clip)
     optimizer.step()
     sae.normalize_decoder()
-    _after_step(sae, state, x.shape[0] * distributed.world_size(), result)
+    _after_step(sae, state, x.shape[0] * train_world(), result)
     return {"step": state.step, **step_metrics(x, result), "dead": float(dead.float().mean())}
 
 
 @torch.no_grad()
 def step_metrics(x: torch.Tensor, result: StepResult) -> dict:
     """Loss, MSE, FVU and L0 of a step, over the global batch under torchrun (x [n, d_in] this rank's slice)."""
-    if not distributed.active():
+    if not together():
         total_var = (x - x.mean(0)).pow(2).sum(-1).mean()
         loss, mse, fvu = result.loss.detach(), result.mse.detach(), result.mse.detach() / total_var.clamp_min(1e-12)
         return {"loss": float(loss), "mse": float(mse), "fvu": float(fvu), "l0": result.l0}
@@ -314,11 +366,11 @@ def step_metrics(x: torch.Tensor, result: StepResult) -> dict:
 def _after_step(sae, state: TrainState, n_tokens: int, result: StepResult) -> None:
     """Dead-latent counters, BatchTopK's threshold EMA and GBA's statistics, from the global batch of
     `n_tokens` rows (every rank ends the step with the same state)."""
-    fired = all_sum(result.fired.int()) > 0 if distributed.active() else result.fired
+    fired = all_sum(result.fired.int()) > 0 if together() else result.fired
     state.tokens_since_fired += n_tokens
     state.tokens_since_fired[fired] = 0
     smallest = result.smallest_kept
-    if sae.cfg.arch == "batchtopk" and distributed.active():
+    if sae.cfg.arch == "batchtopk" and together():
         least = torch.tensor(-math.inf if smallest is None else -smallest, device=result.fired.device)
         smallest = None if math.isinf(float(all_max(least))) else -float(least)
     if sae.cfg.arch == "batchtopk" and smallest is not None:
@@ -441,7 +493,8 @@ def train_sae(
     input scale folded in, and the final training state.
 
     Under torchrun (`distributed.init` called) each rank trains on its slice of every global batch
-    (`rank_rows`) and the ranks keep equal weights and state; rank 0 writes the checkpoints."""
+    (`rank_rows`) and the ranks keep equal weights and state; rank 0 writes the checkpoints.  Under
+    `one_rank` this process trains alone."""
     from ..devices import resolve_device
 
     reuse_freed_memory()
@@ -466,9 +519,9 @@ def train_sae(
             on_step(metrics)
         if checkpoint is not None and train.checkpoint_every and state.step % train.checkpoint_every == 0:
             check_diverged(sae, state.step)
-            if distributed.is_main():
+            if is_main():
                 save_checkpoint(checkpoint, sae, optimizer, state)
-            distributed.barrier()
+            barrier()
     check_diverged(sae, state.step)
     sae.eval()
     sae.to("cpu")
