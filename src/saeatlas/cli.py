@@ -108,17 +108,21 @@ def _train_flags(p) -> dict[str, list[str]]:
 
 
 def _train(args) -> int:
+    from . import distributed
     from .config import build_flat
     from .flags import given
     from .progress import step_progress
     from .sae.config import TrainConfig
-    from .sae.run import train_to_folder
+    from .sae.run import train_to_folder, training_device
 
     cfg = build_flat(TrainConfig, given(args, TrainConfig))
     data = _train_data(args, cfg)
     label = f"train {cfg.sae.arch} x{cfg.sae.d_sae}"
-    with step_progress(label, total=cfg.steps, enabled=not args.quiet) as on_step:
+    training_device(cfg)  # under torchrun every rank trains its slice of each batch; rank 0 alone speaks
+    with step_progress(label, total=cfg.steps, enabled=not args.quiet and distributed.is_main()) as on_step:
         result = train_to_folder(cfg, data, args.out, on_step=on_step)
+    if not distributed.is_main():
+        return 0
     sae = result.config.sae
     _say(
         [

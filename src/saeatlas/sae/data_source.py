@@ -46,15 +46,18 @@ class TensorSource:
         idx = torch.randperm(self.n_tokens, generator=g)[:n]
         return self.x[idx]
 
-    def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[torch.Tensor]:
-        """Infinite stream of [batch_size, d_in] batches, from step `start_step` on."""
+    def batches(
+        self, batch_size: int, seed: int, start_step: int = 0, part: slice = slice(None)
+    ) -> Iterator[torch.Tensor]:
+        """Infinite stream of [batch_size, d_in] batches, from step `start_step` on; with `part`, only those
+        rows of each (a rank's slice of the global batch)."""
         per_epoch = max(1, self.n_tokens // batch_size)
         epoch, offset = divmod(start_step, per_epoch)
         while True:
             g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             perm = torch.randperm(self.n_tokens, generator=g)
             for i in range(offset, per_epoch):
-                yield self.x[perm[i * batch_size : (i + 1) * batch_size]]
+                yield self.x[perm[i * batch_size : (i + 1) * batch_size][part]]
             epoch, offset = epoch + 1, 0
 
 
@@ -86,12 +89,16 @@ class StoreSource:
         check_finite(x, self.name)
         return x
 
-    def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[torch.Tensor]:
+    def batches(
+        self, batch_size: int, seed: int, start_step: int = 0, part: slice = slice(None)
+    ) -> Iterator[torch.Tensor]:
+        """Infinite stream of [batch_size, d_in] batches, from step `start_step` on; with `part`, only those
+        rows of each (a rank's slice of the global batch; every rank reads the whole of it from the store)."""
         step, epoch = 0, 0
         while True:
             for batch in self.store.batches(self.hook, batch_size, seed=seed * 1_000_003 + epoch, drop_last=True):
                 if step >= start_step:
-                    x = batch.float()
+                    x = batch[part].float()
                     check_finite(x, self.name)
                     yield x
                 step += 1

@@ -12,13 +12,16 @@ import hashlib
 import itertools
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import distributed
+from ..devices import resolve_device
 from ..errors import SaeAtlasError
 from ..fileio import check_space, read_json_or_none, space_for, write_json_atomic
 from ..locks import writing
@@ -28,7 +31,7 @@ from .formats import load_sae, read_metadata, save_saelens
 from .metrics import evaluate
 from .model import SparseAutoencoder
 from .stream_source import ModelStreamSource
-from .trainer import check_activations, sae_config_for, train_sae
+from .trainer import check_activations, check_world, sae_config_for, train_sae
 
 Data = TensorSource | StoreSource | ModelStreamSource | torch.Tensor | np.ndarray
 """Training or evaluation activations: a [n_tokens, d_in] matrix, or a source (`StoreSource(store, hook)`,
@@ -97,12 +100,31 @@ class TrainResult:
     """The trained SAE, on raw activations (the input scale folded in), in eval mode."""
     config: TrainConfig
     """The settings it was trained with (`config.sae.d_in` set from the data)."""
-    metrics: dict
-    """Reconstruction and sparsity on (a sample of) the training data: `saeatlas.sae.metrics.evaluate`."""
+    metrics: dict | None
+    """Reconstruction and sparsity on (a sample of) the training data: `saeatlas.sae.metrics.evaluate` (None on
+    the ranks other than 0 under torchrun)."""
     input_scale: float
     """The factor that scaled the activations to mean norm sqrt(d_in) during training."""
     metadata: dict
     """Where the activations came from (model, hook, context, dataset), for the SAE's cfg.json."""
+
+
+def training_device(cfg: TrainConfig) -> torch.device:
+    """The device `cfg.device` names here (SaeAtlasError if it is not here), the process group joined under
+    torchrun, and the batch size checked against the number of ranks: before any work."""
+    device = resolve_device(cfg.device)
+    distributed.init(device)
+    check_world(cfg.batch_size)
+    return device
+
+
+@contextmanager
+def writing_once(folder: Path, what: str) -> Iterator[None]:
+    """`locks.writing` for one job of any number of ranks: rank 0 holds the lock for them all (so they do not
+    refuse each other), and every rank stops with its one line when another job holds it."""
+    with ExitStack() as held:
+        distributed.on_main(lambda: held.enter_context(writing(folder, what)))
+        yield
 
 
 def run_train(
@@ -112,7 +134,10 @@ def run_train(
     on_step: Callable[[dict | None], None] | None = None,
 ) -> TrainResult:
     """Train `cfg.sae` on `data` with `cfg`'s optimisation; `checkpoint` is a folder for resumable checkpoints
-    (None: none; locked while training).  `on_step(None)` is called once the inputs are checked, then `on_step(metrics)` every step."""
+    (None: none; locked while training).  `on_step(None)` is called once the inputs are checked, then `on_step(metrics)` every step.
+    Under torchrun the ranks train together (see `train_sae`; inside `distributed.alone()` one rank trains alone);
+    rank 0 alone writes and evaluates (the others' `metrics` are None)."""
+    device = training_device(cfg)
     source = as_source(data)
     if source.n_tokens < cfg.batch_size:
         raise SaeAtlasError(
@@ -120,17 +145,20 @@ def run_train(
         )
     cfg = dataclasses.replace(cfg, sae=sae_config_for(cfg.sae, source.d_in))
     if checkpoint is None:
-        return _train(cfg, source, None, on_step)
+        return _train(cfg, source, None, on_step, device)
     folder = Path(checkpoint)
-    with writing(folder, "checkpoint folder"):
-        return _train(cfg, source, _checkpoint_folder(folder, cfg, source) / "checkpoint.pt", on_step)
+    with writing_once(folder, "checkpoint folder"):
+        with distributed.main_first():  # rank 0 creates the folder, the others find it
+            checkpoint_file = _checkpoint_folder(folder, cfg, source) / "checkpoint.pt"
+        return _train(cfg, source, checkpoint_file, on_step, device)
 
 
-def _train(cfg: TrainConfig, source, checkpoint_file: Path | None, on_step) -> TrainResult:
+def _train(cfg: TrainConfig, source, checkpoint_file: Path | None, on_step, device: torch.device) -> TrainResult:
     if on_step:
         on_step(None)
-    sae, state = train_sae(cfg, source, checkpoint=checkpoint_file, on_step=on_step)
-    return TrainResult(sae, cfg, evaluate(sae, eval_batches(source)), state.scale, _metadata(source))
+    sae, state = train_sae(cfg, source, checkpoint=checkpoint_file, on_step=on_step, device=device)
+    metrics = evaluate(sae, eval_batches(source)) if distributed.is_main() else None
+    return TrainResult(sae, cfg, metrics, state.scale, _metadata(source))
 
 
 def _bytes_left(cfg: TrainConfig, partial: Path | None = None, weights: bool = False) -> int:
@@ -176,7 +204,8 @@ def train_to_folder(
     how much more space it needs."""
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    with writing(out, "SAE folder"):
+    training_device(cfg)
+    with writing_once(out, "SAE folder"):
         if out.exists():
             raise SaeAtlasError(f"output '{out}' already exists: choose another --out or delete it")
         source = as_source(data)
@@ -187,15 +216,20 @@ def train_to_folder(
 
         check_space(out.parent, f"SAE '{out}'", needed(), "free space or choose another --out")
         fresh = not partial.exists()
+        distributed.barrier()  # every rank has looked before rank 0 creates the checkpoint folder
+        main = distributed.is_main()
         try:
             with space_for(out.parent, f"SAE '{out}'", needed):
                 result = run_train(cfg, source, checkpoint=partial, on_step=on_step)
-                write_sae(result, out)
+                if main:
+                    write_sae(result, out)
         except BaseException:
-            if fresh and partial.is_dir() and not (partial / "checkpoint.pt").exists():
+            if main and fresh and partial.is_dir() and not (partial / "checkpoint.pt").exists():
                 shutil.rmtree(partial)  # nothing to resume: leave no folder that blocks the corrected rerun
             raise
-        shutil.rmtree(partial)
+        if main:
+            shutil.rmtree(partial)
+        distributed.barrier()  # the SAE folder is written before any rank returns
         return result
 
 

@@ -15,6 +15,7 @@ values, rows stored one after another (CSR order).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -35,7 +36,8 @@ def row_pointers(offsets: torch.Tensor, n_codes: int) -> torch.Tensor:
 
 def rows_of(crow: torch.Tensor) -> torch.Tensor:
     """[m] row of each code, from [n + 1] CSR row pointers."""
-    return torch.repeat_interleave(torch.arange(crow.shape[0] - 1), crow.diff(), output_size=int(crow[-1]))
+    rows = torch.arange(crow.shape[0] - 1, device=crow.device)
+    return torch.repeat_interleave(rows, crow.diff(), output_size=int(crow[-1]))
 
 
 class SparseCodes(NamedTuple):
@@ -63,9 +65,14 @@ class SparseCodes(NamedTuple):
 
     def to_dense(self) -> torch.Tensor:
         """[n, d_sae] dense codes (for metrics and tests; avoid in hot paths)."""
-        dense = torch.zeros(self.n_rows, self.d_sae, dtype=self.values.dtype)
+        dense = torch.zeros(self.n_rows, self.d_sae, dtype=self.values.dtype, device=self.values.device)
         dense[self.rows(), self.indices] = self.values.detach()
         return dense
+
+
+def _native(tensor: torch.Tensor) -> bool:
+    """Whether the native kernels serve `tensor`: they are compiled for CPUs, so other devices take torch's path."""
+    return tensor.device.type == "cpu" and native.library() is not None
 
 
 def fast_topk(
@@ -81,7 +88,7 @@ def fast_topk(
     top-k of those k * group candidates is the answer.
     """
     n, width = pre.shape
-    if native.library() is not None and pre.is_contiguous() and pre.dtype in (torch.float32, torch.bfloat16):
+    if _native(pre) and pre.is_contiguous() and pre.dtype in (torch.float32, torch.bfloat16):
         return native.topk_rows(pre, k, bias)
     if bias is not None:
         pre = pre + bias.detach().float()
@@ -100,18 +107,45 @@ def topk_codes(pre: torch.Tensor, k: int, bias: torch.Tensor) -> tuple[torch.Ten
     """TopK: (indices [n*k], values [n*k], offsets [n]) of pre-activations pre + bias ([n, d_sae], [d_sae]);
     `select` applies the ReLU."""
     values, indices = fast_topk(pre, k, bias)
-    offsets = torch.arange(0, pre.shape[0] * k, k)
+    offsets = torch.arange(0, pre.shape[0] * k, k, device=pre.device)
     return indices.reshape(-1), values.reshape(-1), offsets
 
 
-def batch_topk_codes(pre: torch.Tensor, k: int, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """BatchTopK: the k * n largest pre-activations pre + bias of the batch, in CSR order (`select` applies the ReLU)."""
+def batch_topk_codes(
+    pre: torch.Tensor,
+    k: int,
+    bias: torch.Tensor,
+    world: int = 1,
+    rank: int = 0,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BatchTopK: the k * n largest pre-activations pre + bias of the batch, in CSR order (`select` applies the ReLU).
+
+    With `world` > 1 the batch is rank `rank`'s slice [n, d_sae] of a global batch of world * n rows, and the
+    k * world * n largest of the global batch are kept: every value of the global top lies in its rank's own
+    top k * world * n, so each rank offers those candidates, `gather` returns all ranks' [world * m], rank after
+    rank (an all_gather), and each rank keeps its candidates above the global threshold and, of those equal to
+    it, what the ranks before it left of the number still to keep.  Ties are common (a store repeats tokens,
+    so rows repeat); exactly k * world * n codes are kept, as in one process.
+    """
     n, width = pre.shape
-    values, flat = (pre.float() + bias.detach().float()).reshape(-1).topk(k * n, sorted=False)
+    scores = (pre.float() + bias.detach().float()).reshape(-1)
+    if world == 1:
+        values, flat = scores.topk(k * n, sorted=False)
+    else:
+        n_keep = k * n * world
+        candidates, flat = scores.topk(min(scores.numel(), n_keep), sorted=False)
+        everyone = gather(candidates)  # [world * m]
+        threshold = everyone.topk(n_keep, sorted=False).values.min()
+        tied_before = int((everyone[: rank * len(candidates)] == threshold).sum())
+        tied_left = n_keep - int((everyone > threshold).sum()) - tied_before
+        tied = candidates == threshold
+        keep = (candidates > threshold) | (tied & (tied.cumsum(0) <= tied_left))
+        values, flat = candidates[keep], flat[keep]
     flat, order = flat.sort()
     values = values[order]
     rows = flat // width
-    offsets = torch.searchsorted(rows, torch.arange(n))
+    offsets = torch.searchsorted(rows, torch.arange(n, device=pre.device))
     return flat % width, values, offsets
 
 
@@ -133,14 +167,14 @@ class _SelectedPre(torch.autograd.Function):
         centred, W_enc, indices, crow = ctx.saved_tensors
         d_sae = W_enc.shape[1]
         grad = grad.float().contiguous()
-        if native.library() is not None:
+        if _native(centred):
             rows = rows_of(crow)
             grad_w_enc_t, colsum = native.scatter_by_latent(
                 native.latent_order(indices, d_sae), rows, grad, centred.contiguous(), d_sae
             )
             grad_w_enc = grad_w_enc_t.t()  # [d_in, d_sae] view of [d_sae, d_in]: W_enc_T's layout
         else:
-            colsum = torch.zeros(d_sae).index_add_(0, indices, grad)
+            colsum = torch.zeros(d_sae, device=grad.device).index_add_(0, indices, grad)
             sparse = torch.sparse_csr_tensor(crow, indices, grad, (centred.shape[0], d_sae), check_invariants=False)
             grad_w_enc = torch.sparse.mm(sparse.t(), centred).t()  # [d_in, d_sae]
         return None, None, grad_w_enc, colsum, -(W_enc @ colsum), None, None
@@ -180,15 +214,22 @@ def encoder_product(sae, centred: torch.Tensor, dtype: torch.dtype = torch.float
 
 
 def choose(
-    arch: str, product: torch.Tensor, b_enc: torch.Tensor, k: int
+    arch: str,
+    product: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    world: int = 1,
+    rank: int = 0,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices, values and offsets of the codes a TopK (per token) or BatchTopK (per batch) SAE keeps,
-    from the encoder product [n, d_sae] and b_enc [d_sae]."""
+    from the encoder product [n, d_sae] and b_enc [d_sae]; BatchTopK over `world` ranks' slices (see
+    `batch_topk_codes`)."""
     with torch.no_grad():
         if arch == "topk":
             return topk_codes(product, k, b_enc)
         if arch == "batchtopk":
-            return batch_topk_codes(product, k, b_enc)
+            return batch_topk_codes(product, k, b_enc, world, rank, gather)
     raise ValueError(f"sparse codes need arch topk or batchtopk, not {arch}")
 
 
@@ -201,7 +242,7 @@ def select(sae, centred: torch.Tensor, indices, values, offsets) -> SparseCodes:
 
 def decode_sparse(codes: SparseCodes, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None) -> torch.Tensor:
     """[n, d_in] reconstruction sum_j codes_j W_dec[j] (+ b_dec), by embedding_bag."""
-    if native.library() is not None and W_dec.dtype == torch.float32:
+    if _native(W_dec) and W_dec.dtype == torch.float32:
         out = _SparseDecode.apply(codes.values, W_dec, codes.indices, codes.offsets, codes.crow())
     else:
         out = F.embedding_bag(codes.indices, W_dec, codes.offsets, mode="sum", per_sample_weights=codes.values)

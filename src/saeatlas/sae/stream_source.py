@@ -241,9 +241,12 @@ class ModelStreamSource:
             yield self._recent[chunk, seed]
             chunk += 1
 
-    def batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[torch.Tensor]:
+    def batches(
+        self, batch_size: int, seed: int, start_step: int = 0, part: slice = slice(None)
+    ) -> Iterator[torch.Tensor]:
         """Infinite stream of [batch_size, d_in] batches, from step `start_step` on: consecutive slices of the
-        permuted buffers."""
+        permuted buffers; with `part`, only those rows of each (a rank's slice under torchrun: every rank runs
+        the model over the whole stream)."""
         position = start_step * batch_size
         chunk, offset = divmod(position, self.buffer_tokens)
         buffers = self._buffers(chunk, seed)
@@ -254,7 +257,7 @@ class ModelStreamSource:
             batch, held = held[:batch_size], held[batch_size:]
             position += batch_size
             self._position = position
-            yield batch
+            yield batch[part]
 
     def sample(self, n: int, seed: int) -> torch.Tensor:
         """n rows (the first batch of the stream with `seed`), for initialisation."""

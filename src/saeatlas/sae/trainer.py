@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 
+from .. import distributed
+from ..devices import has_float64
 from ..errors import SaeAtlasError
 from ..fileio import write_bytes_atomic
 from ..memory import reuse_freed_memory
@@ -101,11 +104,70 @@ class TrainState:
     """The source's position (`source.state()`) for sources whose resume needs more than the step."""
 
 
+# ---------------------------------------------------------------- ranks
+# Under torchrun every rank holds an equal slice of the global batch, so the mean of the ranks' means over
+# their slices is the global mean: a loss that is a mean over the batch is averaged through its gradients
+# (`average_gradients`), and batch statistics that enter a loss or the state are averaged or summed here.
+def check_world(batch_size: int) -> None:
+    """SaeAtlasError unless the global batch splits evenly over the ranks."""
+    world = distributed.world_size()
+    if batch_size % world:
+        raise SaeAtlasError(f"batch_size {batch_size} does not split over {world} ranks: use a multiple of {world}")
+
+
+def rank_rows(batch_size: int) -> slice:
+    """This rank's rows [r B / W, (r + 1) B / W) of a global batch of B rows (all of them in one process)."""
+    size = batch_size // distributed.world_size()
+    return slice(distributed.rank() * size, (distributed.rank() + 1) * size)
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over the ranks, in place."""
+    if distributed.active():
+        dist.all_reduce(t)
+    return t
+
+
+def all_max(t: torch.Tensor) -> torch.Tensor:
+    """`t`'s element-wise maximum over the ranks, in place."""
+    if distributed.active():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def global_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of a per-rank mean `t` (over equal slices: the global batch's mean)."""
+    return all_sum(t.clone()) / distributed.world_size() if distributed.active() else t
+
+
+def all_gather(t: torch.Tensor) -> torch.Tensor:
+    """[world * m] every rank's [m] `t`, rank after rank."""
+    parts = [torch.empty_like(t) for _ in range(distributed.world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def average_gradients(sae: SparseAutoencoder) -> None:
+    """Average the ranks' gradients: each is the gradient of its slice's mean losses, so their average is the
+    gradient of the global batch's (a parameter without a gradient on a rank counts zero there)."""
+    if not distributed.active():
+        return
+    world = distributed.world_size()
+    for p in sae.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)
+
+
 # ---------------------------------------------------------------- losses
 def aux_k_loss(x: torch.Tensor, recon: torch.Tensor, aux_recon: torch.Tensor) -> torch.Tensor:
-    """AuxK (Gao et al. 2024, A.2): dead latents' reconstruction `aux_recon` [n, d_in] of the residual error."""
+    """AuxK (Gao et al. 2024, A.2): dead latents' reconstruction `aux_recon` [n, d_in] of the residual error.
+    Its normaliser, the error's variance, is the global batch's under torchrun."""
     error = (x - recon).detach()
-    return ((aux_recon - error) ** 2).sum(-1).mean() / (error - error.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+    variance = global_mean((error - global_mean(error.mean(0))).pow(2).sum(-1).mean())
+    return ((aux_recon - error) ** 2).sum(-1).mean() / variance.clamp_min(1e-8)
 
 
 def dead_topk(dead_pre: torch.Tensor, d_in: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +185,12 @@ def sparsity_loss(sae: SparseAutoencoder, train: TrainConfig, state: TrainState,
     if cfg.arch == "jumprelu":
         l0 = step_fn(pre, sae.threshold, cfg.jump_bandwidth).sum(-1).mean()
         target = cfg.target_l0 if cfg.target_l0 is not None else cfg.k
+        if distributed.active():
+            # (L / t - 1)^2 of the global mean L is not a mean over rows: its gradient 2 (L / t - 1) / t dL, with
+            # dL the average of the ranks' dL_r, comes from each rank's L_r weighted by the global L.
+            g = global_mean(l0.detach())
+            penalty = (g / target - 1) ** 2 + 2 * (g / target - 1) / target * (l0 - l0.detach())
+            return ramp * cfg.l0_coefficient * penalty
         return ramp * cfg.l0_coefficient * (l0 / target - 1) ** 2
     return pre.new_zeros(()) if pre is not None else codes.new_zeros(())
 
@@ -142,10 +210,15 @@ class StepResult(NamedTuple):
     """[n, d_sae] pre-activations (gba's bias updates need them)."""
 
 
-def matmul_dtype(train: TrainConfig, arch: str) -> torch.dtype:
-    """The matmul dtype: `auto` is bfloat16 for the sparse path where the CPU computes it natively."""
+def matmul_dtype(train: TrainConfig, arch: str, device: torch.device | None = None) -> torch.dtype:
+    """The matmul dtype: `auto` is bfloat16 for the sparse path where the device (a CPU with AVX-512 BF16 / AMX,
+    a CUDA GPU from Ampere on) computes it natively (default device: the CPU)."""
     if train.compute_dtype == "auto":
-        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        device = device or torch.device("cpu")
+        if device.type == "cuda":
+            native = torch.cuda.is_bf16_supported()
+        else:
+            native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         return torch.bfloat16 if native and arch in SPARSE_ARCHS else torch.float32
     return getattr(torch, train.compute_dtype)
 
@@ -153,8 +226,10 @@ def matmul_dtype(train: TrainConfig, arch: str) -> torch.dtype:
 def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
     """TopK / BatchTopK forward on sparse codes: one dense matmul, the rest on the k kept latents."""
     centred = x - sae.b_dec.detach()
-    product = encoder_product(sae, centred, matmul_dtype(train, sae.cfg.arch))  # [n, d_sae], no b_enc
-    codes = select(sae, centred, *choose(sae.cfg.arch, product, sae.b_enc, sae.cfg.k))
+    product = encoder_product(sae, centred, matmul_dtype(train, sae.cfg.arch, x.device))  # [n, d_sae], no b_enc
+    world, rank = distributed.world_size(), distributed.rank()
+    picked = choose(sae.cfg.arch, product, sae.b_enc, sae.cfg.k, world, rank, all_gather)
+    codes = select(sae, centred, *picked)
     recon = decode_sparse(codes, sae.W_dec, sae.b_dec)
     mse = ((recon - x) ** 2).sum(-1).mean()
     loss = mse
@@ -162,12 +237,12 @@ def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
     if train.aux_k_coefficient > 0 and n_dead:
         dead_ids = dead.nonzero().squeeze(1)
         values, pick = dead_topk(product[:, dead_ids].float() + sae.b_enc.detach()[dead_ids], sae.cfg.d_in)
-        offsets = torch.arange(0, values.numel(), values.shape[1])
+        offsets = torch.arange(0, values.numel(), values.shape[1], device=x.device)
         aux = select(sae, centred, dead_ids[pick].reshape(-1), values.reshape(-1), offsets)
         loss = loss + train.aux_k_coefficient * aux_k_loss(x, recon, decode_sparse(aux, sae.W_dec))
     with torch.no_grad():
         positive = codes.values > 0
-        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[codes.indices[positive]] = True
         kept = codes.values[positive]
     return StepResult(
@@ -177,8 +252,8 @@ def sparse_losses(sae, x, train: TrainConfig, dead: torch.Tensor) -> StepResult:
 
 def dense_losses(sae, x, train: TrainConfig, state: TrainState, dead: torch.Tensor) -> StepResult:
     """Forward with dense codes (relu, jumprelu, gba, mp), autocast to bfloat16 when asked."""
-    dtype = matmul_dtype(train, sae.cfg.arch)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    dtype = matmul_dtype(train, sae.cfg.arch, x.device)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = sae(x)
     recon, codes, pre = out.recon.float(), out.codes.float(), None if out.pre is None else out.pre.float()
     mse = ((recon - x) ** 2).sum(-1).mean()
@@ -186,7 +261,7 @@ def dense_losses(sae, x, train: TrainConfig, state: TrainState, dead: torch.Tens
     n_dead = int(dead.sum())
     if sae.cfg.arch == "jumprelu" and train.aux_k_coefficient > 0 and n_dead:
         values, pick = dead_topk(pre[:, dead], sae.cfg.d_in)
-        aux = torch.zeros(len(x), n_dead).scatter_(-1, pick, values.relu()) @ sae.W_dec[dead]
+        aux = torch.zeros(len(x), n_dead, device=x.device).scatter_(-1, pick, values.relu()) @ sae.W_dec[dead]
         loss = loss + train.aux_k_coefficient * aux_k_loss(x, recon, aux)
     with torch.no_grad():
         active = codes > 0
@@ -202,7 +277,8 @@ def dense_losses(sae, x, train: TrainConfig, state: TrainState, dead: torch.Tens
 
 
 def train_step(sae, optimizer, x, train: TrainConfig, state: TrainState, base_lr: float) -> dict:
-    """One optimizer step on a [batch, d_in] batch (already scaled); returns its metrics."""
+    """One optimizer step on a [batch, d_in] batch (already scaled; under torchrun this rank's slice of the
+    global batch); returns its metrics, over the global batch."""
     for group in optimizer.param_groups:
         group["lr"] = lr_at(state.step, train, base_lr)
     dead = state.tokens_since_fired >= train.dead_after_tokens
@@ -212,45 +288,59 @@ def train_step(sae, optimizer, x, train: TrainConfig, state: TrainState, base_lr
         result = dense_losses(sae, x, train, state, dead)
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
+    average_gradients(sae)
     sae.remove_parallel_gradient()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), train.grad_clip)
     optimizer.step()
     sae.normalize_decoder()
-    _after_step(sae, state, x.shape[0], result)
-    total_var = (x - x.mean(0)).pow(2).sum(-1).mean()
-    return {
-        "step": state.step,
-        "loss": float(result.loss.detach()),
-        "mse": float(result.mse.detach()),
-        "fvu": float(result.mse.detach() / total_var.clamp_min(1e-12)),
-        "l0": result.l0,
-        "dead": float(dead.float().mean()),
-    }
+    _after_step(sae, state, x.shape[0] * distributed.world_size(), result)
+    return {"step": state.step, **step_metrics(x, result), "dead": float(dead.float().mean())}
+
+
+@torch.no_grad()
+def step_metrics(x: torch.Tensor, result: StepResult) -> dict:
+    """Loss, MSE, FVU and L0 of a step, over the global batch under torchrun (x [n, d_in] this rank's slice)."""
+    if not distributed.active():
+        total_var = (x - x.mean(0)).pow(2).sum(-1).mean()
+        loss, mse, fvu = result.loss.detach(), result.mse.detach(), result.mse.detach() / total_var.clamp_min(1e-12)
+        return {"loss": float(loss), "mse": float(mse), "fvu": float(fvu), "l0": result.l0}
+    real = torch.float64 if has_float64(x.device) else torch.float32
+    head = torch.stack([result.loss.detach(), result.mse.detach(), x.new_tensor(result.l0), x.pow(2).sum(-1).mean()])
+    means = global_mean(torch.cat([head, x.mean(0)]).to(real))  # one all_reduce: [4 + d_in]
+    total_var = means[3] - means[4:].pow(2).sum()  # E|x|^2 - |E x|^2
+    fvu = means[1] / total_var.clamp_min(1e-12)
+    return {"loss": float(means[0]), "mse": float(means[1]), "fvu": float(fvu), "l0": float(means[2])}
 
 
 @torch.no_grad()
 def _after_step(sae, state: TrainState, n_tokens: int, result: StepResult) -> None:
+    """Dead-latent counters, BatchTopK's threshold EMA and GBA's statistics, from the global batch of
+    `n_tokens` rows (every rank ends the step with the same state)."""
+    fired = all_sum(result.fired.int()) > 0 if distributed.active() else result.fired
     state.tokens_since_fired += n_tokens
-    state.tokens_since_fired[result.fired] = 0
-    if sae.cfg.arch == "batchtopk" and result.smallest_kept is not None:
+    state.tokens_since_fired[fired] = 0
+    smallest = result.smallest_kept
+    if sae.cfg.arch == "batchtopk" and distributed.active():
+        least = torch.tensor(-math.inf if smallest is None else -smallest, device=result.fired.device)
+        smallest = None if math.isinf(float(all_max(least))) else -float(least)
+    if sae.cfg.arch == "batchtopk" and smallest is not None:
         prev = state.batchtopk_threshold
-        smallest = result.smallest_kept
         state.batchtopk_threshold = smallest if prev is None else 0.99 * prev + 0.01 * smallest
         sae.inference_threshold = state.batchtopk_threshold
     if sae.cfg.arch == "gba":
-        state.gba_fired += (result.pre > sae.threshold).sum(0)
-        state.gba_peak = torch.maximum(state.gba_peak, result.pre.max(0).values)
+        state.gba_fired += all_sum((result.pre > sae.threshold).sum(0))
+        state.gba_peak = torch.maximum(state.gba_peak, all_max(result.pre.max(0).values))
         if (state.step + 1) % sae.cfg.gba_every == 0:
             gba_update(sae, state, n_tokens=sae.cfg.gba_every * n_tokens)
 
 
-def gba_targets(cfg: SAEConfig) -> torch.Tensor:
+def gba_targets(cfg: SAEConfig, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """[d_sae] target firing frequency of each latent: groups spaced geometrically."""
     groups = torch.arange(cfg.d_sae) * cfg.gba_groups // cfg.d_sae
     if cfg.gba_groups == 1:
         return torch.full((cfg.d_sae,), cfg.gba_freq_high)
     ratio = (cfg.gba_freq_low / cfg.gba_freq_high) ** (1 / (cfg.gba_groups - 1))
-    return cfg.gba_freq_high * ratio ** groups.double()
+    return cfg.gba_freq_high * ratio ** groups.to(dtype)
 
 
 @torch.no_grad()
@@ -263,15 +353,16 @@ def gba_update(sae: SparseAutoencoder, state: TrainState, n_tokens: int) -> None
     theta lies in [0, sqrt(d_in)].  Too frequent: theta += gamma * peak
     pre-activation.  Never fired: theta -= gamma * mean positive peak of its group.
     """
-    cfg = sae.cfg
-    freq = state.gba_fired.double() / n_tokens
-    targets = gba_targets(cfg)
-    peak = state.gba_peak.clamp_min(0).double()
-    groups = torch.arange(cfg.d_sae) * cfg.gba_groups // cfg.d_sae
-    positive = (peak > 0).double()
-    group_mean = torch.zeros(cfg.gba_groups, dtype=torch.float64).index_add_(0, groups, peak)
-    group_mean /= torch.zeros(cfg.gba_groups, dtype=torch.float64).index_add_(0, groups, positive).clamp_min(1)
-    theta = sae.threshold.double()
+    cfg, device = sae.cfg, sae.threshold.device
+    real = torch.float64 if has_float64(device) else torch.float32
+    freq = state.gba_fired.to(real) / n_tokens
+    targets = gba_targets(cfg, real).to(device)
+    peak = state.gba_peak.clamp_min(0).to(real)
+    groups = torch.arange(cfg.d_sae, device=device) * cfg.gba_groups // cfg.d_sae
+    positive = (peak > 0).to(real)
+    group_mean = torch.zeros(cfg.gba_groups, dtype=real, device=device).index_add_(0, groups, peak)
+    group_mean /= torch.zeros(cfg.gba_groups, dtype=real, device=device).index_add_(0, groups, positive).clamp_min(1)
+    theta = sae.threshold.to(real)
     theta = torch.where(freq > targets, (theta + cfg.gba_gamma * peak).clamp_max(math.sqrt(cfg.d_in)), theta)
     theta = torch.where(freq == 0, (theta - cfg.gba_gamma * group_mean[groups]).clamp_min(0.0), theta)
     sae.threshold.copy_(theta.float())
@@ -300,20 +391,30 @@ def make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999), fused=True)
 
 
+def to_device(obj, device: torch.device | str):
+    """`obj` (tensors in dicts, lists, tuples) with every tensor on `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {key: to_device(value, device) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(value, device) for value in obj)
+    return obj
+
+
 def save_checkpoint(path: Path, sae, optimizer, state: TrainState) -> None:
-    """Atomically write everything needed to resume bit-exactly."""
+    """Atomically write everything needed to resume bit-exactly, from CPU copies: a checkpoint made on any
+    device resumes on any other."""
     import io
 
     buffer = io.BytesIO()
-    torch.save(
-        {
-            "sae": sae.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "state": vars(state).copy(),
-            "inference_threshold": sae.inference_threshold,
-        },
-        buffer,
-    )
+    checkpoint = {
+        "sae": sae.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": vars(state).copy(),
+        "inference_threshold": sae.inference_threshold,
+    }
+    torch.save(to_device(checkpoint, "cpu"), buffer)
     write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -325,9 +426,9 @@ def load_checkpoint(path: Path, sae, optimizer) -> TrainState:
     if not isinstance(data, dict) or not {"sae", "optimizer", "state", "inference_threshold"} <= set(data):
         raise SaeAtlasError(f"{path} is not a saeatlas training checkpoint: {fix}")
     sae.load_state_dict(data["sae"])
-    optimizer.load_state_dict(data["optimizer"])
+    optimizer.load_state_dict(data["optimizer"])  # moves Adam's moments to the parameters' device
     sae.inference_threshold = data["inference_threshold"]
-    return TrainState(**data["state"])
+    return TrainState(**to_device(data["state"], sae.b_dec.device))
 
 
 def train_sae(
@@ -335,13 +436,25 @@ def train_sae(
     source,
     checkpoint: Path | None = None,
     on_step: Callable[[dict], None] | None = None,
+    device: torch.device | None = None,
 ) -> tuple[SparseAutoencoder, TrainState]:
-    """Train the SAE `train.sae` on `source` (its `d_in` set from the data when None); resumes from `checkpoint`
-    if it exists.  Returns the SAE with the input scale folded in, and the final training state."""
+    """Train the SAE `train.sae` on `source` (its `d_in` set from the data when None) on `device` (default:
+    `train.device` resolved); resumes from `checkpoint` if it exists.  Returns the SAE, on the CPU, with the
+    input scale folded in, and the final training state.
+
+    Under torchrun (`distributed.init` called) each rank trains on its slice of every global batch
+    (`rank_rows`) and the ranks keep equal weights and state; rank 0 writes the checkpoints.  Under
+    `distributed.alone()` this process trains alone."""
+    from ..devices import resolve_device
+
     reuse_freed_memory()
+    device = resolve_device(train.device) if device is None else device
+    check_world(train.batch_size)
     cfg = sae_config_for(train.sae, source.d_in)
     torch.manual_seed(train.seed)
-    sae, state = init_sae(cfg, source, train)
+    sae, state = init_sae(cfg, source, train)  # on the CPU: the same seeded weights on every device
+    sae.to(device)
+    state = TrainState(**to_device(vars(state), device))
     base_lr = train.lr if train.lr is not None else default_lr(cfg)
     optimizer = make_optimizer(sae, base_lr)
     if checkpoint is not None and checkpoint.is_file():
@@ -349,18 +462,22 @@ def train_sae(
         if state.source is not None:
             source.restore(state.source)
     sae.train()
-    batches = source.batches(train.batch_size, seed=train.seed, start_step=state.step)
+    batches = source.batches(train.batch_size, seed=train.seed, start_step=state.step, part=rank_rows(train.batch_size))
     while state.step < train.steps:
-        metrics = train_step(sae, optimizer, next(batches) * state.scale, train, state, base_lr)
+        x = next(batches).to(device, non_blocking=True) * state.scale
+        metrics = train_step(sae, optimizer, x, train, state, base_lr)
         state.step += 1
         if on_step:
             on_step(metrics)
         if checkpoint is not None and train.checkpoint_every and state.step % train.checkpoint_every == 0:
             check_diverged(sae, state.step)
             state.source = source.state() if hasattr(source, "state") else None
-            save_checkpoint(checkpoint, sae, optimizer, state)
+            if distributed.is_main():
+                save_checkpoint(checkpoint, sae, optimizer, state)
+            distributed.barrier()
     check_diverged(sae, state.step)
     sae.eval()
+    sae.to("cpu")
     sae.fold_scale(state.scale)
     return sae, state
 
