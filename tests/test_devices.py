@@ -100,17 +100,10 @@ def _missing_args(verb: str, root: Path, device: str) -> list[str]:
     return cli_args(verb, model=root / "no-model", hook="resid_post.1", sae=root / "no-sae", out=out, device=device)
 
 
-TRAIN_RESOLVES = pytest.mark.xfail(
-    strict=True,
-    reason="the trainer resolves TrainConfig.device (issue 16, the DDP trainer's branch); drop this mark there",
-)
-
-
 def _verb_device_cases():
     for verb in VERBS:
         for device in MISSING:
-            marks = [TRAIN_RESOLVES] if verb == "train" and device != "gpu" else []
-            yield pytest.param(verb, device, marks=marks, id=f"{verb}-{device}")
+            yield pytest.param(verb, device, id=f"{verb}-{device}")
 
 
 @no_cuda
