@@ -458,7 +458,7 @@ def study_totals(c: dict, gpu: str, n_gpus: int) -> dict:
     """The whole study (both models' all-layer stores, one SAE per layer and width, the comparison grid) on
     `n_gpus` GPUs of kind `gpu`, 8 to a node, each stage as long as its slowest bound: compute spread over the
     ranks, one writer / reader process per rank, the node's file system shared by its 8 ranks, and a
-    training process's first touch of each shard hashing every file the shard holds."""
+    training process's first touch of each shard hashing the files it reads (its layer's)."""
     nodes = max(1, n_gpus // 8)
     sha = c["measured"]["sha256_mb_per_s"] * 1e6
     extract = {}
@@ -473,7 +473,7 @@ def study_totals(c: dict, gpu: str, n_gpus: int) -> dict:
     for d_sae in STUDY_WIDTHS:
         for m in BIG_MODELS:
             t = c["train"][(m.name, d_sae)]
-            one = {"compute": t["per_sae"][gpu], "reader": t["reader"], "hashing": c["store"][m.name]["bytes"] / sha}
+            one = {"compute": t["per_sae"][gpu], "reader": t["reader"], "hashing": c["store"][m.name]["bytes"] / m.n_layers / sha}
             train[(m.name, d_sae)] = {k: v * t["n_saes"] / n_gpus for k, v in one.items()}
     compare = {d_sae: sum(v["pair"][gpu].values()) * v["n_pairs"] / n_gpus for d_sae, v in c["compare"].items()}
     return {"extract": extract, "train": train, "compare": compare}
