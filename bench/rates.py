@@ -473,7 +473,11 @@ def study_totals(c: dict, gpu: str, n_gpus: int) -> dict:
     for d_sae in STUDY_WIDTHS:
         for m in BIG_MODELS:
             t = c["train"][(m.name, d_sae)]
-            one = {"compute": t["per_sae"][gpu], "reader": t["reader"], "hashing": c["store"][m.name]["bytes"] / m.n_layers / sha}
+            one = {
+                "compute": t["per_sae"][gpu],
+                "reader": t["reader"],
+                "hashing": c["store"][m.name]["bytes"] / m.n_layers / sha,
+            }
             train[(m.name, d_sae)] = {k: v * t["n_saes"] / n_gpus for k, v in one.items()}
     compare = {d_sae: sum(v["pair"][gpu].values()) * v["n_pairs"] / n_gpus for d_sae, v in c["compare"].items()}
     return {"extract": extract, "train": train, "compare": compare}
