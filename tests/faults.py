@@ -338,12 +338,13 @@ VERB_ARGS = {
 
 
 CONFIGS = {
-    "extract": "saeatlas.data.config:ExtractConfig",
-    "train": "saeatlas.sae.config:TrainConfig",
-    "eval": "saeatlas.sae.config:EvalConfig",
-    "compare": "saeatlas.compare.config:CompareConfig",
-    "absorption": "saeatlas.absorption.config:AbsorptionConfig",
+    "extract": ["saeatlas.data.config:ExtractConfig"],
+    "train": ["saeatlas.sae.config:TrainConfig", "saeatlas.sae.stream_source:StreamConfig"],
+    "eval": ["saeatlas.sae.config:EvalConfig"],
+    "compare": ["saeatlas.compare.config:CompareConfig"],
+    "absorption": ["saeatlas.absorption.config:AbsorptionConfig"],
 }
+"""The config classes whose fields are each verb's flags (train: the SAE's and, without a store, the stream's)."""
 
 
 def flag_cases(ws: dict) -> Iterator[Case]:
@@ -355,8 +356,10 @@ def flag_cases(ws: dict) -> Iterator[Case]:
     from saeatlas.config import flat_fields
 
     for verb, base in VERB_ARGS.items():
-        module, name = CONFIGS[verb].split(":")
-        fields = flat_fields(getattr(importlib.import_module(module), name))
+        fields = {}
+        for config in CONFIGS[verb]:
+            module, name = config.split(":")
+            fields |= flat_fields(getattr(importlib.import_module(module), name))
         for field_name, flags in _parser(verb)[1].items():
             kinds = _numbers(fields[field_name][2])
             if not kinds:
