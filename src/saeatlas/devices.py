@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Literal
 
 import torch
 
@@ -17,30 +16,19 @@ from .errors import SaeAtlasError
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
 """The device names every verb and the study accept."""
 
-DeviceName = str
-"""One of `auto`, `cpu`, `mps`, `cuda`, `cuda:N`."""
-
-Kind = Literal["cpu", "cuda", "mps"]
-
-
-def check_device_name(name: str) -> str:
-    """`name` if it is a device name saeatlas accepts (not whether that device is here); SaeAtlasError otherwise."""
-    if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
-        raise SaeAtlasError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
-    return name
-
 
 def _mps_available() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
 
-def resolve_device(name: DeviceName = "auto") -> torch.device:
+def resolve_device(name: str = "auto") -> torch.device:
     """The torch.device `name` stands for on this machine (and, under torchrun, this process).
 
     SaeAtlasError when the device asked for is not here (no CUDA, cuda:N past the last GPU, no MPS).
     """
-    check_device_name(name)
+    if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
+        raise SaeAtlasError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
     local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
     if name == "auto":
         if torch.cuda.is_available():

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from .errors import SaeAtlasError
@@ -134,3 +134,14 @@ def _busy_message(folder: Path, what: str, holder: dict) -> str:
         f"{what} '{folder}' is being written by saeatlas pid {holder['pid']}{on} since "
         f"{time.strftime(fmt, started)}; wait for it to finish or stop it"
     )
+
+
+@contextmanager
+def writing_once(folder: str | Path, what: str) -> Iterator[None]:
+    """`writing` for one job of any number of torchrun ranks: rank 0 holds the lock for them all (so they do
+    not refuse each other), and every rank stops with its one line when another job holds it."""
+    from . import distributed
+
+    with ExitStack() as held:
+        distributed.on_main(lambda: held.enter_context(writing(folder, what)))
+        yield

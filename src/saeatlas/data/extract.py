@@ -14,7 +14,6 @@ round are written again, to the same bytes).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -33,7 +32,7 @@ from .. import distributed
 from ..devices import resolve_device
 from ..errors import CorpusError, StoreError
 from ..fileio import check_space, sha256_file, space_for, write_bytes_atomic, write_json_atomic, write_npy_atomic
-from ..locks import writing
+from ..locks import writing_once
 from ..models import HookPoint, ModelHandle, capture, load_model, parse_hooks
 from .config import ExtractConfig
 from .corpus import Document, corpus_identity, load_documents
@@ -100,12 +99,7 @@ def run_extract(
     device = resolve_device(cfg.device)  # a device that is not here: one line, before the lock or any folder
     if not distributed.is_main():
         progress = None
-    with contextlib.ExitStack() as held:
-
-        def lock() -> None:  # before the resume step, which deletes the temporary files it finds
-            held.enter_context(writing(out, "store"))
-
-        distributed.on_main(lock)  # rank 0 holds it for the job; a second job stops on every rank
+    with writing_once(out, "store"):  # before the resume step, which deletes the temporary files it finds
         with distributed.main_first():  # a conversion into the model cache is made once
             handle = handle or load_model(cfg.model, dtype=cfg.model_dtype, device=device)
         points = parse_hooks(cfg.hooks, handle.n_layers)

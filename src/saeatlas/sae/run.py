@@ -12,8 +12,7 @@ import hashlib
 import itertools
 import json
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from .. import distributed
 from ..devices import resolve_device
 from ..errors import SaeAtlasError
 from ..fileio import check_space, read_json_or_none, space_for, write_json_atomic
-from ..locks import writing
+from ..locks import writing_once
 from .config import EvalConfig, TrainConfig
 from .data_source import StoreSource, TensorSource, load_matrix
 from .formats import load_sae, read_metadata, save_saelens
@@ -116,15 +115,6 @@ def training_device(cfg: TrainConfig) -> torch.device:
     distributed.init(device)
     check_world(cfg.batch_size)
     return device
-
-
-@contextmanager
-def writing_once(folder: Path, what: str) -> Iterator[None]:
-    """`locks.writing` for one job of any number of ranks: rank 0 holds the lock for them all (so they do not
-    refuse each other), and every rank stops with its one line when another job holds it."""
-    with ExitStack() as held:
-        distributed.on_main(lambda: held.enter_context(writing(folder, what)))
-        yield
 
 
 def run_train(
