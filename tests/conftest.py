@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path
 
 import pytest
-from helpers import TEXTS, build_tiny_model, build_tiny_other_model
+from helpers import TEXTS, build_tiny_model, build_tiny_neox, build_tiny_other_model
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +32,12 @@ def tiny_gemma(tmp_path_factory) -> Path:
 @pytest.fixture(params=["llama", "gemma3"])
 def tiny_model(request, tiny_llama, tiny_gemma) -> Path:
     return tiny_llama if request.param == "llama" else tiny_gemma
+
+
+@pytest.fixture(scope="session")
+def tiny_neox(tmp_path_factory) -> Path:
+    """A tiny random GPT-NeoX (Pythia's architecture), 4 layers, d_model 32, no BOS."""
+    return build_tiny_neox(tmp_path_factory.mktemp("tiny-neox"))
 
 
 @pytest.fixture(scope="session")

@@ -100,6 +100,32 @@ def build_tiny_model(folder: Path, family: str) -> Path:
     return folder
 
 
+def build_tiny_neox(folder: Path, seed: int = 2, hidden_size: int = 32) -> Path:
+    """Save a tiny random GPT-NeoX (Pythia's architecture: parallel residual, partial rotary; 4 layers) with
+    `train_tokenizer`'s tokenizer (no BOS, like Pythia's) to `folder`."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(add_bos=False)
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        rotary_pct=0.25,
+        max_position_embeddings=256,
+        use_parallel_residual=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    GPTNeoXForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def build_tiny_other_model(folder: Path) -> Path:
     """Save a tiny random Llama with `train_other_tokenizer`'s tokenizer (2 layers, d_model 24, no BOS)."""
     import torch

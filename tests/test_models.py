@@ -71,6 +71,26 @@ def test_sublayer_outputs_sum_to_the_residual_stream(handle):
     assert a["attn_out.2"].abs().max() > 1e-3 and a["mlp_out.2"].abs().max() > 1e-3
 
 
+def test_gpt_neox_hook_points_are_the_residual_stream(tiny_neox):
+    """Pythia's blocks live at `gpt_neox.layers`; its parallel residual adds attention and MLP to the block's
+    input, so the hooks sum exactly, and resid_post.L is hidden_states[L + 1] (the last has the final norm)."""
+    neox = load_model(str(tiny_neox), dtype="float32")
+    assert neox.base is neox.model.gpt_neox and neox.n_layers == 4 and neox.special_tokens == ((), ())
+    ids, mask = _batch(neox, ["The quick brown fox jumps", "Sparse autoencoders"])
+    acts = capture(neox, parse_hooks(neox.hook_points, neox.n_layers), ids, mask)
+    with torch.inference_mode():
+        hidden = neox.base(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    for layer in range(neox.n_layers):
+        assert torch.equal(acts[f"resid_pre.{layer}"], hidden[layer])
+        total = acts[f"resid_pre.{layer}"] + acts[f"attn_out.{layer}"] + acts[f"mlp_out.{layer}"]
+        assert torch.allclose(total, acts[f"resid_post.{layer}"], atol=1e-5)
+        assert acts[f"attn_out.{layer}"].abs().max() > 1e-3 and acts[f"mlp_out.{layer}"].abs().max() > 1e-3
+    for layer in range(neox.n_layers - 1):
+        assert torch.equal(acts[f"resid_post.{layer}"], hidden[layer + 1])
+    last = acts[f"resid_post.{neox.n_layers - 1}"]
+    assert torch.allclose(neox.base.final_layer_norm(last), hidden[-1], atol=1e-6)
+
+
 def test_forward_stops_after_the_deepest_hook(handle):
     calls = []
     hooks = [layer.register_forward_hook(lambda m, i, o, k=k: calls.append(k)) for k, layer in enumerate(handle.layers)]

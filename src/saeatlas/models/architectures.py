@@ -7,6 +7,9 @@ module's output *is* that place for each model family.  `attn_out.L` and
 - Llama / Qwen2 / Mistral (pre-norm): the `self_attn` and `mlp` outputs.
 - Gemma 2 / 3 (sandwich norm): the outputs of `post_attention_layernorm` and
   `post_feedforward_layernorm`, i.e. after the extra norm, right before the add.
+- GPT-NeoX / Pythia (pre-norm, parallel residual: resid_post = resid_pre + attn_out + mlp_out): the
+  `post_attention_dropout` and `post_mlp_dropout` outputs, the very tensors the block adds (the dropouts are
+  identities at inference).
 - BERT (post-norm): the dense projections before add & LayerNorm
   (`attention.output.dense`, `output.dense`).  In a post-norm model the
   residual stream is re-normalised inside each block, so resid_pre + attn_out +
@@ -43,6 +46,9 @@ _GEMMA = Architecture(
     mlp_out="post_feedforward_layernorm",
     pre_norm=True,
 )
+_GPT_NEOX = Architecture(
+    layers="layers", attn_out="post_attention_dropout", mlp_out="post_mlp_dropout", pre_norm=True
+)
 _BERT = Architecture(layers="encoder.layer", attn_out="attention.output.dense", mlp_out="output.dense", pre_norm=False)
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -54,6 +60,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gemma2": _GEMMA,
     "gemma3": _GEMMA,
     "gemma3_text": _GEMMA,
+    "gpt_neox": _GPT_NEOX,
     "bert": _BERT,
 }
 

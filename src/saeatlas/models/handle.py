@@ -34,8 +34,9 @@ class ModelHandle:
 
     @property
     def base(self) -> nn.Module:
-        """The block stack without the LM head (`model.model` for causal LMs)."""
-        return self.model.model if self.kind == "causal" else self.model
+        """The block stack without the LM head (transformers' `base_model`: `model.model` for Llama and Gemma,
+        `model.gpt_neox` for Pythia)."""
+        return self.model.base_model if self.kind == "causal" else self.model
 
     @property
     def layers(self) -> nn.ModuleList:
