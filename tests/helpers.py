@@ -148,6 +148,86 @@ def build_tiny_other_model(folder: Path) -> Path:
     return folder
 
 
+# ---------------------------------------------------------------- the Hugging Face cache
+def hub_cache_put(cache: Path, repo_id: str, files: dict[str, Path]) -> Path:
+    """Put `files` (path in the repo -> local file) into the Hugging Face cache folder `cache` as model repo
+    `repo_id`, in the hub's own on-disk layout, written with huggingface_hub's helpers: blobs named by their
+    hash (sha256 for weights, as LFS names them; the git blob hash otherwise), snapshots/<commit>/ of relative
+    symlinks, refs/main, and the tree listing huggingface_hub caches to know a snapshot is complete.
+    Returns the snapshot folder."""
+    import hashlib
+    import shutil
+
+    from huggingface_hub._tree_cache import TreeCacheEntry, write_tree_cache
+    from huggingface_hub.file_download import (
+        _cache_commit_hash_for_specific_revision,
+        _create_symlink,
+        repo_folder_name,
+    )
+    from huggingface_hub.utils.sha import git_hash
+
+    storage = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
+    commit = hashlib.sha1(repo_id.encode() + b"".join(Path(f).read_bytes() for f in files.values())).hexdigest()
+    entries = {}
+    for name, source in sorted(files.items()):
+        data = Path(source).read_bytes()
+        lfs = name.endswith((".safetensors", ".bin", ".pt"))
+        blob_id = git_hash(data)
+        key = hashlib.sha256(data).hexdigest() if lfs else blob_id
+        blob = storage / "blobs" / key
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, blob)
+        link = storage / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        _create_symlink(str(blob), str(link), new_blob=False)
+        entries[name] = TreeCacheEntry(
+            size=len(data), blob_id=blob_id, lfs_sha256=key if lfs else None, lfs_size=len(data) if lfs else None
+        )
+    _cache_commit_hash_for_specific_revision(str(storage), "main", commit)
+    write_tree_cache(str(storage), commit, entries)
+    return storage / "snapshots" / commit
+
+
+def folder_files(folder: Path, prefix: str = "") -> dict[str, Path]:
+    """Every file under `folder` as {prefix + relative path: path}, for `hub_cache_put`."""
+    return {prefix + p.relative_to(folder).as_posix(): p for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def random_saelens_sae(folder: Path, d_in: int, d_sae: int, hook: str, seed: int, old_cfg: bool = False) -> Path:
+    """A random TopK SAE saved as a SAELens folder; `old_cfg` rewrites its cfg.json as SAELens releases from
+    before SAELens 6 ship it (hook_point at the top, activation_fn_str topk with its k, no architecture)."""
+    import json
+
+    import torch
+
+    from saeatlas.sae import SAEConfig, SparseAutoencoder, save_saelens
+
+    g = torch.Generator().manual_seed(seed)
+    sae = SparseAutoencoder(SAEConfig(arch="topk", d_in=d_in, d_sae=d_sae, k=4), g)
+    with torch.no_grad():
+        sae.b_enc.copy_(0.1 * torch.randn(d_sae, generator=g))
+        sae.b_dec.copy_(0.1 * torch.randn(d_in, generator=g))
+    save_saelens(sae.eval(), folder, metadata={"hook_name": hook})
+    if old_cfg:
+        from saeatlas.models.hooks import transformer_lens_name
+
+        cfg = {
+            "model_name": "pythia-70m-deduped",
+            "hook_point": transformer_lens_name(hook),
+            "hook_point_layer": int(hook.rsplit(".", 1)[1]),
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "activation_fn_str": "topk",
+            "activation_fn_kwargs": {"k": 4},
+            "normalize_activations": False,
+            "dtype": "float32",
+            "device": "cpu",
+            "sae_lens_version": "3.13.0",
+        }
+        (folder / "cfg.json").write_text(json.dumps(cfg))
+    return folder
+
+
 # ---------------------------------------------------------------- SAEs
 def identity_sae(d: int):
     """A ReLU SAE of 2d latents with relu(x) - relu(-x) = x: a perfect reconstruction of d dimensions."""

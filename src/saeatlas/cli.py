@@ -332,17 +332,23 @@ def _status(args) -> int:
 
 def _init_flags(p) -> dict[str, list[str]]:
     p.add_argument("path", nargs="?", type=Path, default=Path("study.toml"), help="where (default study.toml)")
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="write the universality paper's study instead (Pythia-70m vs 160m, pretrained SAEs; needs the hub)",
+    )
     return {}
 
 
 def _init(args) -> int:
     from .fileio import write_bytes_atomic
-    from .study.config import default_study_text
+    from .study.config import default_study_text, paper_study_text
 
     if args.path.exists():
         raise SaeAtlasError(f"'{args.path}' already exists: choose another path or delete it")
-    write_bytes_atomic(args.path, default_study_text().encode())
-    print(f"wrote the built-in study to {args.path}; edit it, then `saeatlas run {args.path}`")
+    write_bytes_atomic(args.path, (paper_study_text() if args.paper else default_study_text()).encode())
+    which = "the universality paper's study" if args.paper else "the built-in study"
+    print(f"wrote {which} to {args.path}; edit it, then `saeatlas run {args.path}`")
     return 0
 
 

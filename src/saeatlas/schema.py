@@ -179,7 +179,7 @@ class SAELensCfg(TypedDict):
     k: NotRequired[Latents | None]
     apply_b_dec_to_input: NotRequired[bool]
     rescale_acts_by_decoder_norm: NotRequired[bool]
-    normalize_activations: NotRequired[str | None]
+    normalize_activations: NotRequired[str | bool | None]  # a bool in cfgs older than SAELens 6
     metadata: NotRequired[SAELensMetadata | None]
     saeatlas: NotRequired[OurSection]
 

@@ -46,9 +46,7 @@ _GEMMA = Architecture(
     mlp_out="post_feedforward_layernorm",
     pre_norm=True,
 )
-_GPT_NEOX = Architecture(
-    layers="layers", attn_out="post_attention_dropout", mlp_out="post_mlp_dropout", pre_norm=True
-)
+_GPT_NEOX = Architecture(layers="layers", attn_out="post_attention_dropout", mlp_out="post_mlp_dropout", pre_norm=True)
 _BERT = Architecture(layers="encoder.layer", attn_out="attention.output.dense", mlp_out="output.dense", pre_norm=False)
 
 ARCHITECTURES: dict[str, Architecture] = {

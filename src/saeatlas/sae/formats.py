@@ -58,13 +58,19 @@ LOADED_ARCHITECTURE = {
 def sae_folder(template: str | Path, hook: str) -> Path:
     """The SAE folder of `hook`: `template` with `{hook}` (the canonical name, e.g. resid_post.3) and / or
     `{layer}` filled in, or else a folder holding one SAE folder per hook, named in any spelling of the hook
-    (resid_post.3, blocks.3.hook_resid_post or layers.3, as sparsify saves them)."""
+    (resid_post.3, blocks.3.hook_resid_post or layers.3, as sparsify saves them).  A pretrained name,
+    `saelens:<release>/<sae_id>` or `hf:<owner>/<repo>/<folder>` (templates alike), is the SAE's folder in the
+    Hugging Face cache (`pretrained.pretrained_folder`)."""
+    from .pretrained import is_pretrained_name, pretrained_folder
+
     template = str(template)
     hook = canonical_hook(hook)
     if (problem := template_problem(template)) is not None:
         raise SaeAtlasError(
             f"bad SAE folder template {template!r} ({problem}): use {{hook}} and/or {{layer}}, e.g. runs/saes/{{hook}}"
         )
+    if is_pretrained_name(template):
+        return pretrained_folder(template, hook)
     if "{" in template or "}" in template:
         candidates = [Path(template.format(hook=hook, layer=hook.rsplit(".", 1)[1]))]
     else:
@@ -209,8 +215,23 @@ def _build(cfg: SAEConfig, W_enc, b_enc, W_dec, b_dec, threshold=None) -> Sparse
     return sae.eval()
 
 
+def _saelens_defaults(raw: dict) -> dict:
+    """A cfg.json as sae-lens reads it (its `handle_pre_6_0_config`): old names (`hook_point`,
+    `activation_fn_str`), `architecture` standard unless a TopK activation names its k, and
+    `normalize_activations` false / true as none / expected_average_only_in."""
+    raw = {{"hook_point": "hook_name", "activation_fn_str": "activation_fn"}.get(k, k): v for k, v in raw.items()}
+    if "architecture" not in raw:
+        k = (raw.get("activation_fn_kwargs") or {}).get("k")
+        raw["architecture"] = "topk" if raw.get("activation_fn") == "topk" and k is not None else "standard"
+        if raw["architecture"] == "topk":
+            raw["k"] = k
+    if isinstance(raw.get("normalize_activations"), bool):
+        raw["normalize_activations"] = "expected_average_only_in" if raw["normalize_activations"] else "none"
+    return raw
+
+
 def _load_saelens(folder: Path) -> SparseAutoencoder:
-    raw = _read_json(folder / SAELENS_CFG, SAELensCfg)
+    raw = _saelens_defaults(_read_json(folder / SAELENS_CFG, SAELensCfg))
     d_in, d_sae, arch_name = raw["d_in"], raw["d_sae"], raw.get("architecture", "standard")
     ours = raw.get("saeatlas", {}).get("sae")
     if ours:
@@ -236,6 +257,8 @@ def _load_saelens(folder: Path) -> SparseAutoencoder:
     t = _read_safetensors(path)
     W_enc, b_enc = _expect(t, "W_enc", (d_in, d_sae), path), _expect(t, "b_enc", (d_sae,), path)
     W_dec, b_dec = _expect(t, "W_dec", (d_sae, d_in), path), _expect(t, "b_dec", (d_in,), path)
+    if "scaling_factor" in t and not torch.all(t["scaling_factor"] == 1):
+        raise SaeAtlasError(f"{path}: a finetuning 'scaling_factor' is not supported; fold it into W_dec first")
     if not raw.get("apply_b_dec_to_input", True):
         b_enc = b_enc + b_dec @ W_enc  # x W_enc + b_enc == (x - b_dec) W_enc + (b_enc + b_dec W_enc)
     if raw.get("rescale_acts_by_decoder_norm", False):
@@ -372,7 +395,10 @@ def read_metadata(folder: str | Path) -> dict:
     path = Path(folder) / SAELENS_CFG
     if not (Path(folder) / SAELENS_WEIGHTS).is_file():
         return {}
-    meta = dict(_read_json(path, SAELensCfg).get("metadata") or {})
+    raw = _saelens_defaults(_read_json(path, SAELensCfg))
+    meta = dict(raw.get("metadata") or {})
+    if raw.get("hook_name") and not meta.get("hook_name"):  # a cfg.json older than SAELens 6 says it at the top
+        meta["hook_name"] = raw["hook_name"]
     if meta.get("hook_name"):
         meta["hook_name"] = _our_hook_name(meta["hook_name"])
     return meta

@@ -318,6 +318,12 @@ def default_study_text() -> str:
     return resources.files("saeatlas.study").joinpath("default.toml").read_text()
 
 
+def paper_study_text() -> str:
+    """The universality paper's setting (Pythia-70m vs Pythia-160m, EleutherAI's pretrained SAEs, legacy and
+    corrected statistics side by side), with comments: what `saeatlas init --paper` writes."""
+    return resources.files("saeatlas.study").joinpath("paper.toml").read_text()
+
+
 def load_study(path: str | Path | None) -> Study:
     """The study in `path`, or the built-in one when `path` is None."""
     if path is None:
