@@ -28,6 +28,9 @@ $(SL_STAMP): Makefile
 	$(SL_VENV)/bin/python -m pip install --quiet torch==2.13.0
 	echo 'torch==2.13.0' > $(SL_VENV)/constraints.txt
 	$(SL_VENV)/bin/python -m pip install --quiet -c $(SL_VENV)/constraints.txt sae-lens==6.54.12 transformers==5.23.0
+	# saeatlas too (its dependencies; the tests put this tree first on PYTHONPATH): tests/test_pretrained_hub.py
+	# runs a study there, with sae-lens's own directory of releases
+	$(SL_VENV)/bin/python -m pip install --quiet -c $(SL_VENV)/constraints.txt -e .
 	touch $(SL_STAMP)
 
 # Debian's Chromium for the report's browser test (Playwright drives it; it never downloads a browser).
