@@ -6,8 +6,8 @@ read later, on demand (`explore.latents`).  A comparison is named by its id, its
 for each layer pair of the comparison the real SAEs ("sae") then its controls in results order, then the
 skyline entries.  Requests name comparisons and latents by these ids, never by paths.
 
-Paths: the study records absolute paths.  One inside the study's recorded `out` is taken relative to the
-folder being explored (a study moved or copied still opens); any other (a pretrained SAE folder, a store
+Paths: the study records absolute paths.  One inside the folder the study was written to (its stores are
+OUT/stores/<label>) is taken relative to the folder being explored (a study moved or copied still opens); any other (a pretrained SAE folder, a store
 given from outside) is allowed exactly as results.json names it.
 """
 
@@ -26,6 +26,8 @@ CONTROL_KINDS = ("random_init", "neurons", "shifted")
 """Controls of a layer pair, in the order the explorer lists them after the real SAEs."""
 BROWSABLE = ("sae", "shifted", "skyline")
 """Comparisons whose both sides are stored SAEs (random_init's SAE is not saved; neurons have no SAE)."""
+REPORT_PORT = 8765
+"""The port the static report's pair cards link to (`saeatlas explore OUT --port 8765`)."""
 ROLES = ("main", "split", "absorber")
 """Absorption roles of a latent for a letter: its only main latent, one of several (split), or an absorber."""
 
@@ -59,9 +61,11 @@ def comparison_list(results: dict) -> list[dict]:
 
 def pair_fragment(results: dict, hook_a: str, hook_b: str, idx_a: int, idx_b: int) -> str | None:
     """The explorer's URL fragment of the real-SAE pair (idx_a, idx_b) at (hook_a, hook_b), or None."""
+    if not isinstance(idx_a, int) or not isinstance(idx_b, int):
+        return None
     for c in comparison_list(results):
         if c["kind"] == "sae" and (c["hook_a"], c["hook_b"]) == (hook_a, hook_b):
-            return f"view=pair&c={c['id']}&a={int(idx_a)}&b={int(idx_b)}"
+            return f"view=pair&c={c['id']}&a={idx_a}&b={idx_b}"
     return None
 
 
@@ -84,8 +88,7 @@ class StudyIndex:
             raise SaeAtlasError(f"the study in '{out}' has no comparison to explore: add [compare] and run it")
         self.results = results
         self.comparisons = comparison_list(results)
-        recorded = (results.get("study") or {}).get("out")
-        self._recorded_out = Path(recorded).resolve() if recorded else None
+        self._recorded_out = _recorded_out(results)
         self._allowed = self._outside_paths()
         self._pairs: dict[int, list[dict]] = {}
 
@@ -266,6 +269,12 @@ class StudyIndex:
             for (folder, i), roles in self._roles.items()
             if folder == side.sae
         }
+
+
+def _recorded_out(results: dict) -> Path | None:
+    """The folder the study was written to: its stores are OUT/stores/<label> (None when they are not)."""
+    store = Path(str(results["compare"].get("config", {}).get("store_a", "")))
+    return store.parent.parent if store.parent.name == "stores" and store.is_absolute() else None
 
 
 def _inside(path: Path, root: Path) -> bool:
