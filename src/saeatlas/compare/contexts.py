@@ -34,20 +34,44 @@ def top_contexts(
     """
     latents = [int(i) for i in latents]
     _check(store, sae, hook, latents, n, width, after)
-    index = np.concatenate([store.index(s) for s in range(store.n_shards)])  # [n_tokens] records
-    usable = np.flatnonzero((index["flags"] & EXCLUDED_BY_DEFAULT) == 0)  # [n_usable] global rows
+    index, usable = usable_rows(store)
     if not latents or len(usable) == 0:
         return {i: [] for i in latents}
+    codes = store_codes(store, sae, hook, usable)  # [n_usable, d_sae]
+    return contexts_from_codes(codes, usable, Texts(store, index), latents, n, width, after)
+
+
+def usable_rows(store: ActivationStore) -> tuple[np.ndarray, np.ndarray]:
+    """The store's token records, structured [n_tokens] (shards concatenated), and its usable global rows
+    [n_usable] (no BOS/special token, not position 0)."""
+    index = np.concatenate([store.index(s) for s in range(store.n_shards)])  # [n_tokens] records
+    return index, np.flatnonzero((index["flags"] & EXCLUDED_BY_DEFAULT) == 0)
+
+
+def store_codes(store: ActivationStore, sae, hook: str, usable: np.ndarray):
+    """CSR float32 codes [n_usable, d_sae] of `sae` (in eval mode) at the store's `usable` rows of `hook`."""
     sae.eval()
-    codes = encode_sparse(sae, gather_rows(store, hook, usable))  # [n_usable, d_sae]
-    chosen = codes[:, np.asarray(latents)]  # [n_usable, n_latents] (CSR column subset)
+    return encode_sparse(sae, gather_rows(store, hook, usable))
+
+
+def contexts_from_codes(
+    codes, usable: np.ndarray, texts: Texts, latents: list[int], n: int, width: int, after: int
+) -> dict[int, list[dict]]:
+    """latent id -> its `n` top contexts, from codes [n_usable, d_sae] (CSR or CSC) at global rows `usable`."""
+    return {
+        latent: [texts.context(row, act, width, after) for row, act in picks]
+        for latent, picks in top_rows(codes, usable, latents, n).items()
+    }
+
+
+def top_rows(codes, usable: np.ndarray, latents: list[int], n: int) -> dict[int, list[tuple[int, float]]]:
+    """latent id -> [(global row, activation)] of its `n` largest activations (largest first, ties: lower row),
+    from codes [n_usable, d_sae] (CSR or CSC) at global rows `usable`."""
+    chosen = codes[:, np.asarray(latents, dtype=np.int64)]  # [n_usable, n_latents] column subset
     top = top_positions(chosen, n)  # [n_latents, n] positions into `usable`, -1 padded
-    texts = _Texts(store, index)
-    out = {}
-    for j, latent in enumerate(latents):
-        picks = [int(p) for p in top[j] if p >= 0]
-        out[latent] = [texts.context(int(usable[p]), float(chosen[p, j]), width, after) for p in picks]
-    return out
+    return {
+        latent: [(int(usable[p]), float(chosen[p, j])) for p in top[j] if p >= 0] for j, latent in enumerate(latents)
+    }
 
 
 def _check(store: ActivationStore, sae, hook: str, latents: list[int], n: int, width: int, after: int) -> None:
@@ -69,7 +93,7 @@ def _check(store: ActivationStore, sae, hook: str, latents: list[int], n: int, w
         )
 
 
-class _Texts:
+class Texts:
     """Token strings of a store's rows, from its documents' text and the tokens' character spans."""
 
     def __init__(self, store: ActivationStore, index: np.ndarray):
@@ -82,9 +106,13 @@ class _Texts:
         self._tokenizer = None
 
     def context(self, row: int, activation: float, width: int, after: int) -> dict:
-        lo, hi = max(0, row - width), min(len(self.index), row + after + 1)
-        rows = [r for r in range(lo, hi) if self.segment[r] == self.segment[row]]
+        rows = self.context_rows(row, width, after)
         return {"tokens": self._strings(rows), "focus": rows.index(row), "activation": activation}
+
+    def context_rows(self, row: int, width: int, after: int) -> list[int]:
+        """Global rows of the context around `row`: `width` before, `after` after, within its window."""
+        lo, hi = max(0, row - width), min(len(self.index), row + after + 1)
+        return [r for r in range(lo, hi) if self.segment[r] == self.segment[row]]
 
     def _strings(self, rows: list[int]) -> list[str]:
         out, prev_end = [], None
@@ -100,6 +128,10 @@ class _Texts:
             out.append(piece)
             prev_end = end
         return out
+
+    def token(self, row: int) -> str:
+        """The text of the token at global `row` alone (its own span; decoded for a token without one)."""
+        return self._strings([row])[0]
 
     def _decode(self, token_id: int) -> str:
         if self._tokenizer is None:

@@ -1,0 +1,74 @@
+"""Time to first page and per-view latency of `saeatlas explore` over a finished study.
+
+    python bench/explore.py [--study runs/study] [--repeats 3]
+
+Starts the server in this process (port 0), then times over HTTP: the page and /api/study from the start
+(time to first page), the pair list, the first view of the strongest pair (its two SAEs encode the store on
+first use), the same view again (cached), a second pair of the same layer pair, a search, and the logit
+effects (the first loads the model's unembedding).  Prints a table of seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import urllib.request
+
+
+def _get(base: str, path: str) -> tuple[float, int]:
+    start = time.perf_counter()
+    with urllib.request.urlopen(base + path, timeout=600) as response:
+        body = response.read()
+    return time.perf_counter() - start, len(body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="/work/main/runs/study")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    from saeatlas.explore.server import make_server
+
+    server = make_server(args.study, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = server.url.rstrip("/")
+    rows = []
+    _get(base, "/")
+    summary_s, _ = _get(base, "/api/study")
+    rows.append(("first page (import, open study, page + /api/study)", time.perf_counter() - start, ""))
+    rows.append(("  /api/study alone", summary_s, ""))
+    study = json.loads(urllib.request.urlopen(base + "/api/study").read())
+    cid = next(c["id"] for c in study["comparisons"] if c["kind"] == "sae")
+    seconds, size = _get(base, f"/api/pairs?c={cid}&limit=50")
+    rows.append((f"pair list (comparison {cid}, 50 rows)", seconds, f"{size} B"))
+    pairs = json.loads(urllib.request.urlopen(f"{base}/api/pairs?c={cid}&limit=2").read())["pairs"]
+    first, second = pairs[0], pairs[-1]
+    path = f"/api/pair?c={cid}&a={first['idx_a']}&b={first['idx_b']}"
+    seconds, size = _get(base, path)
+    rows.append(("pair view, first (encodes both stores)", seconds, f"{size} B"))
+    again = min(_get(base, path)[0] for _ in range(args.repeats))
+    rows.append(("pair view, repeated (best of repeats)", again, ""))
+    other = min(
+        _get(base, f"/api/pair?c={cid}&a={second['idx_a']}&b={second['idx_b']}")[0] for _ in range(args.repeats)
+    )
+    rows.append(("another pair of the same layer pair", other, ""))
+    seconds, _ = _get(base, f"/api/search?c={cid}&q=the")
+    rows.append(("search 'the', first (token index)", seconds, ""))
+    rows.append(("search 'the', repeated", min(_get(base, f"/api/search?c={cid}&q=the")[0] for _ in range(2)), ""))
+    seconds, _ = _get(base, f"/api/logits?c={cid}&side=a&i={first['idx_a']}")
+    rows.append(("logit effects, first (loads the unembedding)", seconds, ""))
+    rows.append(("logit effects, repeated", _get(base, f"/api/logits?c={cid}&side=a&i={first['idx_a']}")[0], ""))
+    server.shutdown()
+    width = max(len(r[0]) for r in rows)
+    print(f"saeatlas explore over {args.study}")
+    print(f"{'view':<{width}}  {'seconds':>8}  note")
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:8.3f}  {note}")
+
+
+if __name__ == "__main__":
+    main()

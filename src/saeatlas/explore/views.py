@@ -1,0 +1,253 @@
+"""The explorer's views, as JSON-ready dicts: the pair list (sorted and filtered), a pair side by side with its
+co-firing contexts, one latent, a token search and a decoder direction's logit effects.
+
+`Explorer` holds what has been loaded: stores (memory maps and their token index), SAEs with their codes (at
+most `max_spaces` at once, least recently used dropped first), alignments of two stores and the models'
+unembeddings (loaded on the first logit request).  Bad ids raise `NotFound` / `BadRequest`; the server turns
+them into 404 / 400.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from .latents import LatentSpace, StoreView, logit_effects
+from .study import ROLES, SideSpec, StudyIndex
+
+N_COFIRE = 5
+"""Co-firing contexts shown for a pair."""
+SORTS = {"-corr": lambda p: (-(p["corr"] or -np.inf), p["rank"]), "corr": lambda p: (p["corr"] or -np.inf, p["rank"])}
+SORTS |= {"a": lambda p: (p["idx_a"], p["idx_b"]), "b": lambda p: (p["idx_b"], p["idx_a"])}
+"""Orders of the pair list: by correlation (descending / ascending) or by A's / B's latent index."""
+MAX_LIMIT = 500
+
+
+class NotFound(LookupError):
+    """No such comparison, pair or latent (404)."""
+
+
+class BadRequest(ValueError):
+    """A malformed parameter (400)."""
+
+
+class Explorer:
+    """Views over one study (see the module docstring); safe to call from several threads."""
+
+    def __init__(self, study: StudyIndex, max_spaces: int = 4):
+        self.study, self.max_spaces = study, max_spaces
+        self._lock = threading.Lock()
+        self._stores: dict[str, StoreView] = {}
+        self._spaces: OrderedDict[SideSpec, LatentSpace] = OrderedDict()
+        self._alignments: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._unembeddings: dict[str, tuple[np.ndarray, object]] = {}
+
+    # ------------------------------------------------------------ loading
+    def view(self, path) -> StoreView:
+        with self._lock:
+            if str(path) not in self._stores:
+                self._stores[str(path)] = StoreView(path)
+            return self._stores[str(path)]
+
+    def space(self, spec: SideSpec) -> LatentSpace:
+        """The latent space of one side, loaded on first use; the least recently used beyond max_spaces drop."""
+        view = self.view(spec.store)
+        with self._lock:
+            if spec in self._spaces:
+                self._spaces.move_to_end(spec)
+                return self._spaces[spec]
+            space = self._spaces[spec] = LatentSpace(spec, view)
+            while len(self._spaces) > self.max_spaces:
+                self._spaces.popitem(last=False)
+            return space
+
+    def sides(self, cid: int) -> tuple[SideSpec, SideSpec]:
+        try:
+            return self.study.sides(cid)
+        except KeyError:
+            raise NotFound(f"comparison {cid} has no stored latents to show (only sae, shifted and skyline do)")
+
+    def _comparison(self, cid: int) -> dict:
+        try:
+            return self.study.comparison(cid)
+        except KeyError:
+            raise NotFound(f"no comparison {cid}: the study has {len(self.study.comparisons)}")
+
+    # ------------------------------------------------------------ views
+    def pairs(
+        self, cid: int | None, sort: str = "-corr", concept: str = "", role: str = "", letter: str = "", **page
+    ) -> dict:
+        """Pairs of comparison `cid` (None: the real SAEs of every layer pair), filtered and sorted, one page:
+        {total, offset, limit, pairs}.  concept: only pairs whose latents belong to it; role / letter: only
+        pairs where a latent has that absorption role (main, split, absorber, or any) for that letter."""
+        if sort not in SORTS:
+            raise BadRequest(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+        if role and role not in (*ROLES, "any"):
+            raise BadRequest(f"role must be one of {', '.join(ROLES)}, any, got {role!r}")
+        ids = [cid] if cid is not None else [c["id"] for c in self.study.comparisons if c["kind"] == "sae"]
+        for i in ids:
+            self._comparison(i)
+        rows = [p for i in ids for p in self.study.pairs(i)]
+        if concept:
+            rows = [p for p in rows if concept in p["concepts"]]
+        if role or letter:
+            rows = [p for p in rows if _has_role(p, role, letter)]
+        rows.sort(key=SORTS[sort])
+        offset, limit = page.get("offset", 0), page.get("limit", 100)
+        if offset < 0 or not 1 <= limit <= MAX_LIMIT:
+            raise BadRequest(f"offset must be >= 0 and limit 1..{MAX_LIMIT}, got {offset}, {limit}")
+        return {"total": len(rows), "offset": offset, "limit": limit, "pairs": rows[offset : offset + limit]}
+
+    def pair(self, cid: int, idx_a: int, idx_b: int) -> dict:
+        """Both latents' dashboards, the pair's correlation and rank, and contexts where both fire."""
+        self._comparison(cid)
+        found = self.study.pair(cid, idx_a, idx_b)
+        if found is None:
+            raise NotFound(f"latents {idx_a} and {idx_b} are not a matched pair of comparison {cid}")
+        spec_a, spec_b = self.sides(cid)
+        space_a, space_b = self.space(spec_a), self.space(spec_b)
+        return {
+            **found,
+            "labels": [spec_a.label, spec_b.label],
+            "hooks": [spec_a.hook, spec_b.hook],
+            "a": space_a.dashboard(idx_a),
+            "b": space_b.dashboard(idx_b),
+            "both": self._cofiring(space_a, space_b, idx_a, idx_b),
+        }
+
+    def latent(self, cid: int, side: str, idx: int) -> dict:
+        """One latent's dashboard and its partners in comparison `cid`."""
+        spec = self.sides(cid)[_side(side)]
+        space = self.space(spec)
+        _check_latent(space, idx)
+        return {
+            "c": cid,
+            "side": side,
+            "label": spec.label,
+            "hook": spec.hook,
+            "latent": space.dashboard(idx),
+            "partners": self.study.partners(cid, side, idx),
+        }
+
+    def search(self, cid: int, query: str, n: int = 10) -> dict:
+        """For each side, the `n` latents with the largest mean activation over the usable positions whose token
+        text (stripped, case-folded) is `query`, with their max, how often they fire there, and partners."""
+        key = query.strip().casefold()
+        if not key:
+            raise BadRequest("give a token or word to search for (q)")
+        out = {"c": cid, "query": query}
+        for side, spec in zip("ab", self.sides(cid), strict=True):
+            space = self.space(spec)
+            where = space.view.words.get(key, np.zeros(0, dtype=np.int64))
+            out[f"n_{side}"] = len(where)
+            out[side] = self._top_on(space, cid, side, where, n) if len(where) else []
+        return out
+
+    def logits(self, cid: int, side: str, idx: int) -> dict:
+        """The tokens latent `idx`'s decoder direction promotes and suppresses through its model's unembedding."""
+        spec = self.sides(cid)[_side(side)]
+        space = self.space(spec)
+        _check_latent(space, idx)
+        unembedding, tokenizer = self._unembedding(space.view)
+        return {
+            "c": cid,
+            "side": side,
+            "latent": idx,
+            **logit_effects(space.decoder_row(idx), unembedding, tokenizer.decode),
+        }
+
+    # ------------------------------------------------------------ helpers
+    def _top_on(self, space: LatentSpace, cid: int, side: str, where: np.ndarray, n: int) -> list[dict]:
+        codes, _ = space.codes()
+        sub = codes[where]  # [m, d_sae] rows at the query's positions
+        mean = np.asarray(sub.sum(axis=0)).ravel() / len(where)
+        peak = np.asarray(sub.max(axis=0).toarray()).ravel()
+        fires = np.bincount(sub.indices[sub.data != 0], minlength=space.d_sae)
+        order = [int(i) for i in np.argsort(-mean, kind="stable")[:n] if mean[i] > 0]
+        return [
+            {
+                "latent": i,
+                "mean": float(mean[i]),
+                "max": float(peak[i]),
+                "n_fire": int(fires[i]),
+                "partners": self.study.partners(cid, side, i),
+            }
+            for i in order
+        ]
+
+    def _cofiring(self, space_a: LatentSpace, space_b: LatentSpace, idx_a: int, idx_b: int) -> dict:
+        """Aligned positions where both latents fire, the strongest by min(act_a / max_a, act_b / max_b)."""
+        pos_a, pos_b = self._alignment(space_a.view, space_b.view)
+        col_a, col_b = _dense(space_a, idx_a), _dense(space_b, idx_b)
+        va, vb = col_a[pos_a], col_b[pos_b]  # [n_aligned] each
+        both = np.flatnonzero((va > 0) & (vb > 0))
+        out = {"n_aligned": len(pos_a), "n_both": len(both), "n_a": int((va > 0).sum()), "n_b": int((vb > 0).sum())}
+        if not len(both):
+            return {**out, "contexts": []}
+        score = np.minimum(va[both] / va.max(), vb[both] / vb.max())
+        best = both[np.lexsort((both, -score))[:N_COFIRE]]
+        out["contexts"] = [
+            {"a": space_a.view.context(int(pos_a[k]), va[k]), "b": space_b.view.context(int(pos_b[k]), vb[k])}
+            for k in best
+        ]
+        return out
+
+    def _alignment(self, view_a: StoreView, view_b: StoreView) -> tuple[np.ndarray, np.ndarray]:
+        """Aligned usable positions of two stores (`compare.align.align_stores`), computed once per pair."""
+        key = (str(view_a.store.path), str(view_b.store.path))
+        with self._lock:
+            if key not in self._alignments:
+                if view_a is view_b:
+                    both = np.arange(len(view_a.usable))
+                    self._alignments[key] = (both, both)
+                else:
+                    from ..compare.align import align_stores
+
+                    align = align_stores(view_a.store, view_b.store)
+                    pos_a = np.searchsorted(view_a.usable, align.rows_a)
+                    pos_b = np.searchsorted(view_b.usable, align.rows_b)
+                    self._alignments[key] = (pos_a, pos_b)
+            return self._alignments[key]
+
+    def _unembedding(self, view: StoreView) -> tuple[np.ndarray, object]:
+        """The output embedding W_U [vocab, d_model] float32 of the store's model, and its tokenizer (the model
+        is loaded once, on the first request; only W_U is kept)."""
+        spec = view.store.manifest["model"]["spec"]
+        with self._lock:
+            if spec not in self._unembeddings:
+                from ..compare.align import tokenizer_for_store
+                from ..models import load_model
+
+                handle = load_model(spec, dtype="float32")
+                weight = handle.model.get_output_embeddings().weight.detach().float().cpu().numpy()
+                self._unembeddings[spec] = (weight, tokenizer_for_store(view.store))
+                del handle
+            return self._unembeddings[spec]
+
+
+def _side(side: str) -> int:
+    if side not in ("a", "b"):
+        raise BadRequest(f"side must be a or b, got {side!r}")
+    return 0 if side == "a" else 1
+
+
+def _check_latent(space: LatentSpace, idx: int) -> None:
+    if not 0 <= idx < space.d_sae:
+        raise NotFound(f"latent {idx} is out of range: the SAE has {space.d_sae} latents (0..{space.d_sae - 1})")
+
+
+def _dense(space: LatentSpace, latent: int) -> np.ndarray:
+    """Latent `latent`'s activation at every usable position [n_usable] float32 (zeros where it is silent)."""
+    positions, values = space.column(latent)
+    out = np.zeros(len(space.view.usable), dtype=np.float32)
+    out[positions] = values
+    return out
+
+
+def _has_role(pair: dict, role: str, letter: str) -> bool:
+    roles = pair["roles_a"] + pair["roles_b"]
+    return any(
+        (not role or role == "any" or r["role"] == role) and (not letter or r["letter"] == letter) for r in roles
+    )
