@@ -351,3 +351,26 @@ def test_the_report_links_each_pair_card_into_the_explorer(study):
     for c, a, b in links:
         assert index.pair(int(c), int(a), int(b)) is not None
     assert "saeatlas explore" in report
+
+
+def test_the_default_port_is_the_one_the_report_links_to_or_a_free_one_when_taken(study):
+    import socket
+
+    from saeatlas.explore.study import REPORT_PORT
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", REPORT_PORT))
+        held = True
+    except OSError:  # someone else holds it: taken all the same
+        held = False
+    try:
+        srv = make_server(str(study))
+        assert srv.server_address[1] not in (REPORT_PORT, 0)
+        srv.server_close()
+    finally:
+        holder.close()
+    if held:  # it was free a moment ago: the explorer takes it
+        srv = make_server(str(study))
+        assert srv.server_address[1] == REPORT_PORT
+        srv.server_close()

@@ -367,7 +367,13 @@ def _report(args) -> int:
 # ---------------------------------------------------------------- explore
 def _explore_flags(p) -> dict[str, list[str]]:
     p.add_argument("study", type=Path, help="a finished study's output folder (holding results.json)")
-    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free port, printed)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port on 127.0.0.1 (default: 8765, the one the report's explore links name, or a free port when it "
+        "is taken; 0: a free port); the address is printed",
+    )
     p.add_argument("--no-browser", action="store_true", help="print the address without opening a browser")
     return {}
 

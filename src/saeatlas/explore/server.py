@@ -182,27 +182,40 @@ class ExploreServer(ThreadingHTTPServer):
         return f"http://{HOST}:{self.server_address[1]}/"
 
 
-def make_server(study: str, port: int = 0) -> ExploreServer:
-    """A server over the study in folder `study` at 127.0.0.1:`port` (0: a free port), bound but not serving.
+def make_server(study: str, port: int | None = None) -> ExploreServer:
+    """A server over the study in folder `study` at 127.0.0.1:`port`, bound but not serving.  `port` None: the
+    port the static report links to (REPORT_PORT), or a free one when that is taken; 0: a free port.
 
     Raises SaeAtlasError (one line) for a folder that is not a finished study, a port out of range or in use."""
-    from .study import StudyIndex
+    from .study import REPORT_PORT, StudyIndex
 
-    if not 0 <= port <= 65535:
+    if port is not None and not 0 <= port <= 65535:
         raise SaeAtlasError(f"--port {port} is out of range: give 1-65535, or 0 for a free port")
     explorer = Explorer(StudyIndex(study))
-    try:
-        return ExploreServer(explorer, port)
-    except OSError as exc:
-        raise SaeAtlasError(
-            f"cannot listen on {HOST}:{port} ({exc.strerror or exc}): give another --port, or 0 for a free one"
-        ) from None
+    for chosen in (REPORT_PORT, 0) if port is None else (port,):
+        try:
+            return ExploreServer(explorer, chosen)
+        except OSError as exc:
+            if port is None and chosen == REPORT_PORT:
+                continue  # taken (another explorer?): a free port instead; serve() says the report's links miss it
+            raise SaeAtlasError(
+                f"cannot listen on {HOST}:{chosen} ({exc.strerror or exc}): give another --port, or 0 for a free one"
+            ) from None
+    raise AssertionError("unreachable")
 
 
-def serve(study: str, port: int = 0, open_browser: bool = True) -> int:
+def serve(study: str, port: int | None = None, open_browser: bool = True) -> int:
     """Serve the explorer until Ctrl-C; prints its address (and opens it in the browser unless told not to)."""
+    from .study import REPORT_PORT
+
     server = make_server(study, port)
     print(f"saeatlas explore: {server.explorer.study.out} at {server.url} (Ctrl-C stops)", flush=True)
+    if port is None and server.server_address[1] != REPORT_PORT:
+        print(
+            f"saeatlas explore: port {REPORT_PORT} is taken, so the report's explore links will not reach this "
+            "explorer; open the address above instead",
+            flush=True,
+        )
     if open_browser:
         import webbrowser
 

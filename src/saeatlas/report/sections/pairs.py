@@ -49,8 +49,8 @@ def _card(card: dict, labels: tuple[str, str], number: int, fragment: str | None
 INTRO = (
     "The most correlated matched pairs of each layer pair. Each side shows the latent's top activating "
     "contexts in its own model's text, the firing token highlighted and its activation at the left; "
-    "↵ marks a newline, · a space-only token. With `saeatlas explore <study folder> --port "
-    f"{REPORT_PORT}` running, each card's explore link opens the pair in the explorer (both latents' dashboards)."
+    "↵ marks a newline, · a space-only token. With `saeatlas explore <study folder>` running (on its default "
+    f"port, {REPORT_PORT}), each card's explore link opens the pair in the explorer (both latents' dashboards)."
 )
 
 
