@@ -410,7 +410,7 @@ def test_a_neuron_dashboard_is_its_raw_activations(server, study, tiny_llama):
     pairs = c["entry"]["pairs"]
     a, b = pairs["idx_a"][0], pairs["idx_b"][0]
     view = api(server, f"/api/pair?c={c['id']}&a={a}&b={b}")
-    assert view["labels"] == ["a neurons (control)", "b neurons (control)"]
+    assert view["labels"] == ["a", "b"] and view["a"]["kind"] == view["b"]["kind"] == "neurons"
     spec = StudyIndex(study).sides(c["id"])[0]
     assert spec.kind == "neurons" and spec.sae is None
     store = ActivationStore(spec.store)
@@ -440,7 +440,11 @@ def test_a_neuron_dashboard_is_its_raw_activations(server, study, tiny_llama):
     found = api(server, f"/api/search?c={c['id']}&q=%20Fox%20")
     assert found["n_a"] > 0 and found["a"] and found["a"][0]["mean"] >= found["a"][-1]["mean"]
     latent = api(server, f"/api/latent?c={c['id']}&side=b&i={b}")
-    assert latent["label"] == "b neurons (control)" and {p["idx"] for p in latent["partners"]} >= {a}
+    assert (
+        latent["label"] == "b"
+        and latent["latent"]["unit"] == "neuron"
+        and {p["idx"] for p in latent["partners"]} >= {a}
+    )
 
 
 def test_the_shifted_control_co_fires_on_the_shifted_alignment(server, study):

@@ -202,8 +202,8 @@ class StudyIndex:
         store_a, store_b = self.path(cfg["store_a"]), self.path(cfg["store_b"])
         if c["kind"] == "neurons":
             return (
-                SideSpec(f"{la} neurons (control)", store_a, None, ha, "neurons", "a"),
-                SideSpec(f"{lb} neurons (control)", store_b, None, hb, "neurons", "b"),
+                SideSpec(la, store_a, None, ha, "neurons", "a"),
+                SideSpec(lb, store_b, None, hb, "neurons", "b"),
             )
         a = SideSpec(la, store_a, self._sae(cfg["saes_a"], ha), ha)
         if c["kind"] == "skyline":
