@@ -49,7 +49,7 @@ class Explorer:
         self._alignments: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
         self._unembeddings: dict[str, tuple[np.ndarray, object]] = {}
         self._build_lock = threading.Lock()  # rebuilding random-init SAEs (slow: not under `_lock`)
-        self._side_cache = None
+        self._compare_alignment = None  # compare's Alignment (random-init SAEs are calibrated on it)
         self._random_saes: dict[tuple[str, str], object] = {}
 
     # ------------------------------------------------------------ loading
@@ -87,19 +87,19 @@ class Explorer:
             return self._random_saes[key]
 
     def _sides_of_compare(self):
-        """compare's `SideCache` over the study's stores and aligned positions (built once; under _build_lock)."""
-        if self._side_cache is None:
-            import dataclasses
+        """A fresh `SideCache` of compare over the study's stores and aligned positions (the alignment is kept;
+        the cache, with the real SAEs' codes it encodes, is dropped by the caller; under _build_lock)."""
+        import dataclasses
 
-            from ..compare.align import align_stores
-            from ..compare.sides import SideCache, limit_positions
+        from ..compare.align import align_stores
+        from ..compare.sides import SideCache, limit_positions
 
-            # the junk / top-token filters change matches, not codes: off, so no vocabulary is decoded
-            cfg = dataclasses.replace(self.study.compare_config(), junk_filter=False, overlap_filter=False)
-            store_a, store_b = self.view(cfg.store_a).store, self.view(cfg.store_b).store
-            align = limit_positions(align_stores(store_a, store_b), cfg.max_positions)
-            self._side_cache = SideCache(cfg, store_a, store_b, align)
-        return self._side_cache
+        # the junk / top-token filters change matches, not codes: off, so no vocabulary is decoded
+        cfg = dataclasses.replace(self.study.compare_config(), junk_filter=False, overlap_filter=False)
+        store_a, store_b = self.view(cfg.store_a).store, self.view(cfg.store_b).store
+        if self._compare_alignment is None:
+            self._compare_alignment = limit_positions(align_stores(store_a, store_b), cfg.max_positions)
+        return SideCache(cfg, store_a, store_b, self._compare_alignment)
 
     def sides(self, cid: int) -> tuple[SideSpec, SideSpec]:
         try:
