@@ -105,7 +105,7 @@ class Explorer:
         try:
             return self.study.sides(cid)
         except KeyError:
-            raise NotFound(f"comparison {cid} has no stored latents to show (only sae, shifted and skyline do)")
+            raise NotFound(f"comparison {cid} has no latents to show")
 
     def _comparison(self, cid: int) -> dict:
         try:
