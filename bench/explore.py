@@ -5,7 +5,9 @@
 Starts the server in this process (port 0), then times over HTTP: the page and /api/study from the start
 (time to first page), the pair list, the first view of the strongest pair (its two SAEs encode the store on
 first use), the same view again (cached), a second pair of the same layer pair, a search, and the logit
-effects (the first loads the model's unembedding).  Prints a table of seconds.
+effects (the first loads the model's unembedding); then, for the same layer pair, each control's strongest
+pair, first and repeated (random_init: its SAE rebuilt and calibrated as compare built it; neurons: columns
+read from the store; shifted: the shift=1 alignment).  Prints a table of seconds.
 """
 
 from __future__ import annotations
@@ -62,6 +64,23 @@ def main() -> None:
     seconds, _ = _get(base, f"/api/logits?c={cid}&side=a&i={first['idx_a']}")
     rows.append(("logit effects, first (loads the unembedding)", seconds, ""))
     rows.append(("logit effects, repeated", _get(base, f"/api/logits?c={cid}&side=a&i={first['idx_a']}")[0], ""))
+    sae = study["comparisons"][cid]
+    for c in study["comparisons"]:
+        if c["kind"] not in ("random_init", "neurons", "shifted") or (c["hook_a"], c["hook_b"]) != (
+            sae["hook_a"],
+            sae["hook_b"],
+        ):
+            continue
+        top = json.loads(urllib.request.urlopen(f"{base}/api/pairs?c={c['id']}&limit=1").read())["pairs"]
+        if not top:
+            continue
+        path = f"/api/pair?c={c['id']}&a={top[0]['idx_a']}&b={top[0]['idx_b']}"
+        seconds, size = _get(base, path)
+        rows.append((f"{c['kind']} control pair view, first", seconds, f"{size} B"))
+        rows.append((f"{c['kind']} control pair view, repeated", min(_get(base, path)[0] for _ in range(2)), ""))
+        if c["kind"] == "neurons":
+            seconds, _ = _get(base, f"/api/logits?c={c['id']}&side=b&i={top[0]['idx_b']}")
+            rows.append(("neuron logit effects, first (B's unembedding)", seconds, ""))
     server.shutdown()
     width = max(len(r[0]) for r in rows)
     print(f"saeatlas explore over {args.study}")

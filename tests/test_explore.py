@@ -236,7 +236,8 @@ def test_request_paths_never_name_files(server, path):
         ("/api/pair?c=0&a=1", 400),
         ("/api/pair?c=999&a=1&b=1", 404),
         ("/api/pair?c=0&a=47&b=999999", 404),
-        ("/api/pair?c=2&a=0&b=0", 404),  # the neurons control: no stored latents
+        ("/api/pair?c=2&a=0&b=999999", 404),  # the neurons control: not a matched pair
+        ("/api/latent?c=2&side=a&i=999999", 404),  # past the last neuron
         ("/api/latent?c=0&side=c&i=1", 400),
         ("/api/latent?c=0&side=a&i=48", 404),
         ("/api/pairs?c=0&sort=evil", 400),
@@ -374,3 +375,122 @@ def test_the_default_port_is_the_one_the_report_links_to_or_a_free_one_when_take
         srv = make_server(str(study))
         assert srv.server_address[1] == REPORT_PORT
         srv.server_close()
+
+
+# ---------------------------------------------------------------- the controls' dashboards
+def _control(study: Path, kind: str, hook_a: str = "resid_post.1", hook_b: str = "resid_post.1") -> dict:
+    (c,) = [
+        c for c in comparison_list(_results(study)) if (c["kind"], c["hook_a"], c["hook_b"]) == (kind, hook_a, hook_b)
+    ]
+    return c
+
+
+def test_the_random_init_sae_is_rebuilt_as_compare_built_it(server, study):
+    """Its codes at compare's aligned positions give the stored correlations of the control's listed pairs."""
+    from saeatlas.compare.align import align_stores, gather_rows
+    from saeatlas.compare.codes import encode_sparse
+    from saeatlas.compare.contexts import top_contexts
+    from saeatlas.compare.sides import limit_positions
+    from saeatlas.data.store import ActivationStore
+    from saeatlas.explore.latents import TOP_N
+    from saeatlas.explore.views import Explorer
+    from saeatlas.sae.formats import load_sae
+
+    c = _control(study, "random_init")
+    index = StudyIndex(study)
+    spec_a, spec_b = index.sides(c["id"])
+    assert spec_b.kind == "random_init" and spec_b.label == "b random-init SAE (control)"
+    rebuilt = Explorer(index).random_init_sae(spec_b)
+    real_b = load_sae(spec_b.sae)
+    assert rebuilt.cfg.d_sae == real_b.cfg.d_sae and not np.allclose(rebuilt.W_dec.detach(), real_b.W_dec.detach())
+    cfg = index.compare_config()
+    store_a, store_b = ActivationStore(spec_a.store), ActivationStore(spec_b.store)
+    align = limit_positions(align_stores(store_a, store_b), cfg.max_positions)
+    codes_a = encode_sparse(load_sae(spec_a.sae).eval(), gather_rows(store_a, spec_a.hook, align.rows_a)).toarray()
+    codes_b = encode_sparse(rebuilt.eval(), gather_rows(store_b, spec_b.hook, align.rows_b)).toarray()
+    pairs = c["entry"]["pairs"]
+    assert len(pairs["idx_a"]) >= 3
+    for a, b, stored in list(zip(pairs["idx_a"], pairs["idx_b"], pairs["corr"], strict=True))[:5]:
+        assert np.corrcoef(codes_a[:, a], codes_b[:, b])[0, 1] == pytest.approx(stored, abs=1e-5)
+    # the pair view shows the rebuilt SAE's dashboard: its top contexts are top_contexts' with that SAE
+    a, b = pairs["idx_a"][0], pairs["idx_b"][0]
+    view = api(server, f"/api/pair?c={c['id']}&a={a}&b={b}")
+    assert view["labels"] == ["a", "b random-init SAE (control)"] and view["b"]["kind"] == "random_init"
+    assert _strip(view["b"]["top"]) == top_contexts(store_b, rebuilt, spec_b.hook, [b], n=TOP_N)[b]
+    assert view["b"]["n_fire"] == sum(view["b"]["histogram"]["counts"]) > 0
+    logits = api(server, f"/api/logits?c={c['id']}&side=b&i={b}")
+    assert logits["positive"] and logits["positive"][0]["value"] >= logits["negative"][0]["value"]
+
+
+def test_a_neuron_dashboard_is_its_raw_activations(server, study, tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from saeatlas.compare.contexts import usable_rows
+    from saeatlas.data.store import ActivationStore
+    from saeatlas.explore.latents import BINS, TOP_N
+
+    c = _control(study, "neurons")
+    pairs = c["entry"]["pairs"]
+    a, b = pairs["idx_a"][0], pairs["idx_b"][0]
+    view = api(server, f"/api/pair?c={c['id']}&a={a}&b={b}")
+    assert view["labels"] == ["a", "b"] and view["a"]["kind"] == view["b"]["kind"] == "neurons"
+    spec = StudyIndex(study).sides(c["id"])[0]
+    assert spec.kind == "neurons" and spec.sae is None
+    store = ActivationStore(spec.store)
+    values = _acts(store, spec.hook).numpy()[:, a]  # [n_usable] neuron a at every usable position
+    d = view["a"]
+    assert d["unit"] == "neuron" and d["fires"] == "positive"
+    assert d["n_usable"] == len(usable_rows(store)[1]) == len(values)
+    assert d["n_fire"] == int((values > 0).sum()) and d["frequency"] == pytest.approx(float((values > 0).mean()))
+    assert d["max"] == pytest.approx(float(values.max())) and d["min"] == pytest.approx(float(values.min()))
+    h = d["histogram"]
+    assert h["signed"] and len(h["counts"]) == BINS and sum(h["counts"]) == len(values)
+    assert h["edges"][0] == pytest.approx(float(values.min())) and h["edges"][-1] == pytest.approx(float(values.max()))
+    top = np.sort(values)[::-1][:TOP_N]
+    assert [x["activation"] for x in d["top"]] == pytest.approx(top.tolist(), rel=1e-6)
+    assert all(x["acts"][x["focus"]] == pytest.approx(x["activation"]) for x in d["top"])
+    for interval in d["intervals"]:
+        assert all(interval["lo"] < x["activation"] <= interval["hi"] + 1e-6 for x in interval["contexts"])
+    # logit effects of the unit direction e_a: column a of W_U
+    w_u = AutoModelForCausalLM.from_pretrained(tiny_llama).get_output_embeddings().weight.detach().float().numpy()
+    got = api(server, f"/api/logits?c={c['id']}&side=a&i={a}")
+    column = w_u[:, a]
+    assert [t["id"] for t in got["positive"]] == np.argsort(-column, kind="stable")[:10].tolist()
+    assert got["positive"][0]["value"] == pytest.approx(float(column.max()), rel=1e-5)
+    # co-firing: positions where both neurons are positive; search ranks neurons by their mean on the token
+    both = view["both"]
+    assert both["n_a"] >= both["n_both"] and both["n_aligned"] > 0
+    found = api(server, f"/api/search?c={c['id']}&q=%20Fox%20")
+    assert found["n_a"] > 0 and found["a"] and found["a"][0]["mean"] >= found["a"][-1]["mean"]
+    latent = api(server, f"/api/latent?c={c['id']}&side=b&i={b}")
+    assert (
+        latent["label"] == "b"
+        and latent["latent"]["unit"] == "neuron"
+        and {p["idx"] for p in latent["partners"]} >= {a}
+    )
+
+
+def test_the_shifted_control_co_fires_on_the_shifted_alignment(server, study):
+    from saeatlas.compare.align import align_stores
+    from saeatlas.data.store import ActivationStore
+    from saeatlas.explore.views import Explorer
+
+    c = _control(study, "shifted")
+    pairs = c["entry"]["pairs"]
+    index = StudyIndex(study)
+    spec_a, spec_b = index.sides(c["id"])
+    store_a, store_b = ActivationStore(spec_a.store), ActivationStore(spec_b.store)
+    shifted, plain = align_stores(store_a, store_b, shift=1), align_stores(store_a, store_b)
+    assert len(shifted.rows_a) != len(plain.rows_a) or not np.array_equal(shifted.rows_b, plain.rows_b)
+    explorer = Explorer(index)
+    space_a, space_b = explorer.space(spec_a), explorer.space(spec_b)
+    checked = 0
+    for a, b in list(zip(pairs["idx_a"], pairs["idx_b"], strict=True))[:5]:
+        both = api(server, f"/api/pair?c={c['id']}&a={a}&b={b}")["both"]
+        assert both["n_aligned"] == len(shifted.rows_a)
+        # activations at the shifted pairs of rows (usable rows -> their positions in each store's usable list)
+        va = space_a.dense(a)[np.searchsorted(space_a.view.usable, shifted.rows_a)]
+        vb = space_b.dense(b)[np.searchsorted(space_b.view.usable, shifted.rows_b)]
+        assert both["n_both"] == int(((va > 0) & (vb > 0)).sum())
+        checked += both["n_both"] > 0
+    assert checked

@@ -2,8 +2,8 @@
 
 Fails on any console error, page error or request outside the explorer's own 127.0.0.1 address.  Checks
 that sort, the layer-pair / concept / absorption-role filters and search work, that a permalink opened in a
-fresh page shows the same view, that a pair's contexts on the page are `top_contexts`'s, and that the corpus's
-markup (`<script>`) shows as text.
+fresh page shows the same view, that a pair's contexts on the page are `top_contexts`'s, that the corpus's
+markup (`<script>`) shows as text, and that the controls' pairs (random-init SAE, neurons) open with dashboards.
 """
 
 from __future__ import annotations
@@ -134,6 +134,31 @@ def test_the_explorer_in_chromium(served):
             shown = fresh.locator(".dashboard .top").inner_text()
             assert "<" in shown and fresh.locator(".dashboard script, .dashboard b").count() == 0
             assert fresh.evaluate("document.scripts.length") == 1
+
+            # the controls' pairs open like the others: the random-init SAE's and the raw neurons' dashboards
+            kinds = {c["kind"]: c["id"] for c in index.comparisons if c["hook_a"] == c["hook_b"] == "resid_post.1"}
+            fresh.goto(f"{server.url}#view=pairs&c={kinds['random_init']}")
+            _ready(fresh)
+            fresh.locator("#pairs-table tbody tr a").first.click()
+            _ready(fresh)
+            first = index.pairs(kinds["random_init"])[0]
+            assert f"c={kinds['random_init']}&a={first['idx_a']}&b={first['idx_b']}" in fresh.url
+            assert fresh.locator("#pair-control").inner_text() == "random-init SAE (control)"
+            heading = fresh.locator(".dashboard.side-b h3").inner_text()
+            assert heading == f"b random-init SAE (control) resid_post.1 · latent {first['idx_b']}"
+            assert fresh.locator(".dashboard.side-b .top li.context").count() > 0
+            fresh.wait_for_function("() => document.querySelectorAll('.dashboard.side-b .logits li').length === 20")
+            neuron = index.pairs(kinds["neurons"])[0]
+            fresh.goto(f"{server.url}#view=pair&c={kinds['neurons']}&a={neuron['idx_a']}&b={neuron['idx_b']}")
+            _ready(fresh)
+            assert fresh.locator(".dashboard.side-a h3").inner_text() == (
+                f"a resid_post.1 · neuron {neuron['idx_a']} (control)"
+            )
+            assert fresh.locator("#pair-control").inner_text() == "neurons (control)"
+            assert fresh.locator(".dashboard.side-a .top li.context").count() == TOP_N
+            assert fresh.locator(".dashboard.side-a .hist span").count() == 24
+            assert "value > 0" in fresh.locator(".dashboard.side-a .stats").inner_text()
+            fresh.wait_for_function("() => document.querySelectorAll('.dashboard.side-a .logits li').length === 20")
         finally:
             browser.close()
     assert not errors, errors

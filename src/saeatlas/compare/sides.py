@@ -131,23 +131,31 @@ class SideCache:
         if kind == "neurons":
             side = neuron_side(f"{name} {hook} neurons", store, hook, rows)
         else:
-            template = cfg.saes_a if which == "a" else cfg.saes_b
-            if kind == "skyline":
-                template = cfg.skyline_saes_a
-            sae = load_sae(sae_folder(template, hook), self.device)
             label = f"{name} {hook}"
             if kind == "random_init":
-                # made on the CPU from a CPU generator (the same weights on every device), then moved
-                sae = self._random_like(sae.cpu(), which, hook, store, rows, seed).to(self.device)
+                sae = self.random_init_sae(which, hook, seed).to(self.device)
                 label += " random-init SAE" + (f" (seed {seed})" if seed else "")
-            elif kind == "skyline":
-                label = f"A {hook} SAE of another seed"
+            else:
+                template = cfg.skyline_saes_a if kind == "skyline" else cfg.saes_a if which == "a" else cfg.saes_b
+                sae = load_sae(sae_folder(template, hook), self.device)
+                if kind == "skyline":
+                    label = f"A {hook} SAE of another seed"
             tokenizer = tokenizer_for_store(store) if self.top_tokens else None
             side = sae_side(
                 label, store, hook, sae, rows, tokens, junk, tokenizer=tokenizer, paper_junk=self.paper_junk
             )
         self._cache[key] = side
         return side
+
+    def random_init_sae(self, which: str, hook: str, seed: int = 0) -> SparseAutoencoder:
+        """The random_init control's SAE of model `which` at `hook` (seed 0: the one whose matched pairs the results
+        list), on the CPU: made from a CPU generator, so the same weights on every device.  Reproducible from the
+        comparison's config alone (the explorer rebuilds it this way); encodes the real SAE's codes first."""
+        template = self.cfg.saes_a if which == "a" else self.cfg.saes_b
+        sae = load_sae(sae_folder(template, hook), "cpu")
+        store = self.store_a if which == "a" else self.store_b
+        rows = self.align.rows_a if which == "a" else self.align.rows_b
+        return self._random_like(sae, which, hook, store, rows, seed)
 
     def _random_like(self, sae: SparseAutoencoder, which: str, hook: str, store, rows: np.ndarray, seed: int):
         """A random-init SAE of `sae`'s architecture (weights from seed `cfg.seed + 1 + seed`) with the real SAE's

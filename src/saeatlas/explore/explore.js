@@ -42,8 +42,10 @@ async function api(path, params) {
   return body;
 }
 
+const KIND_NAMES = { random_init: "random-init SAE (control)", neurons: "neurons (control)", shifted: "shifted by one token (control)", skyline: "A SAE of another seed (skyline)" };
+
 function comparisonName(c) {
-  const kind = c.kind === "sae" ? "" : " · " + c.kind;
+  const kind = c.kind === "sae" ? "" : " · " + (KIND_NAMES[c.kind] || c.kind);
   return `${c.hook_a} × ${c.hook_b}${kind}`;
 }
 
@@ -77,34 +79,42 @@ function contextList(contexts, empty) {
 
 function histogram(h) {
   const peak = Math.max(1, ...h.counts);
+  const first = h.signed ? fmt(h.edges[0], 2) : "0";
   const bars = h.counts.map((n, i) => {
     const bar = el("span", { title: `${fmt(h.edges[i], 2)}–${fmt(h.edges[i + 1], 2)}: ${n}` });
     bar.style.height = `${(100 * n) / peak}%`;
     return bar;
   });
   return el("div", { cls: "histogram" }, el("div", { cls: "hist" }, ...bars),
-    el("div", { cls: "hist-axis" }, el("span", { text: "0" }), el("span", { text: fmt(h.edges[h.edges.length - 1], 2) })));
+    el("div", { cls: "hist-axis" }, el("span", { text: first }), el("span", { text: fmt(h.edges[h.edges.length - 1], 2) })));
 }
 
 function roleTags(roles) {
   return (roles || []).map((r) => el("span", { cls: "tag role", text: `${r.role} ${r.letter}` }));
 }
 
+// A latent's name: raw neurons (the neurons control) are "neuron i (control)", an SAE's latents "latent i".
+function unitName(d) {
+  return d.unit === "neuron" ? `neuron ${d.latent} (control)` : `latent ${d.latent}`;
+}
+
 function dashboard(side, label, hook, d, cid, roles) {
-  const box = el("section", { cls: `dashboard side-${side}`, "data-side": side },
-    el("h3", { text: `${label} ${hook} · latent ${d.latent}` }, ...roleTags(roles)),
+  const neuron = d.unit === "neuron";
+  const box = el("section", { cls: `dashboard side-${side}`, "data-side": side, "data-kind": d.kind || "sae" },
+    el("h3", { text: `${label} ${hook} · ${unitName(d)}` }, ...roleTags(roles)),
     el("div", { cls: "stats" },
-      el("span", { text: `fires on ${d.n_fire} of ${d.n_usable} tokens` }),
-      el("span", { text: `frequency ${(100 * d.frequency).toFixed(3)}%` }),
+      el("span", { text: `${neuron ? "positive" : "fires"} on ${d.n_fire} of ${d.n_usable} tokens` }),
+      el("span", { text: `frequency${neuron ? " (value > 0)" : ""} ${(100 * d.frequency).toFixed(3)}%` }),
+      neuron ? el("span", { text: `min ${fmt(d.min, 3)}` }) : null,
       el("span", { text: `max ${fmt(d.max, 3)}` })),
-    el("h4", { text: "activation histogram (nonzero)" }), histogram(d.histogram),
+    el("h4", { text: neuron ? "value histogram (every token, signed)" : "activation histogram (nonzero)" }), histogram(d.histogram),
     el("h4", { text: "top activating contexts" }), el("div", { cls: "top" }, contextList(d.top)));
   for (const interval of d.intervals) {
     box.append(el("h4", { text: `interval ${fmt(interval.lo, 2)}–${fmt(interval.hi, 2)} (${interval.n} tokens)` }),
       el("div", { cls: "interval" }, contextList(interval.contexts, "none in this interval")));
   }
   const logits = el("div", { cls: "logits" }, el("p", { cls: "note", text: "loading the unembedding…" }));
-  box.append(el("h4", { text: "decoder direction through the unembedding" }), logits);
+  box.append(el("h4", { text: neuron ? "unit direction e_i through the unembedding (column i of W_U)" : "decoder direction through the unembedding" }), logits);
   api("/api/logits", { c: cid, side, i: d.latent }).then((r) => {
     const list = (items, cls) => el("ul", { cls }, ...items.map((t) => el("li", {}, el("span", { cls: "tok", text: visible(t.token) }), " " + fmt(t.value, 3))));
     logits.replaceChildren(el("div", {}, el("strong", { text: "promotes" }), list(r.positive, "pos")),
@@ -166,8 +176,10 @@ async function pairView(p) {
   const cid = p.get("c"), a = p.get("a"), b = p.get("b");
   const d = await api("/api/pair", { c: cid, a, b });
   const comp = study.comparisons[Number(cid)];
+  const short = (x) => (x.unit === "neuron" ? `neuron ${x.latent}` : `#${x.latent}`);
   const head = el("div", { cls: "pair-head" },
-    el("h2", { text: `${d.labels[0]} #${d.idx_a} ⟷ ${d.labels[1]} #${d.idx_b}` }),
+    el("h2", { text: `${d.labels[0]} ${short(d.a)} ⟷ ${d.labels[1]} ${short(d.b)}` }),
+    comp.kind === "sae" ? null : el("span", { cls: "tag control", id: "pair-control", text: KIND_NAMES[comp.kind] || comp.kind }),
     el("span", { id: "pair-corr", text: `r = ${fmt(d.corr)}` }),
     el("span", { text: `rank ${d.rank} of ${comp.n_pairs} in ${comparisonName(comp)}` }),
     ...d.concepts.map((x) => el("span", { cls: "tag", text: x })),
@@ -175,7 +187,9 @@ async function pairView(p) {
   const both = d.both;
   const cofire = el("section", { cls: "cofire" },
     el("h3", { text: "contexts where both fire" }),
-    el("p", { cls: "note", text: `both fire on ${both.n_both} of ${both.n_aligned} aligned positions (A alone ${both.n_a}, B ${both.n_b})` }),
+    el("p", { cls: "note", text: `both fire on ${both.n_both} of ${both.n_aligned} aligned positions (A alone ${both.n_a}, B ${both.n_b})` +
+      (comp.kind === "shifted" ? "; B's token is the one after A's (the shifted alignment)" : "") +
+      (comp.kind === "neurons" ? "; a neuron fires where its value is positive" : "") }),
     both.contexts.length
       ? el("ol", { cls: "contexts" }, ...both.contexts.map((x) => el("li", {}, el("ol", { cls: "contexts" }, contextItem(x.a)), el("ol", { cls: "contexts" }, contextItem(x.b)))))
       : el("p", { cls: "note", text: "no aligned position where both fire" }));
@@ -190,7 +204,7 @@ async function latentView(p) {
   const other = side === "a" ? "b" : "a";
   const partners = el("ul", { cls: "partners" }, ...d.partners.map((q) => el("li", {},
     el("a", { href: link({ view: "pair", c: cid, [side]: d.latent.latent, [other]: q.idx }), text: `partner ${q.idx}` }), ` r = ${fmt(q.corr)} (rank ${q.rank})`)));
-  main.replaceChildren(el("h2", { text: `${d.label} ${d.hook} · latent ${d.latent.latent}` }),
+  main.replaceChildren(el("h2", { text: `${d.label} ${d.hook} · ${unitName(d.latent)}` }),
     d.partners.length ? partners : el("p", { cls: "note", text: "no matched partner in this comparison" }),
     el("div", { cls: "sides" }, dashboard(side, d.label, d.hook, d.latent, cid, [])));
 }
@@ -209,7 +223,8 @@ async function searchView(p) {
         el("td", { cls: "num", text: fmt(r.mean) }), el("td", { cls: "num", text: fmt(r.max) }), el("td", { cls: "num", text: r.n_fire }),
         el("td", {}, ...r.partners.slice(0, 5).map((x) => el("a", { cls: "tag", href: link({ view: "pair", c: cid, [side]: r.latent, [side === "a" ? "b" : "a"]: x.idx }), text: `${x.idx} (${fmt(x.corr, 2)})` }))))))) 
       : el("p", { cls: "note", text: "no latent fires on this token" }));
-  const labels = study.comparisons[Number(cid)].side_labels;
+  const comp = study.comparisons[Number(cid)];
+  const labels = comp.side_labels.map((x) => (comp.kind === "neurons" ? `${x} neurons (control)` : x));
   main.replaceChildren(el("h2", { text: `Search: “${q}”` }),
     el("div", { cls: "controls" }, select("c", "layer pair", browsable, cid)),
     el("div", { cls: "search-results" }, column("a", labels[0], d.n_a, d.a), column("b", labels[1], d.n_b, d.b)));

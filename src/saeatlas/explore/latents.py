@@ -6,6 +6,12 @@ the tokens its decoder direction promotes and suppresses through the model's une
 Positions are the store's usable tokens (`compare.contexts.usable_rows`: no BOS/special token, not
 position 0), so a latent's top contexts here are exactly `compare.contexts.top_contexts`'s (both come from
 `contexts_from_codes` on the same codes).  Files are only read (memory maps, safetensors).
+
+The controls have dashboards too: the random_init control's SAE is a `LatentSpace` over an SAE given in memory
+(rebuilt by `views.Explorer`), and the neurons control's "latents" are raw neurons (`NeuronSpace`): neuron i is
+dimension i of the store's activations, signed, so its histogram spans [min, max], its frequency counts the
+positions where it is positive, and its "decoder direction" is the unit vector e_i (its logit effects are
+column i of W_U).
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
+from ..compare.align import gather_rows
 from ..compare.contexts import Texts, store_codes, top_rows, usable_rows
-from ..data.store import ActivationStore
+from ..data.store import ActivationStore, from_storage
 from .study import SideSpec
 
 TOP_N = 10
@@ -29,7 +37,9 @@ INTERVALS = 4
 PER_INTERVAL = 3
 """Contexts sampled from each interval."""
 BINS = 24
-"""Histogram bins over (0, max activation]."""
+"""Histogram bins over (0, max activation] (a neuron's: over [min, max])."""
+NEURON_COLUMNS = 8
+"""Neuron columns [n_usable] a `NeuronSpace` keeps (the most recently used)."""
 N_LOGITS = 10
 """Tokens shown on each side of a decoder direction's logit effects."""
 
@@ -71,13 +81,16 @@ class StoreView:
 
 
 class LatentSpace:
-    """The SAE of one side at its hook, with its codes over the store's usable positions (built once)."""
+    """The SAE of one side at its hook, with its codes over the store's usable positions (built once).
+    `sae`: the SAE itself (the random_init control's, rebuilt); None: loaded from `spec.sae`."""
 
-    def __init__(self, spec: SideSpec, view: StoreView):
+    unit = "latent"
+
+    def __init__(self, spec: SideSpec, view: StoreView, sae=None):
         from ..sae.formats import load_sae
 
         self.spec, self.view = spec, view
-        self.sae = load_sae(spec.sae).eval()
+        self.sae = (load_sae(spec.sae) if sae is None else sae).eval()
         self._lock = threading.Lock()
         self._codes: sp.csr_array | None = None
         self._csc: sp.csc_array | None = None
@@ -120,14 +133,33 @@ class LatentSpace:
         counts = np.histogram(values, bins=edges)[0] if peak > 0 else np.zeros(BINS, dtype=np.int64)
         return {
             "latent": latent,
+            "unit": self.unit,
+            "kind": self.spec.kind,
+            "fires": "nonzero",
             "n_fire": len(values),
             "n_usable": n_usable,
             "frequency": len(values) / n_usable if n_usable else 0.0,
             "max": peak,
             "top": top,
-            "intervals": self._intervals(latent, positions, values, peak, shade),
+            "intervals": _intervals(latent, positions, values, peak, self.view.usable, shade),
             "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
         }
+
+    def dense(self, latent: int) -> np.ndarray:
+        """The latent's activation at every usable position [n_usable] float32 (zeros where it is silent)."""
+        positions, values = self.column(latent)
+        out = np.zeros(len(self.view.usable), dtype=np.float32)
+        out[positions] = values
+        return out
+
+    def on(self, where: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, max, n_fire) [d_sae] each of the codes at usable positions `where` [m] (m >= 1)."""
+        codes, _ = self.codes()
+        sub = codes[where]  # [m, d_sae]
+        mean = np.asarray(sub.sum(axis=0)).ravel() / len(where)
+        peak = np.asarray(sub.max(axis=0).toarray()).ravel()
+        fires = np.bincount(sub.indices[sub.data != 0], minlength=self.d_sae)
+        return mean, peak, fires
 
     def context(self, row: int, activation: float, fires: dict[int, float]) -> dict:
         """The context around global `row` (top_contexts' format) with `acts` from `fires` (row -> activation)."""
@@ -135,22 +167,114 @@ class LatentSpace:
         context["acts"] = [fires.get(r, 0.0) for r in self.view.texts.context_rows(row, WIDTH, AFTER)]
         return context
 
-    def _intervals(self, latent: int, positions: np.ndarray, values: np.ndarray, peak: float, shade) -> list[dict]:
-        """Seeded samples of contexts whose activation lies in each lower interval of (0, peak], highest first."""
-        rng = np.random.default_rng(latent)
-        out = []
-        for j in range(INTERVALS, 0, -1):
-            lo, hi = peak * (j - 1) / INTERVALS, peak * j / INTERVALS
-            inside = np.flatnonzero((values > lo) & (values <= hi))
-            chosen = rng.choice(inside, size=min(PER_INTERVAL, len(inside)), replace=False) if len(inside) else []
-            chosen = sorted(chosen, key=lambda k: (-values[k], positions[k]))
-            contexts = [shade(int(self.view.usable[positions[k]]), float(values[k])) for k in chosen]
-            out.append({"lo": lo, "hi": hi, "n": len(inside), "contexts": contexts})
-        return out
-
     def decoder_row(self, latent: int) -> np.ndarray:
         """W_dec[latent] [d_in] float32."""
         return self.sae.W_dec[latent].detach().float().cpu().numpy()
+
+
+class NeuronSpace:
+    """The raw neurons of one side at its hook (the neurons control; compare's `neuron_side`): neuron i is
+    dimension i of the store's activations.  A neuron's column is read from the memory maps when asked for (the
+    last NEURON_COLUMNS are kept), never the whole [n, d_model]."""
+
+    unit = "neuron"
+
+    def __init__(self, spec: SideSpec, view: StoreView):
+        self.spec, self.view = spec, view
+        self._lock = threading.Lock()
+        self._columns: dict[int, np.ndarray] = {}
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.view.store.d_model)
+
+    def dense(self, neuron: int) -> np.ndarray:
+        """The neuron's activation at every usable position [n_usable] float32 (signed)."""
+        with self._lock:
+            if neuron in self._columns:
+                self._columns[neuron] = self._columns.pop(neuron)  # most recent last
+                return self._columns[neuron]
+        store = self.view.store
+        parts = [
+            from_storage(store.raw_activations(self.spec.hook, s)[:, neuron], store.dtype).float().numpy()
+            for s in range(store.n_shards)
+        ]
+        column = np.concatenate(parts)[self.view.usable].astype(np.float32)  # [n_usable]
+        with self._lock:
+            self._columns[neuron] = column
+            while len(self._columns) > NEURON_COLUMNS:
+                self._columns.pop(next(iter(self._columns)))
+        return column
+
+    def column(self, neuron: int) -> tuple[np.ndarray, np.ndarray]:
+        """Usable positions [m] where the neuron is positive ("fires") and its values there [m] float32."""
+        values = self.dense(neuron)
+        positions = np.flatnonzero(values > 0)
+        return positions, values[positions]
+
+    def dashboard(self, neuron: int) -> dict:
+        """A neuron's dashboard, as `LatentSpace.dashboard`'s with these differences: `top` are the TOP_N largest
+        values (ties: the earlier position); the histogram spans [min, max] of every usable position's value
+        (`signed`); `n_fire` / `frequency` count the positions where it is positive (`fires`: "positive"); the
+        intervals sample (0, max]; `min` is its smallest value."""
+        values = self.dense(neuron)
+        usable = self.view.usable
+        positions, positive = self.column(neuron)
+        shade = lambda row, act: self.context(row, act, values)
+        top = np.lexsort((np.arange(len(values)), -values))[:TOP_N]
+        lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
+        edges = np.linspace(lo, hi, BINS + 1) if hi > lo else np.linspace(lo - 0.5, hi + 0.5, BINS + 1)
+        counts = np.histogram(values, bins=edges)[0]
+        peak = max(hi, 0.0)
+        return {
+            "latent": neuron,
+            "unit": self.unit,
+            "kind": self.spec.kind,
+            "fires": "positive",
+            "n_fire": len(positions),
+            "n_usable": len(usable),
+            "frequency": len(positions) / len(usable) if len(usable) else 0.0,
+            "max": hi,
+            "min": lo,
+            "top": [shade(int(usable[p]), float(values[p])) for p in top],
+            "intervals": _intervals(neuron, positions, positive, peak, usable, shade),
+            "histogram": {"edges": edges.tolist(), "counts": counts.tolist(), "signed": True},
+        }
+
+    def context(self, row: int, activation: float, values: np.ndarray) -> dict:
+        """The context around global `row` with `acts`: the neuron's value at each of its tokens (0 where unusable)."""
+        usable = self.view.usable
+        context = self.view.texts.context(row, activation, WIDTH, AFTER)
+        rows = np.asarray(self.view.texts.context_rows(row, WIDTH, AFTER), dtype=np.int64)
+        at = np.minimum(np.searchsorted(usable, rows), len(usable) - 1)
+        context["acts"] = np.where(usable[at] == rows, values[at], 0.0).astype(float).tolist()
+        return context
+
+    def on(self, where: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, max, n_positive) [d_model] each of the activations at usable positions `where` [m] (m >= 1)."""
+        acts = torch.cat(list(gather_rows(self.view.store, self.spec.hook, self.view.usable[where]))).numpy()
+        return acts.mean(0), acts.max(0), (acts > 0).sum(0)
+
+    def decoder_row(self, neuron: int) -> np.ndarray:
+        """The unit vector e_neuron [d_model] float32 (its logit effects are column `neuron` of W_U)."""
+        out = np.zeros(self.d_sae, dtype=np.float32)
+        out[neuron] = 1.0
+        return out
+
+
+def _intervals(latent: int, positions: np.ndarray, values: np.ndarray, peak: float, usable: np.ndarray, shade):
+    """Seeded samples of contexts whose activation lies in each lower interval of (0, peak], highest first:
+    [{lo, hi, n, contexts}]; positions [m] index `usable`, values [m] their activations."""
+    rng = np.random.default_rng(latent)
+    out = []
+    for j in range(INTERVALS, 0, -1):
+        lo, hi = peak * (j - 1) / INTERVALS, peak * j / INTERVALS
+        inside = np.flatnonzero((values > lo) & (values <= hi))
+        chosen = rng.choice(inside, size=min(PER_INTERVAL, len(inside)), replace=False) if len(inside) else []
+        chosen = sorted(chosen, key=lambda k: (-values[k], positions[k]))
+        contexts = [shade(int(usable[positions[k]]), float(values[k])) for k in chosen]
+        out.append({"lo": lo, "hi": hi, "n": len(inside), "contexts": contexts})
+    return out
 
 
 def logit_effects(direction: np.ndarray, unembedding: np.ndarray, decode, n: int = N_LOGITS) -> dict:

@@ -24,8 +24,11 @@ from ..fileio import read_json
 
 CONTROL_KINDS = ("random_init", "neurons", "shifted")
 """Controls of a layer pair, in the order the explorer lists them after the real SAEs."""
-BROWSABLE = ("sae", "shifted", "skyline")
-"""Comparisons whose both sides are stored SAEs (random_init's SAE is not saved; neurons have no SAE)."""
+BROWSABLE = ("sae", *CONTROL_KINDS, "skyline")
+"""Comparisons whose latents the explorer shows: every kind (random_init's SAE is rebuilt from the comparison's
+config, neurons are the store's raw activations)."""
+SIDE_KINDS = ("sae", "random_init", "neurons")
+"""What a side's latents are: a stored SAE's, the random_init control's rebuilt SAE's, or raw neurons."""
 REPORT_PORT = 8765
 """The port the static report's pair cards link to (`saeatlas explore OUT --port 8765`)."""
 ROLES = ("main", "split", "absorber")
@@ -34,12 +37,18 @@ ROLES = ("main", "split", "absorber")
 
 @dataclass(frozen=True)
 class SideSpec:
-    """One side of a comparison: a model's store and SAE at a hook."""
+    """One side of a comparison: a model's store and SAE at a hook.
+
+    kind (SIDE_KINDS): "sae" (the SAE in folder `sae`), "random_init" (the control's random SAE of the
+    architecture of the SAE in `sae`, rebuilt as the comparison built it) or "neurons" (the store's raw
+    activations at `hook`; `sae` is None).  `model` is "a" or "b": which model of the comparison it reads."""
 
     label: str
     store: Path
-    sae: Path
+    sae: Path | None
     hook: str
+    kind: str = "sae"
+    model: str = "a"
 
 
 def comparison_list(results: dict) -> list[dict]:
@@ -189,13 +198,40 @@ class StudyIndex:
             raise KeyError(cid)
         cfg = self.results["compare"]["config"]
         la, lb = self.labels
+        ha, hb = c["hook_a"], c["hook_b"]
         store_a, store_b = self.path(cfg["store_a"]), self.path(cfg["store_b"])
-        a = SideSpec(la, store_a, self._sae(cfg["saes_a"], c["hook_a"]), c["hook_a"])
+        if c["kind"] == "neurons":
+            return (
+                SideSpec(la, store_a, None, ha, "neurons", "a"),
+                SideSpec(lb, store_b, None, hb, "neurons", "b"),
+            )
+        a = SideSpec(la, store_a, self._sae(cfg["saes_a"], ha), ha)
         if c["kind"] == "skyline":
             seed = ((self.results.get("study") or {}).get("compare") or {}).get("skyline_seed")
-            sky = self._sae(cfg["skyline_saes_a"], c["hook_a"])
-            return a, SideSpec(f"{la} seed {seed}" if seed is not None else f"{la} skyline", store_a, sky, c["hook_a"])
-        return a, SideSpec(lb, store_b, self._sae(cfg["saes_b"], c["hook_b"]), c["hook_b"])
+            sky = self._sae(cfg["skyline_saes_a"], ha)
+            return a, SideSpec(f"{la} seed {seed}" if seed is not None else f"{la} skyline", store_a, sky, ha)
+        sae_b = self._sae(cfg["saes_b"], hb)
+        if c["kind"] == "random_init":
+            return a, SideSpec(f"{lb} random-init SAE (control)", store_b, sae_b, hb, "random_init", "b")
+        return a, SideSpec(lb, store_b, sae_b, hb, model="b")
+
+    def shift(self, cid: int) -> int:
+        """The token shift of comparison `cid`'s alignment: 1 for the shifted control (`align_stores(shift=1)`), else 0."""
+        return 1 if self.comparison(cid)["kind"] == "shifted" else 0
+
+    def compare_config(self):
+        """The comparison's `CompareConfig` as results.json records it, its stores and SAE templates read from the
+        explored folder (see `path`), on the CPU: what rebuilds the random_init control's SAE."""
+        from ..compare.config import CompareConfig
+        from ..config import pick
+
+        cfg = dict(self.results["compare"]["config"])
+        for key in ("store_a", "store_b"):
+            cfg[key] = str(self.path(cfg[key]))
+        for key in ("saes_a", "saes_b", "skyline_saes_a"):
+            if isinstance(cfg.get(key), str):
+                cfg[key] = self._reroot(cfg[key])
+        return CompareConfig(**pick(CompareConfig, cfg), device="cpu")
 
     def path(self, recorded: str | Path) -> Path:
         """A path results.json records, as the explorer may open it (see the module docstring); SaeAtlasError
@@ -264,6 +300,8 @@ class StudyIndex:
         return out
 
     def _roles_of(self, side: SideSpec) -> dict[int, list[dict]]:
+        if side.kind != "sae":  # absorption scored the stored SAEs only
+            return {}
         return {
             i: [{"role": r, "letter": letter} for r, letter in roles]
             for (folder, i), roles in self._roles.items()

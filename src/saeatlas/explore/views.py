@@ -3,7 +3,12 @@ co-firing contexts, one latent, a token search and a decoder direction's logit e
 
 `Explorer` holds what has been loaded: stores (memory maps and their token index), SAEs with their codes (at
 most `max_spaces` at once, least recently used dropped first), alignments of two stores and the models'
-unembeddings (loaded on the first logit request).  Bad ids raise `NotFound` / `BadRequest`; the server turns
+unembeddings (loaded on the first logit request).
+
+Controls: the random_init control's SAE is rebuilt as the comparison built it (`compare.sides.SideCache.
+random_init_sae` on the comparison's config from results.json: the same seeds, aligned rows and calibration),
+once per hook; the neurons control's latents are the raw neurons (`latents.NeuronSpace`); the shifted
+control's co-firing contexts use the shifted alignment (`align_stores(..., shift=1)`), as compare did.  Bad ids raise `NotFound` / `BadRequest`; the server turns
 them into 404 / 400.
 """
 
@@ -14,7 +19,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .latents import LatentSpace, StoreView, logit_effects
+from .latents import LatentSpace, NeuronSpace, StoreView, logit_effects
 from .study import ROLES, SideSpec, StudyIndex
 
 N_COFIRE = 5
@@ -40,9 +45,12 @@ class Explorer:
         self.study, self.max_spaces = study, max_spaces
         self._lock = threading.Lock()
         self._stores: dict[str, StoreView] = {}
-        self._spaces: OrderedDict[SideSpec, LatentSpace] = OrderedDict()
-        self._alignments: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._spaces: OrderedDict[SideSpec, LatentSpace | NeuronSpace] = OrderedDict()
+        self._alignments: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
         self._unembeddings: dict[str, tuple[np.ndarray, object]] = {}
+        self._build_lock = threading.Lock()  # rebuilding random-init SAEs (slow: not under `_lock`)
+        self._compare_alignment = None  # compare's Alignment (random-init SAEs are calibrated on it)
+        self._random_saes: dict[tuple[str, str], object] = {}
 
     # ------------------------------------------------------------ loading
     def view(self, path) -> StoreView:
@@ -51,23 +59,53 @@ class Explorer:
                 self._stores[str(path)] = StoreView(path)
             return self._stores[str(path)]
 
-    def space(self, spec: SideSpec) -> LatentSpace:
+    def space(self, spec: SideSpec) -> LatentSpace | NeuronSpace:
         """The latent space of one side, loaded on first use; the least recently used beyond max_spaces drop."""
         view = self.view(spec.store)
         with self._lock:
             if spec in self._spaces:
                 self._spaces.move_to_end(spec)
                 return self._spaces[spec]
-            space = self._spaces[spec] = LatentSpace(spec, view)
+        sae = self.random_init_sae(spec) if spec.kind == "random_init" else None
+        with self._lock:
+            if spec in self._spaces:
+                return self._spaces[spec]
+            space = NeuronSpace(spec, view) if spec.kind == "neurons" else LatentSpace(spec, view, sae)
+            self._spaces[spec] = space
             while len(self._spaces) > self.max_spaces:
                 self._spaces.popitem(last=False)
             return space
+
+    def random_init_sae(self, spec: SideSpec):
+        """The random_init control's SAE of side `spec` (model spec.model at spec.hook), rebuilt once as compare
+        built it: `SideCache.random_init_sae` on the comparison's config and its aligned positions (the first
+        max_positions of `align_stores`).  Costs encoding those positions with the real SAE (its L0 and scale)."""
+        key = (spec.model, spec.hook)
+        with self._build_lock:
+            if key not in self._random_saes:
+                self._random_saes[key] = self._sides_of_compare().random_init_sae(spec.model, spec.hook)
+            return self._random_saes[key]
+
+    def _sides_of_compare(self):
+        """A fresh `SideCache` of compare over the study's stores and aligned positions (the alignment is kept;
+        the cache, with the real SAEs' codes it encodes, is dropped by the caller; under _build_lock)."""
+        import dataclasses
+
+        from ..compare.align import align_stores
+        from ..compare.sides import SideCache, limit_positions
+
+        # the junk / top-token filters change matches, not codes: off, so no vocabulary is decoded
+        cfg = dataclasses.replace(self.study.compare_config(), junk_filter=False, overlap_filter=False)
+        store_a, store_b = self.view(cfg.store_a).store, self.view(cfg.store_b).store
+        if self._compare_alignment is None:
+            self._compare_alignment = limit_positions(align_stores(store_a, store_b), cfg.max_positions)
+        return SideCache(cfg, store_a, store_b, self._compare_alignment)
 
     def sides(self, cid: int) -> tuple[SideSpec, SideSpec]:
         try:
             return self.study.sides(cid)
         except KeyError:
-            raise NotFound(f"comparison {cid} has no stored latents to show (only sae, shifted and skyline do)")
+            raise NotFound(f"comparison {cid} has no latents to show")
 
     def _comparison(self, cid: int) -> dict:
         try:
@@ -114,7 +152,7 @@ class Explorer:
             "hooks": [spec_a.hook, spec_b.hook],
             "a": space_a.dashboard(idx_a),
             "b": space_b.dashboard(idx_b),
-            "both": self._cofiring(space_a, space_b, idx_a, idx_b),
+            "both": self._cofiring(space_a, space_b, idx_a, idx_b, self.study.shift(cid)),
         }
 
     def latent(self, cid: int, side: str, idx: int) -> dict:
@@ -159,12 +197,8 @@ class Explorer:
         }
 
     # ------------------------------------------------------------ helpers
-    def _top_on(self, space: LatentSpace, cid: int, side: str, where: np.ndarray, n: int) -> list[dict]:
-        codes, _ = space.codes()
-        sub = codes[where]  # [m, d_sae] rows at the query's positions
-        mean = np.asarray(sub.sum(axis=0)).ravel() / len(where)
-        peak = np.asarray(sub.max(axis=0).toarray()).ravel()
-        fires = np.bincount(sub.indices[sub.data != 0], minlength=space.d_sae)
+    def _top_on(self, space, cid: int, side: str, where: np.ndarray, n: int) -> list[dict]:
+        mean, peak, fires = space.on(where)  # [d_sae] each, over the query's positions
         order = [int(i) for i in np.argsort(-mean, kind="stable")[:n] if mean[i] > 0]
         return [
             {
@@ -177,10 +211,11 @@ class Explorer:
             for i in order
         ]
 
-    def _cofiring(self, space_a: LatentSpace, space_b: LatentSpace, idx_a: int, idx_b: int) -> dict:
-        """Aligned positions where both latents fire, the strongest by min(act_a / max_a, act_b / max_b)."""
-        pos_a, pos_b = self._alignment(space_a.view, space_b.view)
-        col_a, col_b = _dense(space_a, idx_a), _dense(space_b, idx_b)
+    def _cofiring(self, space_a, space_b, idx_a: int, idx_b: int, shift: int = 0) -> dict:
+        """Aligned positions (`shift`: B's token that many after A's, as the shifted control aligns them) where
+        both latents fire (neurons: are positive), the strongest by min(act_a / max_a, act_b / max_b)."""
+        pos_a, pos_b = self._alignment(space_a.view, space_b.view, shift)
+        col_a, col_b = space_a.dense(idx_a), space_b.dense(idx_b)
         va, vb = col_a[pos_a], col_b[pos_b]  # [n_aligned] each
         both = np.flatnonzero((va > 0) & (vb > 0))
         out = {"n_aligned": len(pos_a), "n_both": len(both), "n_a": int((va > 0).sum()), "n_b": int((vb > 0).sum())}
@@ -194,18 +229,18 @@ class Explorer:
         ]
         return out
 
-    def _alignment(self, view_a: StoreView, view_b: StoreView) -> tuple[np.ndarray, np.ndarray]:
-        """Aligned usable positions of two stores (`compare.align.align_stores`), computed once per pair."""
-        key = (str(view_a.store.path), str(view_b.store.path))
+    def _alignment(self, view_a: StoreView, view_b: StoreView, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Aligned usable positions of two stores (`compare.align.align_stores` with `shift`), computed once."""
+        key = (str(view_a.store.path), str(view_b.store.path), shift)
         with self._lock:
             if key not in self._alignments:
-                if view_a is view_b:
+                if view_a is view_b and not shift:
                     both = np.arange(len(view_a.usable))
                     self._alignments[key] = (both, both)
                 else:
                     from ..compare.align import align_stores
 
-                    align = align_stores(view_a.store, view_b.store)
+                    align = align_stores(view_a.store, view_b.store, shift=shift)
                     pos_a = np.searchsorted(view_a.usable, align.rows_a)
                     pos_b = np.searchsorted(view_b.usable, align.rows_b)
                     self._alignments[key] = (pos_a, pos_b)
@@ -236,14 +271,6 @@ def _side(side: str) -> int:
 def _check_latent(space: LatentSpace, idx: int) -> None:
     if not 0 <= idx < space.d_sae:
         raise NotFound(f"latent {idx} is out of range: the SAE has {space.d_sae} latents (0..{space.d_sae - 1})")
-
-
-def _dense(space: LatentSpace, latent: int) -> np.ndarray:
-    """Latent `latent`'s activation at every usable position [n_usable] float32 (zeros where it is silent)."""
-    positions, values = space.column(latent)
-    out = np.zeros(len(space.view.usable), dtype=np.float32)
-    out[positions] = values
-    return out
 
 
 def _has_role(pair: dict, role: str, letter: str) -> bool:
