@@ -28,7 +28,7 @@ def _get(base: str, path: str) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", default="/work/main/runs/study")
+    parser.add_argument("--study", default="runs/study", help="a finished study folder (default: the demo's)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 

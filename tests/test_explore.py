@@ -89,6 +89,42 @@ def test_the_pair_list_is_every_comparisons_pairs_strongest_first(server, study)
     assert [p["rank"] for p in page] == [4, 5]
 
 
+def test_the_pair_list_filters_by_correlation(server, study):
+    corr = sorted(p["corr"] for p in api(server, "/api/pairs?c=0&limit=500")["pairs"])
+    lo, hi = corr[len(corr) // 4], corr[3 * len(corr) // 4]
+    got = api(server, f"/api/pairs?c=0&limit=500&min_corr={lo}&max_corr={hi}")["pairs"]
+    assert [p["corr"] for p in got] == sorted((c for c in corr if lo <= c <= hi), reverse=True)
+    assert api(server, f"/api/pairs?c=0&limit=500&min_corr={hi}")["total"] == sum(c >= hi for c in corr)
+    for bad in ("abc", "nan", "2", "-1.5"):
+        status, _, body = get(server, f"/api/pairs?c=0&min_corr={bad}")
+        assert status == 400 and b"correlation from -1 to 1" in body
+
+
+def test_opening_a_study_reads_no_sae_and_no_store(study, monkeypatch):
+    """The page, the study summary and the pair lists come from results.json alone, so opening costs the same
+    whatever the SAEs' width (nothing is loaded until a latent is shown)."""
+    from saeatlas.data import store as store_module
+    from saeatlas.sae import formats
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an SAE or a store was read while opening the study")
+
+    monkeypatch.setattr(formats, "load_sae", refuse)
+    monkeypatch.setattr(store_module.ActivationStore, "__init__", refuse)
+    srv = make_server(str(study), 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert get(srv, "/")[0] == 200
+        summary = api(srv, "/api/study")
+        for c in summary["comparisons"]:
+            assert api(srv, f"/api/pairs?c={c['id']}&limit=5")["total"] > 0
+        assert api(srv, "/api/pairs?c=all&concept=animals")["total"] >= 0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_a_pair_view_shows_top_contexts_histogram_frequency_and_co_firing(server, study):
     from saeatlas.compare.contexts import top_contexts, usable_rows
     from saeatlas.data.store import ActivationStore

@@ -89,6 +89,16 @@ def test_the_explorer_in_chromium(served):
             _ready(page)
             roles = [p for p in index.pairs(0) if p["roles_a"] or p["roles_b"]]
             assert rows.count() == len(roles) > 0 and rows.first.locator(".tag.role").count() > 0
+            page.select_option("#f-role", "")
+            _ready(page)
+
+            # filter by correlation: the median of the layer pair's correlations as the lower bound
+            cut = sorted(p["corr"] for p in index.pairs(0))[len(index.pairs(0)) // 2]
+            page.fill("#f-min_corr", f"{cut:.4f}")
+            page.press("#f-min_corr", "Enter")
+            _ready(page)
+            assert "min_corr=" in page.url
+            assert rows.count() == sum(p["corr"] >= float(f"{cut:.4f}") for p in index.pairs(0)) > 0
 
             # a pair: its contexts on the page are top_contexts's; back returns to the filtered list
             pair = index.pairs(0)[0]
@@ -116,7 +126,7 @@ def test_the_explorer_in_chromium(served):
             permalink = page.url
             page.go_back()
             _ready(page)
-            assert page.locator("#pairs-table").is_visible() and "role=any" in page.url
+            assert page.locator("#pairs-table").is_visible() and "min_corr=" in page.url
 
             # a permalink opened fresh shows the same view
             fresh = _open(browser, permalink, errors, outside, origin)

@@ -124,6 +124,18 @@ function dashboard(side, label, hook, d, cid, roles) {
 }
 
 // ---------------------------------------------------------------- views
+function bound(name, label, value) {
+  const box = el("input", { name, id: `f-${name}`, type: "number", min: "-1", max: "1", step: "0.05", placeholder: "any" });
+  box.value = value;
+  box.addEventListener("change", () => {
+    const p = state();
+    p.set(name, box.value);
+    p.set("offset", "0");
+    location.hash = p.toString();
+  });
+  return el("label", {}, label, box);
+}
+
 function select(name, label, options, value) {
   const s = el("select", { name, id: `f-${name}` }, ...options.map(([v, t]) => el("option", { value: v, text: t })));
   s.value = value;
@@ -138,7 +150,7 @@ function select(name, label, options, value) {
 
 async function pairsView(p) {
   const c = p.get("c") || "all", sort = p.get("sort") || "-corr";
-  const params = { c, sort, concept: p.get("concept") || "", role: p.get("role") || "", letter: p.get("letter") || "", offset: p.get("offset") || "0", limit: "50" };
+  const params = { c, sort, concept: p.get("concept") || "", role: p.get("role") || "", letter: p.get("letter") || "", min_corr: p.get("min_corr") || "", max_corr: p.get("max_corr") || "", offset: p.get("offset") || "0", limit: "50" };
   const data = await api("/api/pairs", params);
   const comparisons = [["all", "every layer pair (SAEs)"], ...study.comparisons.map((x) => [String(x.id), comparisonName(x)])];
   const controls = el("div", { cls: "controls" },
@@ -146,7 +158,8 @@ async function pairsView(p) {
     select("sort", "sort", [["-corr", "correlation ↓"], ["corr", "correlation ↑"], ["a", "A latent"], ["b", "B latent"]], sort),
     select("concept", "concept", [["", "any"], ...study.concepts.map((x) => [x, x])], params.concept),
     select("role", "absorption role", [["", "any or none"], ["any", "any role"], ...study.roles.map((x) => [x, x])], params.role),
-    select("letter", "letter", [["", "any"], ...study.letters.map((x) => [x, x])], params.letter));
+    select("letter", "letter", [["", "any"], ...study.letters.map((x) => [x, x])], params.letter),
+    bound("min_corr", "corr ≥", params.min_corr), bound("max_corr", "corr ≤", params.max_corr));
   const byId = Object.fromEntries(study.comparisons.map((x) => [x.id, x]));
   const rows = data.pairs.map((q) => {
     const comp = byId[q.c];

@@ -10,7 +10,7 @@ and JSON, and nothing that a page could fetch from elsewhere.
 API (all JSON; errors are {"error": one line} with 400 / 404 / 405 / 500):
 
     /api/study                                   names, comparisons, concepts, letters
-    /api/pairs?c=ID|all&sort=&concept=&role=&letter=&offset=&limit=
+    /api/pairs?c=ID|all&sort=&concept=&role=&letter=&min_corr=&max_corr=&offset=&limit=
     /api/pair?c=ID&a=IDX_A&b=IDX_B               both dashboards, corr, rank, co-firing contexts
     /api/latent?c=ID&side=a|b&i=IDX              one latent's dashboard and partners
     /api/search?c=ID&q=WORD                      latents of A and B firing most on a token, with partners
@@ -141,6 +141,19 @@ def _int(query: dict, name: str, default: int | None = None) -> int:
     return int(raw)
 
 
+def _float(query: dict, name: str) -> float | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not -1.0 <= value <= 1.0:
+        raise BadRequest(f"parameter {name} must be a correlation from -1 to 1, got {raw[:40]!r}")
+    return value
+
+
 def _cid(query: dict) -> int:
     return _int(query, "c", 0)
 
@@ -153,6 +166,8 @@ def _pairs(x: Explorer, q: dict) -> dict:
         concept=q.get("concept", ""),
         role=q.get("role", ""),
         letter=q.get("letter", ""),
+        min_corr=_float(q, "min_corr"),
+        max_corr=_float(q, "max_corr"),
         offset=_int(q, "offset", 0),
         limit=_int(q, "limit", 100),
     )

@@ -115,11 +115,20 @@ class Explorer:
 
     # ------------------------------------------------------------ views
     def pairs(
-        self, cid: int | None, sort: str = "-corr", concept: str = "", role: str = "", letter: str = "", **page
+        self,
+        cid: int | None,
+        sort: str = "-corr",
+        concept: str = "",
+        role: str = "",
+        letter: str = "",
+        min_corr: float | None = None,
+        max_corr: float | None = None,
+        **page,
     ) -> dict:
         """Pairs of comparison `cid` (None: the real SAEs of every layer pair), filtered and sorted, one page:
         {total, offset, limit, pairs}.  concept: only pairs whose latents belong to it; role / letter: only
-        pairs where a latent has that absorption role (main, split, absorber, or any) for that letter."""
+        pairs where a latent has that absorption role (main, split, absorber, or any) for that letter;
+        min_corr / max_corr: only pairs whose correlation lies in [min_corr, max_corr]."""
         if sort not in SORTS:
             raise BadRequest(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
         if role and role not in (*ROLES, "any"):
@@ -132,6 +141,9 @@ class Explorer:
             rows = [p for p in rows if concept in p["concepts"]]
         if role or letter:
             rows = [p for p in rows if _has_role(p, role, letter)]
+        if min_corr is not None or max_corr is not None:
+            lo, hi = -np.inf if min_corr is None else min_corr, np.inf if max_corr is None else max_corr
+            rows = [p for p in rows if p["corr"] is not None and lo <= p["corr"] <= hi]
         rows.sort(key=SORTS[sort])
         offset, limit = page.get("offset", 0), page.get("limit", 100)
         if offset < 0 or not 1 <= limit <= MAX_LIMIT:
