@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from helpers import TEXTS
-from report_fixture import CONCEPTS, TRICKY
+from report_fixture import CONCEPTS, TRICKY, cache_at
 
 
 def explore_study_text(model_a: Path, model_b: Path, corpus: Path, concepts: Path) -> str:
@@ -58,8 +58,6 @@ min_letters = 3
 
 def build_explore_study(root: Path, model_a: Path, model_b: Path) -> Path:
     """Run the tiny study under `root`; returns its output folder (holding results.json)."""
-    import os
-
     from saeatlas.study.config import load_study
     from saeatlas.study.run import run_study
 
@@ -72,13 +70,6 @@ def build_explore_study(root: Path, model_a: Path, model_b: Path) -> Path:
     concepts.write_text(json.dumps(CONCEPTS))
     study_file = root / "study.toml"
     study_file.write_text(explore_study_text(model_a, model_b, corpus, concepts))
-    old = os.environ.get("SAEATLAS_CACHE")
-    os.environ["SAEATLAS_CACHE"] = str(root / "cache")
-    try:
+    with cache_at(root / "cache"):
         run_study(load_study(study_file), root / "out", progress=False)
-    finally:
-        if old is None:
-            os.environ.pop("SAEATLAS_CACHE", None)
-        else:
-            os.environ["SAEATLAS_CACHE"] = old
     return root / "out"

@@ -44,7 +44,7 @@ def sae_runs(side: str) -> list[tuple[str, int, int, str, str]]:
 
 
 @contextlib.contextmanager
-def _cache_at(folder: Path):
+def cache_at(folder: Path):
     """Point SAEATLAS_CACHE (absorption's activation cache) at `folder` for the duration."""
     old = os.environ.get("SAEATLAS_CACHE")
     os.environ["SAEATLAS_CACHE"] = str(folder)
@@ -273,7 +273,7 @@ def _absorption(root: Path, model_a: Path) -> dict:
         min_probe_f1=0.0,
         max_candidates=3,
     )
-    with _cache_at(root / "cache"):
+    with cache_at(root / "cache"):
         return run_absorption(cfg, progress=False)
 
 

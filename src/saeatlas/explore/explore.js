@@ -124,27 +124,26 @@ function dashboard(side, label, hook, d, cid, roles) {
 }
 
 // ---------------------------------------------------------------- views
-function bound(name, label, value) {
-  const box = el("input", { name, id: `f-${name}`, type: "number", min: "-1", max: "1", step: "0.05", placeholder: "any" });
-  box.value = value;
-  box.addEventListener("change", () => {
+function refilter(control, name) {
+  control.addEventListener("change", () => {
     const p = state();
-    p.set(name, box.value);
+    p.set(name, control.value);
     p.set("offset", "0");
     location.hash = p.toString();
   });
+}
+
+function bound(name, label, value) {
+  const box = el("input", { name, id: `f-${name}`, type: "number", min: "-1", max: "1", step: "0.05", placeholder: "any" });
+  box.value = value;
+  refilter(box, name);
   return el("label", {}, label, box);
 }
 
 function select(name, label, options, value) {
   const s = el("select", { name, id: `f-${name}` }, ...options.map(([v, t]) => el("option", { value: v, text: t })));
   s.value = value;
-  s.addEventListener("change", () => {
-    const p = state();
-    p.set(name, s.value);
-    p.set("offset", "0");
-    location.hash = p.toString();
-  });
+  refilter(s, name);
   return el("label", {}, label, s);
 }
 
