@@ -341,12 +341,25 @@ def test_a_moved_study_opens_from_its_new_folder(study, tmp_path):
 
 
 # ---------------------------------------------------------------- CLI
+def _damaged(root: Path, study: Path, pairs=None, version=None) -> Path:
+    """A copy of the study's results.json, its compare pairs or its version replaced."""
+    results = _results(study)
+    if pairs is not None:
+        results["compare"]["pairs"] = pairs
+    if version is not None:
+        results["version"] = version
+    (root / "results.json").write_text(json.dumps(results))
+    return root
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda root, study: root / "missing", "is not a folder"),
         (lambda root, study: root, "no results.json"),
         (lambda root, study: (root / "r.json").write_text("[]") and root / "r.json", "is not a folder"),
+        (lambda root, study: _damaged(root, study, pairs="none"), "compare.pairs"),
+        (lambda root, study: _damaged(root, study, version=99), "another saeatlas version"),
     ],
 )
 def test_cli_refuses_what_is_not_a_study(make, message, study, tmp_path, capsys):

@@ -7,8 +7,8 @@ for each layer pair of the comparison the real SAEs ("sae") then its controls in
 skyline entries.  Requests name comparisons and latents by these ids, never by paths.
 
 Paths: the study records absolute paths.  One inside the folder the study was written to (its stores are
-OUT/stores/<label>) is taken relative to the folder being explored (a study moved or copied still opens); any other (a pretrained SAE folder, a store
-given from outside) is allowed exactly as results.json names it.
+OUT/stores/<label>) is taken relative to the folder being explored (a study moved or copied still opens); any
+other (a pretrained SAE folder, a store given from outside) is allowed exactly as results.json names it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import SaeAtlasError
 from ..fileio import read_json
+from ..schema import checked_results
 
 CONTROL_KINDS = ("random_init", "neurons", "shifted")
 """Controls of a layer pair, in the order the explorer lists them after the real SAEs."""
@@ -30,7 +31,7 @@ config, neurons are the store's raw activations)."""
 SIDE_KINDS = ("sae", "random_init", "neurons")
 """What a side's latents are: a stored SAE's, the random_init control's rebuilt SAE's, or raw neurons."""
 REPORT_PORT = 8765
-"""The port the static report's pair cards link to (`saeatlas explore OUT --port 8765`)."""
+"""The explorer's default port, the one the static report's pair cards link to."""
 ROLES = ("main", "split", "absorber")
 """Absorption roles of a latent for a letter: its only main latent, one of several (split), or an absorber."""
 
@@ -93,6 +94,7 @@ class StudyIndex:
         )
         if not isinstance(results, dict) or results.get("kind") != "study":
             raise SaeAtlasError(f"{source} is not a study's results: give the output folder of `saeatlas run`")
+        checked_results(results, "study", source, "run `saeatlas run` again to rewrite it")
         if not isinstance(results.get("compare"), dict):
             raise SaeAtlasError(f"the study in '{out}' has no comparison to explore: add [compare] and run it")
         self.results = results
