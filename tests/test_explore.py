@@ -543,3 +543,24 @@ def test_the_shifted_control_co_fires_on_the_shifted_alignment(server, study):
         assert both["n_both"] == int(((va > 0) & (vb > 0)).sum())
         checked += both["n_both"] > 0
     assert checked
+
+
+def test_a_stored_saes_codes_are_kept_in_the_cache_for_the_next_explorer(study, tmp_path, monkeypatch):
+    from saeatlas.explore import latents
+    from saeatlas.explore.views import Explorer
+
+    monkeypatch.setenv("SAEATLAS_CACHE", str(tmp_path / "cache"))
+    spec = StudyIndex(study).sides(0)[0]
+    first = Explorer(StudyIndex(study)).space(spec).codes()[0]
+    kept = list((tmp_path / "cache" / "explore").glob("*.npz"))
+    assert len(kept) == 1 and first.nnz > 0
+
+    encoded = []
+    real = latents.store_codes
+    monkeypatch.setattr(latents, "store_codes", lambda *a: encoded.append(1) or real(*a))
+    again = Explorer(StudyIndex(study)).space(spec).codes()[0]
+    assert not encoded and again.shape == first.shape and (again != first).nnz == 0
+    kept[0].write_bytes(b"not an npz")  # a damaged cache file: encoded again, the same codes
+    third = Explorer(StudyIndex(study)).space(spec).codes()[0]
+    assert encoded == [1] and (third != first).nnz == 0
+    assert not list(study.rglob("*.npz"))  # never into the study folder

@@ -16,8 +16,13 @@ column i of W_U).
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
 import threading
+import zipfile
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,7 +31,10 @@ import torch
 from ..compare.align import gather_rows
 from ..compare.contexts import Texts, store_codes, top_rows, usable_rows
 from ..data.store import ActivationStore, from_storage
+from ..fileio import cache_dir, write_bytes_atomic
 from .study import SideSpec
+
+log = logging.getLogger("saeatlas.explore")
 
 TOP_N = 10
 """Top activating contexts per latent."""
@@ -80,6 +88,41 @@ class StoreView:
         return self.texts.context(int(self.usable[position]), float(activation), WIDTH, AFTER)
 
 
+CODES_VERSION = 1
+"""Bumped when the codes an SAE gives a store would change (the encode, the usable rows): older caches go."""
+
+
+def _codes_key(spec: SideSpec, view: StoreView) -> str:
+    """Names the codes of SAE `spec.sae` over the usable rows of `spec.hook` in store `view`: the store's
+    manifest and the SAE's files by path, size and modification time (a study's products are written once,
+    by renaming, so a rewritten product has a new time), the hook and the row count."""
+    files = [Path(view.store.path) / "manifest.json", *sorted(p for p in Path(spec.sae).iterdir() if p.is_file())]
+    parts = [f"{CODES_VERSION}", spec.hook, str(len(view.usable))]
+    for f in files:
+        stat = f.stat()
+        parts.append(f"{f.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def cached_codes(spec: SideSpec, view: StoreView, encode) -> sp.csr_array:
+    """The codes `encode()` gives, read from $SAEATLAS_CACHE/explore/<key>.npz when an earlier explorer wrote
+    them (never into the study folder); a damaged or unwritable cache only means encoding again."""
+    path = cache_dir() / "explore" / f"{_codes_key(spec, view)}.npz"
+    try:
+        return sp.csr_array(sp.load_npz(path))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass
+    codes = encode()
+    try:
+        buffer = io.BytesIO()
+        sp.save_npz(buffer, sp.csr_matrix(codes), compressed=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, buffer.getvalue())
+    except OSError as exc:  # a full or read-only cache: the explorer works without it
+        log.warning("explore: cannot keep the codes in %s (%s); they are encoded again next time", path, exc)
+    return codes
+
+
 class LatentSpace:
     """The SAE of one side at its hook, with its codes over the store's usable positions (built once).
     `sae`: the SAE itself (the random_init control's, rebuilt); None: loaded from `spec.sae`."""
@@ -100,10 +143,12 @@ class LatentSpace:
         return int(self.sae.cfg.d_sae)
 
     def codes(self) -> tuple[sp.csr_array, sp.csc_array]:
-        """Codes [n_usable, d_sae], as CSR (rows) and CSC (columns), encoded on first use."""
+        """Codes [n_usable, d_sae], as CSR (rows) and CSC (columns), encoded on first use (a stored SAE's are
+        kept in saeatlas's cache, `cached_codes`, so a later explorer over the same study skips the encode)."""
         with self._lock:
             if self._codes is None:
-                codes = store_codes(self.view.store, self.sae, self.spec.hook, self.view.usable)
+                encode = lambda: store_codes(self.view.store, self.sae, self.spec.hook, self.view.usable)
+                codes = encode() if self.spec.kind != "sae" else cached_codes(self.spec, self.view, encode)
                 self._codes, self._csc = codes, sp.csc_array(codes)
                 self._csc.sort_indices()
         return self._codes, self._csc
