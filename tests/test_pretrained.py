@@ -203,3 +203,34 @@ def test_init_paper_writes_a_study_that_validates(tmp_path, hub_cache, capsys):
     assert main(["status", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "EleutherAI/" in err and "not in the local Hugging Face cache" in err and "\n" not in err
+
+
+def test_eval_and_absorption_take_pretrained_names(sparsify_repo, hub_cache, tmp_path, tiny_gemma, capsys):
+    import numpy as np
+
+    from saeatlas.sae.config import EvalConfig
+    from saeatlas.sae.run import run_eval
+
+    x = np.random.default_rng(0).normal(size=(256, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    local = run_eval(EvalConfig(), sparsify_repo / "layers.1", torch.from_numpy(x)).metrics
+    for name, hook in ((f"hf:{REPO}/layers.1", None), (f"hf:{REPO}/layers.{{layer}}", "resid_post.1")):
+        assert run_eval(EvalConfig(hook=hook), name, torch.from_numpy(x)).metrics == local
+        flags = ["--hook", hook] if hook else []
+        assert main(["eval", name, "--activations", str(tmp_path / "x.npy"), *flags, "--quiet"]) == 0
+    assert f"FVU {local['fvu']:.3f}" in capsys.readouterr().out
+    # a name with fields needs the hook it is for: one line
+    assert main(["eval", f"hf:{REPO}/layers.{{layer}}", "--activations", str(tmp_path / "x.npy"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "give the hook it is for (--hook)" in err and "\n" not in err
+
+    # absorption reads SAEs by name too (here SAEs of the tiny Gemma's width, in a second cached repo)
+    wide = tmp_path / "wide"
+    random_saelens_sae(wide / "resid_post.1", 32, 96, "resid_post.1", seed=4)
+    hub_cache_put(hub_cache, "someone/tiny-gemma-saes", folder_files(wide))
+    out = tmp_path / "absorption"
+    args = ["absorption", "--model", str(tiny_gemma), "--hook", "resid_post.1", "--sae", "hf:someone/tiny-gemma-saes"]
+    args += ["--words", "300", "--min-letters", "5", "--min-probe-f1", "0.0", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    results = json.loads((out / "absorption.json").read_text())
+    assert [s["folder"] for s in results["saes"]] == ["hf:someone/tiny-gemma-saes"]

@@ -177,7 +177,12 @@ def _eval_flags(p) -> dict[str, list[str]]:
     from .flags import add_config_flags
     from .sae.config import EvalConfig
 
-    p.add_argument("sae", type=Path, help="a SAELens, sparsify or dictionary_learning folder")
+    p.add_argument(
+        "sae",
+        type=str,
+        help="a SAELens, sparsify or dictionary_learning folder, or a pretrained name (saelens:<release>/<sae_id>, "
+        "hf:<owner>/<repo>/<folder>)",
+    )
     _data_flags(p)
     return add_config_flags(p, EvalConfig)
 
@@ -187,17 +192,18 @@ def _eval(args) -> int:
     from .flags import given
     from .progress import count_progress
     from .sae.config import EvalConfig
-    from .sae.formats import read_metadata
+    from .sae.formats import read_metadata, resolve_sae
     from .sae.run import activation_source, run_eval
 
     cfg = EvalConfig(**given(args, EvalConfig))
     resolve_device(cfg.device)  # before the inputs are read
+    folder = resolve_sae(args.sae, cfg.hook)  # a pretrained name: its folder in the Hugging Face cache
     data = None
     if args.activations or args.store:
-        data = activation_source(args.activations, args.store, cfg.hook or read_metadata(args.sae).get("hook_name"))
+        data = activation_source(args.activations, args.store, cfg.hook or read_metadata(folder).get("hook_name"))
     parts = (data is not None) + bool(cfg.model)
-    with count_progress(f"eval {args.sae.name}", parts, "parts", enabled=not args.quiet) as advance:
-        result = run_eval(cfg, args.sae, data, progress=advance)
+    with count_progress(f"eval {Path(args.sae).name}", parts, "parts", enabled=not args.quiet) as advance:
+        result = run_eval(cfg, folder, data, progress=advance)
     if result.metrics is not None:
         m = result.metrics
         _say([f"{args.sae}:", *_metric_phrases(m)])

@@ -18,7 +18,7 @@ from ..devices import resolve_device
 from ..errors import SaeAtlasError
 from ..models import load_model, parse_hook
 from ..progress import count_progress
-from ..sae.formats import load_sae, read_metadata
+from ..sae.formats import load_sae, read_metadata, resolve_sae
 from ..sae.model import SparseAutoencoder
 from .attribution import integrated_gradients, is_absorption, letter_token_ids
 from .config import AbsorptionConfig
@@ -63,15 +63,16 @@ def encode_all(sae: SparseAutoencoder, acts: np.ndarray, batch: int = 1024) -> n
         )
 
 
-def _check_sae(sae: SparseAutoencoder, folder: str, d_model: int, hook: str) -> None:
+def _check_sae(sae: SparseAutoencoder, name: str, folder: Path, d_model: int, hook: str) -> None:
+    """`sae` (given as `name`, read from `folder`) fits the model's hook."""
     if sae.cfg.d_in != d_model:
         raise SaeAtlasError(
-            f"SAE '{folder}' reads d_in {sae.cfg.d_in} but the model's {hook} has {d_model}: "
+            f"SAE '{name}' reads d_in {sae.cfg.d_in} but the model's {hook} has {d_model}: "
             "give an SAE trained on this model"
         )
     trained_at = read_metadata(folder).get("hook_name")
     if trained_at and trained_at != hook:
-        log.warning("SAE '%s' was trained at %s, scored here at %s", folder, trained_at, hook)
+        log.warning("SAE '%s' was trained at %s, scored here at %s", name, trained_at, hook)
 
 
 def _letter_mean(values: np.ndarray, qualifying: np.ndarray) -> float:
@@ -211,14 +212,16 @@ def run_absorption(cfg: AbsorptionConfig, progress: bool = True) -> dict:
     """Probes, splitting and absorption for every SAE of `cfg`; the results dict."""
     started = time.perf_counter()
     device = resolve_device(cfg.device)  # a device that is not here: one line, before any work
-    saes = [(folder, load_sae(folder, device)) for folder in cfg.saes]  # fail on a bad SAE before the model work
+    # fail on a bad SAE before the model work; a pretrained name is its folder in the Hugging Face cache
+    folders = {name: resolve_sae(name, cfg.hook) for name in cfg.saes}
+    saes = [(name, load_sae(folders[name], device)) for name in cfg.saes]
     dtype = "float32" if cfg.variant != "projection" else cfg.model_dtype
     handle = load_model(cfg.model, dtype=dtype, device=device)
     if handle.kind != "causal":
         raise SaeAtlasError(f"model '{cfg.model}' is an encoder: the first-letter task needs a causal LM")
     point = parse_hook(cfg.hook, handle.n_layers)
-    for folder, sae in saes:
-        _check_sae(sae, folder, handle.d_model, point.name)
+    for name, sae in saes:
+        _check_sae(sae, name, folders[name], handle.d_model, point.name)
     timings = {}
     t = time.perf_counter()
     with count_progress(

@@ -84,6 +84,25 @@ def sae_folder(template: str | Path, hook: str) -> Path:
     )
 
 
+def resolve_sae(spec: str | Path, hook: str | None = None) -> Path:
+    """The local folder of one SAE: a folder path as given, or a pretrained name (`saelens:` / `hf:`) through the
+    Hugging Face cache.  A name of one SAE (`saelens:<release>/<sae_id>`, `hf:<owner>/<repo>/<folder>`) is read
+    as it is; a template ({hook} / {layer} fields) or a whole release / repo (one SAE per hook) is filled from
+    `hook`, which it then needs."""
+    from .pretrained import is_pretrained_name, names_one_sae, pretrained_exact
+
+    if not is_pretrained_name(spec):
+        return Path(spec)
+    if names_one_sae(str(spec)):
+        return pretrained_exact(str(spec))
+    if hook is None:
+        raise SaeAtlasError(
+            f"SAE name '{spec}' names one SAE per hook (a template or a whole release / repo): give the hook it is "
+            "for (--hook)"
+        )
+    return sae_folder(str(spec), hook)
+
+
 def save_saelens(
     sae: SparseAutoencoder, folder: str | Path, metadata: dict | None = None, extra: dict | None = None
 ) -> Path:

@@ -59,6 +59,25 @@ def pretrained_folder(template: str, hook: str) -> Path:
     return _hub_sae(repo_id, folders, template)
 
 
+def names_one_sae(name: str) -> bool:
+    """Whether a pretrained name names one SAE (`saelens:<release>/<sae_id>`, `hf:<owner>/<repo>/<folder>`)
+    rather than one per hook (a template with {hook} / {layer}, or a whole release or repo)."""
+    kind, _, rest = str(name).partition(":")
+    if any(field for _, field, _, _ in string.Formatter().parse(rest)):
+        return False
+    return rest.strip("/").count("/") >= (1 if kind + ":" == SAELENS else 2)
+
+
+def pretrained_exact(name: str) -> Path:
+    """The local folder of the one SAE `name` names (`names_one_sae`)."""
+    kind, _, rest = str(name).partition(":")
+    rest = rest.strip("/")
+    if kind + ":" == SAELENS:
+        return _saelens_folder([rest], name, "it")
+    repo_id, folders = _split_repo([rest], name)
+    return _hub_sae(repo_id, folders, name)
+
+
 def _filled(rest: str, hook: str) -> list[str]:
     """`rest` with {hook} / {layer} filled, once per spelling of `hook`; without fields, `rest/<spelling>` (as a
     folder template without fields is a folder holding one SAE per hook)."""

@@ -26,7 +26,7 @@ from ..fileio import check_space, read_json_or_none, space_for, write_json_atomi
 from ..locks import writing_once
 from .config import EvalConfig, TrainConfig
 from .data_source import StoreSource, TensorSource, load_matrix
-from .formats import load_sae, read_metadata, save_saelens
+from .formats import load_sae, read_metadata, resolve_sae, save_saelens
 from .metrics import evaluate
 from .model import SparseAutoencoder
 from .stream_source import ModelStreamSource
@@ -248,6 +248,8 @@ def run_eval(
     from .splice import spliced_metrics
 
     device = resolve_device(cfg.device)  # a device that is not here: one line, before any work
+    if not isinstance(sae, SparseAutoencoder):
+        sae = resolve_sae(sae, cfg.hook)  # a pretrained name: its folder in the Hugging Face cache
     meta = read_metadata(sae) if not isinstance(sae, SparseAutoencoder) else {}
     folder = sae if not isinstance(sae, SparseAutoencoder) else "the SAE"
     sae = sae.to(device) if isinstance(sae, SparseAutoencoder) else load_sae(sae, device)
