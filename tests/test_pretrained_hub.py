@@ -143,3 +143,15 @@ pair_cards = 1
     ]
     mains = [s for s in results["saes"] if s["role"] == "pretrained" or s["role"] == "main"]
     assert len(mains) == 3 and all(s["metrics"]["l0"] > 0 for s in mains)
+
+    # the explorer over that study, in this venv (no sae-lens, no hub): the SAE folders come from results.json
+    from saeatlas.explore.study import StudyIndex
+    from saeatlas.explore.views import Explorer
+
+    explorer = Explorer(StudyIndex(out))
+    spec_a, spec_b = explorer.study.sides(0)
+    assert "models--ctigges--pythia-70m-deduped__res-sm_processed" in str(spec_a.sae)
+    assert "models--EleutherAI--sae-pythia-160m-32k" in str(spec_b.sae)
+    pair = explorer.study.pairs(0)[0]
+    view = explorer.pair(0, pair["idx_a"], pair["idx_b"])
+    assert view["a"]["n_fire"] > 0 and view["b"]["n_fire"] > 0 and view["corr"] == pair["corr"]

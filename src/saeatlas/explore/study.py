@@ -207,12 +207,12 @@ class StudyIndex:
                 SideSpec(la, store_a, None, ha, "neurons", "a"),
                 SideSpec(lb, store_b, None, hb, "neurons", "b"),
             )
-        a = SideSpec(la, store_a, self._sae(cfg["saes_a"], ha), ha)
+        a = SideSpec(la, store_a, self._sae(cfg["saes_a"], ha, la), ha)
         if c["kind"] == "skyline":
             seed = ((self.results.get("study") or {}).get("compare") or {}).get("skyline_seed")
-            sky = self._sae(cfg["skyline_saes_a"], ha)
+            sky = self._sae(cfg["skyline_saes_a"], ha, la)
             return a, SideSpec(f"{la} seed {seed}" if seed is not None else f"{la} skyline", store_a, sky, ha)
-        sae_b = self._sae(cfg["saes_b"], hb)
+        sae_b = self._sae(cfg["saes_b"], hb, lb)
         if c["kind"] == "random_init":
             return a, SideSpec(f"{lb} random-init SAE (control)", store_b, sae_b, hb, "random_init", "b")
         return a, SideSpec(lb, store_b, sae_b, hb, model="b")
@@ -243,9 +243,16 @@ class StudyIndex:
             return p
         raise SaeAtlasError(f"results.json names '{recorded}', outside the study's folder: it is not opened")
 
-    def _sae(self, template: str, hook: str) -> Path:
+    def _sae(self, template: str, hook: str, label: str) -> Path:
+        """The SAE folder of model `label` at `hook`: for a pretrained name (saelens: / hf:), the folder the study
+        resolved it to (results.json's `saes`; no hub, no sae-lens needed), else the folder template filled."""
         from ..sae.formats import sae_folder
+        from ..sae.pretrained import is_pretrained_name
 
+        if is_pretrained_name(template):
+            for entry in self.results.get("saes") or []:
+                if entry.get("label") == label and entry.get("hook") == hook and entry.get("role") == "pretrained":
+                    return self.path(entry["folder"])
         return self.path(sae_folder(self._reroot(template), hook))
 
     def _reroot(self, raw: str) -> str:
@@ -258,11 +265,13 @@ class StudyIndex:
 
     def _outside_paths(self) -> list[Path]:
         """Folders outside the study that results.json itself names as inputs: stores and SAE folders."""
+        from ..sae.pretrained import is_pretrained_name
+
         cfg = self.results["compare"].get("config") or {}
         named = [cfg.get("store_a"), cfg.get("store_b")]
         named += [s.get("folder") for s in self.results.get("saes") or []]
         for key in ("saes_a", "saes_b", "skyline_saes_a"):
-            if isinstance(cfg.get(key), str):
+            if isinstance(cfg.get(key), str) and not is_pretrained_name(cfg[key]):
                 named.append(cfg[key].split("{", 1)[0])
         inside = [self.out] + ([self._recorded_out] if self._recorded_out else [])
         paths = [Path(n).resolve() for n in named if isinstance(n, str) and n]
