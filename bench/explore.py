@@ -31,10 +31,40 @@ def _get(base: str, path: str) -> tuple[float, int]:
     return time.perf_counter() - start, len(body)
 
 
+def _wide_encodes(study: str, cid: int, widths: list[int]) -> list[tuple[str, float, str]]:
+    """The cost that grows with width: one SAE's codes over a whole store (what a first view waits for, once per
+    side), for random TopK SAEs of `widths` at the first comparison's A side (k as the study's SAE)."""
+    import torch
+
+    from saeatlas.compare.contexts import store_codes
+    from saeatlas.explore.latents import StoreView
+    from saeatlas.explore.study import StudyIndex
+    from saeatlas.sae import SAEConfig, SparseAutoencoder, load_sae
+
+    spec = StudyIndex(study).sides(cid)[0]
+    view, real = StoreView(spec.store), load_sae(spec.sae)
+    rows = []
+    for d_sae in widths:
+        cfg = SAEConfig(arch="topk", d_in=real.cfg.d_in, d_sae=d_sae, k=real.cfg.k)
+        sae = SparseAutoencoder(cfg, torch.Generator().manual_seed(0))
+        t = time.perf_counter()
+        codes = store_codes(view.store, sae, spec.hook, view.usable)
+        note = f"{len(view.usable)} tokens, {codes.nnz * 12 / 2**20:.0f} MiB of codes"
+        rows.append((f"encode a store, random TopK SAE of {d_sae} latents", time.perf_counter() - t, note))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="runs/study", help="a finished study folder (default: the demo's)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--widths",
+        type=int,
+        nargs="*",
+        default=[16384, 65536],
+        help="also time the encode behind a first view with random TopK SAEs of these widths on the first store",
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -100,6 +130,7 @@ def main() -> None:
     rows.append(("new explorer: the same pair view, first (codes from the cache)", seconds, ""))
     again.shutdown()
     shutil.rmtree(codes_cache, ignore_errors=True)
+    rows += _wide_encodes(args.study, cid, args.widths)
     width = max(len(r[0]) for r in rows)
     print(f"saeatlas explore over {args.study}")
     print(f"{'view':<{width}}  {'seconds':>8}  note")

@@ -564,3 +564,25 @@ def test_a_stored_saes_codes_are_kept_in_the_cache_for_the_next_explorer(study, 
     third = Explorer(StudyIndex(study)).space(spec).codes()[0]
     assert encoded == [1] and (third != first).nnz == 0
     assert not list(study.rglob("*.npz"))  # never into the study folder
+
+
+def test_cli_refuses_a_device_that_is_not_here(study, capsys):
+    assert main(["explore", str(study), "--device", "cuda:99", "--no-browser"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cuda:99" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.gpu
+def test_codes_encoded_on_the_gpu_match_the_cpu(study, tmp_path, monkeypatch):
+    from saeatlas.explore.views import Explorer
+
+    monkeypatch.setenv("SAEATLAS_CACHE", str(tmp_path / "cache"))
+    spec = StudyIndex(study).sides(0)[0]
+    cpu = Explorer(StudyIndex(study)).space(spec).codes()[0].toarray()
+    gpu = Explorer(StudyIndex(study), device="cuda").space(spec).codes()[0].toarray()
+    # TopK: a latent at the k-th place may swap with its neighbour where the two sums round apart
+    same = (gpu != 0) == (cpu != 0)
+    assert same.mean() > 0.999
+    both = (gpu != 0) & (cpu != 0)
+    np.testing.assert_allclose(gpu[both], cpu[both], rtol=1e-4, atol=1e-5)
+    assert len(list((tmp_path / "cache" / "explore").glob("*.npz"))) == 2  # one per device type

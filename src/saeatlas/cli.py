@@ -381,13 +381,20 @@ def _explore_flags(p) -> dict[str, list[str]]:
         "is taken; 0: a free port); the address is printed",
     )
     p.add_argument("--no-browser", action="store_true", help="print the address without opening a browser")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the SAEs encode the stores for the dashboards: auto (CUDA, MPS, then CPU), cpu, cuda, cuda:N, mps",
+    )
     return {}
 
 
 def _explore(args) -> int:
+    from .devices import resolve_device
     from .explore.server import serve
 
-    return serve(args.study, args.port, open_browser=not args.no_browser)
+    device = resolve_device(args.device)  # a device that is not here: one line, before the server starts
+    return serve(args.study, args.port, open_browser=not args.no_browser, device=device)
 
 
 # ---------------------------------------------------------------- models

@@ -92,22 +92,22 @@ CODES_VERSION = 1
 """Bumped when the codes an SAE gives a store would change (the encode, the usable rows): older caches go."""
 
 
-def _codes_key(spec: SideSpec, view: StoreView) -> str:
+def _codes_key(spec: SideSpec, view: StoreView, device: torch.device) -> str:
     """Names the codes of SAE `spec.sae` over the usable rows of `spec.hook` in store `view`: the store's
     manifest and the SAE's files by path, size and modification time (a study's products are written once,
     by renaming, so a rewritten product has a new time), the hook and the row count."""
     files = [Path(view.store.path) / "manifest.json", *sorted(p for p in Path(spec.sae).iterdir() if p.is_file())]
-    parts = [f"{CODES_VERSION}", spec.hook, str(len(view.usable))]
+    parts = [f"{CODES_VERSION}", spec.hook, str(len(view.usable)), device.type]  # float sums differ by device
     for f in files:
         stat = f.stat()
         parts.append(f"{f.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-def cached_codes(spec: SideSpec, view: StoreView, encode) -> sp.csr_array:
+def cached_codes(spec: SideSpec, view: StoreView, device: torch.device, encode) -> sp.csr_array:
     """The codes `encode()` gives, read from $SAEATLAS_CACHE/explore/<key>.npz when an earlier explorer wrote
     them (never into the study folder); a damaged or unwritable cache only means encoding again."""
-    path = cache_dir() / "explore" / f"{_codes_key(spec, view)}.npz"
+    path = cache_dir() / "explore" / f"{_codes_key(spec, view, device)}.npz"
     try:
         return sp.csr_array(sp.load_npz(path))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
@@ -129,11 +129,11 @@ class LatentSpace:
 
     unit = "latent"
 
-    def __init__(self, spec: SideSpec, view: StoreView, sae=None):
+    def __init__(self, spec: SideSpec, view: StoreView, sae=None, device: str | torch.device = "cpu"):
         from ..sae.formats import load_sae
 
         self.spec, self.view = spec, view
-        self.sae = (load_sae(spec.sae) if sae is None else sae).eval()
+        self.sae = (load_sae(spec.sae, device) if sae is None else sae.to(device)).eval()
         self._lock = threading.Lock()
         self._codes: sp.csr_array | None = None
         self._csc: sp.csc_array | None = None
@@ -148,7 +148,11 @@ class LatentSpace:
         with self._lock:
             if self._codes is None:
                 encode = lambda: store_codes(self.view.store, self.sae, self.spec.hook, self.view.usable)
-                codes = encode() if self.spec.kind != "sae" else cached_codes(self.spec, self.view, encode)
+                codes = (
+                    encode()
+                    if self.spec.kind != "sae"
+                    else cached_codes(self.spec, self.view, self.sae.W_dec.device, encode)
+                )
                 self._codes, self._csc = codes, sp.csc_array(codes)
                 self._csc.sort_indices()
         return self._codes, self._csc

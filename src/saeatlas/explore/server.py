@@ -26,10 +26,14 @@ import re
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import SaeAtlasError
 from .views import BadRequest, Explorer, NotFound
+
+if TYPE_CHECKING:
+    import torch
 
 HOST = "127.0.0.1"
 CONTENT_SECURITY_POLICY = (
@@ -197,7 +201,7 @@ class ExploreServer(ThreadingHTTPServer):
         return f"http://{HOST}:{self.server_address[1]}/"
 
 
-def make_server(study: str, port: int | None = None) -> ExploreServer:
+def make_server(study: str, port: int | None = None, device: str | torch.device = "cpu") -> ExploreServer:
     """A server over the study in folder `study` at 127.0.0.1:`port`, bound but not serving.  `port` None: the
     port the static report links to (REPORT_PORT), or a free one when that is taken; 0: a free port.
 
@@ -206,7 +210,7 @@ def make_server(study: str, port: int | None = None) -> ExploreServer:
 
     if port is not None and not 0 <= port <= 65535:
         raise SaeAtlasError(f"--port {port} is out of range: give 1-65535, or 0 for a free port")
-    explorer = Explorer(StudyIndex(study))
+    explorer = Explorer(StudyIndex(study), device=device)
     for chosen in (REPORT_PORT, 0) if port is None else (port,):
         try:
             return ExploreServer(explorer, chosen)
@@ -219,11 +223,11 @@ def make_server(study: str, port: int | None = None) -> ExploreServer:
     raise AssertionError("unreachable")
 
 
-def serve(study: str, port: int | None = None, open_browser: bool = True) -> int:
+def serve(study: str, port: int | None = None, open_browser: bool = True, device: str | torch.device = "cpu") -> int:
     """Serve the explorer until Ctrl-C; prints its address (and opens it in the browser unless told not to)."""
     from .study import REPORT_PORT
 
-    server = make_server(study, port)
+    server = make_server(study, port, device)
     print(f"saeatlas explore: {server.explorer.study.out} at {server.url} (Ctrl-C stops)", flush=True)
     if port is None and server.server_address[1] != REPORT_PORT:
         print(

@@ -18,6 +18,7 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
+import torch
 
 from .latents import LatentSpace, NeuronSpace, StoreView, logit_effects
 from .study import ROLES, SideSpec, StudyIndex
@@ -41,8 +42,8 @@ class BadRequest(ValueError):
 class Explorer:
     """Views over one study (see the module docstring); safe to call from several threads."""
 
-    def __init__(self, study: StudyIndex, max_spaces: int = 4):
-        self.study, self.max_spaces = study, max_spaces
+    def __init__(self, study: StudyIndex, max_spaces: int = 4, device: str | torch.device = "cpu"):
+        self.study, self.max_spaces, self.device = study, max_spaces, torch.device(device)
         self._lock = threading.Lock()
         self._stores: dict[str, StoreView] = {}
         self._spaces: OrderedDict[SideSpec, LatentSpace | NeuronSpace] = OrderedDict()
@@ -70,7 +71,7 @@ class Explorer:
         with self._lock:
             if spec in self._spaces:
                 return self._spaces[spec]
-            space = NeuronSpace(spec, view) if spec.kind == "neurons" else LatentSpace(spec, view, sae)
+            space = NeuronSpace(spec, view) if spec.kind == "neurons" else LatentSpace(spec, view, sae, self.device)
             self._spaces[spec] = space
             while len(self._spaces) > self.max_spaces:
                 self._spaces.popitem(last=False)
@@ -95,7 +96,9 @@ class Explorer:
         from ..compare.sides import SideCache, limit_positions
 
         # the junk / top-token filters change matches, not codes: off, so no vocabulary is decoded
-        cfg = dataclasses.replace(self.study.compare_config(), junk_filter=False, overlap_filter=False)
+        cfg = dataclasses.replace(
+            self.study.compare_config(), junk_filter=False, overlap_filter=False, device=str(self.device)
+        )
         store_a, store_b = self.view(cfg.store_a).store, self.view(cfg.store_b).store
         if self._compare_alignment is None:
             self._compare_alignment = limit_positions(align_stores(store_a, store_b), cfg.max_positions)
