@@ -47,10 +47,12 @@ class Explorer:
         self._lock = threading.Lock()
         self._stores: dict[str, StoreView] = {}
         self._spaces: OrderedDict[SideSpec, LatentSpace | NeuronSpace] = OrderedDict()
-        self._alignments: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._aligned: dict[tuple[str, str, int], object] = {}  # (store_a, store_b, shift) -> compare's Alignment
+        self._alignments: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}  # the same, as positions
         self._unembeddings: dict[str, tuple[np.ndarray, object]] = {}
-        self._build_lock = threading.Lock()  # rebuilding random-init SAEs (slow: not under `_lock`)
-        self._compare_alignment = None  # compare's Alignment (random-init SAEs are calibrated on it)
+        # slow builds (alignments, random-init SAEs, unembeddings) wait on this one, not on `_lock`, so the views
+        # that need none of them still answer meanwhile; reentrant: a random-init SAE needs an alignment
+        self._build_lock = threading.RLock()
         self._random_saes: dict[tuple[str, str], object] = {}
 
     # ------------------------------------------------------------ loading
@@ -92,7 +94,6 @@ class Explorer:
         the cache, with the real SAEs' codes it encodes, is dropped by the caller; under _build_lock)."""
         import dataclasses
 
-        from ..compare.align import align_stores
         from ..compare.sides import SideCache, limit_positions
 
         # the junk / top-token filters change matches, not codes: off, so no vocabulary is decoded
@@ -100,9 +101,8 @@ class Explorer:
             self.study.compare_config(), junk_filter=False, overlap_filter=False, device=str(self.device)
         )
         store_a, store_b = self.view(cfg.store_a).store, self.view(cfg.store_b).store
-        if self._compare_alignment is None:
-            self._compare_alignment = limit_positions(align_stores(store_a, store_b), cfg.max_positions)
-        return SideCache(cfg, store_a, store_b, self._compare_alignment)
+        align = limit_positions(self._aligned_stores(store_a, store_b), cfg.max_positions)
+        return SideCache(cfg, store_a, store_b, align)
 
     def sides(self, cid: int) -> tuple[SideSpec, SideSpec]:
         try:
@@ -244,28 +244,37 @@ class Explorer:
         ]
         return out
 
+    def _aligned_stores(self, store_a, store_b, shift: int = 0):
+        """compare's `Alignment` of two stores (`compare.align.align_stores` with `shift`), computed once: the
+        co-firing contexts and the random-init SAEs' calibration share it."""
+        from ..compare.align import align_stores
+
+        key = (str(store_a.path), str(store_b.path), shift)
+        with self._build_lock:
+            if key not in self._aligned:
+                self._aligned[key] = align_stores(store_a, store_b, shift=shift)
+            return self._aligned[key]
+
     def _alignment(self, view_a: StoreView, view_b: StoreView, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Aligned usable positions of two stores (`compare.align.align_stores` with `shift`), computed once."""
+        """Aligned usable positions of two stores (`_aligned_stores`), computed once."""
         key = (str(view_a.store.path), str(view_b.store.path), shift)
         with self._lock:
-            if key not in self._alignments:
-                if view_a is view_b and not shift:
-                    both = np.arange(len(view_a.usable))
-                    self._alignments[key] = (both, both)
-                else:
-                    from ..compare.align import align_stores
-
-                    align = align_stores(view_a.store, view_b.store, shift=shift)
-                    pos_a = np.searchsorted(view_a.usable, align.rows_a)
-                    pos_b = np.searchsorted(view_b.usable, align.rows_b)
-                    self._alignments[key] = (pos_a, pos_b)
-            return self._alignments[key]
+            if key in self._alignments:
+                return self._alignments[key]
+        if view_a is view_b and not shift:
+            both = np.arange(len(view_a.usable))
+            positions = (both, both)
+        else:
+            align = self._aligned_stores(view_a.store, view_b.store, shift)
+            positions = (np.searchsorted(view_a.usable, align.rows_a), np.searchsorted(view_b.usable, align.rows_b))
+        with self._lock:
+            return self._alignments.setdefault(key, positions)
 
     def _unembedding(self, view: StoreView) -> tuple[np.ndarray, object]:
         """The output embedding W_U [vocab, d_model] float32 of the store's model, and its tokenizer (the model
         is loaded once, on the first request; only W_U is kept)."""
         spec = view.store.manifest["model"]["spec"]
-        with self._lock:
+        with self._build_lock:
             if spec not in self._unembeddings:
                 from ..compare.align import tokenizer_for_store
                 from ..models import load_model

@@ -59,11 +59,16 @@ def pretrained_folder(template: str, hook: str) -> Path:
     return _hub_sae(repo_id, folders, template)
 
 
+def _has_fields(text: str) -> bool:
+    """Whether `text` holds {hook} / {layer} fields (a template of one SAE per hook)."""
+    return any(field for _, field, _, _ in string.Formatter().parse(text))
+
+
 def names_one_sae(name: str) -> bool:
     """Whether a pretrained name names one SAE (`saelens:<release>/<sae_id>`, `hf:<owner>/<repo>/<folder>`)
     rather than one per hook (a template with {hook} / {layer}, or a whole release or repo)."""
     kind, _, rest = str(name).partition(":")
-    if any(field for _, field, _, _ in string.Formatter().parse(rest)):
+    if _has_fields(rest):
         return False
     return rest.strip("/").count("/") >= (1 if kind + ":" == SAELENS else 2)
 
@@ -82,7 +87,7 @@ def _filled(rest: str, hook: str) -> list[str]:
     """`rest` with {hook} / {layer} filled, once per spelling of `hook`; without fields, `rest/<spelling>` (as a
     folder template without fields is a folder holding one SAE per hook)."""
     layer = hook.rsplit(".", 1)[1]
-    if any(name for _, name, _, _ in string.Formatter().parse(rest)):
+    if _has_fields(rest):
         return list(dict.fromkeys(rest.format(hook=s, layer=layer) for s in hook_spellings(hook)))
     return [f"{rest}/{s}" for s in hook_spellings(hook)]
 
